@@ -18,7 +18,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
@@ -31,6 +31,26 @@ FinishReason = Literal["stop", "length"]
 
 class DecodingError(RuntimeError):
     """Decoding cannot go on (for example, the model produced non-finite logits)."""
+
+
+@runtime_checkable
+class TokenConstraint(Protocol):
+    """Restricts which tokens may come next (a grammar, a JSON schema...), following the emitted text.
+
+    The engine asks for the mask before each draft, advances the constraint with every draft, asks again
+    after the last draft (the bonus position), and rolls the rejected drafts back. The SAME mask is applied
+    to the drafter's and the judge's distribution at a position, so every emitted token follows the judge's
+    distribution restricted to the allowed tokens, exactly.
+    """
+
+    def allowed(self) -> torch.Tensor | None:
+        """A bool mask over the vocabulary of the tokens allowed next (None: no restriction)."""
+
+    def advance(self, token_id: int) -> None:
+        """Consume one token."""
+
+    def rollback(self, count: int) -> None:
+        """Undo the last ``count`` advances."""
 
 
 @dataclass(frozen=True)
@@ -213,13 +233,22 @@ class PersonaJudgeDecoder:
     (the per-persona caches, exposed for tests and diagnostics).
     """
 
-    def __init__(self, model: PreTrainedModel, prompts: Sequence[torch.Tensor], options: DecodingOptions) -> None:
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        prompts: Sequence[torch.Tensor],
+        options: DecodingOptions,
+        constraint: TokenConstraint | None = None,
+    ) -> None:
         if isinstance(prompts, torch.Tensor):
             raise TypeError("prompts must be a sequence of 1-D tensors, one per persona, not a single tensor.")
         if not prompts:
             raise ValueError("prompts is empty; pass one token tensor per persona (two or more for Persona-judge).")
+        if constraint is not None and not isinstance(constraint, TokenConstraint):
+            raise TypeError("constraint must have allowed(), advance(token_id) and rollback(count) methods.")
         self.model = model
         self.options = options
+        self.constraint = constraint
         self.device = model.device
         self.personas = [_Persona(_as_prompt(p, i).to("cpu"), model) for i, p in enumerate(prompts)]
         self.eos = _eos_ids(model, options.eos_token_id)
@@ -267,13 +296,45 @@ class PersonaJudgeDecoder:
             )
         return logits
 
-    def _draft(self, drafter: _Persona, count: int) -> tuple[list[int], list[torch.Tensor]]:
-        """Sample (or argmax) up to ``count`` drafts; stop early at an EOS draft."""
+    def _mask(self) -> torch.Tensor | None:
+        """The constraint's mask for the next position, sized to the model's vocabulary."""
+        if self.constraint is None:
+            return None
+        mask = self.constraint.allowed()
+        if mask is None:
+            return None
+        vocab = self.model.config.vocab_size if hasattr(self.model.config, "vocab_size") else mask.numel()
+        mask = mask.to(device=self.device, dtype=torch.bool).flatten()
+        if mask.numel() < vocab:  # the model's vocabulary is often padded past the tokenizer's
+            mask = torch.cat([mask, mask.new_zeros(vocab - mask.numel())])
+        if not mask.any():
+            raise DecodingError("The token constraint allows no token at this position; check the grammar or schema.")
+        return mask[:vocab]
+
+    @staticmethod
+    def _apply(logits: torch.Tensor, masks: list[torch.Tensor | None]) -> torch.Tensor:
+        """Disallowed tokens get -inf, row by row, before warping (so drafter and judge share the support)."""
+        if all(m is None for m in masks):
+            return logits
+        logits = logits.float().clone()
+        for row, mask in enumerate(masks):
+            if mask is not None:
+                logits[row, : mask.numel()].masked_fill_(~mask, float("-inf"))
+        return logits
+
+    def _draft(self, drafter: _Persona, count: int) -> tuple[list[int], list[torch.Tensor], list[torch.Tensor | None]]:
+        """Sample (or argmax) up to ``count`` drafts; stop early at an EOS draft.
+
+        Returns the drafts, their distributions (sampling only) and the constraint mask of every position,
+        the bonus position included.
+        """
         drafts: list[int] = []
         dists: list[torch.Tensor] = []
+        masks: list[torch.Tensor | None] = []
         for i in range(count):
             feed = drafter.pending(self.token_ids) if i == 0 else [drafts[-1]]
-            logits = self._forward(drafter, feed, keep=1)
+            masks.append(self._mask())
+            logits = self._apply(self._forward(drafter, feed, keep=1), masks[-1:])
             if self.generator is None:
                 token = int(logits[-1].argmax())
             else:
@@ -281,9 +342,12 @@ class PersonaJudgeDecoder:
                 token = int(torch.multinomial(q, 1, generator=self.generator))
                 dists.append(q)
             drafts.append(token)
+            if self.constraint is not None:
+                self.constraint.advance(token)
             if token in self.eos:
                 break
-        return drafts, dists
+        masks.append(self._mask() if not (drafts and drafts[-1] in self.eos) else None)
+        return drafts, dists, masks
 
     # -- one iteration -----------------------------------------------------------------------------
 
@@ -298,8 +362,9 @@ class PersonaJudgeDecoder:
         # A single persona decodes plainly; otherwise never draft past the token budget.
         count = 0 if n_personas == 1 else min(self.options.lookahead, remaining - 1)
 
-        drafts, dists = self._draft(drafter, count) if count else ([], [])
+        drafts, dists, masks = self._draft(drafter, count)
         judge_logits = self._forward(judge, judge.pending(self.token_ids) + drafts, keep=len(drafts) + 1)
+        judge_logits = self._apply(judge_logits, masks)
         draft_ids = torch.tensor(drafts, dtype=torch.long, device=self.device)
         verdict: Verdict
         if self.generator is None:
@@ -313,6 +378,10 @@ class PersonaJudgeDecoder:
         judge.rollback(verdict.accepted, len(drafts))
         if drafts and drafter is not judge:
             drafter.rollback(verdict.accepted, len(drafts) - 1)
+        if self.constraint is not None:
+            self.constraint.rollback(len(drafts) - verdict.accepted)
+            if not any(t in self.eos for t in drafts[: verdict.accepted]):
+                self.constraint.advance(verdict.next_token)
 
         emitted = drafts[: verdict.accepted]
         kinds: list[TokenKind] = ["accepted"] * verdict.accepted
@@ -394,17 +463,30 @@ class TokenStream(Iterator[int]):
         return self.decoder.generation
 
 
-def stream(model: PreTrainedModel, prompts: Sequence[torch.Tensor], **options: Any) -> TokenStream:
+def stream(
+    model: PreTrainedModel,
+    prompts: Sequence[torch.Tensor],
+    *,
+    constraint: TokenConstraint | None = None,
+    **options: Any,
+) -> TokenStream:
     """Stream Persona-judge decoding: ``prompts[0]`` drafts first, ``prompts[1]`` judges first.
 
     Options are the fields of :class:`DecodingOptions`. Bad options or prompts raise before any forward.
+    ``constraint`` (a :class:`TokenConstraint`) restricts the allowed tokens, for drafter and judge alike.
     """
-    return TokenStream(PersonaJudgeDecoder(model, prompts, _options(options)))
+    return TokenStream(PersonaJudgeDecoder(model, prompts, _options(options), constraint))
 
 
-def generate(model: PreTrainedModel, prompts: Sequence[torch.Tensor], **options: Any) -> Generation:
+def generate(
+    model: PreTrainedModel,
+    prompts: Sequence[torch.Tensor],
+    *,
+    constraint: TokenConstraint | None = None,
+    **options: Any,
+) -> Generation:
     """Decode to the end (EOS or ``max_new_tokens``) and return the :class:`Generation`."""
-    tokens = stream(model, prompts, **options)
+    tokens = stream(model, prompts, constraint=constraint, **options)
     for _ in tokens.chunks():
         pass
     return tokens.generation

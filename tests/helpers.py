@@ -68,3 +68,63 @@ def naive_greedy(model, prompts: list[list[int]], lookahead: int, max_new_tokens
             if len(emitted) == max_new_tokens:
                 return emitted, trace, "length"
         k += 1
+
+
+class ToyConstraint:
+    """A history-dependent token constraint: no immediate repeats, and only tokens < ``limit`` at even positions."""
+
+    def __init__(self, vocab_size: int, limit: int = 20) -> None:
+        self.vocab_size = vocab_size
+        self.limit = limit
+        self.history: list[int] = []
+        self.max_rollback = 0
+
+    @staticmethod
+    def mask_for(history: list[int], vocab_size: int, limit: int) -> torch.Tensor:
+        mask = torch.ones(vocab_size, dtype=torch.bool)
+        if len(history) % 2 == 0:
+            mask[limit:] = False
+        if history:
+            mask[history[-1]] = False
+        return mask
+
+    def allowed(self) -> torch.Tensor:
+        return self.mask_for(self.history, self.vocab_size, self.limit)
+
+    def advance(self, token_id: int) -> None:
+        assert self.allowed()[token_id], f"token {token_id} was not allowed after {self.history}"
+        self.history.append(token_id)
+
+    def rollback(self, count: int) -> None:
+        self.max_rollback = max(self.max_rollback, count)
+        if count:
+            del self.history[-count:]
+
+
+def naive_greedy_masked(model, prompts, lookahead, max_new_tokens, mask_fn):
+    """naive_greedy with every position's logits masked by ``mask_fn(emitted_so_far)`` (no EOS)."""
+    emitted: list[int] = []
+    n = len(prompts)
+    k = 0
+
+    def choose(tokens: list[int], history: list[int]) -> int:
+        logits = full_logits(model, tokens)[-1].clone()
+        logits[~mask_fn(history)] = float("-inf")
+        return int(logits.argmax())
+
+    while len(emitted) < max_new_tokens:
+        drafter, judge = k % n, (k + 1) % n
+        drafts: list[int] = []
+        for _ in range(min(lookahead, max_new_tokens - len(emitted) - 1)):
+            drafts.append(choose(prompts[drafter] + emitted + drafts, emitted + drafts))
+        new: list[int] = []
+        for token in drafts:
+            best = choose(prompts[judge] + emitted + new, emitted + new)
+            new.append(best)
+            if best != token:
+                break
+        else:
+            new.append(choose(prompts[judge] + emitted + new, emitted + new))
+        emitted.extend(new[: max_new_tokens - len(emitted)])
+        k += 1
+    return emitted

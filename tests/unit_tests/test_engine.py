@@ -315,3 +315,71 @@ def test_context_limit_ends_with_length():
     model = tiny_llama()
     gen = generate(model, [torch.ones(505, dtype=torch.long), torch.tensor([1])], max_new_tokens=50, seed=0)
     assert len(gen.token_ids) == 7 and gen.finish_reason == "length"
+
+
+# -- token constraints (grammars) keep exactness --------------------------------------------------
+
+
+def test_constrained_first_token_follows_masked_judge_distribution():
+    from tests.helpers import ToyConstraint
+
+    model = tiny_llama(seed=1, sharpness=6.0)
+    drafter_prompt, judge_prompt = [1, 2, 3, 4], [5, 6, 7]
+    warpers = build_warpers(1.0, None, None)
+    mask = ToyConstraint.mask_for([], 32, 20)
+
+    def masked(prompt):
+        logits = full_logits(model, prompt)[-1:].clone()
+        logits[0, ~mask] = float("-inf")
+        return to_probs(logits, warpers)[0].numpy().astype(float)
+
+    p, q = masked(judge_prompt), masked(drafter_prompt)
+    runs = 2500
+    first: Counter = Counter()
+    for seed in range(runs):
+        constraint = ToyConstraint(32)
+        gen = generate(model, [torch.tensor(drafter_prompt), torch.tensor(judge_prompt)], max_new_tokens=4,
+                       seed=seed, constraint=constraint)
+        first[gen.token_ids[0]] += 1
+        assert constraint.history == gen.token_ids  # the constraint followed exactly what was emitted
+    assert all(t < 20 for t in first)
+    assert _chi_square_pvalue(first, p, runs) > 1e-3
+    assert _chi_square_pvalue(first, q, runs) < 1e-6
+
+
+@pytest.mark.parametrize("lookahead", [1, 4])
+@pytest.mark.parametrize("n_personas", [1, 2, 3])
+def test_constrained_greedy_matches_masked_reference(lookahead, n_personas):
+    from tests.helpers import ToyConstraint, naive_greedy_masked
+
+    model = tiny_llama(seed=2, sharpness=3.0)
+    prompts = [[1, 2, 3, 4], [10, 11, 12, 13, 14, 15], [21, 4]][:n_personas]
+    constraint = ToyConstraint(32)
+    gen = generate(model, [torch.tensor(p) for p in prompts], max_new_tokens=30, lookahead=lookahead,
+                   do_sample=False, constraint=constraint, eos_token_id=[])
+    expected = naive_greedy_masked(model, prompts, lookahead, 30, lambda h: ToyConstraint.mask_for(h, 32, 20))
+    assert gen.token_ids == expected
+    assert constraint.history == gen.token_ids
+    assert all(a != b for a, b in zip(gen.token_ids, gen.token_ids[1:]))
+    assert all(t < 20 for t in gen.token_ids[::2])
+    if n_personas > 1 and lookahead > 1:
+        assert constraint.max_rollback >= 1  # rejected drafts were really rolled back
+
+
+def test_constraint_that_allows_nothing_fails_clearly():
+    class Nothing:
+        def allowed(self):
+            return torch.zeros(32, dtype=torch.bool)
+
+        def advance(self, token_id):
+            pass
+
+        def rollback(self, count):
+            pass
+
+    from langchain_persona_judge.engine import DecodingError
+
+    with pytest.raises(DecodingError, match="allows no token"):
+        generate(tiny_llama(), [torch.tensor([1]), torch.tensor([2])], constraint=Nothing())
+    with pytest.raises(TypeError, match="allowed\\(\\), advance"):
+        generate(tiny_llama(), [torch.tensor([1]), torch.tensor([2])], constraint=object())
