@@ -150,7 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true",
         help="print one JSON object (text, finish_reason, usage, stats, preferences) instead of streaming",
     )
-    output.add_argument("--stats", action="store_true", help="print a one-line stats summary to stderr after the answer")
+    output.add_argument(
+        "--stats", action="store_true", help="print a one-line stats summary to stderr after the answer"
+    )
     output.add_argument("-q", "--quiet", action="store_true", help="no progress message while the model loads")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     return parser
@@ -320,7 +322,8 @@ def format_stats(answer: Answer) -> str:
     personas = s.get("personas", 1)
     parts = [f"{personas} persona{'s' if personas != 1 else ''}"]
     if s.get("drafted"):
-        parts.append(f"acceptance {s['acceptance_rate']:.0%} ({s['accepted']}/{s['drafted']} drafts, λ={s.get('lookahead')})")
+        rate, accepted, drafted = s["acceptance_rate"], s["accepted"], s["drafted"]
+        parts.append(f"acceptance {rate:.0%} ({accepted}/{drafted} drafts, λ={s.get('lookahead')})")
     else:
         parts.append("no drafting (single prompt)")
     tokens = answer.usage.get("output_tokens", s.get("emitted", 0))
