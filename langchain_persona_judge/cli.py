@@ -47,7 +47,13 @@ COMPARE_HEADINGS: dict[str, str] = {
 # Subcommands: a first argument equal to one of these names is dispatched to its handler with the
 # remaining arguments; anything else is a question. A question that happens to equal a subcommand
 # name can still be asked after `--` (``persona-judge -- personas``).
-SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {}
+def _personas(argv: list[str]) -> int:
+    from .cli_personas import run
+
+    return run(argv)
+
+
+SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {"personas": _personas}
 
 EPILOG = """\
 examples:
