@@ -1,31 +1,65 @@
-"""Persona-judge decoding speed against the same model's plain `generate`, in one interleaved run.
+"""Persona-judge decoding speed against plain decoding and the paper's no-cache code path, in one interleaved run.
 
-    .venv/bin/python benchmarks/speed.py                     # greedy, λ=4, 128 new tokens, embedded model
-    .venv/bin/python benchmarks/speed.py --lookahead 1 2 4 8 --max-new-tokens 256 --repeats 3
+    .venv/bin/python benchmarks/speed.py            # greedy, λ=4, 128 new tokens, vs generate (embedded model)
+    .venv/bin/python benchmarks/speed.py --suite    # everything `make bench` reports (about 8 min on 2 quiet cores)
+    .venv/bin/python benchmarks/speed.py --quick    # tiny sizes, to check that it runs (about 1 min)
+    .venv/bin/python benchmarks/speed.py --device cuda   # on a GPU (random-init stand-in weights, see --random-init)
 
-For each question and repeat, Persona-judge (two personas) and `model.generate` (greedy, KV cache, the
-direct prompt: both preferences in one system turn) run back to back, A B A B, so the machine's drift
-hits both alike. Both are forced to emit exactly --max-new-tokens tokens (EOS ignored). Forward calls and
-positions are counted by a hook on the model, not by the engine's own bookkeeping. Results go to
-benchmarks/results/speed.json; the table is printed.
+Sections (``--sections``; the default is ``main``):
+
+main     For each question and repeat, back to back: ``generate`` (transformers generate, greedy, KV cache, on
+         the first persona's prompt), ``direct`` (generate on the direct prompt: every preference in one system
+         prompt) and Persona-judge (two personas) for every λ in --lookahead, greedy and, with --sampling,
+         sampling (temperature 0.7, top-p 0.95). The order reverses on every other question/repeat
+         (A B ... B A), so a linear drift of the machine's speed cancels in the means. Every run emits
+         exactly --max-new-tokens tokens (EOS ignored).
+lengths  Cost against the number of new tokens (--lengths, 64 ... 1024): generate and Persona-judge (greedy, λ=4)
+         decode max(--lengths) tokens once each, timed at every checkpoint; the naive paper path (no KV cache,
+         benchmarks/naive_paper.py) is measured up to --naive-max tokens and estimated beyond (see below).
+prompts  Cost against the prompt length (--prompt-lengths, up to the context limit with a long enough list),
+         --prompt-new-tokens new tokens each.
+
+Naive estimates: in greedy mode the naive path emits the same tokens as the engine and runs a known sequence of
+no-cache forwards (its lengths follow from the engine's iteration history), so its time is estimated as the
+sum of measured single-forward latencies (a quadratic fit over a grid of sequence lengths, timed in this run).
+Where it is also measured, the estimate is checked against the measurement (reported as ``estimate_check``).
+
+Per setting: tokens/s and its ratio to generate, forward calls and token positions per emitted token (counted
+by a hook on the model, not by the engine's bookkeeping), acceptance rate, tokens per iteration, and peak
+memory added by the run (RSS sampled on CPU, exact on CUDA). Results: benchmarks/results/speed.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from langchain_persona_judge import generate, load_model
-from langchain_persona_judge.prompting import encode_chat, persona_messages
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (  # noqa: E402
+    RESULTS,
+    BenchModel,
+    ForwardCounter,
+    MemoryMeter,
+    kv_cache_mib,
+    load_bench_model,
+    machine_info,
+    now,
+)
+from benchmarks.naive_paper import engine_history, iteration_schedule, naive_generate  # noqa: E402
+from langchain_persona_judge import stream  # noqa: E402
 
 QUESTIONS = [
     "Why is the sky blue?",
@@ -36,24 +70,280 @@ PREFERENCES = [
     "Explain it so that a ten-year-old understands, with simple words.",
     "Be playful and funny, like a friendly storyteller.",
 ]
-RESULTS = Path(__file__).parent / "results"
+FILLER = (
+    "Here are my notes from a long day of reading, for context. Light scatters off the molecules of the air, "
+    "and shorter wavelengths scatter more. Vaccines show the immune system a harmless piece of a germ so it can "
+    "learn to recognise it. A good hiking pack holds water, food, layers of clothing, a map and a first-aid kit. "
+)
+SAMPLING = {"temperature": 0.7, "top_p": 0.95}
+MARK_EVERY = 16
 
 
-class ForwardCounter:
-    """Counts forward passes and token positions fed, from a hook on the model itself."""
+@dataclass
+class Run:
+    """One timed decoding run."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.calls = 0
-        self.positions = 0
-        model.register_forward_pre_hook(self._hook, with_kwargs=True)
+    setting: str
+    tokens: int
+    seconds: float
+    calls: int
+    positions: int
+    peak_mib: float
+    first_token_s: float
+    question: int = 0
+    repeat: int = 0
+    prompt_tokens: int = 0
+    acceptance_rate: float | None = None
+    tokens_per_iteration: float | None = None
+    marks: list[tuple[int, float, int, int]] = field(default_factory=list)
+    """(tokens emitted, seconds, forward calls, positions) along the run, every MARK_EVERY tokens and at the end."""
+    token_ids: list[int] = field(default_factory=list, repr=False)
+    forward_lengths: list[int] = field(default_factory=list, repr=False)
 
-    def _hook(self, module: Any, args: tuple, kwargs: dict) -> None:
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        self.calls += 1
-        self.positions += int(ids.shape[-1])
+    def at(self, n: int) -> tuple[int, float, int, int]:
+        """The first mark with at least ``n`` tokens."""
+        for mark in self.marks:
+            if mark[0] >= n:
+                return mark
+        raise ValueError(f"{self.setting} emitted only {self.tokens} tokens, not {n}")
 
-    def reset(self) -> None:
-        self.calls = self.positions = 0
+
+class Marker:
+    """Records (tokens, seconds, calls, positions) as tokens arrive; keeps marks at checkpoints and every 16 tokens."""
+
+    def __init__(self, counter: ForwardCounter, device: str, start: float, checkpoints: list[int]) -> None:
+        self.counter, self.device, self.start = counter, device, start
+        self.checkpoints = sorted(checkpoints)
+        self.marks: list[tuple[int, float, int, int]] = []
+        self.first: float | None = None
+        self._last_bucket = 0
+
+    def __call__(self, tokens: int) -> None:
+        t = now(self.device) - self.start
+        if self.first is None and tokens > 0:
+            self.first = t
+        bucket = tokens // MARK_EVERY
+        previous = self.marks[-1][0] if self.marks else 0
+        crossed = any(previous < c <= tokens for c in self.checkpoints)
+        if bucket > self._last_bucket or crossed:
+            self._last_bucket = bucket
+            self.marks.append((tokens, t, self.counter.calls, self.counter.positions))
+
+    def close(self, tokens: int, seconds: float) -> list[tuple[int, float, int, int]]:
+        if not self.marks or self.marks[-1][0] != tokens:
+            self.marks.append((tokens, seconds, self.counter.calls, self.counter.positions))
+        return self.marks
+
+
+class Bench:
+    """The model, its hook counter and the timed runners."""
+
+    def __init__(self, bm: BenchModel, device: str) -> None:
+        self.bm = bm
+        self.model = bm.model
+        self.device = device
+        self.counter = ForwardCounter(self.model)
+        self.vocab = self.model.config.vocab_size
+
+    # -- prompts --------------------------------------------------------------------------------------
+
+    def prompts(self, question: int, context_tokens: int = 0) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """(persona prompts, direct prompt) for QUESTIONS[question], with ``context_tokens`` of filler text first."""
+        if self.bm.tokenizer is None:
+            return self._random_prompts(question, context_tokens)
+        from langchain_persona_judge.prompting import encode_chat, persona_messages
+
+        tok = self.bm.tokenizer
+        text = QUESTIONS[question % len(QUESTIONS)]
+        if context_tokens > 0:
+            filler = tok(FILLER * (context_tokens // 40 + 2), add_special_tokens=False)["input_ids"][:context_tokens]
+            text = tok.decode(filler) + "\n\nMy question: " + text
+        conversation = [{"role": "user", "content": text}]
+        personas = [encode_chat(tok, persona_messages(conversation, [p])) for p in PREFERENCES]
+        direct = encode_chat(tok, persona_messages(conversation, PREFERENCES))
+        return personas, direct
+
+    def _random_prompts(self, question: int, context_tokens: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        g = torch.Generator().manual_seed(1000 + question)
+        conv = torch.randint(3, self.vocab, (12 + context_tokens,), generator=g)
+        prefs = [torch.randint(3, self.vocab, (24,), generator=g) for _ in PREFERENCES]
+        personas = [torch.cat([p, conv]) for p in prefs]
+        return personas, torch.cat([*prefs, conv])
+
+    def fit_prompt(self, target: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Prompts whose first persona prompt is about ``target`` tokens long (a long context before the question)."""
+        base = len(self.prompts(0)[0][0])
+        personas, direct = self.prompts(0, max(0, target - base - 6))
+        return personas, direct
+
+    # -- runners --------------------------------------------------------------------------------------
+
+    def generate(self, prompt: torch.Tensor, n: int, checkpoints: list[int], setting: str = "generate") -> Run:
+        """transformers generate, greedy, KV cache, exactly ``n`` new tokens."""
+        from transformers.generation.streamers import BaseStreamer
+
+        ids = prompt[None].to(self.device)
+        self.counter.reset()
+
+        class Clock(BaseStreamer):
+            def __init__(self, marker: Marker) -> None:
+                self.marker, self.count = marker, -1
+
+            def put(self, value: torch.Tensor) -> None:
+                self.count += 1  # the first put is the prompt
+                if self.count:
+                    self.marker(self.count)
+
+            def end(self) -> None:
+                pass
+
+        with MemoryMeter(self.device) as mem, torch.inference_mode():
+            start = now(self.device)
+            marker = Marker(self.counter, self.device, start, checkpoints)
+            out = self.model.generate(
+                ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                pad_token_id=self.model.generation_config.pad_token_id or 0, streamer=Clock(marker),
+                temperature=None, top_p=None, top_k=None,
+            )
+            seconds = now(self.device) - start
+        tokens = out.shape[1] - ids.shape[1]
+        assert tokens == n, f"generate emitted {tokens} tokens, not {n}"
+        return Run(setting, tokens, seconds, self.counter.calls, self.counter.positions, mem.peak_mib,
+                   marker.first or seconds, prompt_tokens=len(prompt), marks=marker.close(tokens, seconds),
+                   token_ids=out[0, ids.shape[1]:].tolist())
+
+    def persona_judge(self, prompts: list[torch.Tensor], n: int, lookahead: int, sample: bool, checkpoints: list[int],
+                      seed: int = 0, setting: str | None = None) -> Run:
+        options: dict[str, Any] = {"do_sample": False}
+        if sample:
+            options = {"do_sample": True, "seed": seed, **SAMPLING}
+        self.counter.reset()
+        with MemoryMeter(self.device) as mem:
+            start = now(self.device)
+            marker = Marker(self.counter, self.device, start, checkpoints)
+            tokens = stream(self.model, prompts, max_new_tokens=n, lookahead=lookahead, eos_token_id=[], **options)
+            count = 0
+            for chunk in tokens.chunks():
+                count += len(chunk)
+                marker(count)
+            seconds = now(self.device) - start
+        gen = tokens.generation
+        assert len(gen.token_ids) == n, f"Persona-judge emitted {len(gen.token_ids)} tokens, not {n}"
+        assert gen.stats.forward_calls == self.counter.calls, "the engine's forward count disagrees with the hook's"
+        name = setting or f"persona_judge_{'sample' if sample else 'greedy'}_l{lookahead}"
+        run = Run(name, n, seconds, self.counter.calls, self.counter.positions, mem.peak_mib, marker.first or seconds,
+                  prompt_tokens=len(prompts[0]), acceptance_rate=gen.stats.acceptance_rate,
+                  tokens_per_iteration=gen.stats.tokens_per_iteration, marks=marker.close(n, seconds),
+                  token_ids=list(gen.token_ids))
+        run._generation = gen  # type: ignore[attr-defined]  # kept for the naive schedule, not serialised
+        return run
+
+    def naive(self, prompts: list[torch.Tensor], n: int, lookahead: int, checkpoints: list[int]) -> Run:
+        self.counter.reset()
+        with MemoryMeter(self.device) as mem:
+            start = now(self.device)
+            marker = Marker(self.counter, self.device, start, checkpoints)
+            result = naive_generate(self.model, prompts, max_new_tokens=n, lookahead=lookahead, eos_token_id=[],
+                                    on_iteration=marker)
+            seconds = now(self.device) - start
+        assert result.forward_calls == self.counter.calls
+        return Run("naive_paper_greedy_l%d" % lookahead, len(result.token_ids), seconds, self.counter.calls,
+                   self.counter.positions, mem.peak_mib, marker.first or seconds, prompt_tokens=len(prompts[0]),
+                   acceptance_rate=result.acceptance_rate, tokens_per_iteration=result.tokens_per_iteration,
+                   marks=marker.close(len(result.token_ids), seconds), token_ids=list(result.token_ids),
+                   forward_lengths=result.forward_lengths)
+
+    def forward_latency(self, length: int) -> tuple[float, float]:
+        """(seconds, peak MiB) of one no-cache forward over ``length`` positions, all logits returned (the naive path)."""
+        g = torch.Generator().manual_seed(length)
+        ids = torch.randint(3, self.vocab, (1, length), generator=g).to(self.device)
+        with MemoryMeter(self.device) as mem, torch.inference_mode():
+            start = now(self.device)
+            self.model(input_ids=ids)
+            seconds = now(self.device) - start
+        return seconds, mem.peak_mib
+
+
+# -- summaries -------------------------------------------------------------------------------------------
+
+
+def summarise(runs: list[Run], base_tps: float | None) -> dict[str, Any]:
+    tokens = sum(r.tokens for r in runs)
+    seconds = sum(r.seconds for r in runs)
+    tps = tokens / seconds
+    out: dict[str, Any] = {
+        "tokens_per_s": round(tps, 3),
+        "speed_ratio_vs_generate": round(tps / base_tps, 4) if base_tps else None,
+        "forward_calls_per_token": round(sum(r.calls for r in runs) / tokens, 4),
+        "positions_per_token": round(sum(r.positions for r in runs) / tokens, 3),
+        "acceptance_rate": None,
+        "tokens_per_iteration": None,
+        "peak_mib": round(max(r.peak_mib for r in runs), 1),
+        "runs": len(runs),
+        "seconds": [round(r.seconds, 3) for r in runs],
+    }
+    if runs[0].acceptance_rate is not None:
+        out["acceptance_rate"] = round(statistics.fmean(r.acceptance_rate or 0.0 for r in runs), 4)
+        out["tokens_per_iteration"] = round(statistics.fmean(r.tokens_per_iteration or 0.0 for r in runs), 3)
+    return out
+
+
+def fit_latency(grid: list[dict[str, float]]) -> list[float]:
+    """Least-squares fit of t(L) = a + b L + c L^2 with relative weights; coefficients clipped at zero."""
+    L = np.array([p["length"] for p in grid], dtype=float)
+    t = np.array([p["seconds"] for p in grid], dtype=float)
+    w = 1 / t
+    for cols in ([np.ones_like(L), L, L**2], [np.ones_like(L), L]):
+        if len(L) < len(cols):
+            continue
+        A = np.stack(cols, axis=1) * w[:, None]
+        coef, *_ = np.linalg.lstsq(A, t * w, rcond=None)
+        if (coef >= 0).all():
+            return [float(x) for x in coef] + [0.0] * (3 - len(coef))
+    return [0.0, float(np.median(t / L)), 0.0]
+
+
+def latency(coef: list[float], length: float) -> float:
+    return coef[0] + coef[1] * length + coef[2] * length**2
+
+
+def naive_curve(gen: Any, prompt_lengths: list[int], n: int, lookahead: int, coef: list[float]) -> list[tuple]:
+    """Estimated (tokens, seconds, calls, positions) after every iteration of the naive path, from the engine's history."""
+    emitted_before, drafted = engine_history(gen, n, lookahead, len(prompt_lengths))
+    curve, seconds, calls, positions = [], 0.0, 0, 0
+    for k, lengths in enumerate(iteration_schedule(prompt_lengths, emitted_before, drafted)):
+        seconds += sum(latency(coef, L) for L in lengths)
+        calls += len(lengths)
+        positions += sum(lengths)
+        after = emitted_before[k + 1] if k + 1 < len(emitted_before) else n
+        curve.append((after, seconds, calls, positions))
+    return curve
+
+
+def curve_at(curve: list[tuple], n: int) -> tuple:
+    for point in curve:
+        if point[0] >= n:
+            return point
+    return curve[-1]
+
+
+def point(n: int, mark: tuple, measured: bool, **extra: Any) -> dict[str, Any]:
+    """Costs at ``n`` new tokens from a mark (tokens, seconds, calls, positions) taken when >= n had been emitted.
+
+    Persona-judge emits tokens in chunks, so the mark may lie a few tokens past ``n``: the per-token figures
+    divide by the tokens actually emitted at the mark (``at_tokens``).
+    """
+    tokens, seconds, calls, positions = mark
+    return {
+        "new_tokens": n,
+        "at_tokens": tokens,
+        "seconds": round(seconds * n / tokens, 4),
+        "tokens_per_s": round(tokens / seconds, 4) if seconds else None,
+        "forward_calls_per_token": round(calls / tokens, 4),
+        "positions_per_token": round(positions / tokens, 3),
+        "measured": measured,
+        **extra,
+    }
 
 
 def cached_reload_seconds() -> tuple[float, float]:
@@ -64,105 +354,365 @@ def cached_reload_seconds() -> tuple[float, float]:
         "load_model(device='cpu'); t2 = time.perf_counter();"
         "print(t2 - t1, t2 - t0)"
     )
-    start = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    total = time.perf_counter() - start
-    load_only, _ = (float(x) for x in out.split())
+    load_only, total = (float(x) for x in out.split()[-2:])
     return load_only, total
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+# -- the run ----------------------------------------------------------------------------------------------
+
+SUITE = dict(lookahead=[1, 2, 4, 8], sampling=True, questions=2, repeats=1, max_new_tokens=128,
+             sections=["main", "lengths", "prompts"], lengths=[64, 256, 512, 1024], naive_max=64,
+             prompt_lengths=[256, 1024, 2048], prompt_new_tokens=32)
+QUICK = dict(lookahead=[2, 4], sampling=True, questions=1, repeats=1, max_new_tokens=16,
+             sections=["main", "lengths", "prompts"], lengths=[8, 16, 32], naive_max=16,
+             prompt_lengths=[64, 160], prompt_new_tokens=8)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", action="store_true", help="all sections at the sizes `make bench` uses")
+    parser.add_argument("--quick", action="store_true", help="all sections at tiny sizes (a smoke test)")
+    parser.add_argument("--sections", nargs="+", choices=["main", "lengths", "prompts"], default=None)
     parser.add_argument("--model", default=None, help="model id/path/.gguf (default: the embedded SmolLM2)")
-    parser.add_argument("--lookahead", type=int, nargs="+", default=[4])
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--random-init", default=None, metavar="ARCH",
+                        help="randomly initialised stand-in of a real shape: smollm2-135m or llama-3.2-1b "
+                             "(default on cuda without --model: llama-3.2-1b)")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                        help="default float32 on CPU, bfloat16 on CUDA")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadiest on a shared CPU)")
-    parser.add_argument("--questions", type=int, default=len(QUESTIONS))
-    parser.add_argument("--out", type=Path, default=RESULTS / "speed.json")
+    parser.add_argument("--lookahead", type=int, nargs="+", default=None, help="λ values (default 4)")
+    parser.add_argument("--sampling", action="store_true", default=None,
+                        help="also run Persona-judge with sampling (temperature 0.7, top-p 0.95)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="main section (default 128)")
+    parser.add_argument("--repeats", type=int, default=None, help="main section (default 2)")
+    parser.add_argument("--questions", type=int, default=None, help=f"main section, up to {len(QUESTIONS)} (default 3)")
+    parser.add_argument("--lengths", type=int, nargs="+", default=None, help="lengths section (default 64 256 512 1024)")
+    parser.add_argument("--naive-max", type=int, default=None,
+                        help="measure the naive paper path up to this many new tokens; estimate beyond (default 64)")
+    parser.add_argument("--prompt-lengths", type=int, nargs="+", default=None,
+                        help="prompts section (default 256 1024 2048; the embedded model's context is 8192)")
+    parser.add_argument("--prompt-new-tokens", type=int, default=None, help="prompts section (default 32)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON results (default benchmarks/results/speed.json)")
     args = parser.parse_args(argv)
+    preset = QUICK if args.quick else SUITE if args.suite else dict(
+        lookahead=[4], sampling=False, questions=3, repeats=2, max_new_tokens=128, sections=["main"],
+        lengths=[64, 256, 512, 1024], naive_max=64, prompt_lengths=[256, 1024, 2048], prompt_new_tokens=32)
+    for key, value in preset.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.random_init is None and args.model is None and args.device.startswith("cuda"):
+        args.random_init = "llama-3.2-1b"
+    if args.out is None:
+        args.out = RESULTS / ("speed_quick.json" if args.quick else "speed.json")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible to torch here.")
+    started = time.perf_counter()
+    reload = cached_reload_seconds() if (args.model is None and args.random_init is None and
+                                         "main" in args.sections and args.device == "cpu") else None
+    bm = load_bench_model(args.model, args.device, args.random_init, args.dtype)
+    bench = Bench(bm, args.device)
+    context = getattr(bm.model.config, "max_position_embeddings", None)
 
-    load_only, load_total = cached_reload_seconds()
-    model, tokenizer = load_model(args.model, device="cpu")
-    counter = ForwardCounter(model)
-    n = args.max_new_tokens
+    steps: list[tuple[str, Callable[[], None]]] = []
+    main_runs: list[Run] = []
+    length_runs: dict[str, Run] = {}
+    prompt_runs: dict[int, dict[str, Run]] = {}
+    grid: list[dict[str, float]] = []
 
-    rows: dict[str, list[dict[str, float]]] = {"generate": []}
-    for lookahead in args.lookahead:
-        rows[f"persona_judge_greedy_l{lookahead}"] = []
+    # main: A B ... B A per question and repeat
+    if "main" in args.sections:
+        n = args.max_new_tokens
+        order: list[tuple[str, Any]] = [("generate", None), ("direct", None)]
+        for lam in args.lookahead:
+            order.append((f"persona_judge_greedy_l{lam}", (lam, False)))
+        if args.sampling:
+            for lam in args.lookahead:
+                order.append((f"persona_judge_sample_l{lam}", (lam, True)))
+        # The headline pair (generate, greedy λ=4) runs adjacent.
+        order.sort(key=lambda item: 0 if item[0] == "generate" else 1 if item[0] == "persona_judge_greedy_l4" else 2)
+        slot = 0
+        for repeat in range(args.repeats):
+            for q in range(min(args.questions, len(QUESTIONS))):
+                seq = order if slot % 2 == 0 else order[::-1]
+                slot += 1
+                for name, spec in seq:
+                    def job(name: str = name, spec: Any = spec, q: int = q, repeat: int = repeat) -> None:
+                        personas, direct = bench.prompts(q)
+                        if name == "generate":
+                            run = bench.generate(personas[0], n, [n])
+                        elif name == "direct":
+                            run = bench.generate(direct, n, [n], setting="direct")
+                        else:
+                            run = bench.persona_judge(personas, n, spec[0], spec[1], [n], seed=1000 + q + 100 * repeat,
+                                                      setting=name)
+                        run.question, run.repeat = q, repeat
+                        main_runs.append(run)
+                    steps.append((f"main {name} q{q} r{repeat}", job))
 
-    def timed(fn: Any) -> tuple[float, int, int]:
-        counter.reset()
-        start = time.perf_counter()
-        fn()
-        return time.perf_counter() - start, counter.calls, counter.positions
+    lam_l = 4 if 4 in args.lookahead or not args.lookahead else args.lookahead[0]
+    if "lengths" in args.sections:
+        top = max(args.lengths)
+        naive_max = min(args.naive_max, top)
+        checkpoints = sorted(set(args.lengths) | {naive_max})
 
-    for repeat in range(args.repeats):
-        for question in QUESTIONS[: args.questions]:
-            conversation = [{"role": "user", "content": question}]
-            personas = [encode_chat(tokenizer, persona_messages(conversation, [p])) for p in PREFERENCES]
-            direct = encode_chat(tokenizer, persona_messages(conversation, PREFERENCES))[None]
+        def length_job(kind: str) -> None:
+            personas, _ = bench.prompts(0)
+            if kind == "generate":
+                length_runs[kind] = bench.generate(personas[0], top, checkpoints)
+            elif kind == "persona_judge":
+                length_runs[kind] = bench.persona_judge(personas, top, lam_l, False, checkpoints)
+            else:
+                length_runs[kind] = bench.naive(personas, naive_max, lam_l, checkpoints)
 
-            def plain() -> None:
-                with torch.inference_mode():
-                    out = model.generate(
-                        direct, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                        attention_mask=torch.ones_like(direct), pad_token_id=tokenizer.eos_token_id,
-                    )
-                assert out.shape[1] - direct.shape[1] == n
+        for kind in ("generate", "persona_judge", "naive_paper"):
+            steps.append((f"lengths {kind} {naive_max if kind == 'naive_paper' else top} tokens",
+                          lambda kind=kind: length_job(kind)))
 
-            seconds, calls, positions = timed(plain)
-            rows["generate"].append({"seconds": seconds, "calls": calls, "positions": positions, "accept": 0.0})
-            for lookahead in args.lookahead:
-                result: dict[str, Any] = {}
+    if "prompts" in args.sections:
+        for target in args.prompt_lengths:
+            if context and target + args.prompt_new_tokens > context:
+                raise SystemExit(f"--prompt-lengths {target} + {args.prompt_new_tokens} new tokens exceed the "
+                                 f"model's context of {context} tokens.")
 
-                def ours() -> None:
-                    result["gen"] = generate(model, personas, max_new_tokens=n, lookahead=lookahead,
-                                             do_sample=False, eos_token_id=[])
+            def prompt_job(kind: str, target: int = target) -> None:
+                personas, _ = bench.fit_prompt(target)
+                m = args.prompt_new_tokens
+                runs = prompt_runs.setdefault(target, {})
+                if kind == "generate":
+                    runs[kind] = bench.generate(personas[0], m, [m])
+                else:
+                    runs[kind] = bench.persona_judge(personas, m, lam_l, False, [m])
 
-                seconds, calls, positions = timed(ours)
-                gen = result["gen"]
-                assert len(gen.token_ids) == n and gen.stats.forward_calls == calls
-                rows[f"persona_judge_greedy_l{lookahead}"].append(
-                    {"seconds": seconds, "calls": calls, "positions": positions,
-                     "accept": gen.stats.acceptance_rate, "tpi": gen.stats.tokens_per_iteration}
-                )
-            print(f"  repeat {repeat + 1}/{args.repeats}: {question[:40]!r} done", file=sys.stderr, flush=True)
+            for kind in ("generate", "persona_judge"):
+                steps.append((f"prompts {kind} {target}", lambda kind=kind, target=target: prompt_job(kind, target)))
 
-    base = statistics.fmean(r["seconds"] for r in rows["generate"]) / n
-    summary: dict[str, Any] = {}
-    for name, runs in rows.items():
-        per_token = statistics.fmean(r["seconds"] for r in runs) / n
-        summary[name] = {
-            "tokens_per_s": 1 / per_token,
-            "time_ratio_vs_generate": per_token / base,
-            "speed_ratio_vs_generate": base / per_token,
-            "forward_calls_per_token": statistics.fmean(r["calls"] for r in runs) / n,
-            "positions_per_token": statistics.fmean(r["positions"] for r in runs) / n,
-            "acceptance_rate": statistics.fmean(r["accept"] for r in runs),
-            "tokens_per_iteration": statistics.fmean(r.get("tpi", 1.0) for r in runs),
-            "runs": len(runs),
-        }
-    report = {
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "torch_threads": args.threads,
-        "model": args.model or "SmolLM2-135M-Instruct (embedded)",
-        "max_new_tokens": n,
-        "cached_reload_s": {"load_model": round(load_only, 3), "process_with_imports": round(load_total, 3)},
-        "results": summary,
+    # Latency grid for the naive estimates: up to the longest sequence any estimate needs.
+    need = 0
+    if "lengths" in args.sections:
+        need = max(need, len(bench.prompts(0)[0][1]) + max(args.lengths) + max(args.lookahead) + 1)
+    if "prompts" in args.sections:
+        need = max(need, max(args.prompt_lengths) + args.prompt_new_tokens + max(args.lookahead) + 16)
+    if need:
+        points = [x for x in (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192) if x < need] + [need]
+        if context:
+            points = [min(p, context) for p in points]
+        steps.append(("naive latency warm-up", lambda: bench.forward_latency(points[0])))
+        for length in sorted(set(points)):
+            def grid_job(length: int = length) -> None:
+                seconds, peak = bench.forward_latency(length)
+                grid.append({"length": length, "seconds": round(seconds, 5), "peak_mib": round(peak, 1)})
+            steps.append((f"naive latency L={length}", grid_job))
+
+    def warm_up() -> None:
+        personas, _ = bench.prompts(0)
+        bench.generate(personas[0], 4, [4])
+        bench.persona_judge(personas, 4, 2, False, [4])
+        bench.persona_judge(personas, 4, 2, True, [4])
+        bench.naive(personas, 2, 2, [2])
+
+    steps.insert(0, ("warm-up", warm_up))
+    bar = tqdm(steps, desc="speed", unit="run", file=sys.stderr, dynamic_ncols=True)
+    for label, job in bar:
+        bar.set_postfix_str(label)
+        job()
+    bar.close()
+
+    report: dict[str, Any] = {
+        "benchmark": "speed",
+        "machine": machine_info(args.device, args.threads),
+        "model": bm.description,
+        "random_weights": bm.random_weights,
+        "context_limit": context,
+        "preferences": PREFERENCES,
+        "sampling": SAMPLING,
+        "notes": [],
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    if bm.random_weights:
+        report["notes"].append("Weights are random (a real architecture's shape): see 'model'.")
+    if reload is not None:
+        report["cached_reload_s"] = {"load_model": round(reload[0], 3), "process_with_imports": round(reload[1], 3)}
 
-    print(f"\nmodel: {report['model']}, {n} new tokens, greedy, torch threads {args.threads}")
-    print(f"cached reload: load_model {load_only:.2f} s ({load_total:.2f} s with python start and imports)")
-    print(f"{'setting':32} {'tok/s':>7} {'time vs generate':>17} {'fwd/token':>10} {'pos/token':>10} {'accept':>7} {'tok/iter':>9}")
-    for name, s in summary.items():
-        print(f"{name:32} {s['tokens_per_s']:7.2f} {s['time_ratio_vs_generate']:16.3f}x {s['forward_calls_per_token']:10.3f} "
-              f"{s['positions_per_token']:10.2f} {s['acceptance_rate']:7.1%} {s['tokens_per_iteration']:9.2f}")
-    print(f"\nwritten to {args.out}")
+    if main_runs:
+        names = list(dict.fromkeys(r.setting for r in main_runs))
+        names.sort(key=lambda s: (0 if s == "generate" else 1 if s == "direct" else 2, s))
+        base = summarise([r for r in main_runs if r.setting == "generate"], None)["tokens_per_s"]
+        settings = {}
+        for name in names:
+            runs = [r for r in main_runs if r.setting == name]
+            summary = summarise(runs, base)
+            # Per (question, repeat) pair ratio, to show the spread the mean hides.
+            pair = [r2.tokens / r2.seconds / (r1.tokens / r1.seconds)
+                    for r2 in runs for r1 in main_runs
+                    if r1.setting == "generate" and (r1.question, r1.repeat) == (r2.question, r2.repeat)]
+            summary["pair_ratio_min_max"] = [round(min(pair), 3), round(max(pair), 3)]
+            settings[name] = summary
+        report["main"] = {
+            "max_new_tokens": args.max_new_tokens, "questions": QUESTIONS[: args.questions], "repeats": args.repeats,
+            "lookahead": args.lookahead, "kv_cache_mib_per_sequence": round(kv_cache_mib(bm.model, args.max_new_tokens + 64), 2),
+            "settings": settings,
+        }
+
+    coef = fit_latency(grid) if grid else None
+    if grid:
+        report["naive_latency"] = {"grid": sorted(grid, key=lambda p: p["length"]), "fit_a_b_c": coef,
+                                   "model": "seconds = a + b*L + c*L^2 for one no-cache forward over L positions"}
+
+    def naive_peak(length: int) -> float | None:
+        if not grid:
+            return None
+        g = sorted(grid, key=lambda p: p["length"])
+        xs, ys = [p["length"] for p in g], [p["peak_mib"] for p in g]
+        if length <= xs[-1] or len(xs) < 2:
+            return round(float(np.interp(length, xs, ys)), 1)
+        slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
+        return round(ys[-1] + slope * (length - xs[-1]), 1)
+
+    if length_runs:
+        gen_run, pj_run, nv_run = length_runs["generate"], length_runs["persona_judge"], length_runs["naive_paper"]
+        personas, _ = bench.prompts(0)
+        plens = [len(p) for p in personas]
+        curve = naive_curve(pj_run._generation, plens, max(args.lengths), lam_l, coef)  # type: ignore[attr-defined]
+        series: dict[str, list[dict[str, Any]]] = {"generate": [], "persona_judge": [], "naive_paper": []}
+        for n in sorted(args.lengths):
+            for key, run in (("generate", gen_run), ("persona_judge", pj_run)):
+                series[key].append(point(n, run.at(n), True))
+            if n <= nv_run.tokens:
+                series["naive_paper"].append(point(n, nv_run.at(n), True, peak_mib=round(nv_run.peak_mib, 1)))
+            else:
+                series["naive_paper"].append(point(n, curve_at(curve, n), False, peak_mib=naive_peak(max(plens) + n)))
+        for key, run in (("generate", gen_run), ("persona_judge", pj_run)):
+            series[key][-1]["peak_mib"] = round(run.peak_mib, 1)
+        # The latency model, checked on the measured naive run's own forwards.
+        est_s = sum(latency(coef, L) for L in nv_run.forward_lengths)
+        check = {"new_tokens": nv_run.tokens, "measured_s": round(nv_run.seconds, 3), "estimated_s": round(est_s, 3),
+                 "estimate_over_measured": round(est_s / nv_run.seconds, 3), "forward_calls": nv_run.calls,
+                 "same_tokens_as_engine": nv_run.token_ids == pj_run.token_ids[: nv_run.tokens]}
+        report["lengths"] = {
+            "lookahead": lam_l, "question": QUESTIONS[0], "prompt_tokens": plens, "series": series,
+            "naive_measured_up_to": nv_run.tokens, "estimate_check": check,
+            "curves": {"generate": gen_run.marks, "persona_judge": pj_run.marks, "naive_paper_measured": nv_run.marks,
+                       "naive_paper_estimated": [(t, round(s, 4), c, p) for t, s, c, p in curve]},
+            "note": ("generate and Persona-judge decode max(lengths) tokens once; the cost at a shorter length is the "
+                     "time and forward count when that many tokens had been emitted. The naive paper path is measured "
+                     f"up to {nv_run.tokens} new tokens and estimated beyond from the single-forward latency fit."),
+        }
+        if not check["same_tokens_as_engine"]:
+            report["notes"].append("The naive path's greedy tokens differ from the engine's on the real model "
+                                   "(floating-point ties); its estimate uses the engine's schedule.")
+
+    if prompt_runs:
+        rows = []
+        for target, runs in sorted(prompt_runs.items()):
+            gen_run, pj_run = runs["generate"], runs["persona_judge"]
+            m = args.prompt_new_tokens
+            personas, _ = bench.fit_prompt(target)
+            plens = [len(p) for p in personas]
+            curve = naive_curve(pj_run._generation, plens, m, lam_l, coef)  # type: ignore[attr-defined]
+            rows.append({
+                "prompt_tokens": plens[0],
+                "generate": point(m, gen_run.marks[-1], True,
+                                  first_token_s=round(gen_run.first_token_s, 4), peak_mib=round(gen_run.peak_mib, 1)),
+                "persona_judge": point(m, pj_run.marks[-1], True,
+                                       first_token_s=round(pj_run.first_token_s, 4), peak_mib=round(pj_run.peak_mib, 1),
+                                       acceptance_rate=round(pj_run.acceptance_rate or 0, 4)),
+                "naive_paper": point(m, curve[-1], False, peak_mib=naive_peak(max(plens) + m)),
+            })
+        report["prompts"] = {"lookahead": lam_l, "new_tokens": args.prompt_new_tokens, "rows": rows,
+                             "note": "seconds include reading the prompt (prefill); the naive paper path is estimated"}
+
+    report["criteria"] = criteria(report)
+    report["elapsed_s"] = round(time.perf_counter() - started, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1, default=_json_default))
+    print_report(report)
+    print(f"\nwritten to {args.out} ({report['elapsed_s']:.0f} s)")
     return report
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Run):
+        return asdict(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def criteria(report: dict[str, Any]) -> dict[str, Any]:
+    """The issue's acceptance figures, where this run measured them."""
+    out: dict[str, Any] = {}
+    greedy4 = report.get("main", {}).get("settings", {}).get("persona_judge_greedy_l4")
+    if greedy4:
+        ratio = greedy4["speed_ratio_vs_generate"]
+        out["greedy_l4_vs_generate"] = {"ratio": ratio, "target": 0.8, "met": ratio >= 0.8}
+    lengths = report.get("lengths")
+    if lengths and lengths["lookahead"] == 4:
+        for ours, naive in zip(lengths["series"]["persona_judge"], lengths["series"]["naive_paper"]):
+            if ours["new_tokens"] == 512:
+                ratio = naive["seconds"] / ours["seconds"]
+                out["greedy_l4_vs_naive_at_512"] = {"ratio": round(ratio, 2), "target": 5.0, "met": ratio >= 5.0,
+                                                    "naive_measured": naive["measured"]}
+    return out
+
+
+def print_report(report: dict[str, Any]) -> None:
+    m = report["machine"]
+    print(f"\nmodel: {report['model']}")
+    print(f"machine: {m['cpu']}, {m['cpu_cores']} cores, torch threads {m['torch_threads']}, device {m['device']}"
+          + (f" ({m['gpu']})" if m.get("gpu") else "") + f", load average at the end {m.get('load_average')}")
+    for note in report["notes"]:
+        print(f"NOTE: {note}")
+    if "cached_reload_s" in report:
+        r = report["cached_reload_s"]
+        print(f"cached reload: load_model {r['load_model']:.2f} s ({r['process_with_imports']:.2f} s with python start and imports)")
+    if "main" in report:
+        sec = report["main"]
+        print(f"\n[main] {sec['max_new_tokens']} new tokens, {len(sec['questions'])} questions x {sec['repeats']} repeats")
+        print(f"{'setting':28} {'tok/s':>7} {'vs generate':>11} {'(pair min-max)':>15} {'fwd/tok':>8} {'pos/tok':>8} "
+              f"{'accept':>7} {'tok/iter':>8} {'peak MiB':>9}")
+        for name, s in sec["settings"].items():
+            acc = f"{s['acceptance_rate']:.1%}" if s["acceptance_rate"] is not None else "-"
+            tpi = f"{s['tokens_per_iteration']:.2f}" if s["tokens_per_iteration"] is not None else "-"
+            lo, hi = s["pair_ratio_min_max"]
+            print(f"{name:28} {s['tokens_per_s']:7.2f} {s['speed_ratio_vs_generate']:10.3f}x {f'{lo:.2f}-{hi:.2f}':>15} "
+                  f"{s['forward_calls_per_token']:8.3f} {s['positions_per_token']:8.2f} {acc:>7} {tpi:>8} {s['peak_mib']:9.1f}")
+    if "lengths" in report:
+        sec = report["lengths"]
+        print(f"\n[lengths] greedy λ={sec['lookahead']}, prompt {sec['prompt_tokens']} tokens; "
+              f"naive measured up to {sec['naive_measured_up_to']} tokens, * = estimated")
+        print(f"{'new tokens':>10} {'generate tok/s':>15} {'ours tok/s':>11} {'naive tok/s':>12} {'ours/naive':>11} "
+              f"{'pos/tok gen':>12} {'pos/tok ours':>13} {'pos/tok naive':>14}")
+        for g, o, nv in zip(*(sec["series"][k] for k in ("generate", "persona_judge", "naive_paper"))):
+            star = "" if nv["measured"] else "*"
+            print(f"{g['new_tokens']:10d} {g['tokens_per_s']:15.2f} {o['tokens_per_s']:11.2f} "
+                  f"{format(nv['tokens_per_s'], '.3f') + star:>12} {nv['seconds'] / o['seconds']:10.1f}x "
+                  f"{g['positions_per_token']:12.2f} {o['positions_per_token']:13.2f} {nv['positions_per_token']:14.1f}")
+        c = sec["estimate_check"]
+        print(f"naive estimate check at {c['new_tokens']} tokens: estimated {c['estimated_s']:.1f} s, measured "
+              f"{c['measured_s']:.1f} s (x{c['estimate_over_measured']:.2f}); same tokens as the engine: "
+              f"{c['same_tokens_as_engine']}")
+    if "prompts" in report:
+        sec = report["prompts"]
+        print(f"\n[prompts] greedy λ={sec['lookahead']}, {sec['new_tokens']} new tokens, seconds incl. prefill, * = estimated")
+        print(f"{'prompt':>7} {'generate s':>11} {'ours s':>9} {'naive s':>10} {'ours/gen':>9} {'naive/ours':>11} "
+              f"{'pos/tok ours':>13} {'pos/tok naive':>14}")
+        for row in sec["rows"]:
+            g, o, nv = row["generate"], row["persona_judge"], row["naive_paper"]
+            print(f"{row['prompt_tokens']:7d} {g['seconds']:11.2f} {o['seconds']:9.2f} {format(nv['seconds'], '.1f') + '*':>10} "
+                  f"{o['seconds'] / g['seconds']:8.2f}x {nv['seconds'] / o['seconds']:10.1f}x "
+                  f"{o['positions_per_token']:13.2f} {nv['positions_per_token']:14.1f}")
+    if report["criteria"]:
+        print("\nissue targets:")
+        for name, c in report["criteria"].items():
+            extra = "" if c.get("naive_measured", True) else " (naive estimated)"
+            print(f"  {name}: {c['ratio']:.2f}x (target >= {c['target']}x) {'met' if c['met'] else 'NOT met'}{extra}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,253 @@
+"""Helpers shared by the benchmark scripts: model loading (embedded or random-init), hooks, memory, machine info."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+SHARED_ENV = "PERSONA_JUDGE_SHARED"
+
+
+def shared_dir(override: str | os.PathLike[str] | None = None) -> Path:
+    """The project's shared/ folder (``../shared`` from the repository root), or ``override``/$PERSONA_JUDGE_SHARED.
+
+    Fails with a message that says where it looked and how to point elsewhere.
+    """
+    candidates = [Path(override)] if override else []
+    if os.environ.get(SHARED_ENV):
+        candidates.append(Path(os.environ[SHARED_ENV]))
+    candidates.append(ROOT.parent / "shared")
+    for path in candidates:
+        if (path / "bench" / "prompts.jsonl").is_file():
+            return path.resolve()
+    looked = ", ".join(str(p / "bench" / "prompts.jsonl") for p in candidates)
+    raise SystemExit(
+        f"The benchmark prompts are missing: looked for {looked}. They live in the project's shared/ folder "
+        f"beside the repository (../shared); pass --shared PATH or set {SHARED_ENV}=PATH to point elsewhere."
+    )
+
+
+# -- models ------------------------------------------------------------------------------------------
+
+# Shapes of real architectures, for a randomly initialised stand-in where the weights cannot be carried.
+ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "smollm2-135m": dict(
+        name="SmolLM2-135M", vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+        num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192, rope_theta=100000.0,
+        tie_word_embeddings=True,
+    ),
+    "llama-3.2-1b": dict(
+        name="Llama-3.2-1B", vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+        num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192, rope_theta=500000.0,
+        tie_word_embeddings=True,
+    ),
+}
+
+
+@dataclass
+class BenchModel:
+    model: Any
+    tokenizer: Any | None
+    description: str
+    random_weights: bool
+
+
+def random_model(arch: str, device: str, dtype: torch.dtype, seed: int = 0) -> Any:
+    """A randomly initialised LlamaForCausalLM of ``arch``'s shape (see ARCHITECTURES)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    spec = dict(ARCHITECTURES[arch])
+    spec.pop("name")
+    rope_theta = spec.pop("rope_theta")
+    config = LlamaConfig(**spec, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    config.rope_theta = rope_theta
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = LlamaForCausalLM(config)
+    model = model.to(dtype).eval()
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+def load_bench_model(name: str | None, device: str, random_init: str | None, dtype: str | None) -> BenchModel:
+    """The embedded SmolLM2 (or ``name``) on ``device``; or a random-init stand-in of ``random_init``'s shape."""
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+        dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+    ]
+    if random_init:
+        if random_init not in ARCHITECTURES:
+            raise SystemExit(f"--random-init {random_init!r}: choose one of {sorted(ARCHITECTURES)}")
+        model = random_model(random_init, device, torch_dtype)
+        desc = (
+            f"randomly initialised {ARCHITECTURES[random_init]['name']}-shaped Llama ({torch_dtype}); real "
+            "weights could not be carried to this machine: timings reflect the architecture's cost, acceptance "
+            "rates and texts do not reflect a trained model"
+        )
+        return BenchModel(model, None, desc, True)
+    from langchain_persona_judge import load_model
+
+    model, tokenizer = load_model(name, device=device, dtype=torch_dtype)
+    model.eval()
+    label = name or "SmolLM2-135M-Instruct (embedded, de-quantised from Q4_1 GGUF)"
+    return BenchModel(model, tokenizer, f"{label}, {torch_dtype}", False)
+
+
+# -- hooks and meters --------------------------------------------------------------------------------
+
+
+class ForwardCounter:
+    """Counts forward passes and token positions fed, from a hook on the model itself (not the engine's books)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.calls = 0
+        self.positions = 0
+        self.handle = model.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module: Any, args: tuple, kwargs: dict) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            ids = kwargs["inputs_embeds"]
+            self.positions += int(ids.shape[-2])
+        else:
+            self.positions += int(ids.shape[-1])
+        self.calls += 1
+
+    def reset(self) -> None:
+        self.calls = self.positions = 0
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):  # not Linux: the peak so far (monotonic, so only a rough figure)
+        import resource
+
+        scale = 1 if sys.platform == "darwin" else 1024
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def _malloc_trim() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class MemoryMeter:
+    """Peak memory a run adds on top of what was in use when it started, in MiB.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` (exact). CPU: the process's resident set size, sampled every
+    10 ms by a thread after returning freed heap memory to the OS (``malloc_trim``), so approximate.
+    """
+
+    def __init__(self, device: str, interval: float = 0.01) -> None:
+        self.cuda = device.startswith("cuda")
+        self.interval = interval
+        self._peak = 0
+        self._base = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> MemoryMeter:
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._base = torch.cuda.memory_allocated()
+        else:
+            _malloc_trim()
+            self._base = self._peak = _rss_bytes()
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._peak = max(self._peak, _rss_bytes())
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+            self._peak = torch.cuda.max_memory_allocated()
+        else:
+            self._stop.set()
+            if self._thread is not None:
+                self._thread.join()
+            self._peak = max(self._peak, _rss_bytes())
+
+    @property
+    def peak_mib(self) -> float:
+        return max(0, self._peak - self._base) / 2**20
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def now(device: str) -> float:
+    sync(device)
+    return time.perf_counter()
+
+
+# -- machine ------------------------------------------------------------------------------------------
+
+
+def machine_info(device: str, threads: int | None = None) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info: dict[str, Any] = {
+        "cpu": cpu,
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": threads if threads is not None else torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": device,
+    }
+    try:
+        info["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    try:
+        import transformers
+
+        info["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def kv_cache_mib(model: Any, tokens: int) -> float:
+    """Size of one sequence's KV cache of ``tokens`` positions, from the model's config."""
+    cfg = model.config
+    layers = cfg.num_hidden_layers
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    itemsize = next(model.parameters()).element_size()
+    return 2 * layers * kv_heads * head_dim * itemsize * tokens / 2**20
