@@ -23,7 +23,8 @@ from langchain_core.messages import (
 )
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from pydantic import ConfigDict, Field, PrivateAttr
+from langchain_core.utils import from_env
+from pydantic import ConfigDict, Field
 
 from . import engine
 from .loading import EMBEDDED_NAME, load_model
@@ -31,6 +32,10 @@ from .prompting import Layout, encode_chat, persona_messages
 from .text_stream import IncrementalDetokenizer, StopStringFilter
 
 PROVIDER = "persona_judge"
+MODEL_ENV = "PERSONA_JUDGE_MODEL"
+"""Environment variable read when ``model`` is not passed (a Hugging Face id, local folder or ``.gguf`` file)."""
+DEVICE_ENV = "PERSONA_JUDGE_DEVICE"
+"""Environment variable read when ``device`` is not passed."""
 
 # Weights are loaded once per (model, device, dtype) and shared by every ChatPersonaJudge in the process.
 _SHARED_MODELS: dict[tuple[str | None, str | None, str | None], tuple[Any, Any]] = {}
@@ -38,6 +43,8 @@ _SHARED_LOCK = threading.Lock()
 
 # Per-call keyword arguments that override a field of the same name for that call only.
 _CALL_OVERRIDES = ("preferences", "lookahead", "temperature", "top_k", "top_p", "max_tokens", "seed", "model")
+# Per-call keyword arguments LangChain itself may pass; they carry nothing for decoding.
+_IGNORED_KWARGS = ("stream",)
 
 
 def _shared_model(name: str | None, device: str | None, dtype: str | None) -> tuple[Any, Any]:
@@ -143,9 +150,10 @@ class ChatPersonaJudge(BaseChatModel):
 
     Key init args — client:
         model: Optional[str]
-            Hugging Face id, local folder or ``.gguf`` file; unset for the embedded SmolLM2-135M-Instruct.
+            Hugging Face id, local folder or ``.gguf`` file; unset: ``$PERSONA_JUDGE_MODEL``, else the
+            embedded SmolLM2-135M-Instruct.
         device: Optional[str]
-            ``cpu``, ``cuda``, ``auto``; unset: CUDA when available.
+            ``cpu``, ``cuda``, ``auto``; unset: ``$PERSONA_JUDGE_DEVICE``, else CUDA when available.
         dtype: Optional[str]
             e.g. ``float32``, ``bfloat16``; unset: fp32 on CPU, the checkpoint's dtype on GPU.
 
@@ -201,7 +209,8 @@ class ChatPersonaJudge(BaseChatModel):
 
             {usage_output}
 
-        ``input_tokens`` counts every persona's prompt (each is read once by the model).
+        ``input_tokens`` counts every persona's prompt (each is read once by the model); ``output_tokens``
+        counts the tokens of the answer (when a stop string ends it, up to the token that completed it).
 
     Response metadata:
         .. code-block:: python
@@ -213,13 +222,14 @@ class ChatPersonaJudge(BaseChatModel):
             {metadata_output}
 
         The per-token trace (which persona drafted and judged each token, and whether it was an accepted
-        draft, a residual resample or a bonus token) is in ``llm.generate([[msg]]).generations[0][0].generation_info["trace"]``.
+        draft, a residual resample or a bonus token; one entry per output token) is in
+        ``llm.generate([[msg]]).generations[0][0].generation_info["trace"]`` and in ``response_metadata["trace"]``.
     """
 
     model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True, protected_namespaces=())
 
-    model_name: str | None = Field(default=None, alias="model")
-    """Hugging Face id, local folder or ``.gguf`` file; None for the embedded SmolLM2-135M-Instruct."""
+    model_name: str | None = Field(default_factory=from_env(MODEL_ENV, default=None), alias="model")
+    """Hugging Face id, local folder or ``.gguf`` file; default ``$PERSONA_JUDGE_MODEL``, else None (embedded)."""
     preferences: list[str] = Field(default_factory=list)
     """Preference texts: two or more are decoded with Persona-judge, one directly, none plainly."""
     preference_layout: Layout = "system"
@@ -240,8 +250,8 @@ class ChatPersonaJudge(BaseChatModel):
     """Seed for reproducible sampling."""
     stop: list[str] | None = Field(default=None, alias="stop_sequences")
     """Stop strings; the answer ends right before the first one."""
-    device: str | None = None
-    """``cpu``, ``cuda``, ``cuda:N`` or ``auto``; None picks CUDA when available."""
+    device: str | None = Field(default_factory=from_env(DEVICE_ENV, default=None))
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto``; default ``$PERSONA_JUDGE_DEVICE``, else None (CUDA if any)."""
     dtype: str | None = None
     """Weights dtype name (``float32``, ``bfloat16``...); None: fp32 on CPU, checkpoint dtype on GPU."""
     streaming: bool = False
@@ -253,9 +263,17 @@ class ChatPersonaJudge(BaseChatModel):
     tokenizer: Any = Field(default=None, exclude=True)
     """The tokenizer for ``hf_model``."""
 
-    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
-
     # -- LangChain plumbing ---------------------------------------------------------------------
+
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        """Serialisable with ``dumpd``/``load`` (an ``hf_model``/``tokenizer`` escape hatch is not serialised)."""
+        return True
+
+    @classmethod
+    def get_lc_namespace(cls) -> list[str]:
+        """``["langchain_persona_judge", "chat_models"]``."""
+        return ["langchain_persona_judge", "chat_models"]
 
     @property
     def _llm_type(self) -> str:
@@ -275,7 +293,17 @@ class ChatPersonaJudge(BaseChatModel):
             "max_tokens": self.max_tokens,
             "seed": self.seed,
             "stop": self.stop,
+            "dtype": self.dtype,
         }
+
+    def _get_llm_string(self, stop: list[str] | None = None, **kwargs: Any) -> str:
+        # The cache key is built from the serialised fields, which leave out an ``hf_model`` escape hatch: add
+        # that model's identity, so that two different in-memory models (or one and the default) never share
+        # cache entries.
+        llm_string = super()._get_llm_string(stop=stop, **kwargs)
+        if self.hf_model is not None:
+            llm_string += f"---hf_model={self._display_name(None)}@{id(self.hf_model):x}"
+        return llm_string
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = LangSmithParams(
@@ -317,16 +345,25 @@ class ChatPersonaJudge(BaseChatModel):
 
     # -- request preparation ---------------------------------------------------------------------
 
+    def _with_overrides(self, overrides: dict[str, Any]) -> ChatPersonaJudge:
+        """A copy of this model with per-call values, each validated exactly like its field."""
+        if not overrides:
+            return self
+        settings = self.model_copy()
+        for name, value in overrides.items():
+            type(self).__pydantic_validator__.validate_assignment(settings, name, value)
+        return settings
+
     def _prepare(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> _Request:
-        unknown = [k for k in kwargs if k not in _CALL_OVERRIDES and not k.startswith("ls_")]
+        unknown = [
+            k for k in kwargs if k not in _CALL_OVERRIDES and k not in _IGNORED_KWARGS and not k.startswith("ls_")
+        ]
         if unknown:
             raise TypeError(
                 f"Unknown argument(s) {sorted(unknown)} for ChatPersonaJudge; per-call options are "
                 f"{list(_CALL_OVERRIDES)}."
             )
-        # Per-call values go through the same validation as the fields.
-        overrides = {k: kwargs[k] for k in _CALL_OVERRIDES if k in kwargs and k != "model"}
-        settings = self.model_validate({**self.model_dump(exclude={"hf_model", "tokenizer"}), **overrides})
+        settings = self._with_overrides({k: kwargs[k] for k in _CALL_OVERRIDES if k in kwargs and k != "model"})
         name = kwargs.get("model", self.model_name)
         model, tokenizer = self._load(name)
         conversation = _convert_messages_to_dicts(messages)
@@ -356,9 +393,11 @@ class ChatPersonaJudge(BaseChatModel):
         tokens = engine.stream(request.model, request.prompts, **request.options)
         detokenizer = IncrementalDetokenizer(request.tokenizer)
         stops = StopStringFilter(request.stop)
+        used = 0  # tokens read into the answer: all of them, or up to the one that completed a stop string
         try:
             for chunk_ids in tokens.chunks():
                 for token_id in chunk_ids:
+                    used += 1
                     text = stops.push(detokenizer.push(token_id))
                     if text:
                         yield ChatGenerationChunk(message=AIMessageChunk(content=text))
@@ -372,14 +411,14 @@ class ChatPersonaJudge(BaseChatModel):
                     yield ChatGenerationChunk(message=AIMessageChunk(content=tail))
         finally:
             tokens.close()
-        yield self._final_chunk(request, tokens.generation, stopped_by_string=stops.stopped)
+        yield self._final_chunk(request, tokens.generation, used=used, stopped_by_string=stops.stopped)
 
     def _final_chunk(
-        self, request: _Request, generation: engine.Generation, *, stopped_by_string: bool
+        self, request: _Request, generation: engine.Generation, *, used: int, stopped_by_string: bool
     ) -> ChatGenerationChunk:
         finish_reason = "stop" if stopped_by_string else (generation.finish_reason or "stop")
         input_tokens = sum(len(p) for p in request.prompts)
-        output_tokens = len(generation.token_ids)
+        output_tokens = used
         usage = UsageMetadata(
             input_tokens=input_tokens, output_tokens=output_tokens, total_tokens=input_tokens + output_tokens
         )
@@ -397,7 +436,7 @@ class ChatPersonaJudge(BaseChatModel):
         )
         info: dict[str, Any] = {"finish_reason": finish_reason}
         if self.return_trace:
-            info["trace"] = generation.stats.to_dict(with_trace=True)["trace"]
+            info["trace"] = generation.stats.to_dict(with_trace=True)["trace"][:used]
         return ChatGenerationChunk(message=message, generation_info=info)
 
     def _create_chat_result(self, chunks: Sequence[ChatGenerationChunk]) -> ChatResult:
