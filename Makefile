@@ -30,8 +30,19 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not embedded"
 
-bench: $(STAMP)
-	$(PY) benchmarks/speed_engine.py
+# The bench extra (offline text scorers, matplotlib) on top of the usual install.
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(PIP) install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+# Speed and preference-adherence benchmarks on the embedded model, then plots; under 20 minutes on 2 CPU cores.
+# Results and PNGs: benchmarks/results/ (see benchmarks/README.md).
+bench: $(BENCH_STAMP)
+	$(PY) benchmarks/speed.py --suite
+	$(PY) benchmarks/quality.py
+	$(PY) benchmarks/plots.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

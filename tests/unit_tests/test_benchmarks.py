@@ -1,0 +1,319 @@
+"""Fast checks of the benchmark code: metrics, guards, statistics, the naive paper path and the speed pipeline."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import metrics
+from benchmarks.common import BenchModel, ForwardCounter
+from benchmarks.metrics import DIMENSIONS, compare, guard_failures, outcome_matrix, win_rate
+from benchmarks.naive_paper import engine_history, forward_schedule, naive_generate, norm_logits
+from langchain_persona_judge import generate
+from tests.helpers import tiny_llama
+
+# -- metrics ----------------------------------------------------------------------------------------------
+
+
+def test_words_keep_contractions_and_normalise_apostrophes():
+    assert metrics.words("It’s fine, isn't it? 42 cats!") == ["it's", "fine", "isn't", "it", "42", "cats"]
+    assert metrics.word_count("") == 0
+    assert metrics.word_count("one two  three\nfour") == 4
+
+
+def test_contractions_exclude_possessives():
+    assert metrics.is_contraction("don't") and metrics.is_contraction("it's") and metrics.is_contraction("gonna")
+    assert not metrics.is_contraction("sky's") and not metrics.is_contraction("earth's")
+
+
+def test_informality_rate_counts_each_feature():
+    pytest.importorskip("emoji")
+    # hey (interjection), i'm (contraction + pronoun), you (pronoun), "!" x2, one emoji: 7 features over 7 words.
+    text = "Hey! I'm telling you, plants eat light 😀!"
+    assert metrics.words(text) == ["hey", "i'm", "telling", "you", "plants", "eat", "light"]
+    assert metrics.informality_rate(text) == pytest.approx(7 / 7)
+    assert metrics.informality_rate("Photosynthesis converts light energy into chemical energy.") == 0.0
+    assert metrics.informality_rate("") == 0.0
+    assert metrics.informality_rate("Hahaha that is lol") == pytest.approx(2 / 4)
+
+
+def test_distinct_content_words_ignore_stop_words_and_repeats():
+    assert metrics.distinct_content_words("The cat and the dog. The cat!") == 2
+    assert metrics.distinct_content_words("it is what it is") == 0
+
+
+def test_readability_metrics_order_simple_and_expert_texts():
+    pytest.importorskip("textstat_rs")
+    simple = "The sun is hot. It gives us light. Plants use it to grow."
+    expert = ("Photosynthetic carbon fixation proceeds via ribulose-1,5-bisphosphate carboxylase/oxygenase, "
+              "whose catalytic inefficiency necessitates substantial enzymatic investment.")
+    assert metrics.flesch_reading_ease(simple) > metrics.flesch_reading_ease(expert) + 30
+    assert metrics.flesch_kincaid_grade(expert) > metrics.flesch_kincaid_grade(simple) + 5
+    assert math.isnan(metrics.flesch_reading_ease(""))
+
+
+def test_vader_compound_is_a_sentence_mean():
+    pytest.importorskip("vaderSentiment")
+    assert metrics.vader_compound("") == 0.0
+    rude = "You are an idiot. Go away and stop wasting my time."
+    kind = "What a lovely question. I am happy to help you!"
+    assert metrics.vader_compound(rude) < 0 < metrics.vader_compound(kind)
+    both = metrics.vader_compound(rude.split(". ")[0] + ". " + kind.split(". ")[0] + ".")
+    assert both == pytest.approx(
+        np.mean([metrics.vader_compound("You are an idiot."), metrics.vader_compound("What a lovely question.")])
+    )
+
+
+# -- guards and comparisons -----------------------------------------------------------------------------
+
+
+def test_guards():
+    question = "Why is the sky blue?"
+    assert guard_failures("", question) == ["empty"]
+    assert guard_failures("Blue because of air.", question) == ["empty"]  # 4 words
+    assert "echo" in guard_failures("Why is the sky blue? The sky is blue.", question)
+    assert "repetitive" in guard_failures("light bends here. " * 10, question)
+    answer = "Sunlight scatters off air molecules, and shorter blue wavelengths scatter the most, so we see blue."
+    assert guard_failures(answer, question) == []
+
+
+def test_compare_uses_direction_margin_and_guards():
+    concise, simple = DIMENSIONS["concise"], DIMENSIONS["simple"]  # lower word count wins, margin 5; higher ease, margin 5
+    assert compare(50, 60, False, False, concise) == 1.0
+    assert compare(60, 50, False, False, concise) == 0.0
+    assert compare(50, 55, False, False, concise) == 0.5  # exactly the margin: a tie
+    assert compare(70, 60, False, False, simple) == 1.0
+    assert compare(62, 60, False, False, simple) == 0.5
+    assert compare(90, 10, True, False, simple) == 0.0  # a guard failure loses whatever its metric
+    assert compare(10, 90, False, True, simple) == 1.0
+    assert compare(10, 90, True, True, simple) == 0.5
+    assert compare(float("nan"), 50, False, False, simple) == 0.0
+
+
+def test_outcome_and_aa_matrices():
+    concise = DIMENSIONS["concise"]
+    a = [(10.0, False), (100.0, False)]
+    b = [(50.0, False), (50.0, True)]
+    assert outcome_matrix(a, b, concise).tolist() == [[1.0, 1.0], [0.0, 1.0]]
+    assert metrics.aa_matrix(a, concise).tolist() == [[1.0]]
+    assert metrics.aa_matrix([(1.0, False)] * 4, concise).shape == (2, 1)
+
+
+# -- statistics --------------------------------------------------------------------------------------------
+
+
+def test_win_rate_extremes_and_ties():
+    all_wins = win_rate([np.ones((2, 2))] * 10, n_boot=200)
+    assert (all_wins.win_rate, all_wins.ci_low, all_wins.ci_high) == (1.0, 1.0, 1.0)
+    ties = win_rate([np.full((2, 2), 0.5)] * 10, n_boot=200)
+    assert ties.win_rate == 0.5 and ties.ties == 1.0 and ties.contains_half
+    mixed = win_rate([np.array([[1.0, 0.0]]), np.array([[0.5, 0.5]])], n_boot=200)
+    assert mixed.win_rate == 0.5 and mixed.wins == 0.25 and mixed.ties == 0.5 and mixed.losses == 0.25
+
+
+def test_bootstrap_ci_is_reproducible_covers_the_truth_and_narrows_with_more_prompts():
+    rng = np.random.default_rng(0)
+    small = [rng.choice([0.0, 0.5, 1.0], size=(2, 2)) for _ in range(20)]
+    large = [rng.choice([0.0, 0.5, 1.0], size=(2, 2)) for _ in range(200)]
+    a, b = win_rate(small, n_boot=500, seed=3), win_rate(small, n_boot=500, seed=3)
+    assert (a.ci_low, a.ci_high) == (b.ci_low, b.ci_high)
+    assert a.contains_half and win_rate(large, n_boot=500).contains_half
+    assert win_rate(large, n_boot=500).half_width < a.half_width
+    ragged = small[:5] + [np.ones((1, 2))]
+    r = win_rate(ragged, n_boot=300)
+    assert 0 <= r.ci_low <= r.win_rate <= r.ci_high <= 1
+
+
+def test_bootstrap_ci_has_about_nominal_coverage_on_an_aa_null():
+    # A/A: both seeds of one condition come from the same law, so the win rate's truth is 50%.
+    rng = np.random.default_rng(1)
+    concise = DIMENSIONS["concise"]
+    covered = 0
+    for _ in range(60):
+        mats = [metrics.aa_matrix([(float(rng.normal(80, 15)), False), (float(rng.normal(80, 15)), False)], concise)
+                for _ in range(40)]
+        covered += win_rate(mats, n_boot=300, seed=int(rng.integers(1 << 30))).contains_half
+    assert covered >= 51  # ~95% nominal; binomial slack for 60 trials
+
+
+def _record(pid: str, seed: int, setting: str | None, condition: str, concise: float, friendly: float,
+            guards: list[str] | None = None) -> dict:
+    return {"prompt_id": pid, "question": "q", "seed": seed, "setting": setting, "condition": condition,
+            "text": "", "tokens": 100, "metrics": {"concise": concise, "friendly": friendly}, "guards": guards or []}
+
+
+def test_analysis_marks_measurable_dimensions_and_passes_the_aa_control():
+    from benchmarks import quality
+
+    rng = np.random.default_rng(2)
+    records = []
+    setting = "concise+friendly"
+    for p in range(30):
+        for seed in range(2):
+            # direct and persona_judge are much shorter than none; friendliness is the same law everywhere.
+            records.append(_record(f"q{p}", seed, None, "none", rng.normal(120, 10), rng.normal(0.05, 0.02)))
+            records.append(_record(f"q{p}", seed, setting, "direct", rng.normal(60, 10), rng.normal(0.05, 0.02)))
+            records.append(_record(f"q{p}", seed, setting, "persona_judge", rng.normal(60, 10),
+                                   rng.normal(0.05, 0.02), guards=["echo"] if p == 0 else None))
+    out = quality.analyse(records, [setting], n_boot=300)
+    dims = out["settings"][setting]["dimensions"]
+    assert dims["concise"]["measurable_on_this_model"]
+    assert dims["concise"]["comparisons"]["direct vs none"]["ci95"][0] > 0.9
+    assert not dims["friendly"]["measurable_on_this_model"]
+    assert dims["friendly"]["comparisons"]["direct vs none"]["verdict"] == "no detectable difference"
+    assert "paper vs none" not in dims["concise"]["comparisons"]  # the paper's condition was not run
+    assert dims["concise"]["aa_control"]["pooled"]["contains_50"] and out["aa_control_ok"]
+    guards = out["settings"][setting]["guards_and_lengths"]["persona_judge"]
+    assert guards["echo"] == pytest.approx(2 / 60, abs=1e-4)
+
+
+def test_quality_rescore_recomputes_from_saved_texts(tmp_path):
+    for module in ("textstat_rs", "vaderSentiment", "emoji"):
+        pytest.importorskip(module)
+    from benchmarks import quality
+
+    texts = {
+        "none": "Photosynthesis is the process by which green plants convert light energy into chemical energy, "
+                "storing it in glucose while releasing oxygen as a by-product of splitting water molecules.",
+        "direct": "Plants eat light! They make food from the sun, and it's super fun to watch them grow, right?",
+        "persona_judge": "Hey! Plants are like tiny chefs: they cook sugar with sunlight. Cool, isn't it? You bet!",
+    }
+    records = [
+        {"prompt_id": f"q{p}", "question": "How do plants make food?", "seed": s, "setting": None if c == "none"
+         else "simple+friendly", "condition": c, "text": t, "tokens": 30, "finish_reason": "stop"}
+        for p in range(4) for s in range(2) for c, t in texts.items()
+    ]
+    saved = tmp_path / "quality.json"
+    saved.write_text(json.dumps({"config": {"settings": ["simple+friendly"], "prompts": 4, "prompts_available": 100,
+                                            "subset": True, "seeds": 2, "max_new_tokens": 128, "lookahead": 4,
+                                            "model": "test"}, "records": records}))
+    out = tmp_path / "rescored.json"
+    report = quality.main(["--rescore", str(saved), "--out", str(out), "--bootstrap", "200"])
+    assert json.loads(out.read_text())["results"] == report["results"]
+    simple = report["results"]["settings"]["simple+friendly"]["dimensions"]["simple"]
+    assert simple["comparisons"]["direct vs none"]["win_rate"] == 1.0 and simple["measurable_on_this_model"]
+    assert report["results"]["settings"]["simple+friendly"]["dimensions"]["friendly"]["comparisons"][
+        "persona_judge vs none"]["win_rate"] == 1.0
+
+
+def test_shared_dir_fails_clearly(tmp_path, monkeypatch):
+    from benchmarks import common
+
+    monkeypatch.setenv(common.SHARED_ENV, str(tmp_path))
+    monkeypatch.setattr(common, "ROOT", tmp_path / "repo")
+    with pytest.raises(SystemExit, match="--shared PATH"):
+        common.shared_dir()
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "prompts.jsonl").write_text('{"id": "q0", "prompt": "hi"}\n')
+    assert common.shared_dir() == tmp_path.resolve()
+
+
+# -- the naive paper path ----------------------------------------------------------------------------------
+
+PROMPTS = [([1, 2, 3, 4], [5, 6, 7]), ([9], [10, 11, 12, 13, 14, 15]), ([3, 4], [5], [6, 7, 8]), ([1, 2, 3],)]
+
+
+@pytest.mark.parametrize("eos", [None, 3])
+@pytest.mark.parametrize("lookahead", [1, 2, 4, 8])
+def test_naive_paper_path_matches_the_engine_greedy(lookahead, eos):
+    model = tiny_llama(seed=1, sharpness=4.0, eos_token_id=eos)
+    for prompts in PROMPTS:
+        tensors = [torch.tensor(p) for p in prompts]
+        ours = generate(model, tensors, max_new_tokens=24, lookahead=lookahead, do_sample=False)
+        naive = naive_generate(model, tensors, max_new_tokens=24, lookahead=lookahead)
+        assert naive.token_ids == ours.token_ids
+        assert naive.finish_reason == ours.finish_reason
+        assert (naive.iterations, naive.drafted, naive.accepted, naive.forward_calls) == (
+            ours.stats.iterations, ours.stats.drafted, ours.stats.accepted, ours.stats.forward_calls)
+
+
+def test_naive_paper_path_rereads_the_whole_prefix_and_its_schedule_follows_from_the_engine():
+    model = tiny_llama(seed=2, sharpness=4.0)
+    prompts = [torch.tensor([1, 2, 3, 4]), torch.tensor([5, 6, 7])]
+    counter = ForwardCounter(model)
+    naive = naive_generate(model, prompts, max_new_tokens=30, lookahead=4, eos_token_id=[])
+    assert (counter.calls, counter.positions) == (naive.forward_calls, naive.positions) == (
+        len(naive.forward_lengths), sum(naive.forward_lengths))
+    assert min(naive.forward_lengths) >= 3 and max(naive.forward_lengths) >= 30  # prompt + emitted, every time
+    counter.remove()
+    ours = generate(model, prompts, max_new_tokens=30, lookahead=4, do_sample=False, eos_token_id=[])
+    emitted_before, drafted = engine_history(ours, 30, 4, 2)
+    assert forward_schedule([4, 3], emitted_before, drafted) == naive.forward_lengths
+    assert ours.stats.positions < naive.positions / 3
+
+
+def test_naive_paper_path_samples_reproducibly_and_swaps_roles_once():
+    model = tiny_llama(seed=3, sharpness=3.0)
+    prompts = [torch.tensor([1, 2, 3]), torch.tensor([7, 8])]
+    opts = dict(max_new_tokens=25, lookahead=3, do_sample=True, temperature=0.8, top_k=10, top_p=0.9, seed=5)
+    a, b = naive_generate(model, prompts, **opts), naive_generate(model, prompts, **opts)
+    assert a.token_ids == b.token_ids and len(a.token_ids) == 25
+    seen: list[int] = []
+    swap = naive_generate(model, prompts, max_new_tokens=12, lookahead=2, roles="swap_once", eos_token_id=[],
+                          on_iteration=seen.append)
+    emitted_before = [0, *seen[:-1]]
+    drafted = [min(2, 12 - e - 1) for e in emitted_before]
+    assert forward_schedule([3, 2], emitted_before, drafted, roles="swap_once") == swap.forward_lengths
+    assert swap.forward_lengths[:3] == [3, 4, 4]  # persona 0 drafts first, persona 1 judges; then persona 1 drafts
+    probs = norm_logits(torch.tensor([3.0, 2.0, 1.0, 0.0]), 1.0, 2, None)
+    assert probs[2:].sum() == 0 and probs.sum() == pytest.approx(1.0)
+    nucleus = norm_logits(torch.tensor([5.0, 0.0, 0.0, 0.0]), 1.0, None, 0.5)
+    assert nucleus.tolist() == [1.0, 0.0, 0.0, 0.0]
+
+
+# -- the speed pipeline ------------------------------------------------------------------------------------
+
+
+def test_latency_fit_recovers_a_quadratic():
+    from benchmarks.speed import fit_latency, latency
+
+    grid = [{"length": L, "seconds": 0.02 + 0.001 * L + 2e-7 * L * L} for L in (32, 128, 512, 2048)]
+    coef = fit_latency(grid)
+    assert coef == pytest.approx([0.02, 0.001, 2e-7], rel=1e-4)
+    assert latency(coef, 4096) == pytest.approx(0.02 + 0.001 * 4096 + 2e-7 * 4096**2, rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def quick_speed(tmp_path_factory):
+    """benchmarks/speed.py --quick on a tiny random Llama: (report, path of the JSON)."""
+    from benchmarks import speed
+
+    model = tiny_llama(seed=4, sharpness=2.0)
+    out = tmp_path_factory.mktemp("speed") / "speed.json"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(speed, "load_bench_model", lambda *a, **k: BenchModel(model, None, "tiny random Llama", True))
+        report = speed.main(["--quick", "--random-init", "smollm2-135m", "--out", str(out)])
+    return report, out
+
+
+def test_speed_quick_runs_end_to_end_on_a_tiny_model(quick_speed):
+    report, out = quick_speed
+    saved = json.loads(out.read_text())
+    assert saved["criteria"] == report["criteria"]
+    settings = saved["main"]["settings"]
+    assert {"generate", "direct", "persona_judge_greedy_l4", "persona_judge_sample_l2"} <= set(settings)
+    assert settings["generate"]["speed_ratio_vs_generate"] == 1.0
+    assert settings["generate"]["forward_calls_per_token"] == 1.0
+    lengths = saved["lengths"]
+    assert [p["new_tokens"] for p in lengths["series"]["naive_paper"]] == [8, 16, 32]
+    assert [p["measured"] for p in lengths["series"]["naive_paper"]] == [True, True, False]
+    assert lengths["estimate_check"]["same_tokens_as_engine"]
+    naive_pos = [p["positions_per_token"] for p in lengths["series"]["naive_paper"]]
+    ours_pos = [p["positions_per_token"] for p in lengths["series"]["persona_judge"]]
+    assert all(n > 5 * o for n, o in zip(naive_pos, ours_pos))
+    assert len(saved["prompts"]["rows"]) == 2 and saved["naive_latency"]["fit_a_b_c"]
+
+
+def test_plots_and_summary_from_speed_results(quick_speed, tmp_path):
+    pytest.importorskip("matplotlib")
+    from benchmarks import plots
+
+    _, out = quick_speed
+    images = plots.main(["--speed", str(out), "--quality", str(tmp_path / "missing.json"), "--out", str(tmp_path)])
+    assert {p.name for p in images} == {"speed_lambda.png", "speed_length.png", "speed_prompt.png"}
+    assert all(p.stat().st_size > 10_000 for p in images)
+    assert "tokens/s" in (tmp_path / "summary.md").read_text()
