@@ -602,6 +602,34 @@ async def test_breaking_out_of_an_astream_stops_decoding(
     assert engine_runs[-1].tokens.decoder.finish_reason is None
 
 
+async def test_cancelling_ainvoke_stops_decoding(
+    slow_model: SimpleNamespace, tokenizer: Any, engine_runs: list[SimpleNamespace]
+) -> None:
+    llm = make(slow_model.model, tokenizer, max_tokens=400)  # ~6 s to the end
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(llm.ainvoke(QUESTION), timeout=0.2)
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        before = slow_model.forwards
+        await asyncio.sleep(0.1)
+        if slow_model.forwards == before:
+            break
+    forwards = slow_model.forwards
+    await asyncio.sleep(0.1)
+    assert slow_model.forwards == forwards < 60
+    assert engine_runs[-1].tokens.decoder.finish_reason is None
+
+
+async def test_async_calls_raise_the_same_errors(chat: ChatPersonaJudge) -> None:
+    with pytest.raises(ValueError, match="No messages"):
+        await chat.ainvoke([])
+    with pytest.raises(TypeError, match="frobnicate"):
+        await chat.ainvoke(QUESTION, frobnicate=1)
+    with pytest.raises(ValidationError, match="lookahead"):
+        async for _ in chat.astream(QUESTION, lookahead=0):
+            pass
+
+
 def test_model_override_and_environment(
     tmp_path: Any, chat: ChatPersonaJudge, tokenizer: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
