@@ -1,0 +1,472 @@
+"""The chat app (examples/chat_app): endpoints in-process, then a real server for disconnects, the browser, restarts.
+
+- In-process (httpx's ASGI transport, no socket): pages and JSON endpoints, request validation, an answer
+  streamed as server-sent events and stored, a second turn that sees the first, two conversations at once that
+  do not mix (each answer equals the same conversation decoded alone, greedy).
+- A real server (uvicorn in a subprocess, its own SQLite file): a client that disconnects mid-answer, and one
+  that disconnects while queued, both free their work (the decoding thread returns, the slot is reused); the
+  page driven in headless Chromium streams an answer; a restart keeps every conversation.
+
+Answers are kept short (CHAT_APP_TEST_MAX_TOKENS, default 12): the machine's CPUs are shared. The browser test
+needs Debian's chromium (scripts/install-browser.sh installs it; CI runs that script first) and is skipped, with
+the reason, only when no chromium can be found.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.embedded
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVER = ROOT / "examples" / "chat_app" / "server.py"
+MAX_TOKENS = int(os.environ.get("CHAT_APP_TEST_MAX_TOKENS", "12"))
+LONG = 400  # an answer length that would take minutes: a disconnect must stop it long before
+PERSONAS = ["concise", "friendly"]
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+
+
+def _server_module() -> Any:
+    """examples/chat_app/server.py, imported by path (``examples`` is no package)."""
+    name = "chat_app_server"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, SERVER)
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def parse_sse(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """Server-sent events (``event:`` + one ``data:`` JSON line), comments skipped."""
+    events = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        name, data = "message", []
+        for line in block.split("\n"):
+            if line.startswith("event:"):
+                name = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].lstrip())
+        if data:
+            events.append((name, json.loads("\n".join(data))))
+    return events
+
+
+def answer_text(events: list[tuple[str, dict[str, Any]]]) -> str:
+    return "".join(d["text"] for name, d in events if name == "token")
+
+
+async def reference(preferences: list[str], turns: list[str], answers: list[str], max_tokens: int) -> str:
+    """The last turn's answer from ChatPersonaJudge directly (greedy), for the same conversation."""
+    from langchain_core.messages import AIMessage, HumanMessage
+
+    from langchain_persona_judge import ChatPersonaJudge
+
+    messages: list[Any] = []
+    for i, turn in enumerate(turns):
+        messages.append(HumanMessage(turn))
+        if i < len(answers):
+            messages.append(AIMessage(answers[i]))
+    llm = ChatPersonaJudge(preferences=preferences, temperature=0, max_tokens=max_tokens)
+    return (await llm.ainvoke(messages)).content
+
+
+# -- in-process ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    server = _server_module()
+    settings = server.Settings(db_path=tmp_path_factory.mktemp("chat") / "chat.db", max_tokens=MAX_TOKENS,
+                               max_tokens_cap=64, temperature=0.0, max_concurrent=2, preload=False)
+    application = server.create_app(settings)
+    yield application
+    application.state.service.store.close()
+
+
+@pytest.fixture
+async def client(app: Any) -> Any:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://chat.test") as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def registry() -> Any:
+    from langchain_persona_judge.personas import PersonaRegistry
+
+    return PersonaRegistry.default()
+
+
+async def _new_session(client: httpx.AsyncClient) -> str:
+    response = await client.post("/api/sessions")
+    assert response.status_code == 201
+    return response.json()["id"]
+
+
+async def _ask(client: httpx.AsyncClient, session: str, content: str, **extra: Any) -> list[tuple[str, dict]]:
+    response = await client.post(f"/api/sessions/{session}/messages",
+                                 json={"content": content, "personas": PERSONAS, **extra})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/event-stream")
+    return parse_sse(response.text)
+
+
+async def test_page_and_config(client: httpx.AsyncClient) -> None:
+    page = await client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    # The one page: a persona picker fed by /api/personas, and answers read from a stream as they come.
+    for needle in ('id="personas"', "/api/personas", "/api/sessions", "getReader()", 'id="input"', 'id="stop"'):
+        assert needle in page.text
+    config = (await client.get("/api/config")).json()
+    assert config["max_tokens"] == MAX_TOKENS and config["max_concurrent"] == 2
+    assert config["model"] == "SmolLM2-135M-Instruct"
+    assert (await client.get("/healthz")).json() == {"ok": True}
+
+
+async def test_personas_come_from_the_registry(client: httpx.AsyncClient, registry: Any) -> None:
+    personas = (await client.get("/api/personas")).json()
+    assert [p["name"] for p in personas] == registry.names()
+    for p in personas:
+        assert p["text"] == registry.render(p["name"])
+        assert p["tags"] == list(registry.get(p["name"]).tags)
+
+
+async def test_sessions_can_be_created_listed_read_and_deleted(client: httpx.AsyncClient) -> None:
+    session = await _new_session(client)
+    assert len(session) == 32
+    assert (await client.get(f"/api/sessions/{session}")).json() == {"id": session, "messages": []}
+    assert session in [s["id"] for s in (await client.get("/api/sessions")).json()]
+    assert (await client.delete(f"/api/sessions/{session}")).json() == {"deleted": True}
+    assert (await client.get(f"/api/sessions/{session}")).status_code == 404
+
+
+async def test_bad_requests_are_refused_before_any_decoding(client: httpx.AsyncClient) -> None:
+    session = await _new_session(client)
+    url = f"/api/sessions/{session}/messages"
+    unknown = await client.post(url, json={"content": "Hi", "personas": ["no-such-persona"]})
+    assert unknown.status_code == 422 and "no-such-persona" in unknown.json()["detail"]
+    assert (await client.post(url, json={"content": "   "})).status_code == 422
+    assert (await client.post(url, json={"content": ""})).status_code == 422
+    too_long = await client.post(url, json={"content": "Hi", "max_tokens": 65})
+    assert too_long.status_code == 422 and "cap" in too_long.json()["detail"]
+    assert (await client.post(url, json={"content": "Hi", "temperature": -1})).status_code == 422
+    assert (await client.post("/api/sessions/" + "0" * 32 + "/messages", json={"content": "Hi"})).status_code == 404
+    assert (await client.get("/api/sessions/not-an-id")).status_code == 404
+    assert (await client.get("/api/generations/nope")).status_code == 404
+    assert (await client.get(f"/api/sessions/{session}")).json()["messages"] == []  # nothing was stored
+    stats = (await client.get("/api/stats")).json()
+    assert stats["running"] == stats["queued"] == 0
+
+
+async def test_an_answer_streams_is_stored_and_the_next_turn_sees_it(
+    client: httpx.AsyncClient, registry: Any
+) -> None:
+    session = await _new_session(client)
+    first = await _ask(client, session, "Why is the sky blue?")
+    names = [name for name, _ in first]
+    assert names[:2] == ["queued", "start"] and names[-1] == "done"
+    assert names.count("token") >= 2 and set(names[2:-1]) == {"token"}, names
+    text = answer_text(first)
+    done = first[-1][1]
+    assert done["session_id"] == session and done["finish_reason"] in ("stop", "length")
+    assert 0 < done["usage"]["output_tokens"] <= MAX_TOKENS
+    assert done["persona_judge"]["personas"] == 2
+    assert done["ttft_s"] >= done["queue_wait_s"] >= 0
+    preferences = [registry.render(name) for name in PERSONAS]
+    assert done["preferences_used"] == preferences
+    # The personas' texts reached the model: the same conversation through ChatPersonaJudge gives the same text.
+    assert text == await reference(preferences, ["Why is the sky blue?"], [], MAX_TOKENS)
+
+    second = await _ask(client, session, "And why are sunsets red?")
+    assert second[-1][0] == "done"
+    expected = await reference(preferences, ["Why is the sky blue?", "And why are sunsets red?"], [text], MAX_TOKENS)
+    assert answer_text(second) == expected  # the second answer was decoded with the first turn in context
+
+    messages = (await client.get(f"/api/sessions/{session}")).json()["messages"]
+    assert [(m["role"], m["content"], m["status"]) for m in messages] == [
+        ("user", "Why is the sky blue?", "complete"),
+        ("assistant", text, "complete"),
+        ("user", "And why are sunsets red?", "complete"),
+        ("assistant", expected, "complete"),
+    ]
+    assert messages[0]["personas"] == PERSONAS
+    assert messages[1]["meta"]["generation_id"] == done["generation_id"]
+    assert messages[1]["meta"]["usage"]["output_tokens"] == done["usage"]["output_tokens"]
+
+
+async def test_concurrent_conversations_do_not_mix(client: httpx.AsyncClient, registry: Any) -> None:
+    cases = [("What is photosynthesis?", "concise"), ("How do airplanes fly?", "elementary"),
+             ("Why is the ocean salty?", "sassy")]
+    sessions = [await _new_session(client) for _ in cases]
+    results = await asyncio.gather(
+        *(_ask(client, s, q, max_tokens=8, personas=[p, "friendly"]) for s, (q, p) in zip(sessions, cases, strict=True))
+    )
+    for session, (question, persona), events in zip(sessions, cases, results, strict=True):
+        assert events[-1][0] == "done" and events[-1][1]["session_id"] == session
+        expected = await reference([registry.render(persona), registry.render("friendly")], [question], [], 8)
+        assert answer_text(events) == expected, f"the answer for {question!r} is not its own"
+    stats = (await client.get("/api/stats")).json()
+    assert (stats["running"], stats["queued"], stats["decoding_threads"]) == (0, 0, 0)
+    assert stats["completed"] >= 3 and stats["errors"] == 0
+
+
+# -- a real server ---------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """examples/chat_app/server.py in a subprocess, as `make chat` runs it; restartable on the same database."""
+
+    def __init__(self, db: Path, **env: str) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "PORT": str(self.port), "CHAT_DB": str(db), "LOG_LEVEL": "warning", **env}
+        self.log = db.parent / "server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 240.0) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([sys.executable, str(SERVER)], env=self.env, stdout=log,
+                                         stderr=subprocess.STDOUT, cwd=ROOT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"the chat server exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        pytest.fail(f"the chat server did not start within {timeout:.0f} s:\n{self.log.read_text()}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    # One decoding slot, so a second request waits in the queue; greedy; short answers unless asked for more.
+    server = LiveServer(tmp_path_factory.mktemp("live") / "chat.db", MAX_CONCURRENT="1", CHAT_TEMPERATURE="0",
+                        CHAT_MAX_TOKENS=str(MAX_TOKENS), CHAT_MAX_TOKENS_CAP=str(LONG))
+    server.start()
+    yield server
+    server.stop()
+
+
+def _wait_for(check: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.1)
+
+
+class OpenStream:
+    """A streamed POST read event by event; ``close()`` drops the connection like a closed tab."""
+
+    def __init__(self, client: httpx.Client, session: str, content: str, **extra: Any) -> None:
+        self._cm = client.stream("POST", f"/api/sessions/{session}/messages",
+                                 json={"content": content, "personas": PERSONAS, **extra})
+        self.response = self._cm.__enter__()
+        assert self.response.status_code == 200
+        self._lines = self.response.iter_lines()
+        self.text = ""
+
+    def next_event(self) -> tuple[str, dict[str, Any]]:
+        name, data = "message", []
+        for line in self._lines:
+            if line.startswith("event:"):
+                name = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].lstrip())
+            elif line == "" and data:
+                event = (name, json.loads("\n".join(data)))
+                if name == "token":
+                    self.text += event[1]["text"]
+                return event
+        raise AssertionError("the stream ended")
+
+    def until(self, wanted: str) -> dict[str, Any]:
+        while True:
+            name, data = self.next_event()
+            if name == wanted:
+                return data
+            assert name not in ("error", "done"), (name, data)
+
+    def close(self) -> None:
+        self._cm.__exit__(None, None, None)
+
+
+def test_disconnects_stop_generation_and_free_the_slot(live: LiveServer) -> None:
+    with httpx.Client(base_url=live.url, timeout=120) as client:
+        def generation(gid: str) -> dict[str, Any]:
+            return client.get(f"/api/generations/{gid}").json()
+
+        session_a, session_b = (client.post("/api/sessions").json()["id"] for _ in range(2))
+        # A asks for an answer that would take minutes, and reads until its first token.
+        a = OpenStream(client, session_a, "Tell me a very long story about a dragon.", max_tokens=LONG)
+        a_id = a.until("queued")["generation_id"]
+        a.until("token")
+        assert generation(a_id)["state"] == "running" and generation(a_id)["worker_running"]
+        # B waits behind it (one slot), then goes away while still queued.
+        b = OpenStream(client, session_b, "What is rain?")
+        b_id = b.until("queued")["generation_id"]
+        assert client.get("/api/stats").json()["queued"] == 1
+        b.close()
+        gone = _wait_for(lambda: (g := generation(b_id))["state"] == "cancelled" and g, 30, "B to be cancelled")
+        assert not gone["worker_started"]  # it never took the slot, never decoded
+        assert gone["cancel_reason"] == "client disconnected"
+
+        # A goes away mid-answer: the server notices, its decoding thread returns, and far fewer than LONG tokens.
+        received = a.text
+        closed_at = time.monotonic()
+        a.close()
+        freed = _wait_for(lambda: (g := generation(a_id))["state"] == "cancelled" and not g["worker_running"] and g,
+                          30, "A's decoding thread to return")
+        took = time.monotonic() - closed_at
+        assert freed["worker_started"] and freed["cancel_reason"] == "client disconnected"
+        assert freed["pieces"] < LONG / 4, freed
+        stats = client.get("/api/stats").json()
+        assert (stats["running"], stats["queued"], stats["decoding_threads"]) == (0, 0, 0), stats
+        assert stats["cancelled"] >= 2
+        # The partial answer is kept, marked cancelled (and left out of the model's context later).
+        stored = client.get(f"/api/sessions/{session_a}").json()["messages"]
+        assert [(m["role"], m["status"]) for m in stored] == [("user", "complete"), ("assistant", "cancelled")]
+        assert stored[1]["content"].startswith(received)
+
+        # The slot is free again: the next answer streams to the end.
+        c = OpenStream(client, session_b, "What is rain?")
+        done = c.until("done")
+        c.close()
+        assert done["queue_wait_s"] < 5, f"the next answer waited {done['queue_wait_s']} s for a slot"
+        print(f"disconnect freed the decoding thread {took:.2f} s after the client left")
+
+
+def _chromium() -> str | None:
+    for candidate in (os.environ.get("CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
+                      shutil.which("chromium-browser")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+@pytest.mark.browser
+def test_the_page_streams_an_answer_in_headless_chromium(live: LiveServer) -> None:
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("no chromium at /usr/bin/chromium (or $CHROMIUM, or on PATH): run scripts/install-browser.sh, "
+                    "which installs Debian's chromium; CI runs it before the tests")
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(180_000)
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(live.url)
+            page.wait_for_selector("body[data-ready='1']")
+            # The persona picker lists the registry; pick two.
+            boxes = page.locator("#personas input[type=checkbox]")
+            expect(boxes).to_have_count(len(httpx.get(f"{live.url}/api/personas").json()))
+            for box in boxes.all():
+                box.uncheck()
+            page.check("#personas input[value='concise']")
+            page.check("#personas input[value='friendly']")
+            # Count the answer's text updates while it streams (one per token event, not one at the end).
+            page.evaluate("""() => {
+                window.__updates = [];
+                new MutationObserver(() => {
+                    const a = document.querySelector('.msg.assistant:last-of-type');
+                    if (a) window.__updates.push([a.dataset.state, a.querySelector('.body').textContent]);
+                }).observe(document.getElementById('messages'), {subtree: true, childList: true, characterData: true});
+            }""")
+            page.fill("#input", "Why is the sky blue?")
+            page.click("#send")
+            answer = page.locator(".msg.assistant").last
+            expect(answer).to_have_attribute("data-state", "done", timeout=180_000)
+            text = answer.locator(".body").text_content()
+            assert text and text.strip()
+            updates = page.evaluate("window.__updates")
+            streaming = [t for state, t in updates if state == "streaming" and t]
+            assert len(set(streaming)) >= 2, f"the answer did not appear token by token: {updates}"
+            assert all(text.startswith(t) for t in streaming)
+            assert "tokens" in answer.locator(".meta").text_content()
+
+            # What the page showed is what the server stored, and a reload shows the conversation again.
+            session = page.evaluate("localStorage.getItem('pj.session')")
+            stored = httpx.get(f"{live.url}/api/sessions/{session}").json()["messages"]
+            assert [(m["role"], m["content"]) for m in stored] == [("user", "Why is the sky blue?"),
+                                                                    ("assistant", text)]
+            assert stored[0]["personas"] == ["concise", "friendly"]
+            page.reload()
+            page.wait_for_selector("body[data-ready='1']")
+            expect(page.locator(".msg.assistant .body")).to_have_text([text])
+            assert not errors, errors
+        finally:
+            browser.close()
+
+
+def test_a_restart_keeps_every_conversation(live: LiveServer) -> None:
+    with httpx.Client(base_url=live.url, timeout=120) as client:
+        session = client.post("/api/sessions").json()["id"]
+        first = parse_sse(client.post(f"/api/sessions/{session}/messages",
+                                      json={"content": "What is rain?", "personas": PERSONAS}).text)
+        assert first[-1][0] == "done"
+        before = client.get(f"/api/sessions/{session}").json()
+        listed = client.get("/api/sessions").json()
+
+    live.restart()  # SIGTERM, then a new process on the same database file
+
+    with httpx.Client(base_url=live.url, timeout=120) as client:
+        assert client.get(f"/api/sessions/{session}").json() == before
+        assert client.get("/api/sessions").json() == listed
+        # The conversation goes on where it was: the new answer is stored after the old ones.
+        second = parse_sse(client.post(f"/api/sessions/{session}/messages",
+                                       json={"content": "Where does it come from?", "personas": PERSONAS}).text)
+        assert second[-1][0] == "done"
+        after = client.get(f"/api/sessions/{session}").json()["messages"]
+        assert after[:2] == before["messages"]
+        assert [(m["role"], m["content"]) for m in after[2:]] == [
+            ("user", "Where does it come from?"), ("assistant", answer_text(second))
+        ]
