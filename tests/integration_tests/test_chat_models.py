@@ -203,8 +203,8 @@ async def test_ainvoke_keeps_the_event_loop_free() -> None:
     running = False
     await task
     assert result.content
-    # Each forward of the 135M model takes tens of milliseconds: a blocked loop could not tick like this.
-    assert ticks >= max(5, int(elapsed / 0.005 * 0.2))
+    # Each forward of the 135M model takes tens of milliseconds: a blocked loop would tick once at most.
+    assert ticks >= max(5, int(elapsed / 0.005 * 0.1))
 
 
 def test_threads_sharing_the_model_get_the_sequential_answers() -> None:
