@@ -44,5 +44,17 @@ bench: $(BENCH_STAMP)
 	$(PY) benchmarks/quality.py
 	$(PY) benchmarks/plots.py
 
+# The app extra (FastAPI, uvicorn, httpx, playwright) on top of the usual install.
+APP_STAMP := $(VENV)/.app-installed
+
+$(APP_STAMP): $(STAMP) pyproject.toml
+	$(PIP) install --quiet -e '.[dev,app]'
+	touch $(APP_STAMP)
+
+# The chat app on the embedded model: http://127.0.0.1:$PORT/ (PORT defaults to 8000; see examples/chat_app/README.md).
+.PHONY: chat
+chat: $(APP_STAMP)
+	$(PY) examples/chat_app/server.py
+
 clean:
 	rm -rf $(VENV) build *.egg-info
