@@ -27,7 +27,9 @@ from langchain_core.utils import from_env
 from pydantic import ConfigDict, Field
 
 from . import engine
+from .composition import PersonaPrompt, Strategy, compose, resolve_preference
 from .loading import EMBEDDED_NAME, load_model
+from .personas import Persona, PersonaRegistry, load_registry
 from .prompting import Layout, encode_chat, persona_messages
 from .text_stream import IncrementalDetokenizer, StopStringFilter
 
@@ -42,12 +44,16 @@ _SHARED_MODELS: dict[tuple[str | None, str | None, str | None], tuple[Any, Any]]
 _SHARED_LOCK = threading.Lock()
 
 # Per-call keyword arguments that override a field of the same name for that call only.
-_CALL_OVERRIDES = ("preferences", "lookahead", "temperature", "top_k", "top_p", "max_tokens", "seed", "model")
+_CALL_OVERRIDES = (
+    "preferences", "composition", "lookahead", "temperature", "top_k", "top_p", "max_tokens", "seed", "model",
+)
 # Per-call keyword arguments LangChain itself may pass; they carry nothing for decoding.
 _IGNORED_KWARGS = ("stream",)
 
 
 def _shared_model(name: str | None, device: str | None, dtype: str | None) -> tuple[Any, Any]:
+    if device is None:  # the same default load_model takes, so that None and "cpu" share one copy on a CPU
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     key = (name, device, dtype)
     with _SHARED_LOCK:
         if key not in _SHARED_MODELS:
@@ -116,6 +122,8 @@ class _Request:
     options: dict[str, Any]
     stop: list[str]
     preferences: list[str]
+    personas: list[PersonaPrompt]
+    composition: str
 
 
 class ChatPersonaJudge(BaseChatModel):
@@ -230,8 +238,13 @@ class ChatPersonaJudge(BaseChatModel):
 
     model_name: str | None = Field(default_factory=from_env(MODEL_ENV, default=None), alias="model")
     """Hugging Face id, local folder or ``.gguf`` file; default ``$PERSONA_JUDGE_MODEL``, else None (embedded)."""
-    preferences: list[str] = Field(default_factory=list)
-    """Preference texts: two or more are decoded with Persona-judge, one directly, none plainly."""
+    preferences: list[str | Persona | tuple[str, dict[str, Any]]] = Field(default_factory=list)
+    """Persona names, free texts, ``Persona`` objects or ``(name, {variables})`` pairs (see ``composition``)."""
+    registry: PersonaRegistry | str | None = Field(default=None)
+    """A ``PersonaRegistry`` or a YAML file/folder of personas, merged over the built-ins."""
+    composition: Strategy = "split"
+    """How N preferences become personas: ``split`` (one each, roles rotate), ``pair`` (two groups, the
+    paper's), ``all`` (one persona with every preference: the direct-prompt baseline)."""
     preference_layout: Layout = "system"
     """Where a preference goes: ``system`` (the persona's system turn) or ``user_turn`` (the paper's code)."""
     preference_template: str | None = None
@@ -283,7 +296,9 @@ class ChatPersonaJudge(BaseChatModel):
     def _identifying_params(self) -> dict[str, Any]:
         return {
             "model_name": self._display_name(self.model_name),
-            "preferences": list(self.preferences),
+            "preferences": [p.model_dump() if isinstance(p, Persona) else p for p in self.preferences],
+            "registry": self.registry if not isinstance(self.registry, PersonaRegistry) else self.registry.to_yaml(),
+            "composition": self.composition,
             "preference_layout": self.preference_layout,
             "preference_template": self.preference_template,
             "lookahead": self.lookahead,
@@ -367,13 +382,26 @@ class ChatPersonaJudge(BaseChatModel):
         name = kwargs.get("model", self.model_name)
         model, tokenizer = self._load(name)
         conversation = _convert_messages_to_dicts(messages)
-        preferences = [p for p in settings.preferences if p.strip()]
-        groups = [[p] for p in preferences] if preferences else [[]]
+        registry = load_registry(settings.registry)
+        # Blank free-text preferences (an empty form field, say) are ignored rather than sent to the model.
+        wanted = [p for p in settings.preferences if not (isinstance(p, str) and not p.strip())]
+        resolved = [resolve_preference(p, registry) for p in wanted]
+        personas = compose(resolved, settings.composition)
         prompts = [
-            encode_chat(tokenizer, persona_messages(conversation, group, layout=settings.preference_layout,
-                                                    template=settings.preference_template))
-            for group in groups
+            encode_chat(
+                tokenizer,
+                persona_messages(
+                    conversation,
+                    persona.preferences,
+                    layout=settings.preference_layout,
+                    # A persona's own system template wins over the model-wide one (system layout only).
+                    template=persona.system_template if persona.system_template and settings.preference_layout
+                    == "system" else settings.preference_template,
+                ),
+            )
+            for persona in personas
         ]
+        preferences = [r.text for r in resolved]
         options = {
             "max_new_tokens": settings.max_tokens,
             "lookahead": settings.lookahead,
@@ -384,7 +412,10 @@ class ChatPersonaJudge(BaseChatModel):
             "seed": settings.seed,
         }
         stops = list(dict.fromkeys([*(self.stop or []), *(stop or [])]))
-        return _Request(model, tokenizer, self._display_name(name), prompts, options, stops, preferences)
+        return _Request(
+            model, tokenizer, self._display_name(name), prompts, options, stops, preferences, personas,
+            settings.composition,
+        )
 
     # -- decoding --------------------------------------------------------------------------------
 
@@ -429,6 +460,8 @@ class ChatPersonaJudge(BaseChatModel):
             "model_provider": PROVIDER,
             "finish_reason": finish_reason,
             "preferences": request.preferences,
+            "composition": request.composition,
+            "persona_prompts": [p.preferences for p in request.personas],
             "persona_judge": stats,
         }
         message = AIMessageChunk(

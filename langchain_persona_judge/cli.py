@@ -111,6 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--system", metavar="TEXT", help="a system prompt (the preferences are added to it)")
     parser.add_argument(
+        "--registry",
+        metavar="FILE",
+        help="a YAML persona registry (file or folder) merged over the built-ins; -p NAME then finds its personas",
+    )
+    parser.add_argument(
+        "--composition",
+        choices=("split", "pair", "all"),
+        default="split",
+        help="how several preferences become personas: one each, roles rotating (split, default); two groups "
+        "(pair, the paper's); one persona with all of them (all, the direct prompt)",
+    )
+    parser.add_argument(
         "--layout",
         choices=("system", "user_turn"),
         default="system",
@@ -203,7 +215,7 @@ def _read_question(raw: str, stdin: IO[str]) -> str:
 # -- model -------------------------------------------------------------------------------------------
 
 
-def _make_llm(args: argparse.Namespace, preferences: list[str]) -> ChatPersonaJudge:
+def _make_llm(args: argparse.Namespace, preferences: list[str], composition: str | None = None) -> ChatPersonaJudge:
     from .chat_models import ChatPersonaJudge
 
     return ChatPersonaJudge(
@@ -211,6 +223,8 @@ def _make_llm(args: argparse.Namespace, preferences: list[str]) -> ChatPersonaJu
         device=args.device,
         dtype=args.dtype,
         preferences=preferences,
+        registry=args.registry,
+        composition=composition or args.composition,
         preference_layout=args.layout,
         lookahead=args.lookahead,
         temperature=args.temperature,
@@ -359,10 +373,9 @@ def _run_single(args: argparse.Namespace, question: str, stdout: IO[str], stderr
 
 def _run_compare(args: argparse.Namespace, question: str, stdout: IO[str], stderr: IO[str]) -> int:
     prefs = list(args.preferences)
-    # "Direct" is one persona whose preference turn lists them all: the templates write one preference
-    # per line, so a newline-joined single preference renders exactly as a list of all of them would.
-    runs = {"plain": [], "direct": ["\n".join(prefs)], "persona_judge": prefs}
-    llms = {key: _make_llm(args, value) for key, value in runs.items()}
+    # "Direct" is the `all` composition: one persona whose preference turn lists every preference.
+    runs = {"plain": ([], "split"), "direct": (prefs, "all"), "persona_judge": (prefs, args.composition)}
+    llms = {key: _make_llm(args, value, composition) for key, (value, composition) in runs.items()}
     _load(llms["plain"], args.quiet)  # all three share one copy of the weights
     messages = _messages(question, args.system)
     results: dict[str, Any] = {"question": question, "preferences": prefs}
@@ -399,9 +412,10 @@ def _user_error(exc: BaseException) -> str | None:
     from pydantic import ValidationError
 
     from .loading import ModelLoadError
+    from .personas import PersonaError
     from .prompting import PromptTemplateError
 
-    if isinstance(exc, (UsageError, ModelLoadError, PromptTemplateError)):
+    if isinstance(exc, (UsageError, ModelLoadError, PromptTemplateError, PersonaError)):
         return str(exc)
     if isinstance(exc, ValidationError):  # a value our own checks missed, refused by ChatPersonaJudge
         first = exc.errors()[0]

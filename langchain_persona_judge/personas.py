@@ -350,9 +350,7 @@ class PersonaRegistry:
         """The preference text of ``name``, with inheritance: parents' variables are defaults, and a
         child's description can include its parent's text as ``{{ parent }}`` (no description: the parent's)."""
         chain = self._chain(name)
-        defaults: dict[str, Any] = {}
-        for ancestor in reversed(chain):
-            defaults.update(ancestor.variables)
+        defaults = self.defaults(name)
         text: str | None = None
         for ancestor in reversed(chain):
             if ancestor.description is not None:
@@ -360,6 +358,17 @@ class PersonaRegistry:
         if text is None:
             raise PersonaError(f"persona {name!r} and its parents have no description; write one.")
         return text
+
+    def defaults(self, name: str) -> dict[str, Any]:
+        """Default variable values along the `extends` chain (children win)."""
+        merged: dict[str, Any] = {}
+        for ancestor in reversed(self._chain(name)):
+            merged.update(ancestor.variables)
+        return merged
+
+    def variables_used(self, name: str) -> set[str]:
+        """Every template variable the persona's text uses, its parents' included."""
+        return {v for p in self._chain(name) for v in p.required_variables()}
 
     def system_template(self, name: str) -> str | None:
         """The nearest ``system`` template override along the persona's `extends` chain."""

@@ -1,12 +1,22 @@
 from __future__ import annotations
 
+import os
+
 import pytest
+import torch
+
+# One torch thread: on a 2-core machine that other processes share, two threads can make small ops tens of
+# times slower (spin-waiting), and one thread keeps timings and float reductions steady. Override with
+# PERSONA_JUDGE_TEST_THREADS.
+torch.set_num_threads(int(os.environ.get("PERSONA_JUDGE_TEST_THREADS", "1")))
 
 
 @pytest.fixture(scope="session")
 def embedded():
-    """The real embedded SmolLM2-135M-Instruct, loaded once per test session (converted on first use)."""
-    from langchain_persona_judge import load_model
+    """The real embedded SmolLM2-135M-Instruct, loaded once per session (converted on first use).
 
-    model, tokenizer = load_model(device="cpu")
-    return model, tokenizer
+    The same copy of the weights that ``ChatPersonaJudge()`` uses (shared process-wide), not a second one.
+    """
+    from langchain_persona_judge.chat_models import _shared_model
+
+    return _shared_model(None, "cpu", None)
