@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -27,6 +28,7 @@ from langchain_core.utils import from_env
 from pydantic import ConfigDict, Field
 
 from . import engine
+from .admission import ContextLengthError, OutOfMemoryError, RequestTimeoutError, queue_for
 from .composition import PersonaPrompt, Strategy, compose, resolve_preference
 from .loading import EMBEDDED_NAME, load_model
 from .personas import Persona, PersonaRegistry, load_registry
@@ -108,7 +110,21 @@ def _convert_message_to_dict(message: BaseMessage) -> dict[str, Any]:
 def _convert_messages_to_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
     if not messages:
         raise ValueError("No messages to answer; pass at least one message.")
-    return [_convert_message_to_dict(m) for m in messages]
+    converted = [_convert_message_to_dict(m) for m in messages]
+    if not any(m["role"] == "user" and m["content"].strip() for m in converted) and not any(
+        m["content"].strip() or m["role"] == "tool" for m in converted if m["role"] != "system"
+    ):
+        raise ValueError("Every message is empty; pass a question or other text to answer.")
+    return converted
+
+
+@dataclass
+class _Progress:
+    """What one call has decoded so far."""
+
+    used: int = 0
+    """Tokens read into the answer: all of them, or up to the one that completed a stop string."""
+    text: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -271,6 +287,14 @@ class ChatPersonaJudge(BaseChatModel):
     """Stream internally in ``invoke`` too (callbacks get tokens as they come)."""
     return_trace: bool = True
     """Put the per-token trace in ``generation_info["trace"]`` (LangChain copies it into response_metadata)."""
+    timeout: float | None = Field(default=None, gt=0)
+    """Seconds a call may take, waiting for the model included; past it a RequestTimeoutError is raised."""
+    max_concurrency: int | None = Field(default=None, ge=1)
+    """Decodes allowed at once on this model's weights (shared by every instance using them); None: no limit."""
+    max_queue: int | None = Field(default=None, ge=0)
+    """Calls allowed to wait for a slot; one more raises QueueFullError at once. None: no limit."""
+    truncation: Literal["error", "drop_oldest"] = "error"
+    """A conversation longer than the context: raise ContextLengthError, or drop the oldest turns until it fits."""
     hf_model: Any = Field(default=None, exclude=True)
     """An already loaded transformers causal LM (escape hatch; use with ``tokenizer``)."""
     tokenizer: Any = Field(default=None, exclude=True)
@@ -387,20 +411,7 @@ class ChatPersonaJudge(BaseChatModel):
         wanted = [p for p in settings.preferences if not (isinstance(p, str) and not p.strip())]
         resolved = [resolve_preference(p, registry) for p in wanted]
         personas = compose(resolved, settings.composition)
-        prompts = [
-            encode_chat(
-                tokenizer,
-                persona_messages(
-                    conversation,
-                    persona.preferences,
-                    layout=settings.preference_layout,
-                    # A persona's own system template wins over the model-wide one (system layout only).
-                    template=persona.system_template if persona.system_template and settings.preference_layout
-                    == "system" else settings.preference_template,
-                ),
-            )
-            for persona in personas
-        ]
+        conversation, prompts = self._fit_context(model, tokenizer, conversation, personas, settings)
         preferences = [r.text for r in resolved]
         options = {
             "max_new_tokens": settings.max_tokens,
@@ -417,32 +428,121 @@ class ChatPersonaJudge(BaseChatModel):
             settings.composition,
         )
 
+    @staticmethod
+    def _encode_personas(
+        tokenizer: Any, conversation: list[dict[str, Any]], personas: list[PersonaPrompt], settings: ChatPersonaJudge
+    ) -> list[torch.Tensor]:
+        return [
+            encode_chat(
+                tokenizer,
+                persona_messages(
+                    conversation,
+                    persona.preferences,
+                    layout=settings.preference_layout,
+                    # A persona's own system template wins over the model-wide one (system layout only).
+                    template=persona.system_template
+                    if persona.system_template and settings.preference_layout == "system"
+                    else settings.preference_template,
+                ),
+            )
+            for persona in personas
+        ]
+
+    def _fit_context(
+        self,
+        model: Any,
+        tokenizer: Any,
+        conversation: list[dict[str, Any]],
+        personas: list[PersonaPrompt],
+        settings: ChatPersonaJudge,
+    ) -> tuple[list[dict[str, Any]], list[torch.Tensor]]:
+        """Encode every persona's prompt; if the longest leaves no room to answer, drop the oldest turns
+        (``truncation="drop_oldest"``) or raise ContextLengthError, before any forward pass."""
+        limit = engine.context_limit(model)
+        while True:
+            prompts = self._encode_personas(tokenizer, conversation, personas, settings)
+            longest = max(len(p) for p in prompts)
+            if limit is None or longest < limit:
+                return conversation, prompts
+            droppable = [i for i, m in enumerate(conversation[:-1]) if m["role"] != "system"]
+            if settings.truncation != "drop_oldest" or not droppable:
+                fix = (
+                    "shorten the last message" if settings.truncation == "drop_oldest"
+                    else "shorten it, or pass truncation='drop_oldest' to drop the oldest turns"
+                )
+                raise ContextLengthError(
+                    f"The conversation is {longest} tokens with its preferences, but the model's context holds "
+                    f"{limit} (and the answer needs room too); {fix}.",
+                    longest,
+                    limit,
+                )
+            conversation = conversation[: droppable[0]] + conversation[droppable[0] + 1 :]
+
     # -- decoding --------------------------------------------------------------------------------
 
-    def _iter_chunks(self, request: _Request) -> Iterator[ChatGenerationChunk]:
-        """Text chunks as they are decided, then one final chunk with usage and metadata."""
-        tokens = engine.stream(request.model, request.prompts, **request.options)
-        detokenizer = IncrementalDetokenizer(request.tokenizer)
-        stops = StopStringFilter(request.stop)
-        used = 0  # tokens read into the answer: all of them, or up to the one that completed a stop string
-        try:
-            for chunk_ids in tokens.chunks():
-                for token_id in chunk_ids:
-                    used += 1
-                    text = stops.push(detokenizer.push(token_id))
-                    if text:
-                        yield ChatGenerationChunk(message=AIMessageChunk(content=text))
-                    if stops.stopped:
-                        break
+    def _iter_chunks(
+        self, request: _Request, cancelled: threading.Event | None = None
+    ) -> Iterator[ChatGenerationChunk]:
+        """Text chunks as they are decided, then one final chunk with usage and metadata.
+
+        The decode waits for a slot in the model's admission queue, checks ``cancelled`` and the timeout once
+        per iteration, and frees its caches however it ends.
+        """
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        queue = queue_for(request.model)
+        if self.max_concurrency is not None or self.max_queue is not None:
+            queue.configure(self.max_concurrency, self.max_queue)
+        with queue.admit(deadline):
+            tokens = engine.stream(request.model, request.prompts, **request.options)
+            detokenizer = IncrementalDetokenizer(request.tokenizer)
+            stops = StopStringFilter(request.stop)
+            progress = _Progress()
+            try:
+                yield from self._decode_chunks(tokens, detokenizer, stops, progress, cancelled, deadline)
+            except torch.cuda.OutOfMemoryError as exc:
+                tokens.close()
+                torch.cuda.empty_cache()
+                raise OutOfMemoryError(
+                    f"The GPU ran out of memory while decoding ({exc}); this request's caches were freed. "
+                    "Use shorter conversations, fewer preferences, a smaller max_tokens, or a smaller dtype."
+                ) from exc
+            finally:
+                tokens.close()
+        yield self._final_chunk(request, tokens.generation, used=progress.used, stopped_by_string=stops.stopped)
+
+    def _decode_chunks(
+        self,
+        tokens: engine.TokenStream,
+        detokenizer: IncrementalDetokenizer,
+        stops: StopStringFilter,
+        progress: _Progress,
+        cancelled: threading.Event | None,
+        deadline: float | None,
+    ) -> Iterator[ChatGenerationChunk]:
+        """Token ids -> text chunks, stopping at a stop string, a cancellation or the deadline."""
+        for chunk_ids in tokens.chunks():
+            if cancelled is not None and cancelled.is_set():
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                raise RequestTimeoutError(
+                    f"The call ran past its timeout of {self.timeout} s after {len(tokens.generation.token_ids)} "
+                    "tokens; raise timeout or lower max_tokens (the text so far is in .partial_text).",
+                    "".join(progress.text),
+                )
+            for token_id in chunk_ids:
+                progress.used += 1
+                text = stops.push(detokenizer.push(token_id))
+                if text:
+                    progress.text.append(text)
+                    yield ChatGenerationChunk(message=AIMessageChunk(content=text))
                 if stops.stopped:
                     break
-            if not stops.stopped:
-                tail = stops.push(detokenizer.flush()) + stops.flush()
-                if tail:
-                    yield ChatGenerationChunk(message=AIMessageChunk(content=tail))
-        finally:
-            tokens.close()
-        yield self._final_chunk(request, tokens.generation, used=used, stopped_by_string=stops.stopped)
+            if stops.stopped:
+                break
+        if not stops.stopped:
+            tail = stops.push(detokenizer.flush()) + stops.flush()
+            if tail:
+                yield ChatGenerationChunk(message=AIMessageChunk(content=tail))
 
     def _final_chunk(
         self, request: _Request, generation: engine.Generation, *, used: int, stopped_by_string: bool
@@ -536,7 +636,7 @@ class ChatPersonaJudge(BaseChatModel):
 
         def work() -> None:
             try:
-                chunks = self._iter_chunks(self._prepare(messages, stop, kwargs))
+                chunks = self._iter_chunks(self._prepare(messages, stop, kwargs), cancelled)
                 try:
                     for chunk in chunks:
                         if cancelled.is_set():

@@ -218,7 +218,8 @@ def _eos_ids(model: PreTrainedModel, eos_token_id: int | Iterable[int] | None) -
     return frozenset(int(t) for t in eos_token_id)
 
 
-def _context_limit(model: PreTrainedModel) -> int | None:
+def context_limit(model: PreTrainedModel) -> int | None:
+    """The model's context length in tokens, when its config says."""
     for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
         value = getattr(model.config, name, None)
         if isinstance(value, int) and value > 0:
@@ -267,7 +268,7 @@ class PersonaJudgeDecoder:
         self.max_new_tokens = self._budget()
 
     def _budget(self) -> int:
-        limit = _context_limit(self.model)
+        limit = context_limit(self.model)
         longest = max(len(p.prompt) for p in self.personas)
         if limit is None:
             return self.options.max_new_tokens

@@ -1,0 +1,114 @@
+"""Admission of requests to a shared model: a bounded FIFO queue, and the errors callers can act on.
+
+Policy: at most ``max_concurrency`` decodes run at once on one model (all ``ChatPersonaJudge`` objects that
+share its weights share the queue); further requests wait in arrival order, at most ``max_queue`` of them;
+one more is refused at once with :class:`QueueFullError`. A request that cannot start before its deadline
+raises :class:`RequestTimeoutError`. Running decodes interleave their iterations, so on a CPU a limit near the
+number of cores keeps time-to-first-token fair instead of thrashing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+class PersonaJudgeError(RuntimeError):
+    """Base of the errors a ChatPersonaJudge call raises for conditions a caller can handle."""
+
+
+class QueueFullError(PersonaJudgeError):
+    """The model's admission queue is full; retry later or raise ``max_queue``."""
+
+
+class RequestTimeoutError(PersonaJudgeError, TimeoutError):
+    """The call ran past its ``timeout``; ``partial_text`` holds what was decoded before it."""
+
+    def __init__(self, message: str, partial_text: str = "") -> None:
+        super().__init__(message)
+        self.partial_text = partial_text
+
+
+class ContextLengthError(PersonaJudgeError, ValueError):
+    """The conversation does not fit in the model's context."""
+
+    def __init__(self, message: str, tokens: int, limit: int) -> None:
+        super().__init__(message)
+        self.tokens = tokens
+        self.limit = limit
+
+
+class OutOfMemoryError(PersonaJudgeError, MemoryError):
+    """The accelerator ran out of memory; the request's caches were freed, and the next request can run."""
+
+
+class AdmissionQueue:
+    """FIFO admission: ``limit`` running at once (None: no limit), at most ``max_queue`` waiting."""
+
+    def __init__(self, limit: int | None = None, max_queue: int | None = None) -> None:
+        self.limit = limit
+        self.max_queue = max_queue
+        self.running = 0
+        self._waiting: deque[int] = deque()
+        self._tickets = itertools.count()
+        self._cond = threading.Condition()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def configure(self, limit: int | None, max_queue: int | None) -> None:
+        with self._cond:
+            self.limit, self.max_queue = limit, max_queue
+            self._cond.notify_all()
+
+    def _free(self) -> bool:
+        return self.limit is None or self.running < self.limit
+
+    @contextmanager
+    def admit(self, deadline: float | None = None) -> Iterator[None]:
+        """Hold a slot for the body; wait in FIFO order, until ``deadline`` (a ``time.monotonic()`` value)."""
+        with self._cond:
+            if not self._waiting and self._free():
+                self.running += 1
+            else:
+                if self.max_queue is not None and len(self._waiting) >= self.max_queue:
+                    raise QueueFullError(
+                        f"{len(self._waiting)} requests are already waiting for this model (max_queue="
+                        f"{self.max_queue}); retry later, or raise max_queue / max_concurrency."
+                    )
+                ticket = next(self._tickets)
+                self._waiting.append(ticket)
+                try:
+                    while not (self._waiting[0] == ticket and self._free()):
+                        remaining = None if deadline is None else deadline - time.monotonic()
+                        if remaining is not None and remaining <= 0:
+                            raise RequestTimeoutError(
+                                f"Waited past the timeout for a free slot on this model ({self.running} running, "
+                                f"{len(self._waiting) - 1} others waiting); raise timeout or max_concurrency."
+                            )
+                        self._cond.wait(remaining)
+                finally:
+                    self._waiting.remove(ticket)
+                    self._cond.notify_all()
+                self.running += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.running -= 1
+                self._cond.notify_all()
+
+
+_QUEUES: dict[int, AdmissionQueue] = {}
+_QUEUES_LOCK = threading.Lock()
+
+
+def queue_for(model: object) -> AdmissionQueue:
+    """The admission queue of one in-memory model (shared by everything using those weights)."""
+    with _QUEUES_LOCK:
+        return _QUEUES.setdefault(id(model), AdmissionQueue())
