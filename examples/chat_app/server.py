@@ -284,6 +284,7 @@ class Generation:
     error: str | None = None
     message_id: int | None = None
     user_message_id: int | None = None
+    decoded: bool = False  # the whole answer is decoded (what is left: storing it, telling the client)
     worker_threads_started: int = 0
     worker_threads_live: int = 0
     worker_returned_at: float | None = None
@@ -490,6 +491,9 @@ class ChatService:
         return gen
 
     def cancel(self, gen: Generation, reason: str) -> None:
+        """Stop a generation whose client left. One that has finished decoding is left to store its answer."""
+        if gen.decoded:
+            return
         if gen.task is not None and not gen.task.done() and gen.cancel_reason is None:
             gen.cancel_reason = reason
             gen.task.cancel()
@@ -541,6 +545,7 @@ class ChatService:
                     gen.started = time.monotonic()
                     gen.publish("start", {"generation_id": gen.id, "queue_wait_s": round(gen.started - gen.created, 4)})
                     final = await self._decode(gen, context, body, preferences)
+                    gen.decoded = True
                 finally:
                     # Hold the slot until the decoding thread has really returned (a cancelled astream stops it
                     # at its next chunk), so the next generation never shares the CPU with a leftover one.
