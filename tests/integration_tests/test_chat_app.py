@@ -47,6 +47,10 @@ CHROMIUM_ARGS = [
 def _server_module() -> Any:
     """examples/chat_app/server.py, imported by path (``examples`` is no package)."""
     name = "chat_app_server"
+    for needed in ("fastapi", "uvicorn"):
+        if importlib.util.find_spec(needed) is None:
+            pytest.fail(f"the chat app needs {needed}, from the project's `app` extra: "
+                        f".venv/bin/pip install -e '.[dev,app]' (make chat does it)")
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(name, SERVER)
         assert spec and spec.loader
