@@ -44,6 +44,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
@@ -528,6 +529,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "problems": results.problems,
     }
     report["passed"] = report["errors"] == 0 and report["mixed_up"] == 0 and report["disconnects_not_freed"] == 0
+    if report["passed"]:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        log(f"the app's database and log are kept in {workdir}")
     return report
 
 
