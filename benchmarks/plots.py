@@ -139,14 +139,17 @@ def plot_prompt(speed: dict[str, Any], out: Path) -> Path | None:
                               ("naive_paper", "paper's code path (no KV cache), estimated", "^--")):
         ax1.plot(xs, [r[key]["seconds"] for r in rows], style, color=COLORS[key], label=label,
                  fillstyle="full" if rows[0][key]["measured"] else "none")
-        ax2.plot(xs, [r[key]["positions_per_token"] for r in rows], style, color=COLORS[key], label=label,
+        ax2.plot(xs, [r[key].get("positions_per_token_beyond_prompts", r[key]["positions_per_token"]) for r in rows],
+                 style, color=COLORS[key], label=label,
                  fillstyle="full" if rows[0][key]["measured"] else "none")
     for ax in (ax1, ax2):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("prompt tokens")
     ax1.set_ylabel(f"seconds for {sec['new_tokens']} new tokens (prefill included)")
-    ax2.set_ylabel("token positions per emitted token")
+    ax2.set_ylabel("positions per emitted token, beyond one read of each prompt")
+    ax2.set_title("Decoding work per token (hook counts)", fontsize=10)
+    ax1.set_title("Time, prompt reading included", fontsize=10)
     ax1.legend(fontsize=7, loc="upper left")
     fig.suptitle(f"Cost against prompt length, {_short_model(speed)} (context {speed.get('context_limit')})", fontsize=10)
     fig.text(0.01, 0.01, _machine(speed), fontsize=6, color="#666666")

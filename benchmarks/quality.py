@@ -1,6 +1,6 @@
 """Preference adherence: Persona-judge vs the direct prompt vs no preference, per preference dimension.
 
-    .venv/bin/python benchmarks/quality.py             # the bounded subset `make bench` runs (about 8 min, 2 cores)
+    .venv/bin/python benchmarks/quality.py             # the subset `make bench` runs (a 6-minute budget, 2 cores)
     .venv/bin/python benchmarks/quality.py --full      # all 100 prompts, every setting (hours on a CPU)
     .venv/bin/python benchmarks/quality.py --quick     # a smoke test (about 1 min)
     .venv/bin/python benchmarks/quality.py --rescore benchmarks/results/quality.json   # recompute from saved texts
@@ -33,7 +33,7 @@ import argparse
 import json
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,8 @@ COMPARISONS = [
     ("persona_judge", "paper"),
 ]
 DETECTABLE_AT_FULL = 0.10  # shared/bench/README.md: ~10 points with 100 prompts x 2 seeds
+DEFAULT_PROMPTS = 20  # at most; on 2 CPU cores the default time budget stops earlier
+DEFAULT_MAX_MINUTES = 6.0  # keeps `make bench` under 20 minutes on 2 CPU cores
 
 
 # -- generation (in worker processes) --------------------------------------------------------------------
@@ -130,29 +132,67 @@ def plan_jobs(prompts: list[dict[str, str]], settings: list[str], paper_settings
     return jobs
 
 
-def generate_all(jobs: list[dict[str, Any]], model: str | None, workers: int, threads: int) -> list[dict[str, Any]]:
+def generate_all(jobs: list[dict[str, Any]], model: str | None, workers: int, threads: int,
+                 max_seconds: float | None = None, min_prompts: int = 2) -> tuple[list[dict[str, Any]], bool]:
+    """Decode every job; returns (records, whether the time budget stopped it before the last prompts).
+
+    Jobs are started a prompt at a time, in order. With ``max_seconds``, a new prompt is started only while the
+    time it is expected to take (from the wall time per response so far) still fits; a started prompt is
+    always finished, so the prompts run are always a prefix of the list and complete.
+    """
+    import multiprocessing
+    from collections import deque
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
     from tqdm import tqdm
 
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for job in jobs:
+        groups.setdefault(job["prompt_id"], []).append(job)
+    pending = deque(groups.values())
     records: list[dict[str, Any]] = []
     bar = tqdm(total=len(jobs), desc="quality", unit="response", file=sys.stderr, dynamic_ncols=True)
-    if workers <= 1:
-        _init_worker(model, threads)
-        for job in jobs:
-            records.append(run_job(job))
-            bar.update()
+    start = time.perf_counter()
+    started = 0
+    stopped = False
+    if workers <= 1:  # in this process (one thread runs the jobs)
+        pool: Any = ThreadPoolExecutor(1, initializer=_init_worker, initargs=(model, threads))
     else:
-        import multiprocessing
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker, initargs=(model, threads))
+    inflight: set[Any] = set()
 
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(model, threads)) as pool:
-            futures = [pool.submit(run_job, job) for job in jobs]
-            for future in as_completed(futures):
+    def fits(extra_jobs: int) -> bool:
+        if max_seconds is None or started < min_prompts or not records:
+            return True
+        elapsed = time.perf_counter() - start
+        per_job = elapsed / len(records)
+        return elapsed + (len(inflight) + extra_jobs) * per_job <= max_seconds
+
+    with pool:
+        while pending or inflight:
+            while pending and not stopped and len(inflight) < 2 * max(workers, 1):
+                if not fits(len(pending[0])):
+                    stopped = True
+                    break
+                group = pending.popleft()
+                inflight |= {pool.submit(run_job, job) for job in group}
+                started += 1
+            if stopped:
+                pending.clear()
+            if not inflight:
+                break
+            done, inflight = wait(inflight, return_when=FIRST_COMPLETED)
+            for future in done:
                 records.append(future.result())
                 bar.update()
+    if stopped:
+        bar.total = len(records)
+        bar.refresh()
     bar.close()
     order = {(j["prompt_id"], j["seed"], j["setting"], j["condition"]): i for i, j in enumerate(jobs)}
     records.sort(key=lambda r: order[(r["prompt_id"], r["seed"], r["setting"], r["condition"])])
-    return records
+    return records, stopped
 
 
 # -- scoring and statistics --------------------------------------------------------------------------------
@@ -265,7 +305,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="all prompts, every setting, the paper's setting in each")
     parser.add_argument("--quick", action="store_true", help="a smoke test: 2 prompts, 32 new tokens, one setting")
-    parser.add_argument("--prompts", type=int, default=None, help="use the first N prompts (default 6; --full: all)")
+    parser.add_argument("--prompts", type=int, default=None,
+                        help="use (at most) the first N prompts (default 20; --full: all 100)")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="start no new prompt once the run would exceed this many minutes (default 6; "
+                             "--full and --quick: no limit; 0: no limit)")
     parser.add_argument("--seeds", type=int, default=2, help="seeds per prompt and condition (default 2)")
     parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=None,
                         help=f"default: {' '.join(DEFAULT_SETTINGS)}")
@@ -280,10 +324,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rescore", type=Path, default=None, help="recompute everything from a saved results JSON")
     parser.add_argument("--out", type=Path, default=None, help="default benchmarks/results/quality.json")
     args = parser.parse_args(argv)
+    if args.max_minutes is None and not (args.full or args.quick):
+        args.max_minutes = DEFAULT_MAX_MINUTES
+    args.max_minutes = args.max_minutes or None  # 0: no limit
     if args.quick:
         args.prompts = args.prompts or 2
         args.max_new_tokens = args.max_new_tokens or 32
         args.settings = args.settings or ["simple+friendly"]
+    elif not args.full:
+        args.prompts = args.prompts or DEFAULT_PROMPTS
     if args.full:
         args.settings = args.settings or sorted(SETTINGS, key=list(SETTINGS).index)
         if args.paper_settings is None:
@@ -308,17 +357,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         shared = shared_dir(args.shared)
         all_prompts = load_prompts(shared)
-        prompts = all_prompts if args.full and args.prompts is None else all_prompts[: args.prompts or 6]
+        prompts = all_prompts[: args.prompts] if args.prompts else all_prompts
         texts = load_texts(shared)
         settings = args.settings
         jobs = plan_jobs(prompts, settings, args.paper_settings, args.seeds, args.max_new_tokens, texts)
-        print(f"quality: {len(prompts)} of {len(all_prompts)} prompts x {args.seeds} seeds, settings {settings} "
+        budget = f", starting no new prompt after ~{args.max_minutes:g} min" if args.max_minutes else ""
+        print(f"quality: up to {len(prompts)} of {len(all_prompts)} prompts{budget}; {args.seeds} seeds, settings {settings} "
               f"(paper's condition in {args.paper_settings}), {args.max_new_tokens} new tokens: {len(jobs)} responses "
               f"on {args.workers} process(es)", file=sys.stderr, flush=True)
-        records = generate_all(jobs, args.model, args.workers, args.threads)
+        max_seconds = args.max_minutes * 60 if args.max_minutes else None
+        records, stopped = generate_all(jobs, args.model, args.workers, args.threads, max_seconds)
+        run_ids = list(dict.fromkeys(r["prompt_id"] for r in records))
         config = {
-            "prompts": len(prompts), "prompts_available": len(all_prompts),
-            "subset": len(prompts) < len(all_prompts), "prompt_ids": [p["id"] for p in prompts],
+            "prompts": len(run_ids), "prompts_available": len(all_prompts), "prompts_planned": len(prompts),
+            "stopped_by_time_budget": stopped, "max_minutes": args.max_minutes,
+            "subset": len(run_ids) < len(all_prompts), "prompt_ids": run_ids,
             "seeds": args.seeds, "settings": settings, "paper_settings": args.paper_settings,
             "max_new_tokens": args.max_new_tokens, "lookahead": LOOKAHEAD,
             "sampling": {"main": MAIN_SAMPLING, "paper": PAPER_SAMPLING},
@@ -334,8 +387,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     analysis = analyse(records, settings, n_boot=args.bootstrap)
     notes = []
     if config.get("subset"):
+        why = (f"the first prompts that fit in the {config['max_minutes']:g}-minute budget"
+               if config.get("stopped_by_time_budget") else "the first prompts")
         notes.append(f"Subset: {config['prompts']} of {config['prompts_available']} prompts x {config['seeds']} seeds "
-                     "(to stay within make bench's time budget); run with --full for all prompts.")
+                     f"({why}, to keep make bench bounded); run with --full for all prompts.")
     half = analysis["median_ci_half_width"]
     if half is not None:
         notes.append(f"The 95% CIs here are about ±{half * 100:.0f} points (median half-width): a win rate closer to "

@@ -200,6 +200,27 @@ def test_quality_rescore_recomputes_from_saved_texts(tmp_path):
         "persona_judge vs none"]["win_rate"] == 1.0
 
 
+def test_quality_time_budget_runs_a_complete_prefix_of_the_prompts(monkeypatch):
+    import time
+
+    from benchmarks import quality
+
+    def fake_run(job):
+        time.sleep(0.1)
+        return {**{k: v for k, v in job.items() if k != "preferences"}, "text": "x", "tokens": 1}
+
+    monkeypatch.setattr(quality, "run_job", fake_run)
+    monkeypatch.setattr(quality, "_init_worker", lambda *a: None)
+    jobs = [{"prompt_id": f"q{p}", "seed": s, "setting": None, "condition": "none", "preferences": []}
+            for p in range(5) for s in range(2)]
+    records, stopped = quality.generate_all(jobs, None, workers=1, threads=1, max_seconds=0.5)
+    ids = list(dict.fromkeys(r["prompt_id"] for r in records))
+    assert stopped and 2 <= len(ids) < 5
+    assert ids == [f"q{p}" for p in range(len(ids))] and len(records) == 2 * len(ids)
+    records, stopped = quality.generate_all(jobs, None, workers=1, threads=1, max_seconds=None)
+    assert not stopped and len(records) == 10
+
+
 def test_shared_dir_fails_clearly(tmp_path, monkeypatch):
     from benchmarks import common
 
