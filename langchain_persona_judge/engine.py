@@ -73,6 +73,12 @@ class DecodingOptions:
     """Seed for the decoding RNG; the same seed gives the same tokens."""
     eos_token_id: int | list[int] | None = None
     """Token id(s) that end decoding; None takes the model's generation config."""
+    draft_confidence: float = 0.0
+    """Stop drafting early when the drafter's probability of the token it just drafted is below this (0: never).
+
+    A draft the drafter itself doubts is likely to be rejected, and every draft after it is then wasted work.
+    The rule looks only at the drafter's own distributions, so every emitted token still follows the judge's
+    distribution exactly. ``lookahead`` stays the most drafts per iteration."""
 
     def __post_init__(self) -> None:
         def fail(name: str, value: Any, need: str) -> None:
@@ -88,6 +94,8 @@ class DecodingOptions:
             fail("top_k", self.top_k, "pass an integer >= 0 (0 or None turns it off)")
         if self.top_p is not None and not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
             fail("top_p", self.top_p, "pass a number in (0, 1] (1 or None turns it off)")
+        if not isinstance(self.draft_confidence, (int, float)) or not 0 <= self.draft_confidence < 1:
+            fail("draft_confidence", self.draft_confidence, "pass a probability in [0, 1) (0 turns it off)")
 
 
 @dataclass(frozen=True)
@@ -338,14 +346,18 @@ class PersonaJudgeDecoder:
             logits = self._apply(self._forward(drafter, feed, keep=1), masks[-1:])
             if self.generator is None:
                 token = int(logits[-1].argmax())
+                doubt = self.options.draft_confidence > 0 and (
+                    float(torch.softmax(logits[-1].float(), dim=-1)[token]) < self.options.draft_confidence
+                )
             else:
                 q = to_probs(logits, self.warpers)[-1]
                 token = int(torch.multinomial(q, 1, generator=self.generator))
                 dists.append(q)
+                doubt = float(q[token]) < self.options.draft_confidence
             drafts.append(token)
             if self.constraint is not None:
                 self.constraint.advance(token)
-            if token in self.eos:
+            if token in self.eos or doubt:
                 break
         masks.append(self._mask() if not (drafts and drafts[-1] in self.eos) else None)
         return drafts, dists, masks

@@ -41,11 +41,11 @@ def _tv(counts: Counter, probs: np.ndarray, total: int) -> float:
 
 
 @pytest.mark.parametrize(
-    "temperature, top_k, top_p",
-    [(1.0, None, None), (0.7, 12, 0.95)],
-    ids=["plain", "tempered-truncated"],
+    "temperature, top_k, top_p, draft_confidence",
+    [(1.0, None, None, 0.0), (0.7, 12, 0.95, 0.3)],
+    ids=["plain", "tempered-truncated-early-stop"],
 )
-def test_first_token_follows_judge_distribution(temperature, top_k, top_p):
+def test_first_token_follows_judge_distribution(temperature, top_k, top_p, draft_confidence):
     model = tiny_llama(seed=1, sharpness=6.0)
     drafter_prompt, judge_prompt = [1, 2, 3, 4], [5, 6, 7]
     warpers = build_warpers(temperature, top_k, top_p)
@@ -68,6 +68,7 @@ def test_first_token_follows_judge_distribution(temperature, top_k, top_p):
             top_k=top_k,
             top_p=top_p,
             seed=seed,
+            draft_confidence=draft_confidence,
         )
         first[gen.token_ids[0]] += 1
         kinds[gen.stats.trace[0].kind] += 1
@@ -383,3 +384,23 @@ def test_constraint_that_allows_nothing_fails_clearly():
         generate(tiny_llama(), [torch.tensor([1]), torch.tensor([2])], constraint=Nothing())
     with pytest.raises(TypeError, match="allowed\\(\\), advance"):
         generate(tiny_llama(), [torch.tensor([1]), torch.tensor([2])], constraint=object())
+
+
+@pytest.mark.parametrize("n_personas", [2, 3])
+def test_draft_confidence_stops_early_and_every_token_is_its_judges_argmax(n_personas):
+    model = tiny_llama(seed=1, sharpness=2.0)
+    prompts = [[1, 2, 3, 4], [10, 11, 12, 13, 14, 15], [21, 4]][:n_personas]
+    full = generate(model, [torch.tensor(p) for p in prompts], max_new_tokens=40, do_sample=False)
+    early = generate(model, [torch.tensor(p) for p in prompts], max_new_tokens=40, do_sample=False,
+                     draft_confidence=0.5)
+    s = early.stats
+    assert s.drafted < s.iterations * 4  # some iterations stopped drafting early
+    assert s.forward_calls == s.drafted + s.iterations
+    assert s.forward_calls_per_token < full.stats.forward_calls_per_token
+    for i, entry in enumerate(s.trace):  # greedy Persona-judge: each token is its judge's argmax there
+        assert entry.token_id == int(full_logits(model, prompts[entry.judge] + early.token_ids[:i])[-1].argmax())
+
+
+def test_draft_confidence_is_validated():
+    with pytest.raises(ValueError, match="draft_confidence"):
+        generate(tiny_llama(), [torch.tensor([1]), torch.tensor([2])], draft_confidence=1.0)
