@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import LangSmithParams
+from langchain_core.language_models import LangSmithParams, LanguageModelInput
 from langchain_core.language_models.chat_models import BaseChatModel
 from langchain_core.messages import (
     AIMessage,
@@ -24,16 +24,31 @@ from langchain_core.messages import (
 )
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable
+from langchain_core.tools import BaseTool
 from langchain_core.utils import from_env
 from pydantic import ConfigDict, Field
 
 from . import engine
 from .admission import ContextLengthError, OutOfMemoryError, RequestTimeoutError, queue_for
 from .composition import PersonaPrompt, Strategy, compose, resolve_preference
+from .grammar import constraint_for, grammar_available, stop_token_ids
 from .loading import EMBEDDED_NAME, load_model
 from .personas import Persona, PersonaRegistry, load_registry
 from .prompting import Layout, encode_chat, persona_messages
 from .text_stream import IncrementalDetokenizer, StopStringFilter
+from .tools import (
+    OutputSpec,
+    convert_tool,
+    convert_tool_call,
+    normalize_tool_choice,
+    render_conversation,
+    tool_call_chunks,
+    tool_names,
+)
+
+if TYPE_CHECKING:
+    from .styled_tool import PersonaJudgeTool
 
 PROVIDER = "persona_judge"
 MODEL_ENV = "PERSONA_JUDGE_MODEL"
@@ -51,6 +66,8 @@ _CALL_OVERRIDES = (
 )
 # Per-call keyword arguments LangChain itself may pass; they carry nothing for decoding.
 _IGNORED_KWARGS = ("stream",)
+# Per-call keyword arguments that shape the answer (bound by bind_tools and with_structured_output).
+_OUTPUT_KWARGS = ("tools", "tool_choice", "parallel_tool_calls", "response_format")
 
 
 def _shared_model(name: str | None, device: str | None, dtype: str | None) -> tuple[Any, Any]:
@@ -61,6 +78,32 @@ def _shared_model(name: str | None, device: str | None, dtype: str | None) -> tu
         if key not in _SHARED_MODELS:
             _SHARED_MODELS[key] = load_model(name, device=device, dtype=dtype)
         return _SHARED_MODELS[key]
+
+
+def _constraint_options(
+    model: Any, tokenizer: Any, output: OutputSpec, prompts: list[torch.Tensor], max_tokens: int
+) -> dict[str, Any]:
+    """Engine options for an answer with a grammar: the constraint, and the EOS ids the grammar ends with."""
+    grammar = output.grammar()
+    if grammar is None:
+        return {}
+    if not output.needs_grammar and not grammar_available():
+        return {}  # tool_choice="auto" without xgrammar: free decoding, calls parsed leniently
+    # The engine's own budget: max_tokens, or less when the context is nearly full.
+    limit = engine.context_limit(model)
+    budget = max_tokens if limit is None else min(max_tokens, limit - max(len(p) for p in prompts))
+    constraint = constraint_for(model, tokenizer, grammar, budget=budget)
+    shortest = constraint.shortest_answer()
+    if shortest is not None and shortest > budget:
+        raise ValueError(
+            f"max_tokens={budget} cannot hold even the shortest answer this {_shape(output)} allows ({shortest} "
+            "tokens); raise max_tokens."
+        )
+    return {"constraint": constraint, "eos_token_id": stop_token_ids(model, tokenizer)}
+
+
+def _shape(output: OutputSpec) -> str:
+    return "tool call" if output.mode == "required" else "schema" if output.response_schema else "answer"
 
 
 def _content_text(message: BaseMessage) -> str:
@@ -102,8 +145,12 @@ def _convert_message_to_dict(message: BaseMessage) -> dict[str, Any]:
     out: dict[str, Any] = {"role": role, "content": _content_text(message)}
     if message.name:
         out["name"] = message.name
+    if isinstance(message, AIMessage) and message.tool_calls:
+        out["tool_calls"] = [convert_tool_call(call) for call in message.tool_calls]
     if isinstance(message, ToolMessage):
         out["tool_call_id"] = message.tool_call_id
+        if message.status == "error":
+            out["status"] = "error"
     return out
 
 
@@ -112,7 +159,7 @@ def _convert_messages_to_dicts(messages: Sequence[BaseMessage]) -> list[dict[str
         raise ValueError("No messages to answer; pass at least one message.")
     converted = [_convert_message_to_dict(m) for m in messages]
     if not any(m["role"] == "user" and m["content"].strip() for m in converted) and not any(
-        m["content"].strip() or m["role"] == "tool" for m in converted if m["role"] != "system"
+        m["content"].strip() or m["role"] == "tool" or m.get("tool_calls") for m in converted if m["role"] != "system"
     ):
         raise ValueError("Every message is empty; pass a question or other text to answer.")
     return converted
@@ -140,6 +187,8 @@ class _Request:
     preferences: list[str]
     personas: list[PersonaPrompt]
     composition: str
+    output: OutputSpec | None = None
+    """Bound tools / response format (None: free text)."""
 
 
 class ChatPersonaJudge(BaseChatModel):
@@ -218,10 +267,53 @@ class ChatPersonaJudge(BaseChatModel):
             await llm.abatch(["Why is the sky blue?", "What is rain?"])
 
     Tool calling:
-        Not yet: ``bind_tools`` arrives with grammar-constrained decoding.
+        Forced calls (``tool_choice="any"`` or a tool's name) are decoded under a grammar (``pip install
+        'langchain-persona-judge[grammar]'``), so every call parses and its arguments follow the tool's schema;
+        Persona-judge stays exact for the constrained distribution (drafter and judge share each mask).
+
+        .. code-block:: python
+
+            from pydantic import BaseModel, Field
+
+            class GetWeather(BaseModel):
+                '''Get the current weather in a given location'''
+
+                location: str = Field(..., description="The city and state, e.g. San Francisco, CA")
+
+            llm_with_tools = llm.bind_tools([GetWeather], tool_choice="any")
+            ai_msg = llm_with_tools.invoke("What is the weather like in San Francisco?")
+            ai_msg.tool_calls
+
+        .. code-block:: none
+
+            [{'name': 'GetWeather', 'args': {'location': 'San Francisco'}, 'id': 'call_...', 'type': 'tool_call'}]
+
+        With ``tool_choice="auto"`` (the default) the model may answer in text or call; see
+        ``langchain_persona_judge.tools`` for the call format and how tools are shown to templates without
+        ``tools`` support.
 
     Structured output:
-        Not yet: ``with_structured_output`` arrives with grammar-constrained decoding.
+        .. code-block:: python
+
+            class Joke(BaseModel):
+                '''Joke to tell user.'''
+
+                setup: str = Field(description="The setup of the joke")
+                punchline: str = Field(description="The punchline to the joke")
+
+            structured_llm = llm.with_structured_output(Joke)
+            structured_llm.invoke("Tell me a joke about cats")
+
+        .. code-block:: none
+
+            Joke(setup='...', punchline='...')
+
+        Methods ``json_schema`` (default), ``function_calling`` and ``json_mode``; the JSON always parses, and
+        a grammar budget guard closes it before ``max_tokens`` runs out.
+
+    Styled-output tool:
+        ``llm.as_styled_tool(["concise", "humor"])`` is a LangChain tool that rewrites a text in those
+        personas, for any agent to call (``invoke``/``ainvoke``).
 
     Token usage:
         .. code-block:: python
@@ -378,9 +470,86 @@ class ChatPersonaJudge(BaseChatModel):
     def get_num_tokens_from_messages(
         self, messages: list[BaseMessage], tools: Sequence[Any] | None = None
     ) -> int:
-        """Tokens of the conversation as the chat template renders it (without preferences)."""
+        """Tokens of the conversation as the chat template renders it (without preferences), tools included."""
         _, tokenizer = self._load(self.model_name)
-        return len(encode_chat(tokenizer, _convert_messages_to_dicts(messages)))
+        spec = OutputSpec.from_kwargs({"tools": tools}) if tools else None
+        conversation, template_kwargs = render_conversation(tokenizer, _convert_messages_to_dicts(messages), spec)
+        return len(encode_chat(tokenizer, conversation, **template_kwargs))
+
+    # -- tools, structured output, styled-output tool ------------------------------------------------
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: str | dict[str, Any] | bool | None = None,
+        parallel_tool_calls: bool | None = None,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind tools: LangChain tools, functions, pydantic classes, TypedDicts or JSON schemas.
+
+        Args:
+            tools: The tools the model may call.
+            tool_choice: ``"auto"`` (default: the model answers or calls), ``"any"``/``"required"`` (it must
+                call one), a tool's name (it must call that one), or ``"none"`` (tools hidden, plain text).
+                Forcing choices constrain the answer with a grammar (``[grammar]`` extra).
+            parallel_tool_calls: Allow several calls in one answer (default False: small models tend to
+                repeat a call rather than stop).
+            strict: Accepted for compatibility; constrained calls always follow their tool's schema.
+            kwargs: Bound with the tools (any per-call option, e.g. ``max_tokens``).
+
+        Calls come back in ``AIMessage.tool_calls`` with ``call_<uuid>`` ids (streamed as one
+        ``tool_call_chunk`` per call); calls that do not parse are in ``invalid_tool_calls``.
+        """
+        formatted = [convert_tool(tool) for tool in tools]
+        choice = normalize_tool_choice(tool_choice, tool_names(formatted))
+        if choice not in (None, "auto", "none") and not formatted:
+            raise ValueError(f"tool_choice={tool_choice!r} needs at least one tool.")
+        return super().bind(
+            tools=formatted, tool_choice=choice, parallel_tool_calls=parallel_tool_calls, **kwargs
+        )
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type,
+        *,
+        method: Literal["json_schema", "function_calling", "json_mode"] = "json_schema",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, Any]:
+        """A runnable that answers with an instance of ``schema`` (pydantic class) or a dict (TypedDict, JSON
+        schema), decoded under a grammar so that it always parses.
+
+        Args:
+            schema: A pydantic class, a TypedDict or a JSON schema.
+            method: ``json_schema`` (default; the answer is JSON constrained to the schema),
+                ``function_calling`` (a forced call of the schema as a tool) or ``json_mode`` (any JSON
+                object; say which keys in the prompt).
+            include_raw: Return ``{"raw": AIMessage, "parsed": ..., "parsing_error": ...}`` instead.
+            strict: Accepted for compatibility; the schema is always enforced.
+        """
+        from .structured import structured_output
+
+        return structured_output(self, schema, method=method, include_raw=include_raw, strict=strict, **kwargs)
+
+    def as_styled_tool(
+        self,
+        preferences: Sequence[str | Persona | tuple[str, dict[str, Any]]] | None = None,
+        *,
+        name: str = "styled_writer",
+        description: str | None = None,
+        mode: Literal["rewrite", "answer"] = "rewrite",
+    ) -> PersonaJudgeTool:
+        """This model as a LangChain tool that rewrites a text (or answers a request) in given personas.
+
+        Any agent can call it, e.g. to put its final answer in a house style. ``preferences`` default to this
+        model's own; a caller may pass others per call (``preferences`` argument).
+        """
+        from .styled_tool import PersonaJudgeTool
+
+        return PersonaJudgeTool.from_model(self, preferences, name=name, description=description, mode=mode)
 
     # -- request preparation ---------------------------------------------------------------------
 
@@ -395,23 +564,26 @@ class ChatPersonaJudge(BaseChatModel):
 
     def _prepare(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> _Request:
         unknown = [
-            k for k in kwargs if k not in _CALL_OVERRIDES and k not in _IGNORED_KWARGS and not k.startswith("ls_")
+            k for k in kwargs
+            if k not in _CALL_OVERRIDES and k not in _IGNORED_KWARGS and k not in _OUTPUT_KWARGS
+            and not k.startswith("ls_")
         ]
         if unknown:
             raise TypeError(
                 f"Unknown argument(s) {sorted(unknown)} for ChatPersonaJudge; per-call options are "
-                f"{list(_CALL_OVERRIDES)}."
+                f"{list(_CALL_OVERRIDES) + list(_OUTPUT_KWARGS)}."
             )
+        output = OutputSpec.from_kwargs(kwargs)
         settings = self._with_overrides({k: kwargs[k] for k in _CALL_OVERRIDES if k in kwargs and k != "model"})
         name = kwargs.get("model", self.model_name)
         model, tokenizer = self._load(name)
-        conversation = _convert_messages_to_dicts(messages)
+        conversation, template_kwargs = render_conversation(tokenizer, _convert_messages_to_dicts(messages), output)
         registry = load_registry(settings.registry)
         # Blank free-text preferences (an empty form field, say) are ignored rather than sent to the model.
         wanted = [p for p in settings.preferences if not (isinstance(p, str) and not p.strip())]
         resolved = [resolve_preference(p, registry) for p in wanted]
         personas = compose(resolved, settings.composition)
-        conversation, prompts = self._fit_context(model, tokenizer, conversation, personas, settings)
+        conversation, prompts = self._fit_context(model, tokenizer, conversation, personas, settings, template_kwargs)
         preferences = [r.text for r in resolved]
         options = {
             "max_new_tokens": settings.max_tokens,
@@ -422,15 +594,21 @@ class ChatPersonaJudge(BaseChatModel):
             "top_p": settings.top_p,
             "seed": settings.seed,
         }
+        if output is not None:
+            options.update(_constraint_options(model, tokenizer, output, prompts, settings.max_tokens))
         stops = list(dict.fromkeys([*(self.stop or []), *(stop or [])]))
         return _Request(
             model, tokenizer, self._display_name(name), prompts, options, stops, preferences, personas,
-            settings.composition,
+            settings.composition, output,
         )
 
     @staticmethod
     def _encode_personas(
-        tokenizer: Any, conversation: list[dict[str, Any]], personas: list[PersonaPrompt], settings: ChatPersonaJudge
+        tokenizer: Any,
+        conversation: list[dict[str, Any]],
+        personas: list[PersonaPrompt],
+        settings: ChatPersonaJudge,
+        template_kwargs: dict[str, Any] | None = None,
     ) -> list[torch.Tensor]:
         return [
             encode_chat(
@@ -444,6 +622,7 @@ class ChatPersonaJudge(BaseChatModel):
                     if persona.system_template and settings.preference_layout == "system"
                     else settings.preference_template,
                 ),
+                **(template_kwargs or {}),
             )
             for persona in personas
         ]
@@ -455,12 +634,13 @@ class ChatPersonaJudge(BaseChatModel):
         conversation: list[dict[str, Any]],
         personas: list[PersonaPrompt],
         settings: ChatPersonaJudge,
+        template_kwargs: dict[str, Any] | None = None,
     ) -> tuple[list[dict[str, Any]], list[torch.Tensor]]:
         """Encode every persona's prompt; if the longest leaves no room to answer, drop the oldest turns
         (``truncation="drop_oldest"``) or raise ContextLengthError, before any forward pass."""
         limit = engine.context_limit(model)
         while True:
-            prompts = self._encode_personas(tokenizer, conversation, personas, settings)
+            prompts = self._encode_personas(tokenizer, conversation, personas, settings, template_kwargs)
             longest = max(len(p) for p in prompts)
             if limit is None or longest < limit:
                 return conversation, prompts
@@ -498,7 +678,12 @@ class ChatPersonaJudge(BaseChatModel):
             stops = StopStringFilter(request.stop)
             progress = _Progress()
             try:
-                yield from self._decode_chunks(tokens, detokenizer, stops, progress, cancelled, deadline)
+                # With tools bound, <tool_call> blocks leave the text and come back as tool-call chunks.
+                yield from tool_call_chunks(
+                    self._decode_chunks(tokens, detokenizer, stops, progress, cancelled, deadline),
+                    request.output,
+                    lambda: "stop" if stops.stopped else tokens.generation.finish_reason,
+                )
             except torch.cuda.OutOfMemoryError as exc:
                 tokens.close()
                 torch.cuda.empty_cache()
@@ -575,8 +760,13 @@ class ChatPersonaJudge(BaseChatModel):
     def _create_chat_result(self, chunks: Sequence[ChatGenerationChunk]) -> ChatResult:
         final = chunks[-1]
         text = "".join(c.text for c in chunks[:-1])
+        # Each tool-call chunk holds one whole call, already parsed strictly (see tools.tool_call_chunks).
+        calls = [tc for c in chunks[:-1] for tc in getattr(c.message, "tool_calls", [])]
+        invalid = [tc for c in chunks[:-1] for tc in getattr(c.message, "invalid_tool_calls", [])]
         message = AIMessage(
             content=text,
+            tool_calls=calls,
+            invalid_tool_calls=invalid,
             usage_metadata=final.message.usage_metadata,  # type: ignore[attr-defined]
             response_metadata=final.message.response_metadata,
             id=final.message.id,
