@@ -541,15 +541,19 @@ class ChatPersonaJudge(BaseChatModel):
         name: str = "styled_writer",
         description: str | None = None,
         mode: Literal["rewrite", "answer"] = "rewrite",
+        choose_personas: bool = False,
     ) -> PersonaJudgeTool:
         """This model as a LangChain tool that rewrites a text (or answers a request) in given personas.
 
         Any agent can call it, e.g. to put its final answer in a house style. ``preferences`` default to this
-        model's own; a caller may pass others per call (``preferences`` argument).
+        model's own; with ``choose_personas=True`` the caller may pick registry personas per call (a
+        ``preferences`` argument limited to the registry's names).
         """
         from .styled_tool import PersonaJudgeTool
 
-        return PersonaJudgeTool.from_model(self, preferences, name=name, description=description, mode=mode)
+        return PersonaJudgeTool.from_model(
+            self, preferences, name=name, description=description, mode=mode, choose_personas=choose_personas
+        )
 
     # -- request preparation ---------------------------------------------------------------------
 

@@ -17,10 +17,10 @@ from typing import Any, Literal
 from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackManagerForToolRun
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from langchain_core.tools import BaseTool
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from .chat_models import ChatPersonaJudge
-from .personas import Persona
+from .personas import Persona, PersonaError, load_registry
 
 Mode = Literal["rewrite", "answer"]
 PreferenceLike = str | Persona | tuple[str, dict[str, Any]]
@@ -35,11 +35,33 @@ class StyledRequest(BaseModel):
     """The tool's arguments."""
 
     text: str = Field(description="The text to rewrite (or, for an answering tool, the request to answer).")
-    preferences: list[str] | None = Field(
-        default=None,
-        description="Optional: personas to write in (registry names such as 'concise', or short style "
-        "descriptions); by default the tool's own.",
+
+
+def _request_with_personas(names: Sequence[str]) -> type[BaseModel]:
+    """Arguments with an optional choice of personas, limited to registry names (so that a constrained caller
+    can only pick personas that exist)."""
+    choice = Literal[tuple(names)]  # type: ignore[valid-type]
+    return create_model(
+        "StyledRequestWithPersonas",
+        __base__=StyledRequest,
+        preferences=(
+            list[choice] | None,  # type: ignore[valid-type]
+            Field(default=None, description="Optional: personas to write in instead of the tool's own."),
+        ),
     )
+
+
+def _usable_personas(llm: ChatPersonaJudge) -> list[str]:
+    """Registry personas that render with no variables given (a caller cannot pass any)."""
+    registry = load_registry(llm.registry)
+    usable = []
+    for name in registry.names():
+        try:
+            registry.render(name)
+        except PersonaError:
+            continue
+        usable.append(name)
+    return usable
 
 
 class PersonaJudgeTool(BaseTool):
@@ -67,14 +89,17 @@ class PersonaJudgeTool(BaseTool):
         name: str = "styled_writer",
         description: str | None = None,
         mode: Mode = "rewrite",
+        choose_personas: bool = False,
     ) -> PersonaJudgeTool:
+        """The tool for ``llm``; ``choose_personas`` lets the caller pick registry personas per call."""
         prefs = list(preferences) if preferences is not None else None
         if description is None:
             shown = prefs if prefs is not None else list(llm.preferences)
             styles = "; ".join(_label(p) for p in shown) or "the model's default style"
             action = "Rewrites the given text" if mode == "rewrite" else "Answers the given request"
             description = f"{action} in this style: {styles}. Returns the text only."
-        return cls(llm=llm, preferences=prefs, name=name, description=description, mode=mode)
+        schema = _request_with_personas(_usable_personas(llm)) if choose_personas else StyledRequest
+        return cls(llm=llm, preferences=prefs, name=name, description=description, mode=mode, args_schema=schema)
 
     def _messages(self, text: str) -> list[BaseMessage]:
         if self.mode == "rewrite":

@@ -468,9 +468,14 @@ def test_styled_tool_rewrites_with_its_personas(scripted: SimpleNamespace, rando
     assert styled.invoke({"text": "The meeting moved to 3 pm on Thursday."}) == "Meeting moved, folks: Thursday, 3 pm!"
     prompt = scripted.runs[-1].prompts
     assert len(prompt) == 2 and all(REWRITE_INSTRUCTIONS in p and "The meeting moved" in p for p in prompt)
-    # A caller picks other personas per call; "answer" mode answers the request instead of rewriting it.
-    styled.invoke({"text": "hello", "preferences": ["professional"]})
+    # Callers may pick registry personas per call when allowed: the schema lists only personas that exist.
+    choosing = make(random_model, tokenizer).as_styled_tool(["concise", "humor"], choose_personas=True)
+    choosing.invoke({"text": "hello", "preferences": ["professional"]})
     assert len(scripted.runs[-1].prompts) == 1
+    names = convert_tool(choosing)["function"]["parameters"]["properties"]["preferences"]["anyOf"][0]["items"]["enum"]
+    assert {"professional", "humor", "expert"} <= set(names) and "formal" not in names
+    assert "preferences" not in convert_tool(styled)["function"]["parameters"]["properties"]
+    # "answer" mode answers the request instead of rewriting it.
     answering = make(random_model, tokenizer).as_styled_tool(mode="answer", name="answerer")
     assert answering.invoke("What is rain?") == "Meeting moved, folks: Thursday, 3 pm!"
     assert REWRITE_INSTRUCTIONS not in scripted.runs[-1].prompts[0]
