@@ -42,6 +42,22 @@ class TestChatPersonaJudgeUnit(ChatModelUnitTests):
     def returns_usage_metadata(self) -> bool:
         return True
 
+    @property
+    def has_tool_calling(self) -> bool:
+        return True
+
+    @property
+    def has_tool_choice(self) -> bool:
+        return True
+
+    @property
+    def has_structured_output(self) -> bool:
+        return True
+
+    @property
+    def supports_json_mode(self) -> bool:
+        return True
+
     @pytest.mark.xfail(
         reason="langchain-core's load(allowed_objects='all') admits only the classes in its own serialisation "
         "mapping, which lists no third-party package; the round trip with an explicit allowlist is "
