@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from .engine import DecodingOptions, DecodingStats, Generation, TokenConstraint, TraceEntry, generate, stream
     from .loading import ModelLoadError, load_model
     from .personas import Persona, PersonaError, PersonaRegistry
+    from .styled_tool import PersonaJudgeTool
 
 __version__ = "0.1.0"
 
@@ -33,6 +34,7 @@ _EXPORTS = {
     "Persona": "personas",
     "PersonaError": "personas",
     "PersonaRegistry": "personas",
+    "PersonaJudgeTool": "styled_tool",
 }
 
 __all__ = sorted(_EXPORTS)
