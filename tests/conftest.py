@@ -20,3 +20,16 @@ def embedded():
     from langchain_persona_judge.chat_models import _shared_model
 
     return _shared_model(None, "cpu", None)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The embedded model's tokenizer (tiny test models are built with its vocabulary); skips if not installed."""
+    from transformers import AutoTokenizer
+
+    from langchain_persona_judge.loading import ModelLoadError, resolve_model_path
+
+    try:
+        return AutoTokenizer.from_pretrained(resolve_model_path(None))
+    except ModelLoadError as exc:
+        pytest.skip(f"needs the embedded model's tokenizer: {exc}")

@@ -26,12 +26,11 @@ from langchain_core.globals import set_llm_cache
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage
 from langchain_core.outputs import ChatGenerationChunk
 from pydantic import ValidationError
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM
 
 import langchain_persona_judge.engine as engine
 from langchain_persona_judge import ChatPersonaJudge
 from langchain_persona_judge.chat_models import MODEL_ENV
-from langchain_persona_judge.loading import ModelLoadError, resolve_model_path
 from langchain_persona_judge.prompting import encode_chat, render_preferences
 from tests.helpers import tiny_llama
 
@@ -39,24 +38,6 @@ PREFERENCES = ["Answer in one short, formal sentence.", "Answer playfully, with 
 QUESTION = "What is rain?"
 # Distinct tokens (the scripted model is a bigram model), with multi-byte characters split over tokens.
 SCRIPT = "Hi 😊 über café ✓ done; STOP now please and more text"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    # The test machines are small and shared; one intra-op thread avoids OpenMP oversubscription stalls.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def tokenizer() -> Any:
-    try:
-        path = resolve_model_path(None)
-    except ModelLoadError as exc:
-        pytest.skip(f"needs the embedded model's tokenizer: {exc}")
-    return AutoTokenizer.from_pretrained(path)
 
 
 def scripted_llama(tokenizer: Any, text: str) -> tuple[LlamaForCausalLM, list[int]]:

@@ -6,14 +6,12 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from pydantic import BaseModel, Field
-from transformers import AutoTokenizer
 
 from langchain_persona_judge.engine import generate
 from langchain_persona_judge.grammar import (
@@ -24,7 +22,6 @@ from langchain_persona_judge.grammar import (
     constraint_for,
     require_xgrammar,
 )
-from langchain_persona_judge.loading import ModelLoadError, resolve_model_path
 from langchain_persona_judge.sampling import build_warpers, to_probs
 from tests.helpers import full_logits, naive_greedy_masked, tiny_llama
 from tests.unit_tests.test_engine import _chi_square_pvalue
@@ -36,22 +33,6 @@ class Person(BaseModel):
     name: str = Field(description="The person's name")
     age: int
     tags: list[str]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def tokenizer() -> Any:
-    try:
-        return AutoTokenizer.from_pretrained(resolve_model_path(None))
-    except ModelLoadError as exc:
-        pytest.skip(f"needs the embedded model's tokenizer: {exc}")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 from pydantic import ValidationError
-from transformers import AutoTokenizer
 
 from langchain_persona_judge import ChatPersonaJudge, PersonaError
 from langchain_persona_judge.admission import (
@@ -27,18 +26,9 @@ from langchain_persona_judge.admission import (
     queue_for,
 )
 from langchain_persona_judge.engine import DecodingError
-from langchain_persona_judge.loading import ModelLoadError, resolve_model_path
 from tests.helpers import tiny_llama
 
 PREFS = ["Answer formally.", "Answer with a joke."]
-
-
-@pytest.fixture(scope="module")
-def tokenizer() -> Any:
-    try:
-        return AutoTokenizer.from_pretrained(resolve_model_path(None))
-    except ModelLoadError as exc:
-        pytest.skip(f"needs the embedded model's tokenizer: {exc}")
 
 
 def _model(tokenizer: Any, seed: int = 0, context: int = 512) -> Any:

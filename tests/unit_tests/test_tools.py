@@ -15,7 +15,6 @@ from types import SimpleNamespace
 from typing import Annotated, Any
 
 import pytest
-import torch
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.tools import tool
 from pydantic import BaseModel, Field
@@ -25,7 +24,7 @@ from typing_extensions import TypedDict
 from langchain_persona_judge import ChatPersonaJudge, engine
 from langchain_persona_judge.engine import DecodingStats, Generation
 from langchain_persona_judge.grammar import GRAMMAR_INSTALL, GrammarNotInstalledError
-from langchain_persona_judge.loading import ModelLoadError, resolve_model_path
+from langchain_persona_judge.loading import resolve_model_path
 from langchain_persona_judge.styled_tool import REWRITE_INSTRUCTIONS, PersonaJudgeTool
 from langchain_persona_judge.tools import (
     FALLBACK_TOOLS_PROMPT,
@@ -76,22 +75,6 @@ def get_weather(location: str) -> str:
 def no_args() -> int:
     """Return five."""
     return 5
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def tokenizer() -> Any:
-    try:
-        return AutoTokenizer.from_pretrained(resolve_model_path(None))
-    except ModelLoadError as exc:
-        pytest.skip(f"needs the embedded model's tokenizer: {exc}")
 
 
 @pytest.fixture(scope="module")
