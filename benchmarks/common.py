@@ -81,8 +81,12 @@ def random_model(arch: str, device: str, dtype: torch.dtype, seed: int = 0) -> A
     return model
 
 
-def load_bench_model(name: str | None, device: str, random_init: str | None, dtype: str | None) -> BenchModel:
-    """The embedded SmolLM2 (or ``name``) on ``device``; or a random-init stand-in of ``random_init``'s shape."""
+def load_bench_model(name: str | None, device: str, random_init: str | None, dtype: str | None,
+                     prepack: bool | None = None) -> BenchModel:
+    """The embedded SmolLM2 (or ``name``) on ``device``; or a random-init stand-in of ``random_init``'s shape.
+
+    ``prepack`` is ``load_model``'s (None: auto, oneDNN-packed linear weights for fp32 CPU models).
+    """
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
         dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     ]
@@ -90,6 +94,10 @@ def load_bench_model(name: str | None, device: str, random_init: str | None, dty
         if random_init not in ARCHITECTURES:
             raise SystemExit(f"--random-init {random_init!r}: choose one of {sorted(ARCHITECTURES)}")
         model = random_model(random_init, device, torch_dtype)
+        from langchain_persona_judge.cpu_kernels import prepack_linear_weights, should_prepack
+
+        if should_prepack(model, prepack):
+            prepack_linear_weights(model)
         desc = (
             f"randomly initialised {ARCHITECTURES[random_init]['name']}-shaped Llama ({torch_dtype}); real "
             "weights could not be carried to this machine: timings reflect the architecture's cost, acceptance "
@@ -98,7 +106,7 @@ def load_bench_model(name: str | None, device: str, random_init: str | None, dty
         return BenchModel(model, None, desc, True)
     from langchain_persona_judge import load_model
 
-    model, tokenizer = load_model(name, device=device, dtype=torch_dtype)
+    model, tokenizer = load_model(name, device=device, dtype=torch_dtype, prepack=prepack)
     model.eval()
     label = name or "SmolLM2-135M-Instruct (embedded, de-quantised from Q4_1 GGUF)"
     return BenchModel(model, tokenizer, f"{label}, {torch_dtype}", False)

@@ -226,7 +226,7 @@ def summary_markdown(speed: dict[str, Any] | None, quality: dict[str, Any] | Non
                              f"{nv['tokens_per_s']:.2f}{est} | {nv['seconds'] / o['seconds']:.1f}× |")
             lines.append("")
         for name, c in speed.get("criteria", {}).items():
-            lines.append(f"- {name}: {c['ratio']:.2f}× (target ≥ {c['target']}×): {'met' if c['met'] else 'not met'}"
+            lines.append(f"- {name}: {c['value']:.3g} (target {c['target']}): {'met' if c['met'] else 'not met'}"
                          + ("" if c.get("naive_measured", True) else " (paper's path estimated)"))
         lines.append("")
     if quality:

