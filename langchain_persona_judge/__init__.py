@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .chat_models import ChatPersonaJudge, PersonaJudgeLLM
+    from .cpu_kernels import prepack_linear_weights, unpack_linear_weights
     from .engine import DecodingOptions, DecodingStats, Generation, TokenConstraint, TraceEntry, generate, stream
     from .loading import ModelLoadError, load_model
     from .personas import Persona, PersonaError, PersonaRegistry
@@ -22,6 +23,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "ChatPersonaJudge": "chat_models",
     "PersonaJudgeLLM": "chat_models",
+    "prepack_linear_weights": "cpu_kernels",
+    "unpack_linear_weights": "cpu_kernels",
     "DecodingOptions": "engine",
     "DecodingStats": "engine",
     "Generation": "engine",

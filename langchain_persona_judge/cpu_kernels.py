@@ -52,6 +52,8 @@ class PrepackedLinear(nn.Linear):
             or weight.device.type != "cpu"
             or (torch.is_grad_enabled() and (weight.requires_grad or input.requires_grad))
         ):
+            if self._packed is not None and (weight.device.type != "cpu" or weight.dtype != torch.float32):
+                self._packed = self._packed_key = None  # moved or cast: the CPU fp32 copy is dead weight
             return F.linear(input, weight, self.bias)
         key = (weight.data_ptr(), weight._version)
         packed = self._packed
@@ -60,6 +62,13 @@ class PrepackedLinear(nn.Linear):
                 packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 8)
             self._packed, self._packed_key = packed, key
         return torch.ops.mkldnn._linear_pointwise(input, packed, self.bias, "none", [], "")
+
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The packed copy is an opaque oneDNN tensor that cannot be pickled or deep-copied; it is rebuilt lazily.
+        state = dict(super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__)
+        state["_packed"] = state["_packed_key"] = None
+        return state
 
 
 def _linears(model: nn.Module) -> list[nn.Linear]:

@@ -144,3 +144,24 @@ def test_layers_with_a_bias_and_batched_inputs() -> None:
     with torch.no_grad():
         torch.testing.assert_close(packed(x), plain(x), rtol=1e-5, atol=1e-5)
         assert packed[0]._packed is not None  # the oneDNN path ran, not the fallback
+
+
+def test_packed_models_deep_copy_pickle_and_cast() -> None:
+    import copy
+    import io
+
+    model = tiny_llama(seed=10)
+    prepack_linear_weights(model)
+    tokens = [1, 2, 3, 4]
+    expected = _logits(model, tokens)  # packs every layer: the opaque oneDNN copies now exist
+    clone = copy.deepcopy(model)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    for other in (clone, loaded):
+        assert is_prepacked(other)
+        torch.testing.assert_close(_logits(other, tokens), expected)
+    model.to(torch.float64)
+    _logits(model, tokens)
+    assert all(m._packed is None for m in model.modules() if type(m) is PrepackedLinear), "stale copies kept"
