@@ -11,6 +11,7 @@ results file or section is skipped with a message.
 from __future__ import annotations
 
 import argparse
+import re
 import json
 import sys
 from pathlib import Path
@@ -44,6 +45,10 @@ def _short_model(report: dict[str, Any]) -> str:
     return report["model"].split(" (")[0].split(",")[0]
 
 
+# persona_judge_greedy_l4, persona_judge_greedy_l4_dc0.5, persona_judge_sample_l8 ...
+SETTING_NAME = re.compile(r"^persona_judge_(?P<mode>greedy|sample)_l(?P<lam>\d+)(?:_dc(?P<dc>[\d.]+))?$")
+
+
 def plot_lambda(speed: dict[str, Any], out: Path) -> Path | None:
     main = speed.get("main")
     if not main:
@@ -51,12 +56,15 @@ def plot_lambda(speed: dict[str, Any], out: Path) -> Path | None:
     plt = _plt()
     settings = main["settings"]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for mode in ("greedy", "sample"):
-        pts = sorted((int(name.rsplit("_l", 1)[1]), s["tokens_per_s"]) for name, s in settings.items()
-                     if name.startswith(f"persona_judge_{mode}_l"))
-        if pts:
-            xs, ys = zip(*pts)
-            ax.plot(xs, ys, "o-", color=COLORS[mode], label=f"Persona-judge, {'greedy' if mode == 'greedy' else 'sampling'}")
+    series: dict[tuple[str, str | None], list[tuple[int, float]]] = {}
+    for name, s in settings.items():
+        match = SETTING_NAME.match(name)
+        if match:
+            series.setdefault((match["mode"], match["dc"]), []).append((int(match["lam"]), s["tokens_per_s"]))
+    for (mode, dc), pts in sorted(series.items(), key=lambda item: (item[0][0], item[0][1] or "")):
+        xs, ys = zip(*sorted(pts))
+        label = f"Persona-judge, {'greedy' if mode == 'greedy' else 'sampling'}" + (f", draft_confidence={dc}" if dc else "")
+        ax.plot(xs, ys, "s--" if dc else "o-", color=COLORS[mode], label=label, alpha=0.7 if dc else 1.0)
     for name, style in (("generate", "-"), ("direct", ":")):
         if name in settings:
             label = ("generate (greedy, KV cache)" if name == "generate"

@@ -386,7 +386,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadiest on a shared CPU)")
     parser.add_argument("--lookahead", type=int, nargs="+", default=None, help="λ values (default 4)")
     parser.add_argument("--draft-confidence", type=float, nargs="*", default=None, metavar="C",
-                        help="main section: also run greedy Persona-judge at λ=max(--lookahead) with the engine's "
+                        help="main section: also run greedy Persona-judge at each λ >= 4 of --lookahead with the engine's "
                              "draft_confidence=C (stop drafting after a draft the drafter gives less than C; "
                              "default 0.5, ChatPersonaJudge's default; pass no value for none)")
     parser.add_argument("--prepack", choices=["auto", "on", "off"], default="auto",
@@ -444,8 +444,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         order: list[tuple[str, Any]] = [("generate", None), ("direct", None)]
         for lam in args.lookahead:
             order.append((f"persona_judge_greedy_l{lam}", (lam, False)))
-        for conf in args.draft_confidence:
-            order.append((f"persona_judge_greedy_l{max(args.lookahead)}_dc{conf:g}", (max(args.lookahead), False, conf)))
+        # draft_confidence only matters with several drafts per iteration: λ = 4 (the headline) and above.
+        for lam in [lam for lam in args.lookahead if lam >= 4] or [max(args.lookahead)]:
+            for conf in args.draft_confidence:
+                order.append((f"persona_judge_greedy_l{lam}_dc{conf:g}", (lam, False, conf)))
         if args.sampling:
             for lam in args.lookahead:
                 order.append((f"persona_judge_sample_l{lam}", (lam, True)))
