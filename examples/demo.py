@@ -30,7 +30,8 @@ def main() -> None:
     max_tokens = int(os.environ.get("PERSONA_JUDGE_DEMO_MAX_TOKENS", "96"))
     print(f"Question: {QUESTION}\n", flush=True)
     for title, preferences in PAIRS.items():
-        llm = ChatPersonaJudge(preferences=preferences, temperature=0, max_tokens=max_tokens)
+        # The chat model's sampling defaults (greedy decoding makes a 135M model repeat itself), seeded.
+        llm = ChatPersonaJudge(preferences=preferences, seed=0, max_tokens=max_tokens)
         print(f"=== Answer {title} ===")
         for preference in preferences:
             print(f"  preference: {preference}")

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.embedded
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 MAX_TOKENS = os.environ.get("PERSONA_JUDGE_TEST_MAX_TOKENS", "8")
-NOT_HERE = {"demo.py"}  # the demo has its own test
+NOT_HERE = {"demo.py"}  # `make demo`'s script: test_demo_runs below
 
 # For each example: the labels it prints, and how many non-empty answers it prints.
 EXPECTED: dict[str, tuple[list[str], int]] = {
@@ -65,3 +65,21 @@ def test_example_runs(name: str) -> None:
         assert label in done.stdout, f"{label!r} missing from:\n{done.stdout}"
     answers = _answers(name, done.stdout)
     assert len(answers) == count and all(a.strip() for a in answers), done.stdout
+
+
+def test_demo_runs() -> None:
+    """`make demo`'s script: two preference pairs, each with its preferences, a non-empty answer and its stats."""
+    env = {**os.environ, "PERSONA_JUDGE_DEMO_MAX_TOKENS": "12"}
+    env.setdefault("OMP_NUM_THREADS", "1")
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "demo.py")], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    sections = re.split(r"^=== Answer .* ===$", done.stdout, flags=re.M)[1:]
+    assert len(sections) == 2, done.stdout
+    for section in sections:
+        assert section.count("  preference: ") == 2, section
+        stats = re.search(r"^\[(\d+) tokens in [\d.]+ s, [\d.]+ tok/s; acceptance (\d+)%", section, flags=re.M)
+        assert stats and 0 < int(stats[1]) <= 12 and 0 <= int(stats[2]) <= 100, section
+        answer = section.split("\n\n", 1)[1].split("\n\n[", 1)[0]
+        assert answer.strip(), section
