@@ -7,12 +7,10 @@ temporary folder; its ``model_name`` in the response metadata is that folder's p
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from langchain_core.exceptions import OutputParserException
 from langchain_core.language_models import BaseChatModel
 from langchain_tests.integration_tests import ChatModelIntegrationTests
@@ -25,15 +23,6 @@ from tests.helpers import tiny_llama
 pytestmark = pytest.mark.embedded
 
 PREFERENCES = ["Answer in one short, formal sentence.", "Answer playfully, with a joke."]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    # The test machines are small and shared; one intra-op thread avoids OpenMP oversubscription stalls.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

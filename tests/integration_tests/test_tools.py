@@ -10,12 +10,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
 import pytest
-import torch
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 from pydantic import BaseModel, Field
@@ -28,14 +26,6 @@ pytest.importorskip("xgrammar", reason="needs the grammar extra: pip install 'la
 
 PREFERENCES = ["Answer in one short, formal sentence.", "Answer playfully, with a joke."]
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "agents"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @tool
