@@ -128,3 +128,40 @@ def naive_greedy_masked(model, prompts, lookahead, max_new_tokens, mask_fn):
         emitted.extend(new[: max_new_tokens - len(emitted)])
         k += 1
     return emitted
+
+
+class PersonaJudgeStandardCapabilities:
+    """What ChatPersonaJudge supports, declared once for LangChain's standard unit and integration suites.
+
+    Put it before the langchain-tests base class so that these properties override the base's defaults.
+    """
+
+    @property
+    def chat_model_class(self):
+        from langchain_persona_judge import ChatPersonaJudge
+
+        return ChatPersonaJudge
+
+    @property
+    def has_tool_calling(self) -> bool:
+        return True
+
+    @property
+    def has_tool_choice(self) -> bool:
+        return True
+
+    @property
+    def has_structured_output(self) -> bool:
+        return True
+
+    @property
+    def supports_json_mode(self) -> bool:
+        return True
+
+    @property
+    def returns_usage_metadata(self) -> bool:
+        return True
+
+    @property
+    def supports_model_override(self) -> bool:
+        return True

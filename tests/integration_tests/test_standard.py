@@ -16,9 +16,8 @@ from langchain_core.language_models import BaseChatModel
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from transformers import AutoTokenizer
 
-from langchain_persona_judge import ChatPersonaJudge
 from langchain_persona_judge.loading import resolve_model_path
-from tests.helpers import tiny_llama
+from tests.helpers import PersonaJudgeStandardCapabilities, tiny_llama
 
 pytestmark = pytest.mark.embedded
 
@@ -45,7 +44,7 @@ _JSON_TESTS = ("tool", "structured", "json_mode", "agent_loop")
 UNICODE_MAX_TOKENS = 80
 
 
-class TestChatPersonaJudgeStandard(ChatModelIntegrationTests):
+class TestChatPersonaJudgeStandard(PersonaJudgeStandardCapabilities, ChatModelIntegrationTests):
     _override: str | None = None
     _max_tokens: int = 24
 
@@ -58,36 +57,8 @@ class TestChatPersonaJudgeStandard(ChatModelIntegrationTests):
         )
 
     @property
-    def chat_model_class(self) -> type[ChatPersonaJudge]:
-        return ChatPersonaJudge
-
-    @property
     def chat_model_params(self) -> dict[str, Any]:
         return {"preferences": PREFERENCES, "temperature": 0, "max_tokens": self._max_tokens}
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return True
-
-    @property
-    def has_tool_choice(self) -> bool:
-        return True
-
-    @property
-    def has_structured_output(self) -> bool:
-        return True
-
-    @property
-    def supports_json_mode(self) -> bool:
-        return True
-
-    @property
-    def returns_usage_metadata(self) -> bool:
-        return True
-
-    @property
-    def supports_model_override(self) -> bool:
-        return True
 
     @property
     def model_override_value(self) -> str | None:

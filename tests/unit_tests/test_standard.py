@@ -11,15 +11,12 @@ from langchain_tests.unit_tests import ChatModelUnitTests
 
 from langchain_persona_judge import ChatPersonaJudge
 from langchain_persona_judge.chat_models import DEVICE_ENV, MODEL_ENV
+from tests.helpers import PersonaJudgeStandardCapabilities
 
 PREFERENCES = ["Answer in one short, formal sentence.", "Answer playfully, with a joke."]
 
 
-class TestChatPersonaJudgeUnit(ChatModelUnitTests):
-    @property
-    def chat_model_class(self) -> type[ChatPersonaJudge]:
-        return ChatPersonaJudge
-
+class TestChatPersonaJudgeUnit(PersonaJudgeStandardCapabilities, ChatModelUnitTests):
     @property
     def chat_model_params(self) -> dict[str, Any]:
         # max_tokens comes from standard_chat_model_params (test_standard_params passes its own).
@@ -33,30 +30,6 @@ class TestChatPersonaJudgeUnit(ChatModelUnitTests):
             {"preferences": PREFERENCES},
             {"model_name": "HuggingFaceTB/SmolLM2-360M-Instruct", "device": "cpu", "preferences": PREFERENCES},
         )
-
-    @property
-    def supports_model_override(self) -> bool:
-        return True
-
-    @property
-    def returns_usage_metadata(self) -> bool:
-        return True
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return True
-
-    @property
-    def has_tool_choice(self) -> bool:
-        return True
-
-    @property
-    def has_structured_output(self) -> bool:
-        return True
-
-    @property
-    def supports_json_mode(self) -> bool:
-        return True
 
     @pytest.mark.xfail(
         reason="langchain-core's load(allowed_objects='all') admits only the classes in its own serialisation "
