@@ -27,6 +27,8 @@ from .sampling import Verdict, build_warpers, greedy_verdict, sample_verdict, to
 
 TokenKind = Literal["accepted", "residual", "bonus"]
 FinishReason = Literal["stop", "length"]
+Schedule = Literal["speculative", "lockstep"]
+SCHEDULES: tuple[Schedule, ...] = ("speculative", "lockstep")
 
 
 class DecodingError(RuntimeError):
@@ -79,6 +81,10 @@ class DecodingOptions:
     A draft the drafter itself doubts is likely to be rejected, and every draft after it is then wasted work.
     The rule looks only at the drafter's own distributions, so every emitted token still follows the judge's
     distribution exactly. ``lookahead`` stays the most drafts per iteration."""
+    schedule: Schedule = "speculative"
+    """How the forwards are laid out (the output's law is the same): ``speculative`` (the paper's: λ drafter
+    forwards, then one judge forward over all drafts) or ``lockstep`` (all personas in one batched forward per
+    emitted token, each draft verified as it is drafted; see :mod:`.lockstep`)."""
 
     def __post_init__(self) -> None:
         def fail(name: str, value: Any, need: str) -> None:
@@ -96,6 +102,8 @@ class DecodingOptions:
             fail("top_p", self.top_p, "pass a number in (0, 1] (1 or None turns it off)")
         if not isinstance(self.draft_confidence, (int, float)) or not 0 <= self.draft_confidence < 1:
             fail("draft_confidence", self.draft_confidence, "pass a probability in [0, 1) (0 turns it off)")
+        if self.schedule not in SCHEDULES:
+            fail("schedule", self.schedule, f"pass one of {', '.join(map(repr, SCHEDULES))}")
 
 
 @dataclass(frozen=True)
@@ -488,7 +496,21 @@ def stream(
     Options are the fields of :class:`DecodingOptions`. Bad options or prompts raise before any forward.
     ``constraint`` (a :class:`TokenConstraint`) restricts the allowed tokens, for drafter and judge alike.
     """
-    return TokenStream(PersonaJudgeDecoder(model, prompts, _options(options), constraint))
+    return TokenStream(make_decoder(model, prompts, _options(options), constraint))
+
+
+def make_decoder(
+    model: PreTrainedModel,
+    prompts: Sequence[torch.Tensor],
+    options: DecodingOptions,
+    constraint: TokenConstraint | None = None,
+) -> PersonaJudgeDecoder:
+    """The decoder of ``options.schedule``."""
+    if options.schedule == "lockstep":
+        from .lockstep import LockstepDecoder  # imported here: it subclasses this module's decoder
+
+        return LockstepDecoder(model, prompts, options, constraint)
+    return PersonaJudgeDecoder(model, prompts, options, constraint)
 
 
 def generate(

@@ -86,16 +86,30 @@ def sample_verdict(
         accepted = int(rejected[0, 0]) if rejected.numel() else n
     else:
         accepted = 0
-    if accepted < n:
-        residual = torch.clamp(p[accepted] - q[accepted], min=0.0)
-        total = residual.sum()
-        # A rejection implies p(t) < q(t), so the residual has mass >= q(t) - p(t) > 0 in exact arithmetic;
-        # if rounding ever empties it, p itself is the right law (the residual's limit as p -> q).
-        dist = residual / total if total > 0 else p[accepted]
-    else:
-        dist = p[n]
+    dist = residual_distribution(p[accepted], q[accepted]) if accepted < n else p[n]
     next_token = int(torch.multinomial(dist, 1, generator=generator))
     return Verdict(accepted=accepted, next_token=next_token)
+
+
+def residual_distribution(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``norm(max(0, p - q))``: the law of the token emitted after a rejected draft."""
+    residual = torch.clamp(p - q, min=0.0)
+    total = residual.sum()
+    # A rejection implies p(t) < q(t), so the residual has mass >= q(t) - p(t) > 0 in exact arithmetic;
+    # if rounding ever empties it, p itself is the right law (the residual's limit as p -> q).
+    return residual / total if total > 0 else p
+
+
+def verify_one(draft: int, q: torch.Tensor, p: torch.Tensor, generator: torch.Generator | None) -> tuple[bool, int]:
+    """The rule for a single draft ``draft ~ q`` judged by ``p`` (both (V,) fp32).
+
+    Returns ``(True, draft)`` with probability ``min(1, p(draft) / q(draft))``, else ``(False, t)`` with ``t``
+    drawn from ``norm(max(0, p - q))``: the emitted token is distributed exactly as ``p``.
+    """
+    u = float(torch.rand((), generator=generator, device=p.device, dtype=torch.float32))
+    if u * float(q[draft]) < float(p[draft]):
+        return True, draft
+    return False, int(torch.multinomial(residual_distribution(p, q), 1, generator=generator))
 
 
 def greedy_verdict(drafts: torch.Tensor, judge_logits: torch.Tensor) -> Verdict:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy import stats as scipy_stats
 
-from langchain_persona_judge.engine import DecodingOptions, PersonaJudgeDecoder, generate, stream
+from langchain_persona_judge.engine import SCHEDULES, DecodingOptions, PersonaJudgeDecoder, generate, stream
 from langchain_persona_judge.sampling import build_warpers, to_probs
 from tests.helpers import full_logits, naive_greedy, tiny_llama
 
@@ -45,7 +45,8 @@ def _tv(counts: Counter, probs: np.ndarray, total: int) -> float:
     [(1.0, None, None, 0.0), (0.7, 12, 0.95, 0.3)],
     ids=["plain", "tempered-truncated-early-stop"],
 )
-def test_first_token_follows_judge_distribution(temperature, top_k, top_p, draft_confidence):
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_first_token_follows_judge_distribution(temperature, top_k, top_p, draft_confidence, schedule):
     model = tiny_llama(seed=1, sharpness=6.0)
     drafter_prompt, judge_prompt = [1, 2, 3, 4], [5, 6, 7]
     warpers = build_warpers(temperature, top_k, top_p)
@@ -69,6 +70,7 @@ def test_first_token_follows_judge_distribution(temperature, top_k, top_p, draft
             top_p=top_p,
             seed=seed,
             draft_confidence=draft_confidence,
+            schedule=schedule,
         )
         first[gen.token_ids[0]] += 1
         kinds[gen.stats.trace[0].kind] += 1
@@ -95,11 +97,13 @@ def test_first_token_follows_judge_distribution(temperature, top_k, top_p, draft
 
 @pytest.mark.parametrize("lookahead", [1, 2, 4, 7])
 @pytest.mark.parametrize("pair", range(len(PROMPT_PAIRS)))
-def test_greedy_matches_naive_reference(lookahead, pair):
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_greedy_matches_naive_reference(lookahead, pair, schedule):
     model = tiny_llama(seed=2, sharpness=3.0)
     a, b = PROMPT_PAIRS[pair]
     expected, expected_trace, expected_reason = naive_greedy(model, [a, b], lookahead, 40, eos=set())
-    gen = generate(model, [torch.tensor(a), torch.tensor(b)], max_new_tokens=40, lookahead=lookahead, do_sample=False)
+    gen = generate(model, [torch.tensor(a), torch.tensor(b)], max_new_tokens=40, lookahead=lookahead, do_sample=False,
+                   schedule=schedule)
     assert gen.token_ids == expected
     assert [(e.drafter, e.judge, e.kind) for e in gen.stats.trace] == expected_trace
     assert gen.finish_reason == expected_reason == "length"
@@ -123,7 +127,8 @@ def test_greedy_bonus_tokens_when_personas_agree():
     assert gen.token_ids == expected
 
 
-def test_greedy_stops_at_eos_like_reference():
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_greedy_stops_at_eos_like_reference(schedule):
     model = tiny_llama(seed=2, sharpness=3.0)
     a, b = PROMPT_PAIRS[0]
     free = generate(model, [torch.tensor(a), torch.tensor(b)], max_new_tokens=30, do_sample=False).token_ids
@@ -132,7 +137,7 @@ def test_greedy_stops_at_eos_like_reference():
     for lookahead in (1, 3, 4):
         gen = generate(
             model, [torch.tensor(a), torch.tensor(b)], max_new_tokens=30, lookahead=lookahead,
-            do_sample=False, eos_token_id=eos,
+            do_sample=False, eos_token_id=eos, schedule=schedule,
         )
         expected, _, reason = naive_greedy(model, [a, b], lookahead, 30, eos={eos})
         assert gen.token_ids == expected == free[:cut]
@@ -151,10 +156,12 @@ def test_eos_defaults_to_generation_config():
 
 @pytest.mark.parametrize("max_new_tokens", [1, 2, 3, 5, 6, 11])
 @pytest.mark.parametrize("do_sample", [False, True])
-def test_exactly_max_new_tokens(max_new_tokens, do_sample):
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_exactly_max_new_tokens(max_new_tokens, do_sample, schedule):
     model = tiny_llama(seed=3)
     same = torch.tensor([4, 5, 6])  # identical personas accept everything, so iterations emit λ + 1 tokens
-    gen = generate(model, [same, same.clone()], max_new_tokens=max_new_tokens, lookahead=4, do_sample=do_sample, seed=0)
+    gen = generate(model, [same, same.clone()], max_new_tokens=max_new_tokens, lookahead=4, do_sample=do_sample, seed=0,
+                   schedule=schedule)
     assert len(gen.token_ids) == max_new_tokens
     assert len(gen.stats.trace) == max_new_tokens
     assert gen.finish_reason == "length"
@@ -209,11 +216,13 @@ def test_no_forward_rereads_the_prompt():
 
 
 @pytest.mark.parametrize("lookahead", [2, 4])
-def test_three_persona_rotation_matches_reference(lookahead):
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_three_persona_rotation_matches_reference(lookahead, schedule):
     model = tiny_llama(seed=5, sharpness=3.0)
     prompts = [[1, 2, 3], [7, 8], [12, 13, 14, 15]]
     expected, expected_trace, _ = naive_greedy(model, prompts, lookahead, 45, eos=set())
-    gen = generate(model, [torch.tensor(p) for p in prompts], max_new_tokens=45, lookahead=lookahead, do_sample=False)
+    gen = generate(model, [torch.tensor(p) for p in prompts], max_new_tokens=45, lookahead=lookahead, do_sample=False,
+                   schedule=schedule)
     assert gen.token_ids == expected
     assert [(e.drafter, e.judge, e.kind) for e in gen.stats.trace] == expected_trace
     pairs = {(e.iteration % 3, e.drafter, e.judge) for e in gen.stats.trace}
@@ -224,30 +233,33 @@ def test_three_persona_rotation_matches_reference(lookahead):
 # -- the rest of the contract ---------------------------------------------------------------------
 
 
-def test_single_persona_is_plain_decoding():
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_single_persona_is_plain_decoding(schedule):
     model = tiny_llama(seed=6, sharpness=3.0)
     prompt = [3, 1, 4, 1, 5]
-    gen = generate(model, [torch.tensor(prompt)], max_new_tokens=15, do_sample=False)
+    gen = generate(model, [torch.tensor(prompt)], max_new_tokens=15, do_sample=False, schedule=schedule)
     with torch.inference_mode():
         plain = model.generate(torch.tensor([prompt]), max_new_tokens=15, do_sample=False, min_new_tokens=15)
     assert gen.token_ids == plain[0, len(prompt):].tolist()
     assert gen.stats.drafted == 0 and gen.stats.forward_calls == 15
 
 
-def test_seed_reproducible_and_seeds_differ():
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_seed_reproducible_and_seeds_differ(schedule):
     model = tiny_llama(seed=7, sharpness=2.0)
     prompts = [torch.tensor([1, 2, 3]), torch.tensor([4, 5])]
-    runs = [generate(model, prompts, max_new_tokens=30, seed=s).token_ids for s in (11, 11, 12)]
+    runs = [generate(model, prompts, max_new_tokens=30, seed=s, schedule=schedule).token_ids for s in (11, 11, 12)]
     assert runs[0] == runs[1]
     assert runs[0] != runs[2]
 
 
-def test_stream_yields_the_same_tokens_as_generate():
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_stream_yields_the_same_tokens_as_generate(schedule):
     model = tiny_llama(seed=8, sharpness=2.0)
     prompts = [torch.tensor([1, 2, 3]), torch.tensor([4, 5])]
-    tokens = stream(model, prompts, max_new_tokens=25, seed=3)
+    tokens = stream(model, prompts, max_new_tokens=25, seed=3, schedule=schedule)
     streamed = list(tokens)
-    assert streamed == generate(model, prompts, max_new_tokens=25, seed=3).token_ids
+    assert streamed == generate(model, prompts, max_new_tokens=25, seed=3, schedule=schedule).token_ids
     assert tokens.generation.finish_reason == "length"
     assert tokens.generation.stats.iterations >= 1
 
@@ -312,16 +324,19 @@ def test_prompt_longer_than_context_fails_clearly():
         generate(model, [torch.ones(600, dtype=torch.long), torch.tensor([1])])
 
 
-def test_context_limit_ends_with_length():
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_context_limit_ends_with_length(schedule):
     model = tiny_llama()
-    gen = generate(model, [torch.ones(505, dtype=torch.long), torch.tensor([1])], max_new_tokens=50, seed=0)
+    gen = generate(model, [torch.ones(505, dtype=torch.long), torch.tensor([1])], max_new_tokens=50, seed=0,
+                   schedule=schedule)
     assert len(gen.token_ids) == 7 and gen.finish_reason == "length"
 
 
 # -- token constraints (grammars) keep exactness --------------------------------------------------
 
 
-def test_constrained_first_token_follows_masked_judge_distribution():
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_constrained_first_token_follows_masked_judge_distribution(schedule):
     from tests.helpers import ToyConstraint
 
     model = tiny_llama(seed=1, sharpness=6.0)
@@ -340,7 +355,7 @@ def test_constrained_first_token_follows_masked_judge_distribution():
     for seed in range(runs):
         constraint = ToyConstraint(32)
         gen = generate(model, [torch.tensor(drafter_prompt), torch.tensor(judge_prompt)], max_new_tokens=4,
-                       seed=seed, constraint=constraint)
+                       seed=seed, constraint=constraint, schedule=schedule)
         first[gen.token_ids[0]] += 1
         assert constraint.history == gen.token_ids  # the constraint followed exactly what was emitted
     assert all(t < 20 for t in first)
@@ -350,20 +365,23 @@ def test_constrained_first_token_follows_masked_judge_distribution():
 
 @pytest.mark.parametrize("lookahead", [1, 4])
 @pytest.mark.parametrize("n_personas", [1, 2, 3])
-def test_constrained_greedy_matches_masked_reference(lookahead, n_personas):
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_constrained_greedy_matches_masked_reference(lookahead, n_personas, schedule):
     from tests.helpers import ToyConstraint, naive_greedy_masked
 
     model = tiny_llama(seed=2, sharpness=3.0)
     prompts = [[1, 2, 3, 4], [10, 11, 12, 13, 14, 15], [21, 4]][:n_personas]
     constraint = ToyConstraint(32)
     gen = generate(model, [torch.tensor(p) for p in prompts], max_new_tokens=30, lookahead=lookahead,
-                   do_sample=False, constraint=constraint, eos_token_id=[])
+                   do_sample=False, constraint=constraint, eos_token_id=[], schedule=schedule)
     expected = naive_greedy_masked(model, prompts, lookahead, 30, lambda h: ToyConstraint.mask_for(h, 32, 20))
     assert gen.token_ids == expected
     assert constraint.history == gen.token_ids
     assert all(a != b for a, b in zip(gen.token_ids, gen.token_ids[1:]))
     assert all(t < 20 for t in gen.token_ids[::2])
-    if n_personas > 1 and lookahead > 1:
+    if schedule == "lockstep":
+        assert constraint.max_rollback == 0  # lockstep never drafts past a rejection: nothing to roll back
+    elif n_personas > 1 and lookahead > 1:
         assert constraint.max_rollback >= 1  # rejected drafts were really rolled back
 
 
@@ -387,16 +405,21 @@ def test_constraint_that_allows_nothing_fails_clearly():
 
 
 @pytest.mark.parametrize("n_personas", [2, 3])
-def test_draft_confidence_stops_early_and_every_token_is_its_judges_argmax(n_personas):
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_draft_confidence_stops_early_and_every_token_is_its_judges_argmax(n_personas, schedule):
     model = tiny_llama(seed=1, sharpness=2.0)
     prompts = [[1, 2, 3, 4], [10, 11, 12, 13, 14, 15], [21, 4]][:n_personas]
     full = generate(model, [torch.tensor(p) for p in prompts], max_new_tokens=40, do_sample=False)
     early = generate(model, [torch.tensor(p) for p in prompts], max_new_tokens=40, do_sample=False,
-                     draft_confidence=0.5)
+                     draft_confidence=0.5, schedule=schedule)
     s = early.stats
-    assert s.drafted < s.iterations * 4  # some iterations stopped drafting early
-    assert s.forward_calls == s.drafted + s.iterations
-    assert s.forward_calls_per_token < full.stats.forward_calls_per_token
+    assert s.iterations > full.stats.iterations  # some iterations stopped drafting early, so there are more
+    if schedule == "speculative":
+        assert s.drafted < s.iterations * 4
+        assert s.forward_calls == s.drafted + s.iterations
+        assert s.forward_calls_per_token < full.stats.forward_calls_per_token
+    else:
+        assert s.forward_calls == len(early.token_ids)
     for i, entry in enumerate(s.trace):  # greedy Persona-judge: each token is its judge's argmax there
         assert entry.token_id == int(full_logits(model, prompts[entry.judge] + early.token_ids[:i])[-1].argmax())
 

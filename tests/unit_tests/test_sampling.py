@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from scipy import stats as scipy_stats
 
-from langchain_persona_judge.sampling import build_warpers, greedy_verdict, sample_verdict, to_probs
+from langchain_persona_judge.sampling import build_warpers, greedy_verdict, sample_verdict, to_probs, verify_one
 
 
 def _random_dist(gen: torch.Generator, vocab: int, sharp: float) -> torch.Tensor:
@@ -35,6 +35,28 @@ def test_verdict_law_at_every_position():
         expected = p[i].double().numpy()
         expected = expected / expected.sum() * counts.sum()
         assert scipy_stats.chisquare(counts, expected).pvalue > 1e-3, f"position {i}"
+
+
+def test_verify_one_law_and_acceptance_rate():
+    """The lockstep schedule's single-draft rule: the emitted token follows p; accepted w.p. sum(min(p, q))."""
+    vocab = 8
+    g = torch.Generator().manual_seed(3)
+    q, p = _random_dist(g, vocab, 1.5), _random_dist(g, vocab, 1.5)
+    rng = torch.Generator().manual_seed(4)
+    draws = 30000
+    counts = np.zeros(vocab)
+    accepted = 0
+    for _ in range(draws):
+        draft = int(torch.multinomial(q, 1, generator=rng))
+        ok, token = verify_one(draft, q, p, rng)
+        accepted += ok
+        counts[token] += 1
+        assert not ok or token == draft
+    p64, q64 = p.double().numpy(), q.double().numpy()
+    assert scipy_stats.chisquare(counts, p64 / p64.sum() * draws).pvalue > 1e-3
+    assert scipy_stats.chisquare(counts, q64 / q64.sum() * draws).pvalue < 1e-6
+    overlap = float(torch.minimum(p, q).sum())
+    assert abs(accepted / draws - overlap) < 4 * (overlap * (1 - overlap) / draws) ** 0.5
 
 
 def test_residual_never_reemits_a_token_the_judge_undervalues():
