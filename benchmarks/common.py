@@ -125,11 +125,11 @@ class ForwardCounter:
 
     def _hook(self, module: Any, args: tuple, kwargs: dict) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
+        # Every row of a batched forward counts (the lockstep schedule feeds one row per persona).
         if ids is None:
-            ids = kwargs["inputs_embeds"]
-            self.positions += int(ids.shape[-2])
+            self.positions += int(kwargs["inputs_embeds"].shape[:-1].numel())
         else:
-            self.positions += int(ids.shape[-1])
+            self.positions += int(ids.numel())
         self.calls += 1
 
     def reset(self) -> None:

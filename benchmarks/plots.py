@@ -23,7 +23,8 @@ if __package__ in (None, ""):
 from benchmarks.common import RESULTS  # noqa: E402
 
 COLORS = {"generate": "#555555", "direct": "#999999", "greedy": "#1f77b4", "sample": "#ff7f0e",
-          "persona_judge": "#1f77b4", "naive_paper": "#d62728", "paper": "#2ca02c", "none": "#999999"}
+          "persona_judge": "#1f77b4", "naive_paper": "#d62728", "paper": "#2ca02c", "none": "#999999",
+          "greedy_lockstep": "#9467bd", "sample_lockstep": "#8c564b", "persona_judge_lockstep": "#9467bd"}
 
 
 def _plt() -> Any:
@@ -45,8 +46,10 @@ def _short_model(report: dict[str, Any]) -> str:
     return report["model"].split(" (")[0].split(",")[0]
 
 
-# persona_judge_greedy_l4, persona_judge_greedy_l4_dc0.5, persona_judge_sample_l8 ...
-SETTING_NAME = re.compile(r"^persona_judge_(?P<mode>greedy|sample)_l(?P<lam>\d+)(?:_dc(?P<dc>[\d.]+))?$")
+# persona_judge_greedy_l4, persona_judge_greedy_l4_lockstep, persona_judge_greedy_l4_dc0.5, persona_judge_sample_l8 ...
+SETTING_NAME = re.compile(
+    r"^persona_judge_(?P<mode>greedy|sample)_l(?P<lam>\d+)(?:_(?P<schedule>lockstep))?(?:_dc(?P<dc>[\d.]+))?$"
+)
 
 
 def plot_lambda(speed: dict[str, Any], out: Path) -> Path | None:
@@ -56,15 +59,18 @@ def plot_lambda(speed: dict[str, Any], out: Path) -> Path | None:
     plt = _plt()
     settings = main["settings"]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    series: dict[tuple[str, str | None], list[tuple[int, float]]] = {}
+    series: dict[tuple[str, str, str], list[tuple[int, float]]] = {}
     for name, s in settings.items():
         match = SETTING_NAME.match(name)
         if match:
-            series.setdefault((match["mode"], match["dc"]), []).append((int(match["lam"]), s["tokens_per_s"]))
-    for (mode, dc), pts in sorted(series.items(), key=lambda item: (item[0][0], item[0][1] or "")):
+            key = (match["mode"], match["schedule"] or "", match["dc"] or "")
+            series.setdefault(key, []).append((int(match["lam"]), s["tokens_per_s"]))
+    for (mode, schedule, dc), pts in sorted(series.items()):
         xs, ys = zip(*sorted(pts))
-        label = f"Persona-judge, {'greedy' if mode == 'greedy' else 'sampling'}" + (f", draft_confidence={dc}" if dc else "")
-        ax.plot(xs, ys, "s--" if dc else "o-", color=COLORS[mode], label=label, alpha=0.7 if dc else 1.0)
+        label = (f"Persona-judge, {'greedy' if mode == 'greedy' else 'sampling'}"
+                 + (", lockstep" if schedule else "") + (f", draft_confidence={dc}" if dc else ""))
+        color = COLORS[f"{mode}_{schedule}" if schedule else mode]
+        ax.plot(xs, ys, "s--" if dc else "o-", color=color, label=label, alpha=0.7 if dc else 1.0)
     for name, style in (("generate", "-"), ("direct", ":")):
         if name in settings:
             label = ("generate (greedy, KV cache)" if name == "generate"
@@ -94,8 +100,9 @@ def plot_length(speed: dict[str, Any], out: Path) -> Path | None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.2))
     curves = sec["curves"]
     labels = {"generate": "generate (KV cache)", "persona_judge": f"Persona-judge (ours), greedy λ={sec['lookahead']}",
+              "persona_judge_lockstep": f"Persona-judge (ours), greedy λ={sec['lookahead']}, lockstep",
               "naive_paper": "paper's code path (no KV cache)"}
-    for key in ("generate", "persona_judge"):
+    for key in [k for k in ("generate", "persona_judge", "persona_judge_lockstep") if k in curves]:
         pts = [(t, s, p) for t, s, _, p in curves[key] if t > 0]
         ax1.plot([p[0] for p in pts], [p[1] for p in pts], "-", color=COLORS[key], label=labels[key])
         ax2.plot([p[0] for p in pts], [p[2] / p[0] for p in pts], "-", color=COLORS[key], label=labels[key])
@@ -110,8 +117,8 @@ def plot_length(speed: dict[str, Any], out: Path) -> Path | None:
         ax1.plot([p[0] for p in estimated], [p[1] for p in estimated], "--", color=COLORS["naive_paper"],
                  label=labels["naive_paper"] + ", estimated")
         ax2.plot([p[0] for p in estimated], [p[2] / p[0] for p in estimated], "--", color=COLORS["naive_paper"])
-    for key, marker in (("generate", "s"), ("persona_judge", "o"), ("naive_paper", "^")):
-        for pt in sec["series"][key]:
+    for key, marker in (("generate", "s"), ("persona_judge", "o"), ("persona_judge_lockstep", "D"), ("naive_paper", "^")):
+        for pt in sec["series"].get(key, []):
             ax1.plot(pt["new_tokens"], pt["seconds"], marker, color=COLORS[key],
                      fillstyle="full" if pt["measured"] else "none")
     for ax in (ax1, ax2):
@@ -225,12 +232,15 @@ def summary_markdown(speed: dict[str, Any] | None, quality: dict[str, Any] | Non
             lines.append("")
         sec = speed.get("lengths")
         if sec:
+            lock = sec["series"].get("persona_judge_lockstep")
             lines.append(f"| new tokens | generate tokens/s | Persona-judge tokens/s (greedy λ={sec['lookahead']}) | "
-                         "paper's code path tokens/s | Persona-judge / paper's path |")
-            lines.append("|---:|---:|---:|---:|---:|")
-            for g, o, nv in zip(*(sec["series"][k] for k in ("generate", "persona_judge", "naive_paper"))):
+                         + ("lockstep tokens/s | " if lock else "")
+                         + "paper's code path tokens/s | Persona-judge / paper's path |")
+            lines.append("|---:|---:|---:|" + ("---:|" if lock else "") + "---:|---:|")
+            for i, (g, o, nv) in enumerate(zip(*(sec["series"][k] for k in ("generate", "persona_judge", "naive_paper")))):
                 est = "" if nv["measured"] else " (est.)"
-                lines.append(f"| {g['new_tokens']} | {g['tokens_per_s']:.1f} | {o['tokens_per_s']:.1f} | "
+                lk = f"{lock[i]['tokens_per_s']:.1f} | " if lock else ""
+                lines.append(f"| {g['new_tokens']} | {g['tokens_per_s']:.1f} | {o['tokens_per_s']:.1f} | {lk}"
                              f"{nv['tokens_per_s']:.2f}{est} | {nv['seconds'] / o['seconds']:.1f}× |")
             lines.append("")
         for name, c in speed.get("criteria", {}).items():

@@ -34,6 +34,7 @@ from .admission import ContextLengthError, OutOfMemoryError, RequestTimeoutError
 from .composition import PersonaPrompt, Strategy, compose, resolve_preference
 from .grammar import constraint_for, grammar_available, stop_token_ids
 from .loading import EMBEDDED_NAME, load_model
+from .lockstep import preferred_schedule
 from .personas import Persona, PersonaRegistry, load_registry
 from .prompting import Layout, encode_chat, persona_messages
 from .text_stream import IncrementalDetokenizer, StopStringFilter
@@ -62,7 +63,8 @@ _SHARED_LOCK = threading.Lock()
 
 # Per-call keyword arguments that override a field of the same name for that call only.
 _CALL_OVERRIDES = (
-    "preferences", "composition", "lookahead", "temperature", "top_k", "top_p", "max_tokens", "seed", "model",
+    "preferences", "composition", "lookahead", "schedule", "draft_confidence", "temperature", "top_k", "top_p",
+    "max_tokens", "seed", "model",
 )
 # Per-call keyword arguments LangChain itself may pass; they carry nothing for decoding.
 _IGNORED_KWARGS = ("stream",)
@@ -211,6 +213,10 @@ class ChatPersonaJudge(BaseChatModel):
             Preference texts. Two or more: Persona-judge; one: plain decoding with it; none: plain decoding.
         lookahead: int
             Drafts per iteration (λ, default 4).
+        schedule: str
+            ``auto`` (default), ``speculative`` (the paper's: λ drafter forwards, then one judge forward) or
+            ``lockstep`` (every persona in one batched forward per token). Same answers in law; auto picks
+            lockstep where a few rows cost about one row (a GPU, or fp32 CPU weights prepacked).
         temperature: float
             0 for greedy (deterministic), else the sampling temperature.
         top_k, top_p: truncation of the sampling distribution (applied to drafter and judge alike).
@@ -248,7 +254,10 @@ class ChatPersonaJudge(BaseChatModel):
 
         .. code-block:: none
 
-            {invoke_output}
+            "The sky is blue because of a process called scattering. When sunlight reaches our planet, it's
+            made up of different colors: blue is scattered in all directions, making it appear blue. [...]"
+
+        (The embedded SmolLM2-135M-Instruct on a CPU; a larger model follows the preferences more closely.)
 
     Stream:
         .. code-block:: python
@@ -323,7 +332,7 @@ class ChatPersonaJudge(BaseChatModel):
 
         .. code-block:: none
 
-            {usage_output}
+            {'input_tokens': 71, 'output_tokens': 64, 'total_tokens': 135}
 
         ``input_tokens`` counts every persona's prompt (each is read once by the model); ``output_tokens``
         counts the tokens of the answer (when a stop string ends it, up to the token that completed it).
@@ -335,7 +344,17 @@ class ChatPersonaJudge(BaseChatModel):
 
         .. code-block:: none
 
-            {metadata_output}
+            {'model_name': 'SmolLM2-135M-Instruct',
+             'finish_reason': 'length',
+             'model_provider': 'persona_judge',
+             'preferences': ['Explain it to a ten-year-old.', 'Be playful and funny.'],
+             'composition': 'split',
+             'persona_prompts': [['Explain it to a ten-year-old.'], ['Be playful and funny.']],
+             'persona_judge': {'iterations': 17, 'drafted': 52, 'accepted': 47, 'forward_calls': 64,
+                               'positions': 202, 'emitted': 64, 'acceptance_rate': 0.9038,
+                               'tokens_per_iteration': 3.7647, 'forward_calls_per_token': 1.0,
+                               'personas': 2, 'lookahead': 4, 'schedule': 'lockstep', 'draft_confidence': 0.0},
+             'trace': [{'token_id': 504, 'drafter': 0, 'judge': 1, 'kind': 'accepted', 'iteration': 0}, ...]}
 
         The per-token trace (which persona drafted and judged each token, and whether it was an accepted
         draft, a residual resample or a bonus token; one entry per output token) is in
@@ -359,9 +378,14 @@ class ChatPersonaJudge(BaseChatModel):
     """A Jinja template (text or file path) for the preference turn; None uses the one in ``prompts/``."""
     lookahead: int = Field(default=4, ge=1)
     """Drafts per iteration (λ)."""
-    draft_confidence: float = Field(default=0.5, ge=0.0, lt=1.0)
+    schedule: Literal["auto", "speculative", "lockstep"] = "auto"
+    """How the forwards are laid out; the answer's distribution is the same: ``speculative`` (the paper's: λ
+    drafter forwards, then one judge forward), ``lockstep`` (all personas in one batched forward per token), or
+    ``auto``: lockstep where a few rows cost about one (a GPU, or fp32 CPU weights prepacked), else speculative."""
+    draft_confidence: float | None = Field(default=None, ge=0.0, lt=1.0)
     """Stop an iteration's drafting after a draft the drafter gives less than this probability (0: always draft
-    λ); saves forwards on drafts that would be rejected, and keeps the output's distribution exact."""
+    λ). It saves the speculative schedule's forwards on drafts that would be rejected, and keeps the answer's
+    distribution exact. None: 0.5 with the speculative schedule, 0 (the paper's iterations) with lockstep."""
     temperature: float = Field(default=0.7, ge=0.0)
     """Sampling temperature; 0 means greedy decoding."""
     top_k: int | None = Field(default=None, ge=0)
@@ -421,6 +445,7 @@ class ChatPersonaJudge(BaseChatModel):
             "preference_layout": self.preference_layout,
             "preference_template": self.preference_template,
             "lookahead": self.lookahead,
+            "schedule": self.schedule,
             "draft_confidence": self.draft_confidence,
             "temperature": self.temperature,
             "top_k": self.top_k,
@@ -593,6 +618,10 @@ class ChatPersonaJudge(BaseChatModel):
         personas = compose(resolved, settings.composition)
         conversation, prompts = self._fit_context(model, tokenizer, conversation, personas, settings, template_kwargs)
         preferences = [r.text for r in resolved]
+        schedule = preferred_schedule(model) if settings.schedule == "auto" else settings.schedule
+        draft_confidence = settings.draft_confidence
+        if draft_confidence is None:
+            draft_confidence = 0.5 if schedule == "speculative" else 0.0
         options = {
             "max_new_tokens": settings.max_tokens,
             "lookahead": settings.lookahead,
@@ -601,7 +630,8 @@ class ChatPersonaJudge(BaseChatModel):
             "top_k": settings.top_k,
             "top_p": settings.top_p,
             "seed": settings.seed,
-            "draft_confidence": settings.draft_confidence,
+            "schedule": schedule,
+            "draft_confidence": draft_confidence,
         }
         if output is not None:
             options.update(_constraint_options(model, tokenizer, output, prompts, settings.max_tokens))
@@ -748,7 +778,12 @@ class ChatPersonaJudge(BaseChatModel):
             input_tokens=input_tokens, output_tokens=output_tokens, total_tokens=input_tokens + output_tokens
         )
         stats = generation.stats.to_dict()
-        stats.update(personas=len(request.prompts), lookahead=request.options["lookahead"])
+        stats.update(
+            personas=len(request.prompts),
+            lookahead=request.options["lookahead"],
+            schedule=request.options["schedule"],
+            draft_confidence=request.options["draft_confidence"],
+        )
         metadata = {
             "model_name": request.model_name,
             "model_provider": PROVIDER,

@@ -25,8 +25,30 @@ from typing import Any
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from .engine import DecodingError, DecodingOptions, PersonaJudgeDecoder, TokenConstraint, TokenKind, TraceEntry
+from .cpu_kernels import is_prepacked
+from .engine import (
+    DecodingError,
+    DecodingOptions,
+    PersonaJudgeDecoder,
+    Schedule,
+    TokenConstraint,
+    TokenKind,
+    TraceEntry,
+)
 from .sampling import to_probs, verify_one
+
+
+def preferred_schedule(model: PreTrainedModel) -> Schedule:
+    """``lockstep`` where a forward of a few rows costs about one of a single row, else ``speculative``.
+
+    That holds on an accelerator (one row cannot fill it) and on a CPU whose fp32 linear weights are prepacked
+    (:mod:`.cpu_kernels`; measured on the embedded model: 2 rows 1.15x one row, 5 rows 1.4x). With PyTorch's
+    default CPU kernels 2 rows cost about 1.7x one row, and the speculative schedule's λ one-row drafter
+    forwards are cheaper.
+    """
+    if model.device.type != "cpu":
+        return "lockstep"
+    return "lockstep" if is_prepacked(model) else "speculative"
 
 
 class LockstepDecoder(PersonaJudgeDecoder):

@@ -319,6 +319,13 @@ def test_speed_quick_runs_end_to_end_on_a_tiny_model(quick_speed):
     assert {"generate", "direct", "persona_judge_greedy_l4", "persona_judge_sample_l2"} <= set(settings)
     assert settings["generate"]["speed_ratio_vs_generate"] == 1.0
     assert settings["generate"]["forward_calls_per_token"] == 1.0
+    # The lockstep schedule: one batched forward per token, by the hook's count; each feeds both personas.
+    lockstep = settings["persona_judge_greedy_l4_lockstep"]
+    assert lockstep["forward_calls_per_token"] == 1.0
+    assert lockstep["positions_per_token"] > 2.0  # the hook counts every row: two personas per forward
+    assert {"persona_judge_sample_l4_lockstep", "persona_judge_greedy_l4_dc0.5"} <= set(settings)
+    assert saved["criteria"]["greedy_l4_lockstep_forward_calls_per_token"]["met"]
+    assert "persona_judge_lockstep" in saved["lengths"]["series"]
     lengths = saved["lengths"]
     assert [p["new_tokens"] for p in lengths["series"]["naive_paper"]] == [8, 16, 32]
     assert [p["measured"] for p in lengths["series"]["naive_paper"]] == [True, True, False]

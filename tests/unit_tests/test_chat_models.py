@@ -451,6 +451,36 @@ def test_per_call_overrides(chat: ChatPersonaJudge, engine_runs: list[SimpleName
     assert chat.invoke(QUESTION, stream=True).content  # LangChain's own flag is accepted
 
 
+def test_schedule_auto_picks_lockstep_where_rows_are_cheap(
+    chat: ChatPersonaJudge, tokenizer: Any, engine_runs: list[SimpleNamespace]
+) -> None:
+    from langchain_persona_judge.cpu_kernels import prepack_linear_weights, prepack_supported
+
+    # A plain fp32 CPU model: a 2-row forward costs ~1.7x a 1-row one, so the paper's schedule, which saves
+    # the drafts it would waste with draft_confidence 0.5.
+    speculative = chat.invoke(QUESTION)
+    stats = speculative.response_metadata["persona_judge"]
+    assert (stats["schedule"], stats["draft_confidence"]) == ("speculative", 0.5)
+    assert engine_runs[-1].options["schedule"] == "speculative"
+
+    lockstep = chat.invoke(QUESTION, schedule="lockstep")
+    stats = lockstep.response_metadata["persona_judge"]
+    assert (stats["schedule"], stats["draft_confidence"]) == ("lockstep", 0.0)
+    assert stats["forward_calls"] == lockstep.usage_metadata["output_tokens"]  # one batched forward per token
+    # The same greedy decisions as the paper's schedule with the same draft_confidence.
+    paper = chat.invoke(QUESTION, schedule="speculative", draft_confidence=0.0)
+    assert lockstep.content == paper.content and trace_ids(lockstep) == trace_ids(paper)
+    assert lockstep.response_metadata["trace"] == paper.response_metadata["trace"]
+
+    if prepack_supported():
+        packed = tiny_llama(seed=0, vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id)
+        prepack_linear_weights(packed)
+        stats = make(packed, tokenizer).invoke(QUESTION).response_metadata["persona_judge"]
+        assert (stats["schedule"], stats["draft_confidence"]) == ("lockstep", 0.0)
+    with pytest.raises(ValidationError, match="schedule"):
+        chat.invoke(QUESTION, schedule="batched")
+
+
 def test_unknown_and_invalid_call_arguments(chat: ChatPersonaJudge) -> None:
     with pytest.raises(TypeError, match="frobnicate"):
         chat.invoke(QUESTION, frobnicate=1)
