@@ -456,7 +456,7 @@ def test_schedule_auto_picks_lockstep_where_rows_are_cheap(
 ) -> None:
     from langchain_persona_judge.cpu_kernels import prepack_linear_weights, prepack_supported
 
-    # A plain fp32 CPU model: a 2-row forward costs ~1.7x a 1-row one, so the paper's schedule, which saves
+    # A plain fp32 CPU model: a 2-row forward costs ~1.6x a 1-row one, so the paper's schedule, which saves
     # the drafts it would waste with draft_confidence 0.5.
     speculative = chat.invoke(QUESTION)
     stats = speculative.response_metadata["persona_judge"]
