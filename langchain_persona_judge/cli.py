@@ -136,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"tokens drafted per iteration, λ (default {DEFAULT_LOOKAHEAD})",
     )
     decoding.add_argument(
+        "--schedule", choices=("auto", "speculative", "lockstep"), default="auto",
+        help="speculative (the paper's: λ drafter forwards, then one judge forward), lockstep (every persona in "
+        "one batched forward per token; same answers in law), or auto (default: lockstep on a GPU or with "
+        "prepacked fp32 CPU weights)",
+    )
+    decoding.add_argument(
         "-t", "--temperature", type=float, default=DEFAULT_TEMPERATURE, metavar="T",
         help=f"sampling temperature; 0 is greedy and deterministic (default {DEFAULT_TEMPERATURE})",
     )
@@ -227,6 +233,7 @@ def _make_llm(args: argparse.Namespace, preferences: list[str], composition: str
         composition=composition or args.composition,
         preference_layout=args.layout,
         lookahead=args.lookahead,
+        schedule=args.schedule,
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
@@ -343,7 +350,8 @@ def format_stats(answer: Answer) -> str:
     parts = [f"{personas} persona{'s' if personas != 1 else ''}"]
     if s.get("drafted"):
         rate, accepted, drafted = s["acceptance_rate"], s["accepted"], s["drafted"]
-        parts.append(f"acceptance {rate:.0%} ({accepted}/{drafted} drafts, λ={s.get('lookahead')})")
+        parts.append(f"acceptance {rate:.0%} ({accepted}/{drafted} drafts, λ={s.get('lookahead')}, "
+                     f"{s.get('schedule')})")
     else:
         parts.append("no drafting (single prompt)")
     tokens = answer.usage.get("output_tokens", s.get("emitted", 0))

@@ -56,6 +56,7 @@ def test_json_from_stdin(capsys: pytest.CaptureFixture[str], monkeypatch: pytest
     assert data["usage"]["total_tokens"] == data["usage"]["input_tokens"] + data["usage"]["output_tokens"]
     assert 0.0 <= data["stats"]["acceptance_rate"] <= 1.0
     assert data["stats"]["personas"] == 2
+    assert data["stats"]["schedule"] == "lockstep"  # auto, on the embedded model's prepacked fp32 weights
     assert data["preferences"] == ["Be concise.", "Be playful and funny."]
 
 
@@ -93,6 +94,7 @@ def test_compare_prints_three_answers(capsys: pytest.CaptureFixture[str]) -> Non
         (["q", "--model", "./no/such/model"], "no/such/model"),
         (["q", "--model", "/no/such/file.gguf"], "file.gguf"),
         (["q", "--layout", "sideways"], "--layout"),
+        (["q", "--schedule", "batched"], "--schedule"),
         ([], "question"),
     ],
 )
