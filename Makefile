@@ -41,7 +41,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not embedded"
 
 # Speed and preference-adherence benchmarks on the embedded model, then plots; under 20 minutes on 2 CPU cores.
-# The speed suite is a fixed amount of work (about 12 minutes); the quality run gets what is left of
+# The speed suite is a fixed amount of work (12–13 minutes); the quality run gets what is left of
 # BENCH_MINUTES (less a minute for its start-up, scoring and the plots, and never under 2 minutes), so a
 # slower machine scores fewer prompts instead of running over. Results and PNGs: benchmarks/results/
 # (see benchmarks/README.md).
