@@ -42,10 +42,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from langchain_persona_judge import engine
-from langchain_persona_judge.chat_models import _shared_model
+from langchain_persona_judge import decoding as engine
+from langchain_persona_judge import shared_model
 from langchain_persona_judge.grammar import Grammar, GrammarConstraint, constraint_for
-from langchain_persona_judge.prompting import encode_chat, persona_messages
+from langchain_persona_judge.personas import persona_messages
+from langchain_persona_judge.runtime import encode_chat
 from langchain_persona_judge.tools import OutputSpec, convert_tool, render_conversation
 
 PREFERENCES = ["Answer in one short, formal sentence.", "Answer playfully, with a joke."]
@@ -260,7 +261,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.quick:
         args.tokens, args.questions = 32, 2
-    model, tokenizer = _shared_model(None, "cpu", None)
+    model, tokenizer = shared_model(None, device="cpu")
     result: dict[str, Any] = {"model": "SmolLM2-135M-Instruct", "device": "cpu", "threads": args.threads,
                               "tokens": args.tokens, "personas": len(PREFERENCES), "lookahead": 4}
     with _threads(args.threads):

@@ -85,7 +85,8 @@ def _init_worker(model: str | None, threads: int) -> None:
 
 def build_prompts(tokenizer: Any, question: str, condition: str, preferences: list[str]) -> list[Any]:
     """The token prompts of one condition (one tensor per persona)."""
-    from langchain_persona_judge.prompting import encode_chat, persona_messages, render_preferences
+    from langchain_persona_judge.personas import persona_messages, render_preferences
+    from langchain_persona_judge.runtime import encode_chat
 
     conversation = [{"role": "user", "content": question}]
     if condition == "none":

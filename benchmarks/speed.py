@@ -60,10 +60,10 @@ from benchmarks.common import (  # noqa: E402
     machine_info,
     now,
 )
-from benchmarks.naive_paper import engine_history, iteration_schedule, naive_generate  # noqa: E402
+from langchain_persona_judge.decoding.reference import engine_history, iteration_schedule, naive_generate  # noqa: E402
 from langchain_persona_judge import stream  # noqa: E402
-from langchain_persona_judge.cpu_kernels import is_prepacked  # noqa: E402
-from langchain_persona_judge.engine import SCHEDULES  # noqa: E402
+from langchain_persona_judge.decoding.cpu_kernels import is_prepacked  # noqa: E402
+from langchain_persona_judge.decoding import SCHEDULES  # noqa: E402
 
 QUESTIONS = [
     "Why is the sky blue?",
@@ -155,7 +155,8 @@ class Bench:
         """(persona prompts, direct prompt) for QUESTIONS[question], with ``context_tokens`` of filler text first."""
         if self.bm.tokenizer is None:
             return self._random_prompts(question, context_tokens)
-        from langchain_persona_judge.prompting import encode_chat, persona_messages
+        from langchain_persona_judge.personas import persona_messages
+        from langchain_persona_judge.runtime import encode_chat
 
         tok = self.bm.tokenizer
         text = QUESTIONS[question % len(QUESTIONS)]
@@ -361,7 +362,7 @@ def cached_reload_seconds(runs: int = 3) -> dict[str, Any]:
     ``process_with_imports``: python start, ``import torch`` and all of the above but the second load.
     The conversion is made first (outside the timing) if this environment has none yet.
     """
-    from langchain_persona_judge.loading import resolve_model_path
+    from langchain_persona_judge.runtime.loading import resolve_model_path
 
     resolve_model_path(None)
     code = (

@@ -1,8 +1,15 @@
 """Persona-judge: personalise a local LLM's answers at decoding time, as a LangChain chat model.
 
 Every public name is imported lazily: ``import langchain_persona_judge`` costs nothing until a name is used
-(so ``persona-judge --help`` does not import torch), and ``langchain_persona_judge.engine`` never imports
-LangChain.
+(so ``persona-judge --help`` does not import torch), and the decoding layer never imports LangChain.
+
+The layers, each importing only the ones below it (checked by ``lint-imports`` in ``make test``):
+
+* L4 ``cli`` — the ``persona-judge`` command;
+* L3 ``chat_models`` and its LangChain companions (``tools``, ``structured``, ``styled_tool``, ``prompt_templates``);
+* L2 ``runtime`` — one request end to end: models, admission, chat template, request, run loop;
+* L1 ``decoding`` (the rules), ``personas`` (preferences → texts), ``grammar`` (constrained decoding);
+* L0 ``errors``, ``defaults``.
 """
 
 from __future__ import annotations
@@ -12,32 +19,75 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .chat_models import ChatPersonaJudge, PersonaJudgeLLM
-    from .cpu_kernels import prepack_linear_weights, unpack_linear_weights
-    from .engine import DecodingOptions, DecodingStats, Generation, TokenConstraint, TraceEntry, generate, stream
-    from .loading import ModelLoadError, load_model
-    from .personas import Persona, PersonaError, PersonaRegistry
+    from .decoding import (
+        DecodingOptions,
+        DecodingStats,
+        Generation,
+        TokenConstraint,
+        TraceEntry,
+        generate,
+        prepack_linear_weights,
+        stream,
+        unpack_linear_weights,
+    )
+    from .errors import (
+        ContextLengthError,
+        DecodingError,
+        GrammarError,
+        GrammarNotInstalledError,
+        ModelLoadError,
+        OutOfMemoryError,
+        PersonaError,
+        PersonaJudgeError,
+        PromptTemplateError,
+        QueueFullError,
+        RequestTimeoutError,
+        UnknownPersonaError,
+    )
+    from .personas import Persona, PersonaRegistry, load_registry
+    from .prompt_templates import persona_chat_prompt
+    from .runtime import display_name, load_model, release_model, shared_model
     from .styled_tool import PersonaJudgeTool
 
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    # L3: the LangChain surface
     "ChatPersonaJudge": "chat_models",
     "PersonaJudgeLLM": "chat_models",
-    "prepack_linear_weights": "cpu_kernels",
-    "unpack_linear_weights": "cpu_kernels",
-    "DecodingOptions": "engine",
-    "DecodingStats": "engine",
-    "Generation": "engine",
-    "TokenConstraint": "engine",
-    "TraceEntry": "engine",
-    "generate": "engine",
-    "stream": "engine",
-    "ModelLoadError": "loading",
-    "load_model": "loading",
-    "Persona": "personas",
-    "PersonaError": "personas",
-    "PersonaRegistry": "personas",
     "PersonaJudgeTool": "styled_tool",
+    "persona_chat_prompt": "prompt_templates",
+    # L2: models
+    "display_name": "runtime",
+    "load_model": "runtime",
+    "release_model": "runtime",
+    "shared_model": "runtime",
+    # L1: decoding and personas
+    "DecodingOptions": "decoding",
+    "DecodingStats": "decoding",
+    "Generation": "decoding",
+    "TokenConstraint": "decoding",
+    "TraceEntry": "decoding",
+    "generate": "decoding",
+    "stream": "decoding",
+    "prepack_linear_weights": "decoding",
+    "unpack_linear_weights": "decoding",
+    "Persona": "personas",
+    "PersonaRegistry": "personas",
+    "load_registry": "personas",
+    # L0: every error a caller may catch
+    "ContextLengthError": "errors",
+    "DecodingError": "errors",
+    "GrammarError": "errors",
+    "GrammarNotInstalledError": "errors",
+    "ModelLoadError": "errors",
+    "OutOfMemoryError": "errors",
+    "PersonaError": "errors",
+    "PersonaJudgeError": "errors",
+    "PromptTemplateError": "errors",
+    "QueueFullError": "errors",
+    "RequestTimeoutError": "errors",
+    "UnknownPersonaError": "errors",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,15 +1,16 @@
-"""ChatPersonaJudge: a LangChain chat model that decodes a local transformers LM with Persona-judge."""
+"""ChatPersonaJudge: a LangChain chat model that decodes a local transformers LM with Persona-judge.
+
+A thin adapter (layer L3): it turns LangChain messages and fields into a :mod:`~langchain_persona_judge.runtime`
+request, runs it, and turns the text back into LangChain chunks. Tokens, caches, deadlines and out-of-memory
+handling live in the runtime; the decoding rules in :mod:`~langchain_persona_judge.decoding`.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import threading
-import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import LangSmithParams, LanguageModelInput
 from langchain_core.language_models.chat_models import BaseChatModel
@@ -29,15 +30,20 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils import from_env
 from pydantic import ConfigDict, Field
 
-from . import engine
-from .admission import ContextLengthError, OutOfMemoryError, RequestTimeoutError, queue_for
-from .composition import PersonaPrompt, Strategy, compose, resolve_preference
-from .grammar import constraint_for, grammar_available, stop_token_ids
-from .loading import EMBEDDED_NAME, load_model
-from .lockstep import preferred_schedule
-from .personas import Persona, PersonaRegistry, load_registry
-from .prompting import Layout, encode_chat, persona_messages
-from .text_stream import IncrementalDetokenizer, StopStringFilter
+from . import defaults
+from .decoding import DecodingOptions
+from .defaults import DEVICE_ENV, MODEL_ENV
+from .personas import Layout, Persona, PersonaRegistry, Strategy
+from .runtime import (
+    REGISTRY,
+    OutputGrammar,
+    PersonaSettings,
+    RequestRun,
+    build_request,
+    display_name,
+    encode_chat,
+    iterate_in_thread,
+)
 from .tools import (
     OutputSpec,
     convert_tool,
@@ -52,14 +58,6 @@ if TYPE_CHECKING:
     from .styled_tool import PersonaJudgeTool
 
 PROVIDER = "persona_judge"
-MODEL_ENV = "PERSONA_JUDGE_MODEL"
-"""Environment variable read when ``model`` is not passed (a Hugging Face id, local folder or ``.gguf`` file)."""
-DEVICE_ENV = "PERSONA_JUDGE_DEVICE"
-"""Environment variable read when ``device`` is not passed."""
-
-# Weights are loaded once per (model, device, dtype) and shared by every ChatPersonaJudge in the process.
-_SHARED_MODELS: dict[tuple[str | None, str | None, str | None], tuple[Any, Any]] = {}
-_SHARED_LOCK = threading.Lock()
 
 # Per-call keyword arguments that override a field of the same name for that call only.
 _CALL_OVERRIDES = (
@@ -72,40 +70,13 @@ _IGNORED_KWARGS = ("stream",)
 _OUTPUT_KWARGS = ("tools", "tool_choice", "parallel_tool_calls", "response_format")
 
 
-def _shared_model(name: str | None, device: str | None, dtype: str | None) -> tuple[Any, Any]:
-    if device is None:  # the same default load_model takes, so that None and "cpu" share one copy on a CPU
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    key = (name, device, dtype)
-    with _SHARED_LOCK:
-        if key not in _SHARED_MODELS:
-            _SHARED_MODELS[key] = load_model(name, device=device, dtype=dtype)
-        return _SHARED_MODELS[key]
-
-
-def _constraint_options(
-    model: Any, tokenizer: Any, output: OutputSpec, prompts: list[torch.Tensor], max_tokens: int
-) -> dict[str, Any]:
-    """Engine options for an answer with a grammar: the constraint, and the EOS ids the grammar ends with."""
-    grammar = output.grammar()
-    if grammar is None:
-        return {}
-    if not output.needs_grammar and not grammar_available():
-        return {}  # tool_choice="auto" without xgrammar: free decoding, calls parsed leniently
-    # The engine's own budget: max_tokens, or less when the context is nearly full.
-    limit = engine.context_limit(model)
-    budget = max_tokens if limit is None else min(max_tokens, limit - max(len(p) for p in prompts))
-    constraint = constraint_for(model, tokenizer, grammar, budget=budget)
-    shortest = constraint.shortest_answer()
-    if shortest is not None and shortest > budget:
-        raise ValueError(
-            f"max_tokens={budget} cannot hold even the shortest answer this {_shape(output)} allows ({shortest} "
-            "tokens); raise max_tokens."
-        )
-    return {"constraint": constraint, "eos_token_id": stop_token_ids(model, tokenizer)}
-
-
-def _shape(output: OutputSpec) -> str:
-    return "tool call" if output.mode == "required" else "schema" if output.response_schema else "answer"
+def _output_grammar(output: OutputSpec | None) -> OutputGrammar | None:
+    """The grammar a call's bound tools or response format ask for, if any."""
+    grammar = None if output is None else output.grammar()
+    if output is None or grammar is None:
+        return None
+    shape = "tool call" if output.mode == "required" else "schema" if output.response_schema else "answer"
+    return OutputGrammar(grammar, required=output.needs_grammar, shape=shape)
 
 
 def _content_text(message: BaseMessage) -> str:
@@ -165,32 +136,6 @@ def _convert_messages_to_dicts(messages: Sequence[BaseMessage]) -> list[dict[str
     ):
         raise ValueError("Every message is empty; pass a question or other text to answer.")
     return converted
-
-
-@dataclass
-class _Progress:
-    """What one call has decoded so far."""
-
-    used: int = 0
-    """Tokens read into the answer: all of them, or up to the one that completed a stop string."""
-    text: list[str] = field(default_factory=list)
-
-
-@dataclass
-class _Request:
-    """Everything one call needs, resolved before any forward pass."""
-
-    model: Any
-    tokenizer: Any
-    model_name: str
-    prompts: list[torch.Tensor]
-    options: dict[str, Any]
-    stop: list[str]
-    preferences: list[str]
-    personas: list[PersonaPrompt]
-    composition: str
-    output: OutputSpec | None = None
-    """Bound tools / response format (None: free text)."""
 
 
 class ChatPersonaJudge(BaseChatModel):
@@ -369,16 +314,16 @@ class ChatPersonaJudge(BaseChatModel):
     """Persona names, free texts, ``Persona`` objects or ``(name, {variables})`` pairs (see ``composition``)."""
     registry: PersonaRegistry | str | None = Field(default=None)
     """A ``PersonaRegistry`` or a YAML file/folder of personas, merged over the built-ins."""
-    composition: Strategy = "split"
+    composition: Strategy = defaults.COMPOSITION  # type: ignore[assignment]
     """How N preferences become personas: ``split`` (one each, roles rotate), ``pair`` (two groups, the
     paper's), ``all`` (one persona with every preference: the direct-prompt baseline)."""
-    preference_layout: Layout = "system"
+    preference_layout: Layout = defaults.PREFERENCE_LAYOUT  # type: ignore[assignment]
     """Where a preference goes: ``system`` (the persona's system turn) or ``user_turn`` (the paper's code)."""
     preference_template: str | None = None
     """A Jinja template (text or file path) for the preference turn; None uses the one in ``prompts/``."""
-    lookahead: int = Field(default=4, ge=1)
+    lookahead: int = Field(default=defaults.LOOKAHEAD, ge=1)
     """Drafts per iteration (λ)."""
-    schedule: Literal["auto", "speculative", "lockstep"] = "auto"
+    schedule: Literal["auto", "speculative", "lockstep"] = defaults.SCHEDULE  # type: ignore[assignment]
     """How the forwards are laid out; the answer's distribution is the same: ``speculative`` (the paper's: λ
     drafter forwards, then one judge forward), ``lockstep`` (all personas in one batched forward per token), or
     ``auto``: lockstep where a few rows cost about one (a GPU, or fp32 CPU weights prepacked), else speculative."""
@@ -386,13 +331,13 @@ class ChatPersonaJudge(BaseChatModel):
     """Stop an iteration's drafting after a draft the drafter gives less than this probability (0: always draft
     λ). It saves the speculative schedule's forwards on drafts that would be rejected, and keeps the answer's
     distribution exact. None: 0.5 with the speculative schedule, 0 (the paper's iterations) with lockstep."""
-    temperature: float = Field(default=0.7, ge=0.0)
+    temperature: float = Field(default=defaults.TEMPERATURE, ge=0.0)
     """Sampling temperature; 0 means greedy decoding."""
-    top_k: int | None = Field(default=None, ge=0)
+    top_k: int | None = Field(default=defaults.TOP_K, ge=0)
     """Keep the k most likely tokens (None or 0: off)."""
-    top_p: float | None = Field(default=0.95, gt=0.0, le=1.0)
+    top_p: float | None = Field(default=defaults.TOP_P, gt=0.0, le=1.0)
     """Nucleus sampling threshold (None or 1: off)."""
-    max_tokens: int = Field(default=256, ge=1)
+    max_tokens: int = Field(default=defaults.MAX_NEW_TOKENS, ge=1)
     """Most new tokens per answer."""
     seed: int | None = None
     """Seed for reproducible sampling."""
@@ -418,6 +363,8 @@ class ChatPersonaJudge(BaseChatModel):
     """An already loaded transformers causal LM (escape hatch; use with ``tokenizer``)."""
     tokenizer: Any = Field(default=None, exclude=True)
     """The tokenizer for ``hf_model``."""
+    executor: Any = Field(default=None, exclude=True)
+    """A ``concurrent.futures.Executor`` that async calls decode in (None: the event loop's default executor)."""
 
     # -- LangChain plumbing ---------------------------------------------------------------------
 
@@ -478,9 +425,12 @@ class ChatPersonaJudge(BaseChatModel):
         return params
 
     def _display_name(self, name: str | None) -> str:
-        if self.hf_model is not None and name is None:
-            return getattr(self.hf_model.config, "_name_or_path", None) or type(self.hf_model).__name__
-        return name or EMBEDDED_NAME
+        return display_name(name, self.hf_model if name in (None, self.model_name) else None)
+
+    @property
+    def display_name(self) -> str:
+        """How this model's weights are named to people (its id or path, or the embedded model's name)."""
+        return self._display_name(self.model_name)
 
     # -- model and tokenizer --------------------------------------------------------------------
 
@@ -489,7 +439,13 @@ class ChatPersonaJudge(BaseChatModel):
             if self.tokenizer is None:
                 raise ValueError("hf_model was given without tokenizer; pass both (tokenizer=...).")
             return self.hf_model, self.tokenizer
-        return _shared_model(name, self.device, self.dtype)
+        return REGISTRY.load(name, self.device, self.dtype)
+
+    def load(self) -> ChatPersonaJudge:
+        """Load the weights now (calls load them lazily) and return this model; shared with every other
+        ``ChatPersonaJudge`` of the same ``model``, ``device`` and ``dtype``."""
+        self._load(self.model_name)
+        return self
 
     def get_token_ids(self, text: str) -> list[int]:
         """Token ids of ``text`` from the model's own tokenizer (no download)."""
@@ -584,7 +540,7 @@ class ChatPersonaJudge(BaseChatModel):
             self, preferences, name=name, description=description, mode=mode, choose_personas=choose_personas
         )
 
-    # -- request preparation ---------------------------------------------------------------------
+    # -- request: settings -> runtime request -> run ----------------------------------------------------
 
     def _with_overrides(self, overrides: dict[str, Any]) -> ChatPersonaJudge:
         """A copy of this model with per-call values, each validated exactly like its field."""
@@ -595,7 +551,27 @@ class ChatPersonaJudge(BaseChatModel):
             type(self).__pydantic_validator__.validate_assignment(settings, name, value)
         return settings
 
-    def _prepare(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> _Request:
+    def decoding_options(self) -> DecodingOptions:
+        """This model's settings as the engine's one typed configuration (``auto`` resolved per model)."""
+        return DecodingOptions(
+            max_new_tokens=self.max_tokens,
+            lookahead=self.lookahead,
+            do_sample=self.temperature > 0,
+            temperature=self.temperature or 1.0,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            seed=self.seed,
+            schedule=self.schedule,
+            draft_confidence=self.draft_confidence,
+        )
+
+    def _start(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        kwargs: dict[str, Any],
+        cancelled: threading.Event | None = None,
+    ) -> tuple[RequestRun, OutputSpec | None]:
         unknown = [
             k for k in kwargs
             if k not in _CALL_OVERRIDES and k not in _IGNORED_KWARGS and k not in _OUTPUT_KWARGS
@@ -611,194 +587,57 @@ class ChatPersonaJudge(BaseChatModel):
         name = kwargs.get("model", self.model_name)
         model, tokenizer = self._load(name)
         conversation, template_kwargs = render_conversation(tokenizer, _convert_messages_to_dicts(messages), output)
-        registry = load_registry(settings.registry)
-        # Blank free-text preferences (an empty form field, say) are ignored rather than sent to the model.
-        wanted = [p for p in settings.preferences if not (isinstance(p, str) and not p.strip())]
-        resolved = [resolve_preference(p, registry) for p in wanted]
-        personas = compose(resolved, settings.composition)
-        conversation, prompts = self._fit_context(model, tokenizer, conversation, personas, settings, template_kwargs)
-        preferences = [r.text for r in resolved]
-        schedule = preferred_schedule(model) if settings.schedule == "auto" else settings.schedule
-        draft_confidence = settings.draft_confidence
-        if draft_confidence is None:
-            draft_confidence = 0.5 if schedule == "speculative" else 0.0
-        options = {
-            "max_new_tokens": settings.max_tokens,
-            "lookahead": settings.lookahead,
-            "do_sample": settings.temperature > 0,
-            "temperature": settings.temperature or 1.0,
-            "top_k": settings.top_k,
-            "top_p": settings.top_p,
-            "seed": settings.seed,
-            "schedule": schedule,
-            "draft_confidence": draft_confidence,
-        }
-        if output is not None:
-            options.update(_constraint_options(model, tokenizer, output, prompts, settings.max_tokens))
-        stops = list(dict.fromkeys([*(self.stop or []), *(stop or [])]))
-        return _Request(
-            model, tokenizer, self._display_name(name), prompts, options, stops, preferences, personas,
-            settings.composition, output,
+        request = build_request(
+            model,
+            tokenizer,
+            conversation,
+            options=settings.decoding_options(),
+            personas=PersonaSettings(
+                preferences=settings.preferences,
+                registry=settings.registry,
+                composition=settings.composition,
+                layout=settings.preference_layout,
+                template=settings.preference_template,
+            ),
+            model_name=self._display_name(name),
+            stop=[*(self.stop or []), *(stop or [])],
+            truncation=settings.truncation,
+            template_kwargs=template_kwargs,
+            output=_output_grammar(output),
         )
+        run = RequestRun(
+            request,
+            timeout=self.timeout,
+            cancelled=cancelled,
+            max_concurrency=self.max_concurrency,
+            max_queue=self.max_queue,
+        )
+        return run, output
 
-    @staticmethod
-    def _encode_personas(
-        tokenizer: Any,
-        conversation: list[dict[str, Any]],
-        personas: list[PersonaPrompt],
-        settings: ChatPersonaJudge,
-        template_kwargs: dict[str, Any] | None = None,
-    ) -> list[torch.Tensor]:
-        return [
-            encode_chat(
-                tokenizer,
-                persona_messages(
-                    conversation,
-                    persona.preferences,
-                    layout=settings.preference_layout,
-                    # A persona's own system template wins over the model-wide one (system layout only).
-                    template=persona.system_template
-                    if persona.system_template and settings.preference_layout == "system"
-                    else settings.preference_template,
-                ),
-                **(template_kwargs or {}),
+    # -- run -> chunks ---------------------------------------------------------------------------------
+
+    def _chunks(self, run: RequestRun, output: OutputSpec | None) -> Iterator[ChatGenerationChunk]:
+        """Text chunks as they are decided (tool calls parsed out of them), then one final chunk with usage and
+        metadata."""
+        pieces = run.text()
+        try:
+            text = (ChatGenerationChunk(message=AIMessageChunk(content=piece)) for piece in pieces)
+            # With tools bound, <tool_call> blocks leave the text and come back as tool-call chunks.
+            yield from tool_call_chunks(
+                text, output, lambda: "stop" if run.stopped_by_string else run.generation.finish_reason
             )
-            for persona in personas
-        ]
+        finally:
+            pieces.close()
+        yield self._final_chunk(run)
 
-    def _fit_context(
-        self,
-        model: Any,
-        tokenizer: Any,
-        conversation: list[dict[str, Any]],
-        personas: list[PersonaPrompt],
-        settings: ChatPersonaJudge,
-        template_kwargs: dict[str, Any] | None = None,
-    ) -> tuple[list[dict[str, Any]], list[torch.Tensor]]:
-        """Encode every persona's prompt; if the longest leaves no room to answer, drop the oldest turns
-        (``truncation="drop_oldest"``) or raise ContextLengthError, before any forward pass."""
-        limit = engine.context_limit(model)
-        while True:
-            prompts = self._encode_personas(tokenizer, conversation, personas, settings, template_kwargs)
-            longest = max(len(p) for p in prompts)
-            if limit is None or longest < limit:
-                return conversation, prompts
-            droppable = [i for i, m in enumerate(conversation[:-1]) if m["role"] != "system"]
-            if settings.truncation != "drop_oldest" or not droppable:
-                fix = (
-                    "shorten the last message" if settings.truncation == "drop_oldest"
-                    else "shorten it, or pass truncation='drop_oldest' to drop the oldest turns"
-                )
-                raise ContextLengthError(
-                    f"The conversation is {longest} tokens with its preferences, but the model's context holds "
-                    f"{limit} (and the answer needs room too); {fix}.",
-                    longest,
-                    limit,
-                )
-            conversation = conversation[: droppable[0]] + conversation[droppable[0] + 1 :]
-
-    # -- decoding --------------------------------------------------------------------------------
-
-    def _iter_chunks(
-        self, request: _Request, cancelled: threading.Event | None = None
-    ) -> Iterator[ChatGenerationChunk]:
-        """Text chunks as they are decided, then one final chunk with usage and metadata.
-
-        The decode waits for a slot in the model's admission queue, checks ``cancelled`` and the timeout once
-        per iteration, and frees its caches however it ends.
-        """
-        deadline = None if self.timeout is None else time.monotonic() + self.timeout
-        queue = queue_for(request.model)
-        if self.max_concurrency is not None or self.max_queue is not None:
-            queue.configure(self.max_concurrency, self.max_queue)
-        with queue.admit(deadline):
-            tokens = engine.stream(request.model, request.prompts, **request.options)
-            detokenizer = IncrementalDetokenizer(request.tokenizer)
-            stops = StopStringFilter(request.stop)
-            progress = _Progress()
-            try:
-                # With tools bound, <tool_call> blocks leave the text and come back as tool-call chunks.
-                yield from tool_call_chunks(
-                    self._decode_chunks(tokens, detokenizer, stops, progress, cancelled, deadline),
-                    request.output,
-                    lambda: "stop" if stops.stopped else tokens.generation.finish_reason,
-                )
-            except torch.cuda.OutOfMemoryError as exc:
-                tokens.close()
-                torch.cuda.empty_cache()
-                raise OutOfMemoryError(
-                    f"The GPU ran out of memory while decoding ({exc}); this request's caches were freed. "
-                    "Use shorter conversations, fewer preferences, a smaller max_tokens, or a smaller dtype."
-                ) from exc
-            finally:
-                tokens.close()
-        yield self._final_chunk(request, tokens.generation, used=progress.used, stopped_by_string=stops.stopped)
-
-    def _decode_chunks(
-        self,
-        tokens: engine.TokenStream,
-        detokenizer: IncrementalDetokenizer,
-        stops: StopStringFilter,
-        progress: _Progress,
-        cancelled: threading.Event | None,
-        deadline: float | None,
-    ) -> Iterator[ChatGenerationChunk]:
-        """Token ids -> text chunks, stopping at a stop string, a cancellation or the deadline."""
-        for chunk_ids in tokens.chunks():
-            if cancelled is not None and cancelled.is_set():
-                break
-            if deadline is not None and time.monotonic() > deadline:
-                raise RequestTimeoutError(
-                    f"The call ran past its timeout of {self.timeout} s after {len(tokens.generation.token_ids)} "
-                    "tokens; raise timeout or lower max_tokens (the text so far is in .partial_text).",
-                    "".join(progress.text),
-                )
-            for token_id in chunk_ids:
-                progress.used += 1
-                text = stops.push(detokenizer.push(token_id))
-                if text:
-                    progress.text.append(text)
-                    yield ChatGenerationChunk(message=AIMessageChunk(content=text))
-                if stops.stopped:
-                    break
-            if stops.stopped:
-                break
-        if not stops.stopped:
-            tail = stops.push(detokenizer.flush()) + stops.flush()
-            if tail:
-                yield ChatGenerationChunk(message=AIMessageChunk(content=tail))
-
-    def _final_chunk(
-        self, request: _Request, generation: engine.Generation, *, used: int, stopped_by_string: bool
-    ) -> ChatGenerationChunk:
-        finish_reason = "stop" if stopped_by_string else (generation.finish_reason or "stop")
-        input_tokens = sum(len(p) for p in request.prompts)
-        output_tokens = used
-        usage = UsageMetadata(
-            input_tokens=input_tokens, output_tokens=output_tokens, total_tokens=input_tokens + output_tokens
-        )
-        stats = generation.stats.to_dict()
-        stats.update(
-            personas=len(request.prompts),
-            lookahead=request.options["lookahead"],
-            schedule=request.options["schedule"],
-            draft_confidence=request.options["draft_confidence"],
-        )
-        metadata = {
-            "model_name": request.model_name,
-            "model_provider": PROVIDER,
-            "finish_reason": finish_reason,
-            "preferences": request.preferences,
-            "composition": request.composition,
-            "persona_prompts": [p.preferences for p in request.personas],
-            "persona_judge": stats,
-        }
-        message = AIMessageChunk(
-            content="", usage_metadata=usage, response_metadata=metadata, chunk_position="last"
-        )
-        info: dict[str, Any] = {"finish_reason": finish_reason}
+    def _final_chunk(self, run: RequestRun) -> ChatGenerationChunk:
+        input_tokens = run.request.input_tokens
+        usage = UsageMetadata(input_tokens=input_tokens, output_tokens=run.used, total_tokens=input_tokens + run.used)
+        metadata = {"model_provider": PROVIDER, **run.metadata()}
+        message = AIMessageChunk(content="", usage_metadata=usage, response_metadata=metadata, chunk_position="last")
+        info: dict[str, Any] = {"finish_reason": run.finish_reason}
         if self.return_trace:
-            info["trace"] = generation.stats.to_dict(with_trace=True)["trace"][:used]
+            info["trace"] = run.trace()
         return ChatGenerationChunk(message=message, generation_info=info)
 
     def _create_chat_result(self, chunks: Sequence[ChatGenerationChunk]) -> ChatResult:
@@ -820,6 +659,8 @@ class ChatPersonaJudge(BaseChatModel):
             llm_output={"model_name": final.message.response_metadata["model_name"]},
         )
 
+    # -- LangChain entry points --------------------------------------------------------------------------
+
     def _stream(
         self,
         messages: list[BaseMessage],
@@ -827,8 +668,7 @@ class ChatPersonaJudge(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        request = self._prepare(messages, stop, kwargs)
-        chunks = self._iter_chunks(request)
+        chunks = self._chunks(*self._start(messages, stop, kwargs))
         try:
             for chunk in chunks:
                 if run_manager and chunk.text:
@@ -846,7 +686,7 @@ class ChatPersonaJudge(BaseChatModel):
     ) -> ChatResult:
         if self.streaming:
             return self._create_chat_result(list(self._stream(messages, stop, run_manager, **kwargs)))
-        return self._create_chat_result(list(self._iter_chunks(self._prepare(messages, stop, kwargs))))
+        return self._create_chat_result(list(self._chunks(*self._start(messages, stop, kwargs))))
 
     async def _astream(
         self,
@@ -855,48 +695,15 @@ class ChatPersonaJudge(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        # Decoding runs in a worker thread; chunks cross to the event loop through a queue, so the loop is
-        # never blocked. Leaving the loop (or cancelling the task) tells the worker to stop at its next chunk.
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        cancelled = threading.Event()
-        done = object()
+        # Decoding runs in a worker thread (self.executor, else the loop's default); leaving the loop or
+        # cancelling the task tells the worker to stop at its next chunk.
+        def produce(cancelled: threading.Event) -> Iterator[ChatGenerationChunk]:
+            return self._chunks(*self._start(messages, stop, kwargs, cancelled))
 
-        def put(item: Any) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:  # the loop is gone: nobody is listening any more
-                cancelled.set()
-
-        def work() -> None:
-            try:
-                chunks = self._iter_chunks(self._prepare(messages, stop, kwargs), cancelled)
-                try:
-                    for chunk in chunks:
-                        if cancelled.is_set():
-                            break
-                        put(chunk)
-                finally:
-                    chunks.close()
-            except BaseException as exc:  # re-raised on the event loop's side
-                put(exc)
-            finally:
-                put(done)
-
-        worker = loop.run_in_executor(None, work)
-        try:
-            while True:
-                item = await queue.get()
-                if item is done:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                if run_manager and item.text:
-                    await run_manager.on_llm_new_token(item.text, chunk=item)
-                yield item
-            await worker
-        finally:
-            cancelled.set()
+        async for chunk in iterate_in_thread(produce, self.executor):
+            if run_manager and chunk.text:
+                await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+            yield chunk
 
     async def _agenerate(
         self,

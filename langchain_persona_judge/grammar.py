@@ -39,17 +39,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from .errors import GrammarError, GrammarNotInstalledError
+
 GRAMMAR_INSTALL = "pip install 'langchain-persona-judge[grammar]'"
 
 GrammarKind = Literal["json_schema", "structural_tag"]
-
-
-class GrammarNotInstalledError(ImportError):
-    """Constrained decoding was asked for but the grammar engine (xgrammar) is not installed."""
-
-
-class GrammarError(ValueError):
-    """A schema or tool-call format that the grammar engine cannot compile."""
 
 
 def require_xgrammar() -> ModuleType:
@@ -191,7 +185,7 @@ def compile_grammar(tokenizer: Any, grammar: Grammar, *, vocab_size: int, stop_t
 
 
 class GrammarConstraint:
-    """A :class:`~langchain_persona_judge.engine.TokenConstraint` that follows one compiled grammar.
+    """A :class:`~langchain_persona_judge.decoding.TokenConstraint` that follows one compiled grammar.
 
     ``allowed()`` is the grammar's mask for the next token (once the grammar is complete, the stop tokens
     are allowed too: only them when nothing may follow); ``advance`` consumes a token; ``rollback`` undoes

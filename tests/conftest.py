@@ -17,9 +17,9 @@ def embedded():
 
     The same copy of the weights that ``ChatPersonaJudge()`` uses (shared process-wide), not a second one.
     """
-    from langchain_persona_judge.chat_models import _shared_model
+    from langchain_persona_judge import shared_model
 
-    return _shared_model(None, "cpu", None)
+    return shared_model(None, device="cpu")
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +27,7 @@ def tokenizer():
     """The embedded model's tokenizer (tiny test models are built with its vocabulary); skips if not installed."""
     from transformers import AutoTokenizer
 
-    from langchain_persona_judge.loading import ModelLoadError, resolve_model_path
+    from langchain_persona_judge.runtime.loading import ModelLoadError, resolve_model_path
 
     try:
         return AutoTokenizer.from_pretrained(resolve_model_path(None))

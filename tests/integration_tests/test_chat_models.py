@@ -20,10 +20,10 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.outputs import ChatGenerationChunk
 
-import langchain_persona_judge.engine as engine
+import langchain_persona_judge.decoding as engine
 from langchain_persona_judge import ChatPersonaJudge
-from langchain_persona_judge.loading import EMBEDDED_NAME
-from langchain_persona_judge.prompting import render_preferences
+from langchain_persona_judge.runtime.loading import EMBEDDED_NAME
+from langchain_persona_judge.personas import render_preferences
 
 pytestmark = pytest.mark.embedded
 

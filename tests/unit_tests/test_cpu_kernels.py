@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from langchain_persona_judge import generate
-from langchain_persona_judge.cpu_kernels import (
+from langchain_persona_judge.decoding.cpu_kernels import (
     PREPACK_ENV,
     PrepackedLinear,
     is_prepacked,
@@ -125,7 +125,7 @@ def test_should_prepack_resolution(monkeypatch) -> None:
 
 
 def test_auto_prepack_skips_models_over_the_memory_budget(monkeypatch) -> None:
-    import langchain_persona_judge.cpu_kernels as kernels
+    import langchain_persona_judge.decoding.cpu_kernels as kernels
 
     model = tiny_llama(seed=9)
     monkeypatch.delenv(PREPACK_ENV, raising=False)

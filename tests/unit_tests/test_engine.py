@@ -10,7 +10,7 @@ import torch
 from scipy import stats as scipy_stats
 
 from langchain_persona_judge.engine import SCHEDULES, DecodingOptions, PersonaJudgeDecoder, generate, stream
-from langchain_persona_judge.sampling import build_warpers, to_probs
+from langchain_persona_judge.decoding.acceptance import build_warpers, to_probs
 from tests.helpers import full_logits, naive_greedy, tiny_llama
 
 PROMPT_PAIRS = [

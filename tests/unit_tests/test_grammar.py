@@ -22,7 +22,7 @@ from langchain_persona_judge.grammar import (
     constraint_for,
     require_xgrammar,
 )
-from langchain_persona_judge.sampling import build_warpers, to_probs
+from langchain_persona_judge.decoding.acceptance import build_warpers, to_probs
 from tests.helpers import full_logits, naive_greedy_masked, tiny_llama
 from tests.unit_tests.test_engine import _chi_square_pvalue
 

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from langchain_persona_judge import loading
+from langchain_persona_judge.runtime import loading
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from langchain_persona_judge.engine import DecodingOptions, generate, make_decoder, stream
-from langchain_persona_judge.lockstep import LockstepDecoder
+from langchain_persona_judge.decoding.lockstep import LockstepDecoder
 from tests.helpers import full_logits, tiny_llama
 
 # Prompt lengths far apart, so that the batch is padded (by up to 19 positions).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from langchain_persona_judge import Persona, PersonaError
-from langchain_persona_judge.persona_prompts import persona_chat_prompt
+from langchain_persona_judge.prompt_templates import persona_chat_prompt
 
 
 def test_persona_variables_become_prompt_variables_with_defaults():

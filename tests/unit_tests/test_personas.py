@@ -9,7 +9,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from langchain_persona_judge.composition import compose, resolve_preference
+from langchain_persona_judge.personas.composition import compose, resolve_preference
 from langchain_persona_judge.personas import (
     Persona,
     PersonaError,

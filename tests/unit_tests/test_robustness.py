@@ -16,16 +16,16 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, Tool
 from pydantic import ValidationError
 
 from langchain_persona_judge import ChatPersonaJudge, PersonaError
-from langchain_persona_judge.admission import (
-    AdmissionQueue,
+from langchain_persona_judge.errors import (
     ContextLengthError,
+    DecodingError,
     OutOfMemoryError,
     PersonaJudgeError,
     QueueFullError,
     RequestTimeoutError,
-    queue_for,
 )
-from langchain_persona_judge.engine import DecodingError
+from langchain_persona_judge.runtime import AdmissionQueue
+from langchain_persona_judge.runtime import admission_queue as queue_for
 from tests.helpers import tiny_llama
 
 PREFS = ["Answer formally.", "Answer with a joke."]

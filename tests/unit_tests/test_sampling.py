@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from scipy import stats as scipy_stats
 
-from langchain_persona_judge.sampling import build_warpers, greedy_verdict, sample_verdict, to_probs, verify_one
+from langchain_persona_judge.decoding.acceptance import build_warpers, greedy_verdict, sample_verdict, to_probs, verify_one
 
 
 def _random_dist(gen: torch.Generator, vocab: int, sharp: float) -> torch.Tensor:

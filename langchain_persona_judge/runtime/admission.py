@@ -2,8 +2,8 @@
 
 Policy: at most ``max_concurrency`` decodes run at once on one model (all ``ChatPersonaJudge`` objects that
 share its weights share the queue); further requests wait in arrival order, at most ``max_queue`` of them;
-one more is refused at once with :class:`QueueFullError`. A request that cannot start before its deadline
-raises :class:`RequestTimeoutError`. Running decodes interleave their iterations, so on a CPU a limit near the
+one more is refused at once with :class:`~langchain_persona_judge.errors.QueueFullError`. A request that cannot start before its deadline
+raises :class:`~langchain_persona_judge.errors.RequestTimeoutError`. Running decodes interleave their iterations, so on a CPU a limit near the
 number of cores keeps time-to-first-token fair instead of thrashing.
 """
 
@@ -16,34 +16,7 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-
-class PersonaJudgeError(RuntimeError):
-    """Base of the errors a ChatPersonaJudge call raises for conditions a caller can handle."""
-
-
-class QueueFullError(PersonaJudgeError):
-    """The model's admission queue is full; retry later or raise ``max_queue``."""
-
-
-class RequestTimeoutError(PersonaJudgeError, TimeoutError):
-    """The call ran past its ``timeout``; ``partial_text`` holds what was decoded before it."""
-
-    def __init__(self, message: str, partial_text: str = "") -> None:
-        super().__init__(message)
-        self.partial_text = partial_text
-
-
-class ContextLengthError(PersonaJudgeError, ValueError):
-    """The conversation does not fit in the model's context."""
-
-    def __init__(self, message: str, tokens: int, limit: int) -> None:
-        super().__init__(message)
-        self.tokens = tokens
-        self.limit = limit
-
-
-class OutOfMemoryError(PersonaJudgeError, MemoryError):
-    """The accelerator ran out of memory; the request's caches were freed, and the next request can run."""
+from ..errors import QueueFullError, RequestTimeoutError
 
 
 class AdmissionQueue:
@@ -104,11 +77,4 @@ class AdmissionQueue:
                 self._cond.notify_all()
 
 
-_QUEUES: dict[int, AdmissionQueue] = {}
-_QUEUES_LOCK = threading.Lock()
-
-
-def queue_for(model: object) -> AdmissionQueue:
-    """The admission queue of one in-memory model (shared by everything using those weights)."""
-    with _QUEUES_LOCK:
-        return _QUEUES.setdefault(id(model), AdmissionQueue())
+__all__ = ["AdmissionQueue"]

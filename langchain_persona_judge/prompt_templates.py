@@ -8,7 +8,7 @@ from typing import Any
 from langchain_core.prompts import ChatPromptTemplate
 
 from .personas import Persona, PersonaRegistry, load_registry
-from .prompting import render_preferences
+from .personas import render_preferences
 
 
 def persona_chat_prompt(

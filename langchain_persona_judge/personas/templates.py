@@ -1,7 +1,8 @@
-"""Rendering a persona's copy of a conversation and encoding it with the model's chat template.
+"""Preference templates, and a persona's copy of a conversation with its preferences in place.
 
 Messages here are plain dicts (``{"role": ..., "content": ...}``), as transformers chat templates take them;
-the LangChain adapter converts its messages to this form. No LangChain imports.
+the LangChain adapter converts its messages to this form. Encoding them with the model's chat template is the
+runtime's job (:mod:`langchain_persona_judge.runtime.chat_template`). No LangChain, no torch.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from ..errors import PromptTemplateError
 
 Message = dict[str, Any]
 Layout = Literal["system", "user_turn"]
@@ -22,10 +24,6 @@ Layout = Literal["system", "user_turn"]
 TEMPLATE_FILES: dict[str, str] = {"system": "preference_system.jinja", "user_turn": "preference_user_turn.jinja"}
 
 _ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=False, autoescape=False)
-
-
-class PromptTemplateError(ValueError):
-    """A preference template is missing or does not render."""
 
 
 @lru_cache(maxsize=32)
@@ -78,22 +76,3 @@ def persona_messages(
     system = "\n\n".join(str(m["content"]) for m in messages if m["role"] == "system")
     rest = [dict(m) for m in messages if m["role"] != "system"]
     return [{"role": "system", "content": render_preferences(layout, preferences, system, template)}, *rest]
-
-
-def render_chat(tokenizer: Any, messages: Sequence[Message], **template_kwargs: Any) -> str:
-    """The conversation as the model's chat template writes it, ending with the assistant's turn."""
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            list(messages), add_generation_prompt=True, tokenize=False, **template_kwargs
-        )
-    # A base model without a chat template: a plain transcript that ends where the answer starts.
-    lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
-    return "\n".join(lines) + "\nAssistant:"
-
-
-def encode_chat(tokenizer: Any, messages: Sequence[Message], **template_kwargs: Any) -> torch.Tensor:
-    """Token ids (1-D LongTensor) of the rendered conversation, ready for the engine."""
-    text = render_chat(tokenizer, messages, **template_kwargs)
-    # The chat template already wrote any BOS it wants; don't let the tokenizer add a second.
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return torch.tensor(ids, dtype=torch.long)

@@ -1,6 +1,6 @@
 """The lockstep schedule of Persona-judge decoding: every persona reads each token in one batched forward.
 
-The paper's schedule (``schedule="speculative"``, :class:`~.engine.PersonaJudgeDecoder`) runs λ one-token
+The paper's schedule (``schedule="speculative"``, :class:`~.speculative.SpeculativeDecoder`) runs λ one-token
 forwards of the drafter, then one (λ + 1)-token forward of the judge, and crops both caches after a rejection:
 ``λ + 1`` forwards per iteration for ``accepted + 1`` tokens. This schedule instead puts the personas in one
 batch (left-padded to the longest prompt) and advances them together: each forward gives the drafter's ``q``
@@ -18,46 +18,25 @@ The trade: the judge no longer scores the λ drafts in one forward of its own; i
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from .cpu_kernels import is_prepacked
-from .engine import (
-    DecodingError,
-    DecodingOptions,
-    PersonaJudgeDecoder,
-    Schedule,
-    TokenConstraint,
-    TokenKind,
-    TraceEntry,
-)
-from .sampling import to_probs, verify_one
+from .acceptance import to_probs, verify_one
+from .base import Decoder
+from .options import DecodingOptions, TokenConstraint, TokenKind
 
 
-def preferred_schedule(model: PreTrainedModel) -> Schedule:
-    """``lockstep`` where a forward of a few rows costs about one of a single row, else ``speculative``.
-
-    That holds on an accelerator (one row cannot fill it) and on a CPU whose fp32 linear weights are prepacked
-    (:mod:`.cpu_kernels`). Measured on the embedded model, one token per row after a 200-token prompt, 1 thread:
-    2 rows cost 1.08x one row and 3 rows 1.26x when packed, but 1.56x and 1.89x with PyTorch's default CPU
-    kernels, where the speculative schedule's one-row drafter forwards come out cheaper.
-    """
-    if model.device.type != "cpu":
-        return "lockstep"
-    return "lockstep" if is_prepacked(model) else "speculative"
-
-
-class LockstepDecoder(PersonaJudgeDecoder):
+class LockstepDecoder(Decoder):
     """Persona-judge decoding with all personas in one batch; one batched forward per emitted token.
 
     ``_iterate`` emits exactly one token per call (drafts are verified as they are drafted), so a stream
-    yields every token as soon as it is decided. The per-persona caches of the base class stay empty: one
-    batched ``DynamicCache`` holds every persona's sequence, row ``i`` for ``prompts[i]``.
+    yields every token as soon as it is decided. One batched ``DynamicCache`` holds every persona's sequence,
+    row ``i`` for ``prompts[i]``.
     """
+
+    schedule = "lockstep"
 
     def __init__(
         self,
@@ -67,26 +46,24 @@ class LockstepDecoder(PersonaJudgeDecoder):
         constraint: TokenConstraint | None = None,
     ) -> None:
         super().__init__(model, prompts, options, constraint)
-        lengths = [len(p.prompt) for p in self.personas]
+        lengths = [len(p) for p in self.prompts]
         width = max(lengths)
-        rows = len(self.personas)
+        rows = len(self.prompts)
         # Left padding keeps every row's last token in the last column, so one new column serves all rows.
         self._ids = torch.zeros(rows, width, dtype=torch.long)
         self._attention = torch.zeros(rows, width + self.max_new_tokens, dtype=torch.long, device=self.device)
-        for row, persona in enumerate(self.personas):
-            self._ids[row, width - lengths[row] :] = torch.tensor(persona.prompt)
+        for row, prompt in enumerate(self.prompts):
+            self._ids[row, width - lengths[row] :] = torch.tensor(prompt)
             self._attention[row, width - lengths[row] :] = 1
         self._columns = width
-        self._next_position = torch.tensor(lengths, device=self.device).unsqueeze(1)
         self._batch_cache = DynamicCache(config=model.config)
-        self._takes_positions = "position_ids" in inspect.signature(model.forward).parameters
         self._logits: torch.Tensor | None = None
         """Next-token logits of every persona (rows), once the prompts are read."""
         self._unfed: int | None = None
         """The last emitted token, fed to every persona at the start of the next step."""
         self._drafts_left: int | None = None
         """Drafts still allowed in the current iteration (None: the next step starts an iteration)."""
-        self._roles = (0, 0)
+        self._roles_now = (0, 0)
 
     # -- the batched forward -------------------------------------------------------------------------
 
@@ -94,26 +71,11 @@ class LockstepDecoder(PersonaJudgeDecoder):
         """Feed ``ids`` (rows x new columns) to the batch cache; keep every row's next-token logits."""
         self._columns += columns
         attention = self._attention[:, : self._columns]
-        kwargs: dict[str, Any] = {
-            "input_ids": ids.to(self.device),
-            "attention_mask": attention,
-            "past_key_values": self._batch_cache,
-            "use_cache": True,
-        }
-        if self._takes_positions:
+        extra = {"attention_mask": attention}
+        if self.forward_signature.takes_positions:
             # Each row counts positions from its own first real token, whatever its padding.
-            kwargs["position_ids"] = (attention.cumsum(-1) - 1).clamp(min=0)[:, -columns:]
-        if self._keeps_logits:
-            kwargs["logits_to_keep"] = 1
-        logits = self.model(**kwargs).logits[:, -1]
-        self.stats.forward_calls += 1
-        self.stats.positions += ids.numel()
-        if not torch.isfinite(logits).any(dim=-1).all() or torch.isnan(logits).any():
-            raise DecodingError(
-                "The model produced NaN or all-infinite logits; check the model's dtype (try dtype=torch.float32) "
-                "and weights."
-            )
-        self._logits = logits
+            extra["position_ids"] = (attention.cumsum(-1) - 1).clamp(min=0)[:, -columns:]
+        self._logits = self._call_model(ids.to(self.device), self._batch_cache, 1, **extra)[:, -1]
 
     def _advance_batch(self) -> torch.Tensor:
         """The logits for the next position: read the prompts first, or feed the last emitted token."""
@@ -121,7 +83,7 @@ class LockstepDecoder(PersonaJudgeDecoder):
             self._columns = 0
             self._batch_forward(self._ids, self._ids.shape[1])
         elif self._unfed is not None:
-            ids = torch.full((len(self.personas), 1), self._unfed, dtype=torch.long)
+            ids = torch.full((self.n_personas, 1), self._unfed, dtype=torch.long)
             self._unfed = None
             self._batch_forward(ids, 1)
         assert self._logits is not None
@@ -140,15 +102,14 @@ class LockstepDecoder(PersonaJudgeDecoder):
 
         self.stats.drafted += 1
         self._drafts_left -= 1
-        confidence = self.options.draft_confidence
         if self.generator is None:
             draft, choice = logits.argmax(dim=-1).tolist()
             accepted, token = draft == choice, choice
-            doubt = confidence > 0 and float(torch.softmax(logits[0].float(), dim=-1)[draft]) < confidence
+            doubt = self.draft_confidence > 0 and self._doubts(float(torch.softmax(logits[0].float(), dim=-1)[draft]))
         else:
             probs = to_probs(logits, self.warpers)
             draft = int(torch.multinomial(probs[0], 1, generator=self.generator))
-            doubt = float(probs[0, draft]) < confidence
+            doubt = self._doubts(float(probs[0, draft]))
             accepted, token = verify_one(draft, probs[0], probs[1], self.generator)
         if not accepted:
             self._drafts_left = None  # a rejection ends the iteration
@@ -160,33 +121,28 @@ class LockstepDecoder(PersonaJudgeDecoder):
 
     @torch.inference_mode()
     def _iterate(self) -> list[int]:
-        """Decide and emit one token (EOS included if hit)."""
-        n_personas = len(self.personas)
+        """1. start an iteration if none is open, 2. read the batch, 3. decide one token, 4. emit it."""
         if self._drafts_left is None:
             k = self.stats.iterations
             self.stats.iterations += 1
-            self._roles = (k % n_personas, (k + 1) % n_personas)
-            remaining = self.max_new_tokens - len(self.token_ids)
-            self._drafts_left = 0 if n_personas == 1 else min(self.options.lookahead, remaining - 1)
-        drafter, judge = self._roles
+            self._roles_now = self._roles(k)
+            self._drafts_left = self._draft_budget()
+        drafter, judge = self._roles_now
         logits = self._advance_batch()[[drafter, judge]]
         mask = self._mask()
         token, kind = self._decide(self._apply(logits, [mask, mask]))
         if kind == "bonus":
             self._drafts_left = None
-        if token in self.eos:
-            self.finish_reason = "stop"
-            return [token]
-        self.token_ids.append(token)
-        self.stats.trace.append(TraceEntry(token, drafter, judge, kind, self.stats.iterations - 1))
-        if self.constraint is not None:
-            self.constraint.advance(token)
-        self._unfed = token
-        if len(self.token_ids) >= self.max_new_tokens:
-            self.finish_reason = "length"
+        self._emit(token, drafter, judge, kind, self.stats.iterations - 1)
+        if token not in self.eos:
+            if self.constraint is not None:
+                self.constraint.advance(token)
+            self._unfed = token
         return [token]
 
     def release(self) -> None:
-        super().release()
         self._batch_cache = DynamicCache(config=self.model.config)
         self._logits = None
+
+
+__all__ = ["LockstepDecoder"]

@@ -45,7 +45,7 @@ def _variables(pairs: list[str]) -> dict[str, str]:
 
 
 def run(argv: Sequence[str], stdout: IO[str] | None = None, stderr: IO[str] | None = None) -> int:
-    from .personas import PersonaError, load_registry
+    from ..personas import PersonaError, load_registry
 
     stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
     args = _parser().parse_args(list(argv))

@@ -12,7 +12,7 @@ A registry file looks like this (see ``prompts/personas.yaml`` for the built-ins
         variables: {field: biology}
 
 Templates render in jinja2's immutable sandbox with ``StrictUndefined``; YAML loads with ``safe_load``.
-Every problem with a registry raises :class:`PersonaError` naming the file, the line, the persona, the problem
+Every problem with a registry raises :class:`~langchain_persona_judge.errors.PersonaError` naming the file, the line, the persona, the problem
 and the fix. No LangChain imports.
 """
 
@@ -33,21 +33,12 @@ from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ..errors import PersonaError, UnknownPersonaError
+
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")
 VariableValue = str | int | float | bool
 
 _ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
-
-
-class PersonaError(ValueError):
-    """A persona or registry problem; the message names where, what, and how to fix it."""
-
-
-class UnknownPersonaError(PersonaError, KeyError):
-    """A persona name that the registry does not hold."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
 
 
 def _where(source: str | None, line: int | None) -> str:

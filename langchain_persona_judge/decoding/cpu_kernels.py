@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-PREPACK_ENV = "PERSONA_JUDGE_PREPACK"
+from ..defaults import PREPACK_ENV
+
 AUTO_PREPACK_MAX_BYTES = 2 << 30  # "auto" packs models whose linear weights take at most 2 GiB (fp32 ~500M params)
 
 

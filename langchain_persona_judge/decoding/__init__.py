@@ -1,0 +1,152 @@
+"""The decoding rules: Persona-judge over a causal LM's personas, pure torch + transformers.
+
+Layer L1: imports only :mod:`langchain_persona_judge.errors` and :mod:`~langchain_persona_judge.defaults` from
+the package, never LangChain, the persona registry or the runtime.
+
+========================  =====================================================================================
+``options``               :class:`DecodingOptions` (validated once), trace, stats, result
+``acceptance``            the acceptance rule and logit warping, as pure tensor functions
+``base``                  :class:`Decoder`: what every schedule shares (budget, RNG, roles, masks, emit, stream)
+``speculative``           the paper's schedule: λ drafter forwards, then one judge forward
+``lockstep``              every persona in one batched forward per emitted token
+``cpu_kernels``           prepacked linear weights for multi-row forwards on a CPU
+``reference``             the paper's algorithm with no cache: the oracle for tests and benchmarks
+========================  =====================================================================================
+
+A new schedule is one subclass of :class:`Decoder` in its own file plus one entry in :data:`DECODERS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+from .. import defaults
+from ..errors import DecodingError
+from .base import Decoder, TokenStream, context_limit
+from .cpu_kernels import is_prepacked, prepack_linear_weights, unpack_linear_weights
+from .lockstep import LockstepDecoder
+from .options import (
+    SCHEDULES,
+    DecodingOptions,
+    DecodingStats,
+    FinishReason,
+    Generation,
+    Schedule,
+    TokenConstraint,
+    TokenKind,
+    TraceEntry,
+)
+from .speculative import PersonaJudgeDecoder, SpeculativeDecoder
+
+DECODERS: dict[str, type[Decoder]] = {"speculative": SpeculativeDecoder, "lockstep": LockstepDecoder}
+"""The schedules, by ``DecodingOptions.schedule``."""
+
+
+def preferred_schedule(model: PreTrainedModel) -> Schedule:
+    """``lockstep`` where a forward of a few rows costs about one of a single row, else ``speculative``.
+
+    That holds on an accelerator (one row cannot fill it) and on a CPU whose fp32 linear weights are prepacked
+    (:mod:`.cpu_kernels`); with PyTorch's default CPU kernels extra rows cost much more, and the speculative
+    schedule's one-row drafter forwards come out cheaper (figures: ``benchmarks/README.md``).
+    """
+    if model.device.type != "cpu":
+        return "lockstep"
+    return "lockstep" if is_prepacked(model) else "speculative"
+
+
+def resolve_options(options: DecodingOptions, model: PreTrainedModel) -> DecodingOptions:
+    """``options`` with ``schedule="auto"`` and ``draft_confidence=None`` decided for ``model``."""
+    if options.schedule != "auto" and options.draft_confidence is not None:
+        return options
+    schedule = preferred_schedule(model) if options.schedule == "auto" else options.schedule
+    confidence = options.draft_confidence
+    if confidence is None:
+        confidence = defaults.draft_confidence_for(schedule)
+    return dataclasses.replace(options, schedule=schedule, draft_confidence=confidence)
+
+
+def make_decoder(
+    model: PreTrainedModel,
+    prompts: Sequence[torch.Tensor],
+    options: DecodingOptions,
+    constraint: TokenConstraint | None = None,
+) -> Decoder:
+    """The decoder of ``options.schedule`` (``auto`` resolved for ``model``)."""
+    options = resolve_options(options, model)
+    return DECODERS[options.schedule](model, prompts, options, constraint)
+
+
+def _options(options: DecodingOptions | None, kwargs: dict[str, Any]) -> DecodingOptions:
+    if options is None:
+        return DecodingOptions.from_kwargs(kwargs)
+    if not isinstance(options, DecodingOptions):
+        raise TypeError(f"options is a {type(options).__name__}; pass a DecodingOptions (or keyword options).")
+    if kwargs:
+        raise TypeError(f"Pass options= or keyword options, not both (got options= and {sorted(kwargs)}).")
+    return options
+
+
+def stream(
+    model: PreTrainedModel,
+    prompts: Sequence[torch.Tensor],
+    *,
+    options: DecodingOptions | None = None,
+    constraint: TokenConstraint | None = None,
+    **kwargs: Any,
+) -> TokenStream:
+    """Stream Persona-judge decoding: ``prompts[0]`` drafts first, ``prompts[1]`` judges first.
+
+    Pass a :class:`DecodingOptions` as ``options=``, or its fields as keyword arguments. Bad options or prompts
+    raise before any forward. ``constraint`` (a :class:`TokenConstraint`) restricts the allowed tokens, for
+    drafter and judge alike.
+    """
+    return TokenStream(make_decoder(model, prompts, _options(options, kwargs), constraint))
+
+
+def generate(
+    model: PreTrainedModel,
+    prompts: Sequence[torch.Tensor],
+    *,
+    options: DecodingOptions | None = None,
+    constraint: TokenConstraint | None = None,
+    **kwargs: Any,
+) -> Generation:
+    """Decode to the end (EOS or ``max_new_tokens``) and return the :class:`Generation`."""
+    tokens = stream(model, prompts, options=options, constraint=constraint, **kwargs)
+    for _ in tokens.chunks():
+        pass
+    return tokens.generation
+
+
+__all__ = [
+    "DECODERS",
+    "SCHEDULES",
+    "Decoder",
+    "DecodingError",
+    "DecodingOptions",
+    "DecodingStats",
+    "FinishReason",
+    "Generation",
+    "LockstepDecoder",
+    "PersonaJudgeDecoder",
+    "Schedule",
+    "SpeculativeDecoder",
+    "TokenConstraint",
+    "TokenKind",
+    "TokenStream",
+    "TraceEntry",
+    "context_limit",
+    "generate",
+    "is_prepacked",
+    "make_decoder",
+    "preferred_schedule",
+    "prepack_linear_weights",
+    "resolve_options",
+    "stream",
+    "unpack_linear_weights",
+]

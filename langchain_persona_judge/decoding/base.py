@@ -1,0 +1,290 @@
+"""What every schedule of Persona-judge decoding shares.
+
+A schedule is one subclass of :class:`Decoder` that implements :meth:`Decoder._iterate` (one step of the loop,
+returning the tokens it emits). Everything else lives here, once:
+
+1. **input checks**: prompts, constraint, the token budget the context leaves;
+2. **model calls**: how the installed transformers takes a cache and ``logits_to_keep``, the finite check;
+3. **masks**: a constraint's mask, applied to the drafter's and the judge's logits alike;
+4. **roles and budget**: who drafts and who judges in iteration ``k``, how many drafts it may make;
+5. **emit**: append a token, trace where it came from, finish at EOS or the budget;
+6. **driving**: :meth:`Decoder.steps`, :meth:`Decoder.release` and :class:`TokenStream`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+from ..errors import DecodingError
+from .acceptance import build_warpers
+from .options import DecodingOptions, FinishReason, Generation, DecodingStats, TokenConstraint, TokenKind, TraceEntry
+
+
+def context_limit(model: PreTrainedModel) -> int | None:
+    """The model's context length in tokens, when its config says."""
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(model.config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def as_prompt(tokens: Any, index: int) -> torch.Tensor:
+    """One persona's prompt as a 1-D LongTensor, or a clear error."""
+    if not isinstance(tokens, torch.Tensor):
+        raise TypeError(
+            f"prompts[{index}] is a {type(tokens).__name__}; pass a 1-D torch.LongTensor of token ids "
+            "(for example tokenizer.apply_chat_template(..., return_tensors='pt')[0])."
+        )
+    if tokens.dim() == 2 and tokens.shape[0] == 1:
+        tokens = tokens[0]
+    if tokens.dim() != 1 or tokens.dtype not in (torch.long, torch.int, torch.int32):
+        raise ValueError(
+            f"prompts[{index}] has shape {tuple(tokens.shape)} and dtype {tokens.dtype}; "
+            "pass a 1-D tensor of integer token ids."
+        )
+    if tokens.numel() == 0:
+        raise ValueError(f"prompts[{index}] is empty; a persona prompt needs at least one token.")
+    return tokens.long()
+
+
+def eos_ids(model: PreTrainedModel, eos_token_id: int | Iterable[int] | None) -> frozenset[int]:
+    """The token ids that end decoding: the option's, else the generation config's, else the model config's."""
+    if eos_token_id is None:
+        gen_cfg = getattr(model, "generation_config", None)
+        eos_token_id = getattr(gen_cfg, "eos_token_id", None)
+        if eos_token_id is None:
+            eos_token_id = getattr(model.config, "eos_token_id", None)
+    if eos_token_id is None:
+        return frozenset()
+    if isinstance(eos_token_id, int):
+        return frozenset([eos_token_id])
+    return frozenset(int(t) for t in eos_token_id)
+
+
+class ForwardSignature:
+    """How this model's ``forward`` takes what decoding passes, probed once per decode.
+
+    transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name warns, and is to go in 5.40, where
+    passing it would silently decode without a cache); we pass whichever name the model declares.
+    """
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        parameters = inspect.signature(model.forward).parameters
+        self.cache_argument = "cache" if "cache" in parameters else "past_key_values"
+        self.keeps_logits = "logits_to_keep" in parameters
+        self.takes_positions = "position_ids" in parameters
+
+
+def check_finite(logits: torch.Tensor) -> torch.Tensor:
+    """``logits`` unchanged, or a DecodingError when a row is NaN or has no finite entry."""
+    if not torch.isfinite(logits).any(dim=-1).all() or torch.isnan(logits).any():
+        raise DecodingError(
+            "The model produced NaN or all-infinite logits; check the model's dtype (try dtype=torch.float32) "
+            "and weights."
+        )
+    return logits
+
+
+class Decoder(ABC):
+    """One request's Persona-judge decode. Iterate :meth:`steps` (or wrap it in a :class:`TokenStream`).
+
+    Attributes after (or during) a run: ``token_ids``, ``finish_reason``, ``stats``, ``prompts``.
+    """
+
+    schedule: str = ""
+    """The schedule's name (``DecodingOptions.schedule``)."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        prompts: Sequence[torch.Tensor],
+        options: DecodingOptions,
+        constraint: TokenConstraint | None = None,
+    ) -> None:
+        if isinstance(prompts, torch.Tensor):
+            raise TypeError("prompts must be a sequence of 1-D tensors, one per persona, not a single tensor.")
+        if not prompts:
+            raise ValueError("prompts is empty; pass one token tensor per persona (two or more for Persona-judge).")
+        if constraint is not None and not isinstance(constraint, TokenConstraint):
+            raise TypeError("constraint must have allowed(), advance(token_id) and rollback(count) methods.")
+        self.model = model
+        self.options = options
+        self.constraint = constraint
+        self.device = model.device
+        self.prompts: list[list[int]] = [as_prompt(p, i).tolist() for i, p in enumerate(prompts)]
+        self.eos = eos_ids(model, options.eos_token_id)
+        self.warpers = build_warpers(options.temperature, options.top_k, options.top_p)
+        self.draft_confidence = options.draft_confidence or 0.0
+        self.generator: torch.Generator | None = None
+        if options.do_sample:
+            self.generator = torch.Generator(device=self.device)
+            if options.seed is None:
+                self.generator.seed()
+            else:
+                self.generator.manual_seed(options.seed)
+        self.forward_signature = ForwardSignature(model)
+        self.token_ids: list[int] = []
+        self.finish_reason: FinishReason | None = None
+        self.stats = DecodingStats()
+        self.max_new_tokens = self._budget()
+
+    @property
+    def n_personas(self) -> int:
+        return len(self.prompts)
+
+    def _budget(self) -> int:
+        limit = context_limit(self.model)
+        longest = max(len(p) for p in self.prompts)
+        if limit is None:
+            return self.options.max_new_tokens
+        if longest >= limit:
+            raise ValueError(
+                f"A persona prompt is {longest} tokens long but the model's context holds {limit}; "
+                "shorten the conversation or the preference text."
+            )
+        return min(self.options.max_new_tokens, limit - longest)
+
+    # -- 2. model calls ---------------------------------------------------------------------------------
+
+    def _call_model(self, ids: torch.Tensor, cache: Any, keep: int, **extra: Any) -> torch.Tensor:
+        """One forward over ``ids`` (rows x new tokens) with ``cache``; logits of the last ``keep`` positions.
+
+        Counts the forward and its positions, and refuses non-finite logits.
+        """
+        kwargs: dict[str, Any] = {"input_ids": ids, self.forward_signature.cache_argument: cache, "use_cache": True}
+        if self.forward_signature.keeps_logits:
+            kwargs["logits_to_keep"] = keep
+        logits = self.model(**kwargs, **extra).logits[:, -keep:]
+        self.stats.forward_calls += 1
+        self.stats.positions += ids.numel()
+        return check_finite(logits)
+
+    # -- 3. masks -----------------------------------------------------------------------------------------
+
+    def _mask(self) -> torch.Tensor | None:
+        """The constraint's mask for the next position, sized to the model's vocabulary."""
+        if self.constraint is None:
+            return None
+        mask = self.constraint.allowed()
+        if mask is None:
+            return None
+        vocab = self.model.config.vocab_size if hasattr(self.model.config, "vocab_size") else mask.numel()
+        mask = mask.to(device=self.device, dtype=torch.bool).flatten()
+        if mask.numel() < vocab:  # the model's vocabulary is often padded past the tokenizer's
+            mask = torch.cat([mask, mask.new_zeros(vocab - mask.numel())])
+        if not mask.any():
+            raise DecodingError("The token constraint allows no token at this position; check the grammar or schema.")
+        return mask[:vocab]
+
+    @staticmethod
+    def _apply(logits: torch.Tensor, masks: list[torch.Tensor | None]) -> torch.Tensor:
+        """Disallowed tokens get -inf, row by row, before warping (so drafter and judge share the support)."""
+        if all(m is None for m in masks):
+            return logits
+        logits = logits.float().clone()
+        for row, mask in enumerate(masks):
+            if mask is not None:
+                logits[row, : mask.numel()].masked_fill_(~mask, float("-inf"))
+        return logits
+
+    # -- 4. roles and budget ------------------------------------------------------------------------------
+
+    def _roles(self, iteration: int) -> tuple[int, int]:
+        """(drafter, judge) of an iteration: persona ``k`` drafts, persona ``k + 1`` judges; roles rotate."""
+        return iteration % self.n_personas, (iteration + 1) % self.n_personas
+
+    def _draft_budget(self) -> int:
+        """Drafts the next iteration may make: none with a single persona (it decodes plainly), and never
+        past the token budget (the last token of the budget is the judge's)."""
+        if self.n_personas == 1:
+            return 0
+        return min(self.options.lookahead, self.max_new_tokens - len(self.token_ids) - 1)
+
+    def _doubts(self, probability: float) -> bool:
+        """Whether a draft the drafter gave ``probability`` ends the drafting (``draft_confidence``)."""
+        return probability < self.draft_confidence
+
+    # -- 5. emit ------------------------------------------------------------------------------------------
+
+    def _emit(self, token: int, drafter: int, judge: int, kind: TokenKind, iteration: int) -> bool:
+        """Emit one decided token; True when decoding is over (an EOS, or the budget is spent)."""
+        if token in self.eos:
+            self.finish_reason = "stop"
+            return True
+        self.token_ids.append(token)
+        self.stats.trace.append(TraceEntry(token, drafter, judge, kind, iteration))
+        if len(self.token_ids) >= self.max_new_tokens:
+            self.finish_reason = "length"
+            return True
+        return False
+
+    # -- 6. driving ---------------------------------------------------------------------------------------
+
+    @abstractmethod
+    def _iterate(self) -> list[int]:
+        """One step of the schedule; the tokens it emits (an EOS that ends decoding included)."""
+
+    def steps(self) -> Iterator[list[int]]:
+        """Yield the tokens each step emits (EOS excluded), until EOS or the token budget."""
+        try:
+            while self.finish_reason is None:
+                tokens = self._iterate()
+                visible = [t for t in tokens if t not in self.eos]
+                if visible:
+                    yield visible
+        finally:
+            self.release()
+
+    @abstractmethod
+    def release(self) -> None:
+        """Free the KV caches (called when the run ends or its consumer stops early)."""
+
+    @property
+    def generation(self) -> Generation:
+        return Generation(list(self.token_ids), self.finish_reason, self.stats)
+
+
+class TokenStream(Iterator[int]):
+    """Iterator over emitted token ids, yielded as soon as each iteration decides them.
+
+    ``generation`` holds the tokens, finish reason and stats so far (complete once exhausted).
+    ``close()`` stops decoding and frees the caches.
+    """
+
+    def __init__(self, decoder: Decoder) -> None:
+        self.decoder = decoder
+        self._steps = decoder.steps()
+        self._buffer: list[int] = []
+
+    def __iter__(self) -> TokenStream:
+        return self
+
+    def __next__(self) -> int:
+        while not self._buffer:
+            self._buffer = list(next(self._steps))
+        return self._buffer.pop(0)
+
+    def chunks(self) -> Iterator[list[int]]:
+        """Iterate per decoding iteration instead of per token."""
+        if self._buffer:
+            yield self._buffer
+            self._buffer = []
+        yield from self._steps
+
+    def close(self) -> None:
+        self._buffer = []
+        self._steps.close()
+
+    @property
+    def generation(self) -> Generation:
+        return self.decoder.generation
+
+
+__all__ = ["Decoder", "ForwardSignature", "TokenStream", "as_prompt", "check_finite", "context_limit", "eos_ids"]

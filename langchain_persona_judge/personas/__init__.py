@@ -1,0 +1,44 @@
+"""Preferences → persona texts: YAML registries, sandboxed Jinja templates, composition into personas.
+
+Layer L1: imports only :mod:`langchain_persona_judge.errors` from the package; no torch, no LangChain.
+
+================  ==========================================================================================
+``registry``      :class:`Persona`, :class:`PersonaRegistry`, :func:`load_registry` (YAML, ``extends``)
+``composition``   a preference spec → its text; N preferences → persona prompts (split, pair, all)
+``templates``     the preference template, and a persona's copy of a conversation with its preferences
+================  ==========================================================================================
+
+A new persona source (a database, a profile learned from a user) produces :class:`Persona` objects or a
+:class:`PersonaRegistry` and lives beside ``registry``.
+"""
+
+from __future__ import annotations
+
+from ..errors import PersonaError, PromptTemplateError, UnknownPersonaError
+from .composition import STRATEGIES, PersonaPrompt, PreferenceSpec, ResolvedPreference, Strategy, compose, resolve_preference
+from .registry import NAME_PATTERN, Persona, PersonaRegistry, VariableValue, load_registry, parse_registry_text
+from .templates import TEMPLATE_FILES, Layout, Message, persona_messages, render_preferences
+
+__all__ = [
+    "NAME_PATTERN",
+    "STRATEGIES",
+    "TEMPLATE_FILES",
+    "Layout",
+    "Message",
+    "Persona",
+    "PersonaError",
+    "PersonaPrompt",
+    "PersonaRegistry",
+    "PreferenceSpec",
+    "PromptTemplateError",
+    "ResolvedPreference",
+    "Strategy",
+    "UnknownPersonaError",
+    "VariableValue",
+    "compose",
+    "load_registry",
+    "parse_registry_text",
+    "persona_messages",
+    "render_preferences",
+    "resolve_preference",
+]

@@ -1,0 +1,51 @@
+"""One request end to end, LangChain-free: models, admission, chat template, request building, the run loop.
+
+Layer L2: imports the L1 packages (:mod:`~langchain_persona_judge.decoding`, :mod:`~langchain_persona_judge.personas`,
+:mod:`~langchain_persona_judge.grammar`) and L0; never LangChain.
+
+=================  =========================================================================================
+``loading``        a Hugging Face id, local folder or GGUF file → ``(model, tokenizer)``; the embedded model
+``models``         the process-wide registry: shared weights, one admission queue per in-memory model
+``admission``      the bounded FIFO queue in front of a model
+``chat_template``  a conversation → token ids through the model's chat template
+``request``        preferences + conversation + options → a :class:`Request` (prompts, resolved options)
+``run``            :class:`RequestRun`: admission, decode, detokenise, stop strings, deadline, cancel, OOM
+``detokenize``     incremental detokenisation and stop strings
+``bridge``         a blocking iterator consumed from asyncio through a worker thread
+=================  =========================================================================================
+"""
+
+from __future__ import annotations
+
+from .admission import AdmissionQueue
+from .bridge import iterate_in_thread
+from .chat_template import encode_chat, render_chat
+from .loading import EMBEDDED_NAME, ModelLoadError, cache_dir, embedded_model_path, load_model, resolve_model_path
+from .models import REGISTRY, ModelRegistry, admission_queue, display_name, release_model, shared_model
+from .request import OutputGrammar, PersonaSettings, Request, Truncation, build_request
+from .run import RequestRun
+
+__all__ = [
+    "EMBEDDED_NAME",
+    "REGISTRY",
+    "AdmissionQueue",
+    "ModelLoadError",
+    "ModelRegistry",
+    "OutputGrammar",
+    "PersonaSettings",
+    "Request",
+    "RequestRun",
+    "Truncation",
+    "admission_queue",
+    "build_request",
+    "cache_dir",
+    "display_name",
+    "embedded_model_path",
+    "encode_chat",
+    "iterate_in_thread",
+    "load_model",
+    "release_model",
+    "render_chat",
+    "resolve_model_path",
+    "shared_model",
+]

@@ -1,0 +1,212 @@
+"""Building one request: everything a decode needs, resolved and checked before any forward pass.
+
+Input: a conversation (role/content dicts, tools already rendered into it), the user's preferences and how to
+compose them, one :class:`~langchain_persona_judge.decoding.DecodingOptions`, stop strings and an optional
+grammar. Output: a :class:`Request` holding the persona prompts as token ids, the options resolved for the model
+(``auto`` schedule, default draft confidence), and the grammar's constraint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from ..decoding import DecodingOptions, TokenConstraint, context_limit, resolve_options
+from ..errors import ContextLengthError
+from ..grammar import Grammar, constraint_for, grammar_available, stop_token_ids
+from ..personas import (
+    Layout,
+    PersonaPrompt,
+    PersonaRegistry,
+    compose,
+    load_registry,
+    persona_messages,
+    resolve_preference,
+)
+from .chat_template import encode_chat
+
+Truncation = Literal["error", "drop_oldest"]
+
+
+@dataclass(frozen=True)
+class PersonaSettings:
+    """How the user's preferences become persona prompts."""
+
+    preferences: Sequence[Any] = ()
+    """Persona names, free texts, ``Persona`` objects or ``(name, {variables})`` pairs."""
+    registry: PersonaRegistry | str | None = None
+    """A registry (object or YAML path) merged over the built-ins."""
+    composition: str = "split"
+    """``split``, ``pair`` or ``all``."""
+    layout: Layout = "system"
+    """Where a preference goes: the persona's system turn or a user turn."""
+    template: str | None = None
+    """A preference template (text or file path); None: the built-in one of the layout."""
+
+
+@dataclass(frozen=True)
+class OutputGrammar:
+    """A grammar the answer must follow, and whether the call cannot be honoured without it."""
+
+    grammar: Grammar
+    required: bool
+    """True for forced tool calls and JSON; False where free decoding with lenient parsing would do."""
+    shape: str = "answer"
+    """What the grammar describes, for error messages (``tool call``, ``schema``...)."""
+
+
+@dataclass
+class Request:
+    """Everything one decode needs."""
+
+    model: Any
+    tokenizer: Any
+    model_name: str
+    prompts: list[torch.Tensor]
+    """One prompt per persona, as token ids."""
+    options: DecodingOptions
+    """Resolved for the model: a concrete schedule and draft confidence."""
+    stop: list[str]
+    preferences: list[str]
+    """The preference texts, rendered."""
+    personas: list[PersonaPrompt]
+    composition: str
+    constraint: TokenConstraint | None = None
+
+    @property
+    def input_tokens(self) -> int:
+        """Prompt tokens over every persona (each is read once by the model)."""
+        return sum(len(p) for p in self.prompts)
+
+
+def encode_personas(
+    tokenizer: Any,
+    conversation: list[dict[str, Any]],
+    personas: list[PersonaPrompt],
+    settings: PersonaSettings,
+    template_kwargs: dict[str, Any] | None = None,
+) -> list[torch.Tensor]:
+    """Each persona's copy of the conversation, encoded with the model's chat template."""
+    return [
+        encode_chat(
+            tokenizer,
+            persona_messages(
+                conversation,
+                persona.preferences,
+                layout=settings.layout,
+                # A persona's own system template wins over the model-wide one (system layout only).
+                template=persona.system_template
+                if persona.system_template and settings.layout == "system"
+                else settings.template,
+            ),
+            **(template_kwargs or {}),
+        )
+        for persona in personas
+    ]
+
+
+def fit_context(
+    model: Any,
+    tokenizer: Any,
+    conversation: list[dict[str, Any]],
+    personas: list[PersonaPrompt],
+    settings: PersonaSettings,
+    truncation: Truncation = "error",
+    template_kwargs: dict[str, Any] | None = None,
+) -> tuple[list[dict[str, Any]], list[torch.Tensor]]:
+    """Encode every persona's prompt; if the longest leaves no room to answer, drop the oldest turns
+    (``truncation="drop_oldest"``) or raise ContextLengthError, before any forward pass."""
+    limit = context_limit(model)
+    while True:
+        prompts = encode_personas(tokenizer, conversation, personas, settings, template_kwargs)
+        longest = max(len(p) for p in prompts)
+        if limit is None or longest < limit:
+            return conversation, prompts
+        droppable = [i for i, m in enumerate(conversation[:-1]) if m["role"] != "system"]
+        if truncation != "drop_oldest" or not droppable:
+            fix = (
+                "shorten the last message" if truncation == "drop_oldest"
+                else "shorten it, or pass truncation='drop_oldest' to drop the oldest turns"
+            )
+            raise ContextLengthError(
+                f"The conversation is {longest} tokens with its preferences, but the model's context holds "
+                f"{limit} (and the answer needs room too); {fix}.",
+                longest,
+                limit,
+            )
+        conversation = conversation[: droppable[0]] + conversation[droppable[0] + 1 :]
+
+
+def constrain(
+    model: Any, tokenizer: Any, output: OutputGrammar | None, prompts: list[torch.Tensor], options: DecodingOptions
+) -> tuple[TokenConstraint | None, DecodingOptions]:
+    """The grammar's constraint, and the options with the EOS ids the grammar ends with."""
+    if output is None:
+        return None, options
+    if not output.required and not grammar_available():
+        return None, options  # tool_choice="auto" without xgrammar: free decoding, calls parsed leniently
+    # The engine's own budget: max_new_tokens, or less when the context is nearly full.
+    limit = context_limit(model)
+    budget = options.max_new_tokens
+    if limit is not None:
+        budget = min(budget, limit - max(len(p) for p in prompts))
+    constraint = constraint_for(model, tokenizer, output.grammar, budget=budget)
+    shortest = constraint.shortest_answer()
+    if shortest is not None and shortest > budget:
+        raise ValueError(
+            f"max_tokens={budget} cannot hold even the shortest answer this {output.shape} allows ({shortest} "
+            "tokens); raise max_tokens."
+        )
+    return constraint, dataclasses.replace(options, eos_token_id=stop_token_ids(model, tokenizer))
+
+
+def build_request(
+    model: Any,
+    tokenizer: Any,
+    conversation: list[dict[str, Any]],
+    *,
+    options: DecodingOptions,
+    personas: PersonaSettings,
+    model_name: str,
+    stop: Sequence[str] = (),
+    truncation: Truncation = "error",
+    template_kwargs: dict[str, Any] | None = None,
+    output: OutputGrammar | None = None,
+) -> Request:
+    """Resolve preferences, compose personas, encode their prompts within the context, attach the grammar."""
+    registry = load_registry(personas.registry)
+    # Blank free-text preferences (an empty form field, say) are ignored rather than sent to the model.
+    wanted = [p for p in personas.preferences if not (isinstance(p, str) and not p.strip())]
+    resolved = [resolve_preference(p, registry) for p in wanted]
+    composed = compose(resolved, personas.composition)
+    _, prompts = fit_context(model, tokenizer, conversation, composed, personas, truncation, template_kwargs)
+    options = resolve_options(options, model)
+    constraint, options = constrain(model, tokenizer, output, prompts, options)
+    return Request(
+        model=model,
+        tokenizer=tokenizer,
+        model_name=model_name,
+        prompts=prompts,
+        options=options,
+        stop=list(dict.fromkeys(s for s in stop if s)),
+        preferences=[r.text for r in resolved],
+        personas=composed,
+        composition=personas.composition,
+        constraint=constraint,
+    )
+
+
+__all__ = [
+    "OutputGrammar",
+    "PersonaSettings",
+    "Request",
+    "Truncation",
+    "build_request",
+    "constrain",
+    "encode_personas",
+    "fit_context",
+]

@@ -1,0 +1,145 @@
+"""Running one request: admission, the decode, text as it is decided, and every way a run can end.
+
+:class:`RequestRun` waits for a slot in the model's admission queue, streams the decode's tokens as text
+(incrementally detokenised, cut at the first stop string), checks the deadline and a cancellation flag once per
+iteration, turns a GPU out-of-memory into :class:`~langchain_persona_judge.errors.OutOfMemoryError`, and frees
+the caches however the run ends. It knows nothing of LangChain: the adapter wraps its text into chunks.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from .. import decoding
+from ..decoding import Generation, TokenStream
+from ..errors import OutOfMemoryError, RequestTimeoutError
+from .detokenize import IncrementalDetokenizer, StopStringFilter
+from .models import admission_queue
+from .request import Request
+
+
+class RequestRun:
+    """One run of a :class:`~.request.Request`; iterate :meth:`text` for its pieces of text.
+
+    Attributes once the text is exhausted (or while it runs): ``generation`` (token ids, stats, trace),
+    ``used`` (tokens read into the answer: all of them, or up to the one that completed a stop string),
+    ``finish_reason`` and ``stopped_by_string``.
+    """
+
+    def __init__(
+        self,
+        request: Request,
+        *,
+        timeout: float | None = None,
+        cancelled: threading.Event | None = None,
+        max_concurrency: int | None = None,
+        max_queue: int | None = None,
+    ) -> None:
+        self.request = request
+        self.timeout = timeout
+        self.cancelled = cancelled
+        self.max_concurrency = max_concurrency
+        self.max_queue = max_queue
+        self.used = 0
+        self.pieces: list[str] = []
+        self._stops = StopStringFilter(request.stop)
+        self._tokens: TokenStream | None = None
+
+    @property
+    def stopped_by_string(self) -> bool:
+        return self._stops.stopped
+
+    @property
+    def generation(self) -> Generation:
+        if self._tokens is None:
+            return Generation([], None, decoding.DecodingStats())
+        return self._tokens.generation
+
+    @property
+    def finish_reason(self) -> str:
+        """``stop`` (EOS or a stop string) or ``length``."""
+        return "stop" if self.stopped_by_string else (self.generation.finish_reason or "stop")
+
+    def text(self) -> Iterator[str]:
+        """Pieces of the answer's text as they are decided; the caches are freed however this ends."""
+        request = self.request
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        queue = admission_queue(request.model)
+        if self.max_concurrency is not None or self.max_queue is not None:
+            queue.configure(self.max_concurrency, self.max_queue)
+        with queue.admit(deadline):
+            # Looked up on the module at call time, so a test can watch or replace the engine.
+            tokens = decoding.stream(request.model, request.prompts, options=request.options,
+                                     constraint=request.constraint)
+            self._tokens = tokens
+            try:
+                yield from self._detokenize(tokens, deadline)
+            except torch.cuda.OutOfMemoryError as exc:
+                tokens.close()
+                torch.cuda.empty_cache()
+                raise OutOfMemoryError(
+                    f"The GPU ran out of memory while decoding ({exc}); this request's caches were freed. "
+                    "Use shorter conversations, fewer preferences, a smaller max_tokens, or a smaller dtype."
+                ) from exc
+            finally:
+                tokens.close()
+
+    def _detokenize(self, tokens: TokenStream, deadline: float | None) -> Iterator[str]:
+        """Token ids -> text, stopping at a stop string, a cancellation or the deadline."""
+        detokenizer = IncrementalDetokenizer(self.request.tokenizer)
+        stops = self._stops
+        for chunk_ids in tokens.chunks():
+            if self.cancelled is not None and self.cancelled.is_set():
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                raise RequestTimeoutError(
+                    f"The call ran past its timeout of {self.timeout} s after {len(tokens.generation.token_ids)} "
+                    "tokens; raise timeout or lower max_tokens (the text so far is in .partial_text).",
+                    "".join(self.pieces),
+                )
+            for token_id in chunk_ids:
+                self.used += 1
+                text = stops.push(detokenizer.push(token_id))
+                if text:
+                    self.pieces.append(text)
+                    yield text
+                if stops.stopped:
+                    break
+            if stops.stopped:
+                break
+        if not stops.stopped:
+            tail = stops.push(detokenizer.flush()) + stops.flush()
+            if tail:
+                self.pieces.append(tail)
+                yield tail
+
+    def metadata(self) -> dict[str, Any]:
+        """What the run did, for response metadata: the decode's counters and the settings that shaped it."""
+        request = self.request
+        stats = self.generation.stats.to_dict()
+        stats.update(
+            personas=len(request.prompts),
+            lookahead=request.options.lookahead,
+            schedule=request.options.schedule,
+            draft_confidence=request.options.draft_confidence,
+        )
+        return {
+            "model_name": request.model_name,
+            "finish_reason": self.finish_reason,
+            "preferences": request.preferences,
+            "composition": request.composition,
+            "persona_prompts": [p.preferences for p in request.personas],
+            "persona_judge": stats,
+        }
+
+    def trace(self) -> list[dict[str, Any]]:
+        """Where each token of the answer came from (one entry per output token)."""
+        return self.generation.stats.to_dict(with_trace=True)["trace"][: self.used]
+
+
+__all__ = ["RequestRun"]
