@@ -191,8 +191,9 @@ def test_caches_stay_consistent_after_every_iteration(do_sample, n_personas):
         # After all the crops, each cache still yields the same next-token logits as a fresh full forward.
         for persona in decoder.personas:
             pending = persona.pending(decoder.token_ids)
+            cache_kwarg = {decoder.forward_signature.cache_argument: persona.cache}  # the name the engine probed
             with torch.inference_mode():
-                cached = model(input_ids=torch.tensor([pending]), past_key_values=persona.cache).logits[0, -1].float()
+                cached = model(input_ids=torch.tensor([pending]), **cache_kwarg).logits[0, -1].float()
             fresh = full_logits(model, persona.prompt + decoder.token_ids)[-1]
             torch.testing.assert_close(cached, fresh, atol=1e-4, rtol=1e-4)
     assert rejections >= 5  # the crops were really exercised
