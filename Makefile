@@ -34,7 +34,9 @@ $(BROWSER_STAMP): scripts/install-browser.sh
 	bash scripts/install-browser.sh || echo "warning: no chromium; the browser test will be skipped"
 	touch $(BROWSER_STAMP)
 
+# The layer contract first (a second; see [tool.importlinter] in pyproject.toml), then the suite.
 test: $(STAMP) $(BROWSER_STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)

@@ -12,15 +12,18 @@ style, say); ``mode="answer"`` answers a request in them. Sync and async; callba
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForToolRun, CallbackManagerForToolRun
+from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from langchain_core.tools import BaseTool
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from .chat_models import ChatPersonaJudge
 from .personas import Persona, PersonaError, load_registry
+
+if TYPE_CHECKING:  # the chat model builds this tool (as_styled_tool), so this module must not import it back
+    from .chat_models import ChatPersonaJudge
 
 Mode = Literal["rewrite", "answer"]
 PreferenceLike = str | Persona | tuple[str, dict[str, Any]]
@@ -70,8 +73,8 @@ class PersonaJudgeTool(BaseTool):
     name: str = "styled_writer"
     description: str = "Rewrites a text in a given style."
     args_schema: type[BaseModel] = StyledRequest
-    llm: ChatPersonaJudge
-    """The model that writes (its own preferences are the default personas)."""
+    llm: BaseChatModel
+    """The ChatPersonaJudge that writes (its own preferences are the default personas)."""
     preferences: list[PreferenceLike] | None = None
     """The personas to write in; None: the model's own."""
     mode: Mode = "rewrite"

@@ -28,6 +28,20 @@ from .base import Decoder
 from .options import DecodingOptions, TokenConstraint, TokenKind
 
 
+class BatchRow:
+    """One persona's row of the batch cache, seen like a speculative persona's own cache (tests, diagnostics)."""
+
+    def __init__(self, decoder: LockstepDecoder, row: int) -> None:
+        self._decoder = decoder
+        self.row = row
+        self.prompt = decoder.prompts[row]
+
+    @property
+    def cached(self) -> int:
+        """Positions of the batch cache (the same for every row: left padding included); 0 once released."""
+        return self._decoder._batch_cache.get_seq_length()
+
+
 class LockstepDecoder(Decoder):
     """Persona-judge decoding with all personas in one batch; one batched forward per emitted token.
 
@@ -64,6 +78,11 @@ class LockstepDecoder(Decoder):
         self._drafts_left: int | None = None
         """Drafts still allowed in the current iteration (None: the next step starts an iteration)."""
         self._roles_now = (0, 0)
+
+    @property
+    def personas(self) -> list[BatchRow]:
+        """Each persona's row of the batch cache."""
+        return [BatchRow(self, row) for row in range(self.n_personas)]
 
     # -- the batched forward -------------------------------------------------------------------------
 
@@ -145,4 +164,4 @@ class LockstepDecoder(Decoder):
         self._logits = None
 
 
-__all__ = ["LockstepDecoder"]
+__all__ = ["BatchRow", "LockstepDecoder"]

@@ -1,0 +1,189 @@
+"""The package's shape: the layer contract, no import cycles, the public surface and the error hierarchy."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import grimp
+import pytest
+
+import langchain_persona_judge as pkg
+from langchain_persona_judge import errors
+
+ROOT = Path(__file__).resolve().parents[2]
+
+PUBLIC = [
+    "ChatPersonaJudge",
+    "ContextLengthError",
+    "DecodingError",
+    "DecodingOptions",
+    "DecodingStats",
+    "Generation",
+    "GrammarError",
+    "GrammarNotInstalledError",
+    "ModelLoadError",
+    "OutOfMemoryError",
+    "Persona",
+    "PersonaError",
+    "PersonaJudgeError",
+    "PersonaJudgeLLM",
+    "PersonaJudgeTool",
+    "PersonaRegistry",
+    "PromptTemplateError",
+    "QueueFullError",
+    "RequestTimeoutError",
+    "TokenConstraint",
+    "TraceEntry",
+    "UnknownPersonaError",
+    "display_name",
+    "generate",
+    "load_model",
+    "load_registry",
+    "persona_chat_prompt",
+    "prepack_linear_weights",
+    "release_model",
+    "shared_model",
+    "stream",
+    "unpack_linear_weights",
+]
+
+
+def test_the_public_names_are_pinned_and_all_import() -> None:
+    assert pkg.__all__ == PUBLIC
+    for name in PUBLIC:
+        assert getattr(pkg, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        pkg.nope  # noqa: B018
+
+
+def test_the_engine_module_still_exports_what_it_did() -> None:
+    from langchain_persona_judge import decoding, engine
+
+    assert engine.generate is decoding.generate and engine.stream is decoding.stream
+    for name in ("DecodingOptions", "DecodingStats", "Generation", "TraceEntry", "TokenConstraint", "SCHEDULES",
+                 "DecodingError", "PersonaJudgeDecoder", "TokenStream", "make_decoder", "context_limit"):
+        assert getattr(engine, name) is getattr(decoding, name)
+
+
+# Each public error, the built-ins it has always subclassed (so `except ValueError:` callers keep working).
+BUILTINS = {
+    "DecodingError": (RuntimeError,),
+    "PersonaError": (ValueError,),
+    "UnknownPersonaError": (ValueError, KeyError),
+    "PromptTemplateError": (ValueError,),
+    "GrammarNotInstalledError": (ImportError,),
+    "GrammarError": (ValueError,),
+    "ModelLoadError": (RuntimeError,),
+    "QueueFullError": (RuntimeError,),
+    "RequestTimeoutError": (RuntimeError, TimeoutError),
+    "ContextLengthError": (RuntimeError, ValueError),
+    "OutOfMemoryError": (RuntimeError, MemoryError),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BUILTINS))
+def test_every_error_has_one_root_and_keeps_its_builtins(name: str) -> None:
+    error = getattr(errors, name)
+    assert issubclass(error, errors.PersonaJudgeError)
+    assert all(issubclass(error, builtin) for builtin in BUILTINS[name])
+    assert getattr(pkg, name) is error
+
+
+def test_every_exception_class_in_the_package_is_a_public_error() -> None:
+    """No module defines an exception of its own outside errors.py (the CLI's usage error aside)."""
+    graph = grimp.build_graph("langchain_persona_judge")
+    offenders = []
+    for module in sorted(graph.modules):
+        path = ROOT / (module.replace(".", "/") + ".py")
+        if not path.is_file():
+            path = ROOT / module.replace(".", "/") / "__init__.py"
+        if module in ("langchain_persona_judge.errors", "langchain_persona_judge.cli.ask"):
+            continue
+        for line in path.read_text().splitlines():
+            if line.startswith("class ") and ("Error(" in line or "Exception)" in line):
+                offenders.append(f"{module}: {line}")
+    assert offenders == []
+    assert set(errors.__all__) <= set(PUBLIC)
+
+
+def _cycles(graph: grimp.ImportGraph) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        on_stack.add(module)
+        for imported in graph.find_modules_directly_imported_by(module):
+            if imported not in index:
+                visit(imported)
+                low[module] = min(low[module], low[imported])
+            elif imported in on_stack:
+                low[module] = min(low[module], index[imported])
+        if low[module] == index[module]:
+            component = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                component.append(top)
+                if top == module:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for module in sorted(graph.modules):
+        if module not in index:
+            visit(module)
+    return found
+
+
+def test_no_import_cycles() -> None:
+    graph = grimp.build_graph("langchain_persona_judge", exclude_type_checking_imports=True)
+    assert _cycles(graph) == []
+
+
+def test_a_cycle_would_be_found() -> None:
+    graph = grimp.build_graph("langchain_persona_judge", exclude_type_checking_imports=True)
+    graph.add_import(importer="langchain_persona_judge.errors", imported="langchain_persona_judge.chat_models")
+    assert _cycles(graph)
+
+
+def _lint(root: Path) -> subprocess.CompletedProcess[str]:
+    lint = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
+    assert lint, "import-linter is not installed (it is in the dev extra)"
+    return subprocess.run([lint, "--no-cache"], cwd=root, capture_output=True, text=True, timeout=120)
+
+
+def test_the_layer_contract_holds() -> None:
+    result = _lint(ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("module", "line", "contract"),
+    [
+        ("decoding/options.py", "import langchain_core.messages", "Only the LangChain adapters import LangChain"),
+        ("decoding/options.py", "from ..personas import registry", "Layers import only downward"),
+        ("runtime/models.py", "from .. import chat_models", "Layers import only downward"),
+    ],
+)
+def test_the_layer_contract_can_fail(tmp_path: Path, module: str, line: str, contract: str) -> None:
+    copy = tmp_path / "repo"
+    shutil.copytree(ROOT / "langchain_persona_judge", copy / "langchain_persona_judge")
+    shutil.copy(ROOT / "pyproject.toml", copy / "pyproject.toml")
+    target = copy / "langchain_persona_judge" / module
+    target.write_text(target.read_text() + f"\n{line}\n")
+    result = subprocess.run(
+        [shutil.which("lint-imports", path=str(Path(sys.executable).parent)), "--no-cache"],
+        cwd=copy, capture_output=True, text=True, timeout=120, env={"PYTHONPATH": str(copy), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode != 0
+    assert f"{contract}" in result.stdout and "BROKEN" in result.stdout
