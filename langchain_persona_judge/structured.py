@@ -5,7 +5,10 @@ Methods (all grammar-constrained, so the JSON always parses and, for a schema, v
 * ``json_schema`` (default): the answer is one JSON value constrained to the schema; the schema is also shown
   to the model in a system turn, so that it knows what the fields mean;
 * ``function_calling``: the schema becomes a tool that the model is forced to call;
-* ``json_mode``: the answer is any JSON object; say in the prompt which keys you want.
+* ``json_mode``: binds ``response_format={"type": "json_object", "schema": ...}`` (OpenAI's JSON mode plus
+  the schema), so the answer is a JSON object constrained to the schema, which the prompt shows as in
+  ``json_schema``. ``response_format={"type": "json_object"}`` bound directly, with no schema, still allows
+  any JSON object.
 
 ``strict`` is accepted for API compatibility: the grammar always enforces the schema, with no properties
 beyond those it declares.
@@ -56,14 +59,14 @@ def structured_output(
             else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
         )
     else:
+        json_schema = convert_to_json_schema(schema)
         if method == "json_schema":
-            json_schema = convert_to_json_schema(schema)
             response_format: dict[str, Any] = {
                 "type": "json_schema",
                 "json_schema": {"name": json_schema.get("title", "output"), "schema": json_schema, "strict": strict},
             }
-        else:
-            response_format = {"type": "json_object"}
+        else:  # json_mode: constrained to the schema too (a bare JSON object lets a small model drop keys)
+            response_format = {"type": "json_object", "schema": json_schema}
         bound = llm.bind(response_format=response_format, **trace)
         parser = (
             PydanticOutputParser(pydantic_object=schema)  # type: ignore[arg-type]

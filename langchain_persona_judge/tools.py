@@ -154,7 +154,10 @@ class OutputSpec(BaseModel):
             if kind == "json_schema":
                 if not isinstance(self.response_format.get("json_schema", {}).get("schema"), dict):
                     raise ValueError("response_format of type 'json_schema' needs json_schema={'schema': {...}}.")
-            elif kind not in ("json_object", "text"):
+            elif kind == "json_object":
+                if not isinstance(self.response_format.get("schema") or {}, dict):
+                    raise ValueError("response_format of type 'json_object' takes an optional schema={...} dict.")
+            elif kind != "text":
                 raise ValueError(
                     f"response_format type {kind!r} is not supported; use 'json_schema', 'json_object' or 'text'."
                 )
@@ -196,13 +199,16 @@ class OutputSpec(BaseModel):
 
     @property
     def response_schema(self) -> dict[str, Any] | None:
-        """The JSON schema the answer must follow (``{"type": "object"}`` in JSON mode), if any."""
+        """The JSON schema the answer must follow, if any. In JSON mode (``json_object``) that is the
+        optional ``schema`` it carries (our extension of OpenAI's form), or else ``{"type": "object"}``."""
         if self.response_format is None:
             return None
         kind = self.response_format.get("type")
         if kind == "json_schema":
             return self.response_format["json_schema"]["schema"]
-        return {"type": "object"} if kind == "json_object" else None
+        if kind == "json_object":
+            return self.response_format.get("schema") or {"type": "object"}
+        return None
 
     @property
     def needs_grammar(self) -> bool:

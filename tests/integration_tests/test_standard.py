@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from langchain_core.exceptions import OutputParserException
 from langchain_core.language_models import BaseChatModel
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from transformers import AutoTokenizer
@@ -73,13 +72,3 @@ class TestChatPersonaJudgeStandard(PersonaJudgeStandardCapabilities, ChatModelIn
     )
     def test_agent_loop(self, model: BaseChatModel) -> None:
         super().test_agent_loop(model)
-
-    @pytest.mark.xfail(
-        reason="JSON mode constrains the answer to *a* JSON object, not to the schema (as OpenAI's does); asked "
-        "for 'setup' and 'punchline' keys, SmolLM2-135M-Instruct writes only {\"setup\": ...}, so the Joke does not "
-        "validate. method='json_schema' (the default) constrains the keys and passes: test_structured_output.",
-        raises=OutputParserException,
-        strict=False,
-    )
-    def test_json_mode(self, model: BaseChatModel) -> None:
-        super().test_json_mode(model)

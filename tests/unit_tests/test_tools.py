@@ -242,12 +242,15 @@ def test_output_spec_grammars() -> None:
     answer = OutputSpec(response_format={"type": "json_schema", "json_schema": {"schema": schema}}).grammar()
     assert answer.kind == "json_schema" and answer.value == schema
     assert OutputSpec(response_format={"type": "json_object"}).grammar().value == {"type": "object"}
+    assert OutputSpec(response_format={"type": "json_object", "schema": schema}).grammar() == answer
     both = OutputSpec(tools=tools, response_format={"type": "json_object"}).grammar()
     assert both.value["format"]["type"] == "or"
     with pytest.raises(ValueError, match="without tools"):
         OutputSpec(tool_choice="required")
     with pytest.raises(ValueError, match="not supported"):
         OutputSpec(response_format={"type": "xml"})
+    with pytest.raises(ValueError, match="optional schema"):
+        OutputSpec(response_format={"type": "json_object", "schema": "Joke"})
 
 
 # -- rendering conversations ------------------------------------------------------------------------------------
@@ -407,6 +410,39 @@ def test_structured_output_include_raw_and_json_mode(random_model: Any, tokenize
     scripted.text = '{"setup": "Why?"}'
     bad = llm.with_structured_output(Joke, include_raw=True).invoke("joke")
     assert bad["parsed"] is None and "punchline" in str(bad["parsing_error"])
+
+
+@pytest.mark.parametrize("schema", [Joke, Joke.model_json_schema()], ids=["pydantic", "json"])
+def test_json_mode_with_a_schema_constrains_the_answer_to_it(random_model: Any, tokenizer: Any,
+                                                             scripted: SimpleNamespace, schema: Any) -> None:
+    # JSON mode binds the schema with the json_object format: the prompt shows it and the grammar enforces it,
+    # so no required key can be left out (with any object allowed, SmolLM2 wrote only "setup").
+    scripted.text = '{"setup": "Why?", "punchline": "Because."}'
+    llm = make(random_model, tokenizer)
+    structured = llm.with_structured_output(schema, method="json_mode")
+    response_format = structured.first.kwargs["response_format"]
+    assert response_format["type"] == "json_object" and response_format["schema"]["required"] == ["setup", "punchline"]
+    expected = {"setup": "Why?", "punchline": "Because."}
+    assert structured.invoke("joke") == (Joke(**expected) if schema is Joke else expected)
+    run = scripted.runs[-1]
+    assert "Reply with only a JSON object that matches this JSON schema" in run.prompts[0]
+    assert '"punchline": {"description": "answer to resolve the joke"' in run.prompts[0]
+    close = tokenizer.convert_tokens_to_ids("}")
+    setup_only = tokenizer('{"setup": "Why?"', add_special_tokens=False)["input_ids"]
+    constraint = run.options["constraint"]
+    for token in setup_only:
+        constraint.advance(token)
+    assert not constraint.allowed()[close]
+    with pytest.raises(RuntimeError, match="does not continue the grammar"):
+        constraint.advance(close)
+    # response_format={"type": "json_object"} bound without a schema still allows any object.
+    llm.bind(response_format={"type": "json_object"}).invoke("joke")
+    run = scripted.runs[-1]
+    assert "Reply with only a JSON object." in run.prompts[0] and "schema" not in run.prompts[0]
+    any_object = run.options["constraint"]
+    for token in setup_only:
+        any_object.advance(token)
+    assert any_object.allowed()[close]
 
 
 def test_a_budget_too_small_for_any_valid_answer_fails_before_decoding(random_model: Any, tokenizer: Any) -> None:
