@@ -510,8 +510,8 @@ class ChatPersonaJudge(BaseChatModel):
         Args:
             schema: A pydantic class, a TypedDict or a JSON schema.
             method: ``json_schema`` (default; the answer is JSON constrained to the schema),
-                ``function_calling`` (a forced call of the schema as a tool) or ``json_mode`` (any JSON
-                object; say which keys in the prompt).
+                ``function_calling`` (a forced call of the schema as a tool) or ``json_mode`` (a JSON
+                object constrained to the schema, parsed as JSON mode parses).
             include_raw: Return ``{"raw": AIMessage, "parsed": ..., "parsing_error": ...}`` instead.
             strict: Accepted for compatibility; the schema is always enforced.
         """

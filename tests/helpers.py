@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from langchain_persona_judge.decoding.reference import naive_generate
+
 
 def tiny_llama(seed: int = 0, vocab_size: int = 32, sharpness: float = 1.0, eos_token_id: int | None = None):
     """A 2-layer random Llama. ``sharpness`` scales the output head so distributions are peaked and differ by prompt."""
@@ -36,38 +38,13 @@ def full_logits(model, tokens: list[int]) -> torch.Tensor:
 
 
 def naive_greedy(model, prompts: list[list[int]], lookahead: int, max_new_tokens: int, eos: set[int]):
-    """The paper's algorithm in greedy mode, with no KV cache: every forward re-reads the whole prefix.
+    """The paper's algorithm in greedy mode, with no KV cache (``decoding.reference``, the one oracle).
 
-    Returns (tokens, [(drafter, judge, kind), ...]).
+    Returns (tokens, [(drafter, judge, kind), ...], finish_reason).
     """
-    emitted: list[int] = []
-    trace: list[tuple[int, int, str]] = []
-    n = len(prompts)
-    k = 0
-    while True:
-        drafter, judge = k % n, (k + 1) % n
-        drafts: list[int] = []
-        if n > 1:
-            # Drafting past the token budget is pointless: the engine drafts at most (remaining - 1).
-            for _ in range(min(lookahead, max_new_tokens - len(emitted) - 1)):
-                drafts.append(int(full_logits(model, prompts[drafter] + emitted + drafts)[-1].argmax()))
-        choice = full_logits(model, prompts[judge] + emitted + drafts)[-(len(drafts) + 1) :].argmax(-1).tolist()
-        new: list[tuple[int, str]] = []
-        for i, token in enumerate(drafts):
-            if choice[i] != token:
-                new.append((choice[i], "residual"))
-                break
-            new.append((token, "accepted"))
-        else:
-            new.append((choice[len(drafts)], "bonus"))
-        for token, kind in new:
-            if token in eos:
-                return emitted, trace, "stop"
-            emitted.append(token)
-            trace.append((drafter, judge, kind))
-            if len(emitted) == max_new_tokens:
-                return emitted, trace, "length"
-        k += 1
+    result = naive_generate(model, prompts, max_new_tokens=max_new_tokens, lookahead=lookahead,
+                            eos_token_id=sorted(eos))
+    return result.token_ids, result.trace, result.finish_reason
 
 
 class ToyConstraint:

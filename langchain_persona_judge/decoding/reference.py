@@ -1,4 +1,4 @@
-"""A naive re-implementation of the Persona-judge paper's public code path, kept for the speed benchmark only.
+"""The paper's algorithm with no KV cache: the one reference oracle of the tests and the speed benchmark.
 
 The paper's code (``trans_speculative_sampling`` in github.com/Monncyann/Persona-judge, sampling/
 speculative_sampling.py) has no KV cache: every drafter step and every judge pass calls the model on the
@@ -49,6 +49,8 @@ class NaiveResult:
     positions: int = 0
     forward_lengths: list[int] = field(default_factory=list)
     """Sequence length of every forward, in order (each forward re-reads all of it)."""
+    trace: list[tuple[int, int, str]] = field(default_factory=list)
+    """Per emitted token: (drafter, judge, kind), kind ``accepted``, ``residual`` or ``bonus``."""
 
     @property
     def acceptance_rate(self) -> float:
@@ -188,13 +190,16 @@ def naive_generate(
         result.drafted += len(drafts)
         result.accepted += accepted
         new = drafts[:accepted]
+        kinds = ["accepted"] * accepted
         if not any(t in eos for t in new):
             new.append(next_token)
-        for token in new:
+            kinds.append("bonus" if accepted == len(drafts) else "residual")
+        for token, kind in zip(new, kinds):
             if token in eos:
                 result.finish_reason = "stop"
                 break
             emitted.append(token)
+            result.trace.append((d_idx, j_idx, kind))
             if len(emitted) >= max_new_tokens:
                 result.finish_reason = "length"
                 break
