@@ -6,9 +6,22 @@
 
 from __future__ import annotations
 
-from .ask import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, PROG, SUBCOMMANDS, Answer, UsageError, build_parser, format_stats, main
+from .ask import (
+    COMPARE_HEADINGS,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    PROG,
+    SUBCOMMANDS,
+    Answer,
+    UsageError,
+    build_parser,
+    format_stats,
+    main,
+)
 
 __all__ = [
+    "COMPARE_HEADINGS",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
     "EXIT_USAGE",
