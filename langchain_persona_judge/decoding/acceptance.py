@@ -35,13 +35,38 @@ def build_warpers(temperature: float, top_k: int | None, top_p: float | None) ->
     return warpers
 
 
+_FP32_TEMPERATURES = (2.0**-100, 2.0**100)
+"""Temperatures whose fp32 value and reciprocal are normal numbers: dividing fp32 scores by them is safe."""
+
+
+def _fp32_safe(warpers: LogitsProcessorList) -> bool:
+    """Whether every temperature among ``warpers`` lies in :data:`_FP32_TEMPERATURES`."""
+    low, high = _FP32_TEMPERATURES
+    return all(low <= w.temperature <= high for w in warpers if isinstance(w, TemperatureLogitsWarper))
+
+
 def to_probs(logits: torch.Tensor, warpers: LogitsProcessorList) -> torch.Tensor:
-    """Warped logits (any dtype) -> fp32 probabilities, one row per position."""
+    """Warped logits (any dtype) -> fp32 probabilities, one row per position; any finite temperature > 0.
+
+    Each row is first shifted so that its largest score is 0, which changes neither the softmax nor top-k nor top-p
+    but keeps the temperature from overflowing: every other score is finite-negative or -inf, so dividing by the
+    temperature gives finite or -inf scores and a row that still has its 0 (ties share it).
+
+    In fp32 a temperature below about 1e-45 rounds to 0 and one above about 3e38 to inf, and then ``0 / 0`` or
+    ``-inf / inf`` is NaN; a temperature outside :data:`_FP32_TEMPERATURES` is applied in float64 instead (where
+    every Python float is exact), with the other warpers and the softmax: quotients that overflow become -inf and
+    the limits come out (all mass on the top score(s) as the temperature goes to 0, uniform as it goes to inf, with
+    the scores' order kept for top-k and top-p as long as float64 can tell the quotients apart).
+    """
     scores = logits.float()
+    top = scores.amax(dim=-1, keepdim=True)
+    scores = scores - torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    if not _fp32_safe(warpers):
+        scores = scores.double()
     # Called one by one: LogitsProcessorList.__call__ inspects each signature on every call (slow per token).
     for warper in warpers:
         scores = warper(_NO_INPUT_IDS, scores)
-    return torch.softmax(scores, dim=-1)
+    return torch.softmax(scores, dim=-1).float()
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from scipy import stats as scipy_stats
 
 from langchain_persona_judge.decoding.acceptance import build_warpers, greedy_verdict, sample_verdict, to_probs, verify_one
+from langchain_persona_judge.engine import SCHEDULES, generate
+from tests.helpers import tiny_llama
+
+_NO_INPUT_IDS = torch.empty((0, 0), dtype=torch.long)
 
 
 def _random_dist(gen: torch.Generator, vocab: int, sharp: float) -> torch.Tensor:
@@ -95,3 +100,73 @@ def test_warpers_keep_probabilities_fp32_and_truncate():
     assert probs.dtype == torch.float32
     assert ((probs > 0).sum(dim=-1) <= 10).all()
     torch.testing.assert_close(probs.sum(dim=-1), torch.ones(2))
+
+
+# -- every finite temperature > 0: the limits, never NaN ----------------------------------------------
+
+_NEG_INF = float("-inf")
+# Row 0: one top score. Row 1: a tie for the top, a masked token. Row 2: a large spread (logits of +-1e4).
+_LOGITS = torch.tensor([[1.0, 3.0, 2.5, -2.0, 0.0, 2.9],
+                        [1.0, 3.0, 3.0, -2.0, _NEG_INF, 0.5],
+                        [-1e4, 2.0, 1e4, 9999.0, 0.0, _NEG_INF]])
+
+
+@pytest.mark.parametrize("top_k, top_p", [(None, None), (3, None), (None, 0.9), (4, 0.95)])
+@pytest.mark.parametrize("temperature", [1e-300, 5e-324, 3.1e-298, 1e-40])
+def test_tiny_temperatures_put_all_mass_on_the_argmax(temperature, top_k, top_p):
+    probs = to_probs(_LOGITS, build_warpers(temperature, top_k, top_p))
+    assert probs.dtype == torch.float32 and torch.isfinite(probs).all()
+    torch.testing.assert_close(probs.sum(dim=-1), torch.ones(3))
+    torch.testing.assert_close(probs[0], torch.eye(6)[1])
+    torch.testing.assert_close(probs[1], torch.tensor([0.0, 0.5, 0.5, 0.0, 0.0, 0.0]))  # the tie is shared
+    torch.testing.assert_close(probs[2], torch.eye(6)[2])
+    assert int(torch.multinomial(probs[0], 1)) == 1
+
+
+@pytest.mark.parametrize("temperature", [1e300, 1.7e308, 1e39])
+def test_huge_temperatures_are_uniform_over_the_support(temperature):
+    probs = to_probs(_LOGITS, build_warpers(temperature, None, None))
+    assert torch.isfinite(probs).all()
+    torch.testing.assert_close(probs.sum(dim=-1), torch.ones(3))
+    torch.testing.assert_close(probs[0], torch.full((6,), 1 / 6))
+    torch.testing.assert_close(probs[1], torch.tensor([0.2, 0.2, 0.2, 0.2, 0.0, 0.2]))  # the masked token stays out
+    torch.testing.assert_close(probs[2], torch.tensor([0.2, 0.2, 0.2, 0.2, 0.2, 0.0]))
+    # Truncation still follows the scores' order: top-k keeps the k best, top-p the best ones first.
+    top3 = to_probs(_LOGITS, build_warpers(temperature, 3, None))
+    torch.testing.assert_close(top3[0], torch.tensor([0.0, 1 / 3, 1 / 3, 0.0, 0.0, 1 / 3]))
+    torch.testing.assert_close(top3[2], torch.tensor([0.0, 1 / 3, 1 / 3, 1 / 3, 0.0, 0.0]))
+    half = to_probs(_LOGITS, build_warpers(temperature, None, 0.5))
+    torch.testing.assert_close(half[0], torch.tensor([0.0, 1 / 3, 1 / 3, 0.0, 0.0, 1 / 3]))
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(0.7, None, None), (1.3, 4, None), (0.5, None, 0.9),
+                                                       (2.0, 3, 0.8), (1.0, None, None)])
+def test_shifting_rows_changes_no_ordinary_distribution(temperature, top_k, top_p):
+    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(0)) * 5 + 100
+    unshifted = build_warpers(temperature, top_k, top_p)(_NO_INPUT_IDS, logits.clone())
+    torch.testing.assert_close(to_probs(logits, build_warpers(temperature, top_k, top_p)),
+                               torch.softmax(unshifted, dim=-1))
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_a_tiny_temperature_samples_the_greedy_tokens(schedule):
+    """The temperature a property test found (logits / T overflowed to NaN): sampling at it is greedy decoding."""
+    model = tiny_llama(seed=3, sharpness=3.0)
+    prompts = [torch.tensor([1, 2, 3, 4, 5]), torch.tensor([9, 8, 7]), torch.tensor([20, 21])]
+    options = {"max_new_tokens": 30, "lookahead": 4, "eos_token_id": [], "schedule": schedule}
+    greedy = generate(model, prompts, do_sample=False, **options)
+    assert len(set(greedy.token_ids)) >= 5 and any(e.kind == "residual" for e in greedy.stats.trace)
+    for seed in (0, 1):
+        sampled = generate(model, prompts, do_sample=True, temperature=3.1e-298, seed=seed, **options)
+        assert sampled.token_ids == greedy.token_ids
+        assert [(e.drafter, e.judge, e.kind) for e in sampled.stats.trace] == [
+            (e.drafter, e.judge, e.kind) for e in greedy.stats.trace]
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_a_huge_temperature_samples_without_error(schedule):
+    model = tiny_llama(seed=3, sharpness=3.0)
+    gen = generate(model, [torch.tensor([1, 2, 3]), torch.tensor([9, 8])], do_sample=True, temperature=1e300, seed=0,
+                   max_new_tokens=30, eos_token_id=[], schedule=schedule)
+    assert len(gen.token_ids) == 30 and all(0 <= t < 32 for t in gen.token_ids)
+    assert len(set(gen.token_ids)) >= 10  # about uniform over 32 tokens
