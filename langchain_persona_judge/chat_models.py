@@ -7,6 +7,7 @@ handling live in the runtime; the decoding rules in :mod:`~langchain_persona_jud
 
 from __future__ import annotations
 
+import difflib
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -28,7 +29,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils import from_env
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from . import defaults
 from .decoding import DecodingOptions
@@ -64,6 +65,9 @@ _CALL_OVERRIDES = (
     "preferences", "composition", "lookahead", "schedule", "draft_confidence", "temperature", "top_k", "top_p",
     "max_tokens", "seed", "model",
 )
+# Constructor arguments of hosted chat models that LangChain's standard suites (and code written for hosted
+# models) pass; they mean nothing for a local model and are accepted and dropped. Any other unknown one is refused.
+_HOSTED_ONLY_ARGUMENTS = ("max_retries", "api_key")
 # Per-call keyword arguments LangChain itself may pass; they carry nothing for decoding.
 _IGNORED_KWARGS = ("stream",)
 # Per-call keyword arguments that shape the answer (bound by bind_tools and with_structured_output).
@@ -365,6 +369,27 @@ class ChatPersonaJudge(BaseChatModel):
     """The tokenizer for ``hf_model``."""
     executor: Any = Field(default=None, exclude=True)
     """A ``concurrent.futures.Executor`` that async calls decode in (None: the event loop's default executor)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unknown_arguments(cls, values: Any) -> Any:
+        """A misspelt argument (``temprature=0.1``) is an error naming the close match, never silently ignored."""
+        if not isinstance(values, dict):
+            return values
+        values = {k: v for k, v in values.items() if k not in _HOSTED_ONLY_ARGUMENTS}
+        known = {name for name, info in cls.model_fields.items() for name in (name, info.alias) if name}
+        # Underscored keys are LangChain's own cached state (validate_assignment sees the instance's __dict__).
+        unknown = [key for key in values if key not in known and not str(key).startswith("_")]
+        if unknown:
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
+                hints.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+            raise ValueError(
+                f"Unknown argument(s) for ChatPersonaJudge: {', '.join(hints)}; see the class docstring for its "
+                "fields."
+            )
+        return values
 
     # -- LangChain plumbing ---------------------------------------------------------------------
 

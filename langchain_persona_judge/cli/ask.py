@@ -36,7 +36,10 @@ DEFAULT_TOP_P = defaults.TOP_P
 DEFAULT_MAX_TOKENS = defaults.MAX_NEW_TOKENS
 
 EXIT_OK = 0
+EXIT_ERROR = 1
 EXIT_USAGE = 2
+MAX_STDIN_CHARS = 1_000_000
+"""The most characters read from stdin (a question, not a file)."""
 EXIT_INTERRUPTED = 130
 
 # The three answers of --compare, in the order they are printed (keys double as --json field names).
@@ -203,8 +206,20 @@ def _validate(args: argparse.Namespace) -> None:
         raise UsageError("a --preference is empty; give each -p some text")
     if args.compare and len(args.preferences) < 2:
         raise UsageError(f"--compare needs at least two --preference values (got {len(args.preferences)})")
+    if args.seed is not None and not -(2**63) <= args.seed < 2**64:
+        raise UsageError(f"--seed must be an integer in [-2**63, 2**64) (got {args.seed})")
     if args.model and _looks_like_path(args.model) and not os.path.exists(os.path.expanduser(args.model)):
         raise UsageError(f"--model path {args.model} does not exist; check the path")
+    _check_preferences(args)
+
+
+def _check_preferences(args: argparse.Namespace) -> None:
+    """Load the registry and resolve every -p now, so a typo fails before the model loads (no torch import)."""
+    from ..personas import load_registry, resolve_preference
+
+    registry = load_registry(args.registry)
+    for preference in args.preferences:
+        resolve_preference(preference, registry)
 
 
 def _looks_like_path(name: str) -> bool:
@@ -213,7 +228,17 @@ def _looks_like_path(name: str) -> bool:
 
 
 def _read_question(raw: str, stdin: IO[str]) -> str:
-    question = stdin.read() if raw == "-" else raw
+    if raw == "-":
+        try:
+            question = stdin.read(MAX_STDIN_CHARS + 1)
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"stdin is not UTF-8 text ({exc.reason} at byte {exc.start}); pipe UTF-8 text") from None
+        if len(question) > MAX_STDIN_CHARS:
+            raise UsageError(f"stdin holds more than {MAX_STDIN_CHARS} characters; pass a shorter question")
+    else:
+        question = raw
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in question):  # undecodable bytes the locale let through
+        raise UsageError("the question is not valid UTF-8 text; pass UTF-8 text")
     question = question.strip()
     if not question:
         raise UsageError("the question is empty" + (" (nothing on stdin)" if raw == "-" else ""))
@@ -421,9 +446,9 @@ def _user_error(exc: BaseException) -> str | None:
     """The one-line message for an error the user can fix, or None for a bug (which keeps its traceback)."""
     from pydantic import ValidationError
 
-    from ..errors import ModelLoadError, PersonaError, PromptTemplateError
+    from ..errors import PersonaJudgeError
 
-    if isinstance(exc, (UsageError, ModelLoadError, PromptTemplateError, PersonaError)):
+    if isinstance(exc, (UsageError, PersonaJudgeError)):
         return str(exc)
     if isinstance(exc, ValidationError):  # a value our own checks missed, refused by ChatPersonaJudge
         first = exc.errors()[0]
@@ -454,7 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = _user_error(exc)
         if message is None:
             raise
-        print(f"{PROG}: error: {message}", file=stderr, flush=True)
+        print(f"{PROG}: error: {' '.join(message.split())}", file=stderr, flush=True)  # always one line
         return EXIT_USAGE
 
 

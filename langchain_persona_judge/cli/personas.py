@@ -55,7 +55,15 @@ def run(argv: Sequence[str], stdout: IO[str] | None = None, stderr: IO[str] | No
             if not args.name:
                 raise ValueError("`show` needs a persona name, e.g. `persona-judge personas show expert`")
             persona = registry.get(args.name)
-            text = registry.render(args.name, **_variables(args.var))
+            variables = _variables(args.var)
+            known = registry.variables_used(args.name)
+            unknown = sorted(set(variables) - known)
+            if unknown:
+                raise ValueError(
+                    f"persona {args.name!r} has no variable(s) {', '.join(unknown)}; its variables are "
+                    f"{', '.join(sorted(known)) or 'none'}"
+                )
+            text = registry.render(args.name, **variables)
             print(text, file=stdout)
             details = [f"name: {persona.name}"]
             if persona.extends:
