@@ -51,11 +51,11 @@ BENCH_MINUTES ?= 19
 
 bench: $(STAMP)
 	@start=$$(date +%s); \
-	$(PY) benchmarks/speed.py --suite || exit 1; \
+	$(PY) -m benchmarks.speed --suite || exit 1; \
 	left=$$(awk -v used=$$(( $$(date +%s) - start )) 'BEGIN { m = $(BENCH_MINUTES) - 1 - used / 60; printf "%.1f", (m < 2 ? 2 : m) }'); \
 	echo "quality: $$left minutes left of BENCH_MINUTES=$(BENCH_MINUTES)"; \
-	$(PY) benchmarks/quality.py --max-minutes $$left || exit 1; \
-	$(PY) benchmarks/plots.py
+	$(PY) -m benchmarks.quality --max-minutes $$left || exit 1; \
+	$(PY) -m benchmarks.plots
 
 # The chat app on the embedded model: http://127.0.0.1:$PORT/ (PORT defaults to 8000; see examples/chat_app/README.md).
 .PHONY: chat

@@ -94,7 +94,8 @@ def load_bench_model(name: str | None, device: str, random_init: str | None, dty
         if random_init not in ARCHITECTURES:
             raise SystemExit(f"--random-init {random_init!r}: choose one of {sorted(ARCHITECTURES)}")
         model = random_model(random_init, device, torch_dtype)
-        from langchain_persona_judge.decoding.cpu_kernels import prepack_linear_weights, should_prepack
+        from langchain_persona_judge import prepack_linear_weights
+        from langchain_persona_judge.decoding.cpu_kernels import should_prepack  # load_model's own rule
 
         if should_prepack(model, prepack):
             prepack_linear_weights(model)

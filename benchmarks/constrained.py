@@ -1,7 +1,9 @@
 """Per-token cost of grammar-constrained Persona-judge decoding on the embedded model, and xgrammar vs llguidance.
 
-    .venv/bin/python benchmarks/constrained.py            # about 2 minutes on one core
-    .venv/bin/python benchmarks/constrained.py --quick    # a smoke run (about 30 s)
+    .venv/bin/python -m benchmarks.constrained            # about 2 minutes on one core
+    .venv/bin/python -m benchmarks.constrained --quick    # a smoke run (about 30 s)
+
+Run it from the repository root, as a module.
 
 Sections:
 
@@ -29,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -39,9 +40,7 @@ from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
+from benchmarks.common import RESULTS
 from langchain_persona_judge import decoding as engine
 from langchain_persona_judge import shared_model
 from langchain_persona_judge.grammar import Grammar, GrammarConstraint, constraint_for
@@ -257,7 +256,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steady timings on shared cores)")
     parser.add_argument("--sections", nargs="+", default=["overhead", "engines"], choices=["overhead", "engines"])
     parser.add_argument("--quick", action="store_true", help="2 questions, 32 tokens")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "constrained.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "constrained.json")
     args = parser.parse_args(argv)
     if args.quick:
         args.tokens, args.questions = 32, 2

@@ -1,12 +1,14 @@
 """Load test for the chat app (examples/chat_app): N concurrent streaming clients for a bounded time.
 
-    .venv/bin/python benchmarks/load.py --clients 4 --duration 20          # starts the app on a free port
-    .venv/bin/python benchmarks/load.py --clients 16 --duration 120 --json # one JSON object on stdout
-    .venv/bin/python benchmarks/load.py --url http://127.0.0.1:8000 ...    # an app that is already running
+    .venv/bin/python -m benchmarks.load --clients 4 --duration 20          # starts the app on a free port
+    .venv/bin/python -m benchmarks.load --clients 16 --duration 120 --json # one JSON object on stdout
+    .venv/bin/python -m benchmarks.load --url http://127.0.0.1:8000 ...    # an app that is already running
+
+Run it from the repository root, as a module.
 
 What it does:
 
-1. Starts the app (``examples/chat_app/server.py``) on a free loopback port with a throw-away database,
+1. Starts the app (``python -m examples.chat_app.server``) on a free loopback port with a throw-away database,
    greedy decoding (CHAT_TEMPERATURE=0), ``--max-tokens`` per answer and ``--max-concurrent`` decoding slots
    (or uses ``--url``; then every request still asks for temperature 0 and ``--max-tokens`` itself).
 2. References: ``--scripts`` distinct two-turn conversations (a question, a follow-up, a pair of personas) are
@@ -58,7 +60,8 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVER = ROOT / "examples" / "chat_app" / "server.py"
+SERVER = "examples.chat_app.server"
+"""The chat app's module, run with ``python -m`` from the repository root (as ``make chat`` does)."""
 
 QUESTIONS: list[tuple[str, str]] = [
     ("Why is the sky blue?", "And why are sunsets red?"),
@@ -144,7 +147,7 @@ class ManagedServer:
         }
         self.log_path = workdir / "server.log"
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, str(SERVER)], env=env, stdout=self._log,
+        self.proc = subprocess.Popen([sys.executable, "-m", SERVER], env=env, stdout=self._log,
                                      stderr=subprocess.STDOUT, cwd=ROOT)
         self.peak_rss = 0
         self._sampler: asyncio.Task[None] | None = None
@@ -438,7 +441,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.url:
         url = args.url.rstrip("/")
     else:
-        log(f"starting the app ({SERVER.relative_to(ROOT)}) with MAX_CONCURRENT={args.max_concurrent}, "
+        log(f"starting the app (python -m {SERVER}) with MAX_CONCURRENT={args.max_concurrent}, "
             f"CHAT_MAX_TOKENS={args.max_tokens}...")
         server = ManagedServer(args, workdir)
         url = server.url

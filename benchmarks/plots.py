@@ -1,6 +1,6 @@
 """PNG plots and a Markdown summary from the speed and quality results.
 
-    .venv/bin/python benchmarks/plots.py            # reads benchmarks/results/{speed,quality}.json
+    .venv/bin/python -m benchmarks.plots            # reads benchmarks/results/{speed,quality}.json
 
 Writes into benchmarks/results/: speed_lambda.png (tokens/s against λ), speed_length.png (cost against the
 number of new tokens), speed_prompt.png (cost against the prompt length), quality_winrates.png (win rates with
@@ -11,16 +11,13 @@ results file or section is skipped with a message.
 from __future__ import annotations
 
 import argparse
-import re
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.common import RESULTS  # noqa: E402
+from benchmarks.common import RESULTS
 
 COLORS = {"generate": "#555555", "direct": "#999999", "greedy": "#1f77b4", "sample": "#ff7f0e",
           "persona_judge": "#1f77b4", "naive_paper": "#d62728", "paper": "#2ca02c", "none": "#999999",
@@ -287,11 +284,11 @@ def main(argv: list[str] | None = None) -> list[Path]:
     quality = json.loads(args.quality.read_text()) if args.quality.is_file() else None
     images: list[Path] = []
     if speed is None:
-        print(f"no {args.speed}: run benchmarks/speed.py first; skipping the speed plots", file=sys.stderr)
+        print(f"no {args.speed}: run python -m benchmarks.speed first; skipping the speed plots", file=sys.stderr)
     else:
         images += [p for p in (plot_lambda(speed, args.out), plot_length(speed, args.out), plot_prompt(speed, args.out)) if p]
     if quality is None:
-        print(f"no {args.quality}: run benchmarks/quality.py first; skipping the quality plot", file=sys.stderr)
+        print(f"no {args.quality}: run python -m benchmarks.quality first; skipping the quality plot", file=sys.stderr)
     else:
         images += [p for p in (plot_quality(quality, args.out),) if p]
     summary = args.out / "summary.md"

@@ -1,9 +1,11 @@
 """Preference adherence: Persona-judge vs the direct prompt vs no preference, per preference dimension.
 
-    .venv/bin/python benchmarks/quality.py             # the subset `make bench` runs (a 6-minute budget, 2 cores)
-    .venv/bin/python benchmarks/quality.py --full      # all 100 prompts, every setting (hours on a CPU)
-    .venv/bin/python benchmarks/quality.py --quick     # a smoke test (about 1 min)
-    .venv/bin/python benchmarks/quality.py --rescore benchmarks/results/quality.json   # recompute from saved texts
+    .venv/bin/python -m benchmarks.quality             # the subset `make bench` runs (a 6-minute budget, 2 cores)
+    .venv/bin/python -m benchmarks.quality --full      # all 100 prompts, every setting (hours on a CPU)
+    .venv/bin/python -m benchmarks.quality --quick     # a smoke test (about 1 min)
+    .venv/bin/python -m benchmarks.quality --rescore benchmarks/results/quality.json   # recompute from saved texts
+
+Run it from the repository root, as a module.
 
 Prompts, dimensions, metrics, margins, guards and statistics: ../shared/bench/README.md (read at run time from
 the project's shared/ folder beside the repository; --shared or $PERSONA_JUDGE_SHARED point elsewhere).
@@ -39,11 +41,8 @@ from typing import Any
 
 import numpy as np
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.common import RESULTS, machine_info, shared_dir  # noqa: E402
-from benchmarks.metrics import DIMENSIONS, aa_matrix, guard_failures, outcome_matrix, win_rate  # noqa: E402
+from benchmarks.common import RESULTS, machine_info, shared_dir
+from benchmarks.metrics import DIMENSIONS, aa_matrix, guard_failures, outcome_matrix, win_rate
 
 SETTINGS: dict[str, list[str]] = {
     "simple+friendly": ["simple", "friendly"],

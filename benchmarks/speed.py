@@ -1,9 +1,11 @@
 """Persona-judge decoding speed against plain decoding and the paper's no-cache code path, in one interleaved run.
 
-    .venv/bin/python benchmarks/speed.py            # greedy, λ=4, 128 new tokens, vs generate (embedded model)
-    .venv/bin/python benchmarks/speed.py --suite    # everything `make bench` reports (about 10 min on one core)
-    .venv/bin/python benchmarks/speed.py --quick    # tiny sizes, to check that it runs (about 1 min)
-    .venv/bin/python benchmarks/speed.py --device cuda   # on a GPU (random-init stand-in weights, see --random-init)
+    .venv/bin/python -m benchmarks.speed            # greedy, λ=4, 128 new tokens, vs generate (embedded model)
+    .venv/bin/python -m benchmarks.speed --suite    # everything `make bench` reports (about 10 min on one core)
+    .venv/bin/python -m benchmarks.speed --quick    # tiny sizes, to check that it runs (about 1 min)
+    .venv/bin/python -m benchmarks.speed --device cuda   # on a GPU (random-init stand-in weights, see --random-init)
+
+Run it from the repository root, as a module.
 
 Sections (``--sections``; the default is ``main``):
 
@@ -16,7 +18,8 @@ main     For each question and repeat, back to back: ``generate`` (transformers 
          emits exactly --max-new-tokens tokens (EOS ignored).
 lengths  Cost against the number of new tokens (--lengths, 64 ... 1024): generate and Persona-judge (greedy, λ=4,
          each schedule) decode max(--lengths) tokens once each, timed at every checkpoint; the naive paper path (no KV cache,
-         benchmarks/naive_paper.py) is measured up to --naive-max tokens and estimated beyond (see below).
+         langchain_persona_judge/decoding/reference.py) is measured up to --naive-max tokens and estimated beyond
+         (see below).
 prompts  Cost against the prompt length (--prompt-lengths, up to the context limit with a long enough list),
          --prompt-new-tokens new tokens each.
 
@@ -47,10 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     RESULTS,
     BenchModel,
     ForwardCounter,
@@ -60,10 +60,9 @@ from benchmarks.common import (  # noqa: E402
     machine_info,
     now,
 )
-from langchain_persona_judge.decoding.reference import engine_history, iteration_schedule, naive_generate  # noqa: E402
-from langchain_persona_judge import stream  # noqa: E402
-from langchain_persona_judge.decoding.cpu_kernels import is_prepacked  # noqa: E402
-from langchain_persona_judge.decoding import SCHEDULES  # noqa: E402
+from langchain_persona_judge import stream
+from langchain_persona_judge.decoding import SCHEDULES, is_prepacked
+from langchain_persona_judge.decoding.reference import engine_history, iteration_schedule, naive_generate
 
 QUESTIONS = [
     "Why is the sky blue?",
@@ -362,7 +361,7 @@ def cached_reload_seconds(runs: int = 3) -> dict[str, Any]:
     ``process_with_imports``: python start, ``import torch`` and all of the above but the second load.
     The conversion is made first (outside the timing) if this environment has none yet.
     """
-    from langchain_persona_judge.runtime.loading import resolve_model_path
+    from langchain_persona_judge.runtime import resolve_model_path
 
     resolve_model_path(None)
     code = (
