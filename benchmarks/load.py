@@ -435,6 +435,18 @@ async def client_loop(index: int, client: httpx.AsyncClient, plan: list[Script],
         j += 1
 
 
+@dataclass
+class LoadRun:
+    """What one run against the app found: its config, the scripts, their references, the load phase's results."""
+
+    config: dict[str, Any]
+    plan: list[Script]
+    reference_s: float
+    results: Results
+    wall: float
+    stats: dict[str, Any]
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="chat-load-"))
     server = None
@@ -451,43 +463,65 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         limits = httpx.Limits(max_connections=args.clients * 2 + 8, max_keepalive_connections=args.clients * 2 + 8)
         timeout = httpx.Timeout(30.0, read=max(120.0, args.duration * 2))
         async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as client:
-            config = (await client.get("/api/config")).json()
-            plan = scripts(min(args.scripts or min(args.clients, 8), len(QUESTIONS)), args.turns)
-            log(f"references: {len(plan)} scripts x {args.turns} turns, one at a time...")
-            t = time.monotonic()
-            refs = await references(client, plan, args.max_tokens)
-            reference_s = time.monotonic() - t
-            results = Results()
-            log(f"load: {args.clients} clients for {args.duration:.0f} s...")
-            start = time.monotonic()
-            deadline = start + args.duration
-            counter = [0]
-            tasks = [asyncio.create_task(client_loop(i, client, plan, refs, deadline, counter, args, results))
-                     for i in range(args.clients)]
-            done, pending = await asyncio.wait(tasks, timeout=args.duration + args.drain_timeout)
-            for task in pending:
-                task.cancel()
-                results.errors += 1
-                results.problem("error", f"a client was still busy {args.drain_timeout:.0f} s after the deadline")
-            for task in done:
-                if task.exception() is not None:
-                    results.errors += 1
-                    results.problem("error", f"client crashed: {task.exception()!r}")
-            wall = time.monotonic() - start
-            # Every generation must be over, its decoding thread returned: nothing left behind by anyone.
-            idle_deadline = time.monotonic() + args.free_timeout
-            while True:
-                stats = (await client.get("/api/stats")).json()
-                idle = stats["running"] == 0 and stats["queued"] == 0 and stats.get("decoding_threads", 0) == 0
-                if idle or time.monotonic() > idle_deadline:
-                    break
-                await asyncio.sleep(0.2)
-            if not idle:
-                results.disconnects_not_freed += 1
-                results.problem("not_freed", f"the app is not idle after the run: {stats}")
+            outcome = await exercise(client, args)
     finally:
         if server:
             server.stop()
+    report = load_report(args, outcome, server)
+    if report["passed"]:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        log(f"the app's database and log are kept in {workdir}")
+    return report
+
+
+async def exercise(client: httpx.AsyncClient, args: argparse.Namespace) -> LoadRun:
+    """References one at a time, then the clients until the deadline, then the drain and the idle check."""
+    config = (await client.get("/api/config")).json()
+    plan = scripts(min(args.scripts or min(args.clients, 8), len(QUESTIONS)), args.turns)
+    log(f"references: {len(plan)} scripts x {args.turns} turns, one at a time...")
+    t = time.monotonic()
+    refs = await references(client, plan, args.max_tokens)
+    reference_s = time.monotonic() - t
+    results = Results()
+    log(f"load: {args.clients} clients for {args.duration:.0f} s...")
+    start = time.monotonic()
+    deadline = start + args.duration
+    counter = [0]
+    tasks = [asyncio.create_task(client_loop(i, client, plan, refs, deadline, counter, args, results))
+             for i in range(args.clients)]
+    done, pending = await asyncio.wait(tasks, timeout=args.duration + args.drain_timeout)
+    for task in pending:
+        task.cancel()
+        results.errors += 1
+        results.problem("error", f"a client was still busy {args.drain_timeout:.0f} s after the deadline")
+    for task in done:
+        if task.exception() is not None:
+            results.errors += 1
+            results.problem("error", f"client crashed: {task.exception()!r}")
+    wall = time.monotonic() - start
+    stats = await wait_idle(client, args.free_timeout, results)
+    return LoadRun(config, plan, reference_s, results, wall, stats)
+
+
+async def wait_idle(client: httpx.AsyncClient, timeout: float, results: Results) -> dict[str, Any]:
+    """Every generation must be over, its decoding thread returned: nothing left behind by anyone."""
+    idle_deadline = time.monotonic() + timeout
+    while True:
+        stats = (await client.get("/api/stats")).json()
+        idle = stats["running"] == 0 and stats["queued"] == 0 and stats.get("decoding_threads", 0) == 0
+        if idle or time.monotonic() > idle_deadline:
+            break
+        await asyncio.sleep(0.2)
+    if not idle:
+        results.disconnects_not_freed += 1
+        results.problem("not_freed", f"the app is not idle after the run: {stats}")
+    return stats
+
+
+def load_report(args: argparse.Namespace, outcome: LoadRun, server: ManagedServer | None) -> dict[str, Any]:
+    """The JSON report: counts, latency and speed percentiles, memory, settings, machine, problems, passed."""
+    results, wall, stats, config = outcome.results, outcome.wall, outcome.stats, outcome.config
 
     def r(value: float | None, digits: int = 3) -> float | None:
         return None if value is None else round(value, digits)
@@ -520,22 +554,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "max_tokens": args.max_tokens,
             "max_concurrent": config.get("max_concurrent"),
             "model": config.get("model"),
-            "scripts": len(plan),
+            "scripts": len(outcome.plan),
             "turns": args.turns,
             "disconnect_every": args.disconnect_every,
             "temperature": 0,
             "url": args.url or "started by load.py",
         },
-        "reference_s": r(reference_s, 1),
+        "reference_s": r(outcome.reference_s, 1),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "load_average": [round(x, 2) for x in os.getloadavg()]},
         "problems": results.problems,
     }
     report["passed"] = report["errors"] == 0 and report["mixed_up"] == 0 and report["disconnects_not_freed"] == 0
-    if report["passed"]:
-        shutil.rmtree(workdir, ignore_errors=True)
-    else:
-        log(f"the app's database and log are kept in {workdir}")
     return report
 
 

@@ -35,7 +35,7 @@ import argparse
 import json
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -140,9 +140,8 @@ def generate_all(jobs: list[dict[str, Any]], model: str | None, workers: int, th
     time it is expected to take (from the wall time per response so far) still fits; a started prompt is
     always finished, so the prompts run are always a prefix of the list and complete.
     """
-    import multiprocessing
     from collections import deque
-    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, wait
 
     from tqdm import tqdm
 
@@ -155,11 +154,7 @@ def generate_all(jobs: list[dict[str, Any]], model: str | None, workers: int, th
     start = time.perf_counter()
     started = 0
     stopped = False
-    if workers <= 1:  # in this process (one thread runs the jobs)
-        pool: Any = ThreadPoolExecutor(1, initializer=_init_worker, initargs=(model, threads))
-    else:
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(model, threads))
+    pool = worker_pool(model, workers, threads)
     inflight: set[Any] = set()
 
     def fits(extra_jobs: int) -> bool:
@@ -195,6 +190,17 @@ def generate_all(jobs: list[dict[str, Any]], model: str | None, workers: int, th
     return records, stopped
 
 
+def worker_pool(model: str | None, workers: int, threads: int) -> Executor:
+    """``workers`` spawned processes with the model loaded, or (``workers <= 1``) one thread of this process."""
+    import multiprocessing
+    from concurrent.futures import ThreadPoolExecutor
+
+    if workers <= 1:
+        return ThreadPoolExecutor(1, initializer=_init_worker, initargs=(model, threads))
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_worker, initargs=(model, threads))
+
+
 # -- scoring and statistics --------------------------------------------------------------------------------
 
 
@@ -225,59 +231,74 @@ def analyse(records: list[dict[str, Any]], settings: list[str], n_boot: int = 20
         groups = _by_condition(records, setting)
         dims_out: dict[str, Any] = {}
         for dim_name in SETTINGS[setting]:
-            dim = DIMENSIONS[dim_name]
-
-            def scored(rs: list[dict[str, Any]]) -> list[tuple[float, bool]]:
-                return [(r["metrics"][dim_name], bool(r["guards"])) for r in rs]
-
-            comps: dict[str, Any] = {}
-            for a, b in COMPARISONS:
-                if a not in groups or b not in groups:
-                    continue
-                shared = sorted(set(groups[a]) & set(groups[b]))
-                mats = [outcome_matrix(scored(groups[a][p]), scored(groups[b][p]), dim) for p in shared]
-                wr = win_rate(mats, n_boot=n_boot)
-                entry = wr.to_dict()
-                entry["verdict"] = ("better" if wr.ci_low > 0.5 else "worse" if wr.ci_high < 0.5 else
-                                    "no detectable difference")
-                comps[f"{a} vs {b}"] = entry
-                half_widths.append(wr.half_width)
-            # A/A: seed 0 against seed 1 of the same condition. The primary control pools every condition of the
-            # setting (one check per setting and dimension, so chance failures do not multiply); the
-            # per-condition figures are for reading.
-            aa: dict[str, Any] = {}
-            pooled: list[Any] = []
-            for cond, per_prompt in groups.items():
-                mats = [aa_matrix(scored(rs), dim) for rs in per_prompt.values() if len(rs) >= 2]
-                if mats:
-                    wr = win_rate(mats, n_boot=n_boot)
-                    aa[cond] = {**wr.to_dict(), "contains_50": wr.contains_half}
-                    pooled.extend(mats)
-            if pooled:
-                wr = win_rate(pooled, n_boot=n_boot)
-                aa["pooled"] = {**wr.to_dict(), "contains_50": wr.contains_half}
-                aa_all.append(wr.contains_half)
-            direct_none = comps.get("direct vs none")
-            measurable = bool(direct_none and direct_none["ci95"][0] > 0.5)
-            means = {cond: round(_mean([r["metrics"][dim_name] for rs in pp.values() for r in rs]), 4)
-                     for cond, pp in groups.items()}
-            dims_out[dim_name] = {
-                "metric": dim.metric, "better": "higher" if dim.higher_is_better else "lower", "margin": dim.margin,
-                "measurable_on_this_model": measurable,
-                "comparisons": comps, "aa_control": aa, "metric_mean": means,
-            }
-        guards = {}
-        for cond, pp in groups.items():
-            rs = [r for rr in pp.values() for r in rr]
-            guards[cond] = {g: round(sum(g in r["guards"] for r in rs) / len(rs), 4) for g in ("empty", "echo", "repetitive")}
-            guards[cond]["any"] = round(sum(bool(r["guards"]) for r in rs) / len(rs), 4)
-            guards[cond]["mean_tokens"] = round(_mean([r["tokens"] for r in rs]), 1)
-            accept = [r["acceptance_rate"] for r in rs if "acceptance_rate" in r]
-            if accept:
-                guards[cond]["mean_acceptance_rate"] = round(_mean(accept), 4)
-        results[setting] = {"preferences": SETTINGS[setting], "dimensions": dims_out, "guards_and_lengths": guards}
+            dims_out[dim_name], widths = analyse_dimension(groups, dim_name, n_boot)
+            half_widths += widths
+            if "pooled" in dims_out[dim_name]["aa_control"]:
+                aa_all.append(dims_out[dim_name]["aa_control"]["pooled"]["contains_50"])
+        results[setting] = {"preferences": SETTINGS[setting], "dimensions": dims_out,
+                            "guards_and_lengths": guards_and_lengths(groups)}
     return {"settings": results, "aa_control_ok": all(aa_all) if aa_all else None,
             "median_ci_half_width": round(float(np.median(half_widths)), 4) if half_widths else None}
+
+
+def analyse_dimension(groups: dict[str, dict[str, list[dict[str, Any]]]], dim_name: str, n_boot: int
+                      ) -> tuple[dict[str, Any], list[float]]:
+    """One dimension of a setting: every comparison's win rate, the A/A controls, the metric's means; and the
+    comparisons' CI half-widths."""
+    dim = DIMENSIONS[dim_name]
+
+    def scored(rs: list[dict[str, Any]]) -> list[tuple[float, bool]]:
+        return [(r["metrics"][dim_name], bool(r["guards"])) for r in rs]
+
+    comps: dict[str, Any] = {}
+    half_widths: list[float] = []
+    for a, b in COMPARISONS:
+        if a not in groups or b not in groups:
+            continue
+        shared = sorted(set(groups[a]) & set(groups[b]))
+        wr = win_rate([outcome_matrix(scored(groups[a][p]), scored(groups[b][p]), dim) for p in shared],
+                      n_boot=n_boot)
+        entry = wr.to_dict()
+        entry["verdict"] = ("better" if wr.ci_low > 0.5 else "worse" if wr.ci_high < 0.5 else
+                            "no detectable difference")
+        comps[f"{a} vs {b}"] = entry
+        half_widths.append(wr.half_width)
+    # A/A: seed 0 against seed 1 of the same condition. The primary control pools every condition of the
+    # setting (one check per setting and dimension, so chance failures do not multiply); the per-condition
+    # figures are for reading.
+    aa: dict[str, Any] = {}
+    pooled: list[Any] = []
+    for cond, per_prompt in groups.items():
+        mats = [aa_matrix(scored(rs), dim) for rs in per_prompt.values() if len(rs) >= 2]
+        if mats:
+            wr = win_rate(mats, n_boot=n_boot)
+            aa[cond] = {**wr.to_dict(), "contains_50": wr.contains_half}
+            pooled.extend(mats)
+    if pooled:
+        wr = win_rate(pooled, n_boot=n_boot)
+        aa["pooled"] = {**wr.to_dict(), "contains_50": wr.contains_half}
+    direct_none = comps.get("direct vs none")
+    means = {cond: round(_mean([r["metrics"][dim_name] for rs in pp.values() for r in rs]), 4)
+             for cond, pp in groups.items()}
+    return {
+        "metric": dim.metric, "better": "higher" if dim.higher_is_better else "lower", "margin": dim.margin,
+        "measurable_on_this_model": bool(direct_none and direct_none["ci95"][0] > 0.5),
+        "comparisons": comps, "aa_control": aa, "metric_mean": means,
+    }, half_widths
+
+
+def guards_and_lengths(groups: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
+    """Per condition: the share of responses failing each guard (and any), mean tokens, mean acceptance."""
+    guards: dict[str, Any] = {}
+    for cond, pp in groups.items():
+        rs = [r for rr in pp.values() for r in rr]
+        guards[cond] = {g: round(sum(g in r["guards"] for r in rs) / len(rs), 4) for g in ("empty", "echo", "repetitive")}
+        guards[cond]["any"] = round(sum(bool(r["guards"]) for r in rs) / len(rs), 4)
+        guards[cond]["mean_tokens"] = round(_mean([r["tokens"] for r in rs]), 1)
+        accept = [r["acceptance_rate"] for r in rs if "acceptance_rate" in r]
+        if accept:
+            guards[cond]["mean_acceptance_rate"] = round(_mean(accept), 4)
+    return guards
 
 
 def _mean(xs: list[float]) -> float:
@@ -352,39 +373,55 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.rescore:
         saved = json.loads(args.rescore.read_text(encoding="utf-8"))
         records, config = saved["records"], saved["config"]
-        settings = config["settings"]
         out = args.out if "--out" in (argv if argv is not None else sys.argv) else args.rescore
     else:
-        shared = shared_dir(args.shared)
-        all_prompts = load_prompts(shared)
-        prompts = all_prompts[: args.prompts] if args.prompts else all_prompts
-        texts = load_texts(shared)
-        settings = args.settings
-        jobs = plan_jobs(prompts, settings, args.paper_settings, args.seeds, args.max_new_tokens, texts)
-        budget = f", starting no new prompt after ~{args.max_minutes:g} min" if args.max_minutes else ""
-        print(f"quality: up to {len(prompts)} of {len(all_prompts)} prompts{budget}; {args.seeds} seeds, settings {settings} "
-              f"(paper's condition in {args.paper_settings}), {args.max_new_tokens} new tokens: {len(jobs)} responses "
-              f"on {args.workers} process(es)", file=sys.stderr, flush=True)
-        max_seconds = args.max_minutes * 60 if args.max_minutes else None
-        records, stopped = generate_all(jobs, args.model, args.workers, args.threads, max_seconds)
-        run_ids = list(dict.fromkeys(r["prompt_id"] for r in records))
-        config = {
-            "prompts": len(run_ids), "prompts_available": len(all_prompts), "prompts_planned": len(prompts),
-            "stopped_by_time_budget": stopped, "max_minutes": args.max_minutes,
-            "subset": len(run_ids) < len(all_prompts), "prompt_ids": run_ids,
-            "seeds": args.seeds, "settings": settings, "paper_settings": args.paper_settings,
-            "max_new_tokens": args.max_new_tokens, "lookahead": LOOKAHEAD,
-            "sampling": {"main": MAIN_SAMPLING, "paper": PAPER_SAMPLING},
-            "preference_texts": {d: texts[d] for s in settings for d in SETTINGS[s]},
-            "model": args.model or "SmolLM2-135M-Instruct (embedded)",
-            "machine": machine_info("cpu", args.threads), "workers": args.workers,
-            "generation_s": round(time.perf_counter() - started, 1),
-            "paper_layout_note": ("the paper's code chat-templates the preference as its own user turn ahead of the "
-                                  "question's; here the package's user_turn layout (a user turn before the question)"),
-        }
+        records, config = generate_records(args, started)
         out = args.out
     score_records(records)
-    analysis = analyse(records, settings, n_boot=args.bootstrap)
+    analysis = analyse(records, config["settings"], n_boot=args.bootstrap)
+    report = {"benchmark": "quality", "config": config, "notes": report_notes(config, analysis), "results": analysis,
+              "records": records}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1, ensure_ascii=False))
+    print_report(report)
+    print(f"\nwritten to {out} ({time.perf_counter() - started:.0f} s)")
+    return report
+
+
+def generate_records(args: argparse.Namespace, started: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Decode every planned response (within the time budget): (records, the run's config)."""
+    shared = shared_dir(args.shared)
+    all_prompts = load_prompts(shared)
+    prompts = all_prompts[: args.prompts] if args.prompts else all_prompts
+    texts = load_texts(shared)
+    settings = args.settings
+    jobs = plan_jobs(prompts, settings, args.paper_settings, args.seeds, args.max_new_tokens, texts)
+    budget = f", starting no new prompt after ~{args.max_minutes:g} min" if args.max_minutes else ""
+    print(f"quality: up to {len(prompts)} of {len(all_prompts)} prompts{budget}; {args.seeds} seeds, settings {settings} "
+          f"(paper's condition in {args.paper_settings}), {args.max_new_tokens} new tokens: {len(jobs)} responses "
+          f"on {args.workers} process(es)", file=sys.stderr, flush=True)
+    max_seconds = args.max_minutes * 60 if args.max_minutes else None
+    records, stopped = generate_all(jobs, args.model, args.workers, args.threads, max_seconds)
+    run_ids = list(dict.fromkeys(r["prompt_id"] for r in records))
+    config = {
+        "prompts": len(run_ids), "prompts_available": len(all_prompts), "prompts_planned": len(prompts),
+        "stopped_by_time_budget": stopped, "max_minutes": args.max_minutes,
+        "subset": len(run_ids) < len(all_prompts), "prompt_ids": run_ids,
+        "seeds": args.seeds, "settings": settings, "paper_settings": args.paper_settings,
+        "max_new_tokens": args.max_new_tokens, "lookahead": LOOKAHEAD,
+        "sampling": {"main": MAIN_SAMPLING, "paper": PAPER_SAMPLING},
+        "preference_texts": {d: texts[d] for s in settings for d in SETTINGS[s]},
+        "model": args.model or "SmolLM2-135M-Instruct (embedded)",
+        "machine": machine_info("cpu", args.threads), "workers": args.workers,
+        "generation_s": round(time.perf_counter() - started, 1),
+        "paper_layout_note": ("the paper's code chat-templates the preference as its own user turn ahead of the "
+                              "question's; here the package's user_turn layout (a user turn before the question)"),
+    }
+    return records, config
+
+
+def report_notes(config: dict[str, Any], analysis: dict[str, Any]) -> list[str]:
+    """What a reader must know to read the figures: a subset, the CIs' width, few prompts, a failed A/A."""
     notes = []
     if config.get("subset"):
         why = (f"the first prompts that fit in the {config['max_minutes']:g}-minute budget"
@@ -402,12 +439,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if analysis["aa_control_ok"] is False:
         notes.append("A pooled A/A control's CI does not contain 50%: the setup is suspect, or chance (about 1 in 20 "
                      "checks fails by chance; see aa_control).")
-    report = {"benchmark": "quality", "config": config, "notes": notes, "results": analysis, "records": records}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1, ensure_ascii=False))
-    print_report(report)
-    print(f"\nwritten to {out} ({time.perf_counter() - started:.0f} s)")
-    return report
+    return notes
 
 
 def print_report(report: dict[str, Any]) -> None:

@@ -43,7 +43,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,8 @@ class Run:
     """(tokens emitted, seconds, forward calls, positions) along the run, every MARK_EVERY tokens and at the end."""
     token_ids: list[int] = field(default_factory=list, repr=False)
     forward_lengths: list[int] = field(default_factory=list, repr=False)
+    generation: Any = field(default=None, repr=False, compare=False)
+    """Persona-judge runs: the engine's Generation (its iteration history gives the naive path's schedule)."""
 
     def at(self, n: int) -> tuple[int, float, int, int]:
         """The first mark with at least ``n`` tokens."""
@@ -147,6 +149,7 @@ class Bench:
         self.device = device
         self.counter = ForwardCounter(self.model)
         self.vocab = self.model.config.vocab_size
+        self.context: int | None = getattr(self.model.config, "max_position_embeddings", None)
 
     # -- prompts --------------------------------------------------------------------------------------
 
@@ -238,12 +241,10 @@ class Bench:
         assert len(gen.token_ids) == n, f"Persona-judge emitted {len(gen.token_ids)} tokens, not {n}"
         assert gen.stats.forward_calls == self.counter.calls, "the engine's forward count disagrees with the hook's"
         name = setting or setting_name(lookahead, sample, schedule)
-        run = Run(name, n, seconds, self.counter.calls, self.counter.positions, mem.peak_mib, marker.first or seconds,
-                  prompt_tokens=len(prompts[0]), acceptance_rate=gen.stats.acceptance_rate,
-                  tokens_per_iteration=gen.stats.tokens_per_iteration, marks=marker.close(n, seconds),
-                  token_ids=list(gen.token_ids))
-        run._generation = gen  # type: ignore[attr-defined]  # kept for the naive schedule, not serialised
-        return run
+        return Run(name, n, seconds, self.counter.calls, self.counter.positions, mem.peak_mib, marker.first or seconds,
+                   prompt_tokens=len(prompts[0]), acceptance_rate=gen.stats.acceptance_rate,
+                   tokens_per_iteration=gen.stats.tokens_per_iteration, marks=marker.close(n, seconds),
+                   token_ids=list(gen.token_ids), generation=gen)
 
     def naive(self, prompts: list[torch.Tensor], n: int, lookahead: int, checkpoints: list[int]) -> Run:
         self.counter.reset()
@@ -451,9 +452,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from tqdm import tqdm
+Step = tuple[str, Callable[[], None]]
 
+
+@dataclass
+class Results:
+    """What the timed steps fill in, per section, and the naive path's latency grid."""
+
+    main: list[Run] = field(default_factory=list)
+    lengths: dict[str, Run] = field(default_factory=dict)
+    prompts: dict[int, dict[str, Run]] = field(default_factory=dict)
+    grid: list[dict[str, float]] = field(default_factory=list)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -464,241 +476,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     prepack = {"auto": None, "on": True, "off": False}[args.prepack]
     bm = load_bench_model(args.model, args.device, args.random_init, args.dtype, prepack)
     bench = Bench(bm, args.device)
-    context = getattr(bm.model.config, "max_position_embeddings", None)
-
-    steps: list[tuple[str, Callable[[], None]]] = []
-    main_runs: list[Run] = []
-    length_runs: dict[str, Run] = {}
-    prompt_runs: dict[int, dict[str, Run]] = {}
-    grid: list[dict[str, float]] = []
-
-    # main: A B ... B A per question and repeat
-    if "main" in args.sections:
-        n = args.max_new_tokens
-        order: list[tuple[str, Any]] = [("generate", None), ("direct", None)]
-        for schedule in args.schedule:
-            for lam in args.lookahead:
-                order.append((setting_name(lam, False, schedule), (lam, False, 0.0, schedule)))
-        # draft_confidence saves the speculative schedule's wasted drafts (lockstep wastes none), and only with
-        # several drafts per iteration: λ = 4 (the headline) and above.
-        if "speculative" in args.schedule:
-            for lam in [lam for lam in args.lookahead if lam >= 4] or [max(args.lookahead)]:
-                for conf in args.draft_confidence:
-                    order.append((setting_name(lam, False, "speculative", conf), (lam, False, conf, "speculative")))
-        if args.sampling:
-            for lam in args.lookahead:
-                order.append((setting_name(lam, True), (lam, True, 0.0, "speculative")))
-            if "lockstep" in args.schedule:
-                lam = 4 if 4 in args.lookahead else max(args.lookahead)
-                order.append((setting_name(lam, True, "lockstep"), (lam, True, 0.0, "lockstep")))
-        # The headline settings (generate, greedy λ=4 under each schedule) run adjacent.
-        headline = {setting_name(4, False, schedule) for schedule in args.schedule}
-        order.sort(key=lambda item: 0 if item[0] == "generate" else 1 if item[0] in headline else 2)
-        slot = 0
-        for repeat in range(args.repeats):
-            for q in range(min(args.questions, len(QUESTIONS))):
-                seq = order if slot % 2 == 0 else order[::-1]
-                slot += 1
-                for name, spec in seq:
-                    def job(name: str = name, spec: Any = spec, q: int = q, repeat: int = repeat) -> None:
-                        personas, direct = bench.prompts(q)
-                        if name == "generate":
-                            run = bench.generate(personas[0], n, [n])
-                        elif name == "direct":
-                            run = bench.generate(direct, n, [n], setting="direct")
-                        else:
-                            run = bench.persona_judge(personas, n, spec[0], spec[1], [n], seed=1000 + q + 100 * repeat,
-                                                      setting=name, draft_confidence=spec[2], schedule=spec[3])
-                        run.question, run.repeat = q, repeat
-                        main_runs.append(run)
-                    steps.append((f"main {name} q{q} r{repeat}", job))
-
-    lam_l = 4 if 4 in args.lookahead or not args.lookahead else args.lookahead[0]
-    if "lengths" in args.sections:
-        top = max(args.lengths)
-        naive_max = min(args.naive_max, top)
-        checkpoints = sorted(set(args.lengths) | {naive_max})
-
-        def length_job(kind: str) -> None:
-            personas, _ = bench.prompts(0)
-            if kind == "generate":
-                length_runs[kind] = bench.generate(personas[0], top, checkpoints)
-            elif kind == "persona_judge":
-                length_runs[kind] = bench.persona_judge(personas, top, lam_l, False, checkpoints)
-            elif kind == "persona_judge_lockstep":
-                length_runs[kind] = bench.persona_judge(personas, top, lam_l, False, checkpoints, schedule="lockstep")
-            else:
-                length_runs[kind] = bench.naive(personas, naive_max, lam_l, checkpoints)
-
-        length_kinds = ["generate", "persona_judge", "naive_paper"]
-        if "lockstep" in args.schedule:
-            length_kinds.insert(2, "persona_judge_lockstep")
-        for kind in length_kinds:
-            steps.append((f"lengths {kind} {naive_max if kind == 'naive_paper' else top} tokens",
-                          lambda kind=kind: length_job(kind)))
-
-    if "prompts" in args.sections:
-        for target in args.prompt_lengths:
-            if context and target + args.prompt_new_tokens > context:
-                raise SystemExit(f"--prompt-lengths {target} + {args.prompt_new_tokens} new tokens exceed the "
-                                 f"model's context of {context} tokens.")
-
-            def prompt_job(kind: str, target: int = target) -> None:
-                personas, _ = bench.fit_prompt(target)
-                m = args.prompt_new_tokens
-                runs = prompt_runs.setdefault(target, {})
-                if kind == "generate":
-                    runs[kind] = bench.generate(personas[0], m, [m])
-                else:
-                    runs[kind] = bench.persona_judge(personas, m, lam_l, False, [m])
-
-            for kind in ("generate", "persona_judge"):
-                steps.append((f"prompts {kind} {target}", lambda kind=kind, target=target: prompt_job(kind, target)))
-
-    # Latency grid for the naive estimates: up to the longest sequence any estimate needs.
-    need = 0
-    if "lengths" in args.sections:
-        need = max(need, len(bench.prompts(0)[0][1]) + max(args.lengths) + max(args.lookahead) + 1)
-    if "prompts" in args.sections:
-        need = max(need, max(args.prompt_lengths) + args.prompt_new_tokens + max(args.lookahead) + 16)
-    if need:
-        points = [x for x in (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192) if x < need] + [need]
-        if context:
-            points = [min(p, context) for p in points]
-        steps.append(("naive latency warm-up", lambda: bench.forward_latency(points[0])))
-        for length in sorted(set(points)):
-            def grid_job(length: int = length) -> None:
-                seconds, peak = bench.forward_latency(length)
-                grid.append({"length": length, "seconds": round(seconds, 5), "peak_mib": round(peak, 1)})
-            steps.append((f"naive latency L={length}", grid_job))
-
-    def warm_up() -> None:
-        personas, _ = bench.prompts(0)
-        bench.generate(personas[0], 4, [4])
-        bench.persona_judge(personas, 4, 2, False, [4])
-        bench.persona_judge(personas, 4, 2, True, [4])
-        bench.persona_judge(personas, 4, 2, False, [4], schedule="lockstep")
-        bench.naive(personas, 2, 2, [2])
-
-    steps.insert(0, ("warm-up", warm_up))
-    bar = tqdm(steps, desc="speed", unit="run", file=sys.stderr, dynamic_ncols=True)
-    for label, job in bar:
-        bar.set_postfix_str(label)
-        job()
-    bar.close()
-
-    report: dict[str, Any] = {
-        "benchmark": "speed",
-        "machine": {**machine_info(args.device, args.threads), "prepacked_linear_weights": is_prepacked(bm.model)},
-        "model": bm.description,
-        "random_weights": bm.random_weights,
-        "context_limit": context,
-        "preferences": PREFERENCES,
-        "sampling": SAMPLING,
-        "notes": [],
-    }
-    if bm.random_weights:
-        report["notes"].append("Weights are random (a real architecture's shape): see 'model'.")
-    if reload is not None:
-        report["cached_reload_s"] = reload
-
-    if main_runs:
-        names = list(dict.fromkeys(r.setting for r in main_runs))
-        names.sort(key=lambda s: (0 if s == "generate" else 1 if s == "direct" else 2, s))
-        base = summarise([r for r in main_runs if r.setting == "generate"], None)["tokens_per_s"]
-        settings = {}
-        for name in names:
-            runs = [r for r in main_runs if r.setting == name]
-            summary = summarise(runs, base)
-            # Per (question, repeat) pair ratio, to show the spread the mean hides.
-            pair = [r2.tokens / r2.seconds / (r1.tokens / r1.seconds)
-                    for r2 in runs for r1 in main_runs
-                    if r1.setting == "generate" and (r1.question, r1.repeat) == (r2.question, r2.repeat)]
-            summary["pair_ratio_min_max"] = [round(min(pair), 3), round(max(pair), 3)]
-            settings[name] = summary
-        report["main"] = {
-            "max_new_tokens": args.max_new_tokens, "questions": QUESTIONS[: args.questions], "repeats": args.repeats,
-            "lookahead": args.lookahead, "kv_cache_mib_per_sequence": round(kv_cache_mib(bm.model, args.max_new_tokens + 64), 2),
-            "settings": settings,
-        }
-
-    coef = fit_latency(grid) if grid else None
-    if grid:
-        report["naive_latency"] = {"grid": sorted(grid, key=lambda p: p["length"]), "fit_a_b_c": coef,
-                                   "model": "seconds = a + b*L + c*L^2 for one no-cache forward over L positions"}
-
-    def naive_peak(length: int) -> float | None:
-        if not grid:
-            return None
-        g = sorted(grid, key=lambda p: p["length"])
-        xs, ys = [p["length"] for p in g], [p["peak_mib"] for p in g]
-        if length <= xs[-1] or len(xs) < 2:
-            return round(float(np.interp(length, xs, ys)), 1)
-        slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
-        return round(ys[-1] + slope * (length - xs[-1]), 1)
-
-    if length_runs:
-        gen_run, pj_run, nv_run = length_runs["generate"], length_runs["persona_judge"], length_runs["naive_paper"]
-        personas, _ = bench.prompts(0)
-        plens = [len(p) for p in personas]
-        curve = naive_curve(pj_run._generation, plens, max(args.lengths), lam_l, coef)  # type: ignore[attr-defined]
-        ours = {key: run for key, run in length_runs.items() if key != "naive_paper"}
-        series: dict[str, list[dict[str, Any]]] = {key: [] for key in [*ours, "naive_paper"]}
-        for n in sorted(args.lengths):
-            for key, run in ours.items():
-                series[key].append(point(n, run.at(n), True))
-            if n <= nv_run.tokens:
-                series["naive_paper"].append(point(n, nv_run.at(n), True, peak_mib=round(nv_run.peak_mib, 1)))
-            else:
-                series["naive_paper"].append(point(n, curve_at(curve, n), False, peak_mib=naive_peak(max(plens) + n)))
-        for key, run in ours.items():
-            series[key][-1]["peak_mib"] = round(run.peak_mib, 1)
-        # The latency model, checked on the measured naive run's own forwards.
-        est_s = sum(latency(coef, L) for L in nv_run.forward_lengths)
-        check = {"new_tokens": nv_run.tokens, "measured_s": round(nv_run.seconds, 3), "estimated_s": round(est_s, 3),
-                 "estimate_over_measured": round(est_s / nv_run.seconds, 3), "forward_calls": nv_run.calls,
-                 "same_tokens_as_engine": nv_run.token_ids == pj_run.token_ids[: nv_run.tokens]}
-        report["lengths"] = {
-            "lookahead": lam_l, "question": QUESTIONS[0], "prompt_tokens": plens, "series": series,
-            "naive_measured_up_to": nv_run.tokens, "estimate_check": check,
-            "curves": {**{key: run.marks for key, run in ours.items()}, "naive_paper_measured": nv_run.marks,
-                       "naive_paper_estimated": [(t, round(s, 4), c, p) for t, s, c, p in curve]},
-            "note": ("generate and Persona-judge (persona_judge: the paper's speculative schedule; persona_judge_lockstep: "
-                     "the lockstep schedule) decode max(lengths) tokens once; the cost at a shorter length is the "
-                     "time and forward count when that many tokens had been emitted. The naive paper path is measured "
-                     f"up to {nv_run.tokens} new tokens and estimated beyond from the single-forward latency fit."),
-        }
-        if not check["same_tokens_as_engine"]:
-            report["notes"].append("The naive path's greedy tokens differ from the engine's on the real model "
-                                   "(floating-point ties); its estimate uses the engine's schedule.")
-
-    if prompt_runs:
-        rows = []
-        for target, runs in sorted(prompt_runs.items()):
-            gen_run, pj_run = runs["generate"], runs["persona_judge"]
-            m = args.prompt_new_tokens
-            personas, _ = bench.fit_prompt(target)
-            plens = [len(p) for p in personas]
-            curve = naive_curve(pj_run._generation, plens, m, lam_l, coef)  # type: ignore[attr-defined]
-            row: dict[str, Any] = {"prompt_tokens": plens[0]}
-            for key, mark, prompts_read, extra in (
-                ("generate", gen_run.marks[-1], plens[0],
-                 {"first_token_s": round(gen_run.first_token_s, 4), "peak_mib": round(gen_run.peak_mib, 1)}),
-                ("persona_judge", pj_run.marks[-1], sum(plens),
-                 {"first_token_s": round(pj_run.first_token_s, 4), "peak_mib": round(pj_run.peak_mib, 1),
-                  "acceptance_rate": round(pj_run.acceptance_rate or 0, 4)}),
-                ("naive_paper", curve[-1], sum(plens), {"peak_mib": naive_peak(max(plens) + m)}),
-            ):
-                entry = point(m, mark, key != "naive_paper", **extra)
-                # Work per token once every prompt has been read once: flat with a KV cache, ~P per forward without.
-                entry["positions_per_token_beyond_prompts"] = round((mark[3] - prompts_read) / mark[0], 3)
-                row[key] = entry
-            rows.append(row)
-        report["prompts"] = {"lookahead": lam_l, "new_tokens": args.prompt_new_tokens, "rows": rows,
-                             "note": ("seconds include reading the prompt (prefill); positions_per_token_beyond_prompts "
-                                      "leaves out one read of each persona's prompt; the naive paper path is estimated")}
-
-    report["criteria"] = criteria(report)
+    results = Results()
+    run_steps(plan_steps(bench, args, results))
+    report = build_report(bench, args, results, reload)
     report["elapsed_s"] = round(time.perf_counter() - started, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1, default=_json_default))
@@ -707,9 +487,310 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return report
 
 
+# -- planning: every timed run is a step, the warm-up first ---------------------------------------------
+
+
+def lengths_lookahead(args: argparse.Namespace) -> int:
+    """The λ of the lengths and prompts sections: 4 if it is among --lookahead, else the first one."""
+    return 4 if 4 in args.lookahead or not args.lookahead else args.lookahead[0]
+
+
+def plan_steps(bench: Bench, args: argparse.Namespace, results: Results) -> list[Step]:
+    """The warm-up, then each requested section's runs, then the latency grid, in the order they run."""
+    steps: list[Step] = [("warm-up", lambda: warm_up(bench))]
+    if "main" in args.sections:
+        steps += main_steps(bench, args, results)
+    if "lengths" in args.sections:
+        steps += lengths_steps(bench, args, results)
+    if "prompts" in args.sections:
+        steps += prompts_steps(bench, args, results)
+    steps += latency_steps(bench, args, results)
+    return steps
+
+
+def warm_up(bench: Bench) -> None:
+    personas, _ = bench.prompts(0)
+    bench.generate(personas[0], 4, [4])
+    bench.persona_judge(personas, 4, 2, False, [4])
+    bench.persona_judge(personas, 4, 2, True, [4])
+    bench.persona_judge(personas, 4, 2, False, [4], schedule="lockstep")
+    bench.naive(personas, 2, 2, [2])
+
+
+def main_order(args: argparse.Namespace) -> list[tuple[str, Any]]:
+    """The main section's settings: (name, None) for generate and direct, (name, (λ, sample, dc, schedule))."""
+    order: list[tuple[str, Any]] = [("generate", None), ("direct", None)]
+    for schedule in args.schedule:
+        for lam in args.lookahead:
+            order.append((setting_name(lam, False, schedule), (lam, False, 0.0, schedule)))
+    # draft_confidence saves the speculative schedule's wasted drafts (lockstep wastes none), and only with
+    # several drafts per iteration: λ = 4 (the headline) and above.
+    if "speculative" in args.schedule:
+        for lam in [lam for lam in args.lookahead if lam >= 4] or [max(args.lookahead)]:
+            for conf in args.draft_confidence:
+                order.append((setting_name(lam, False, "speculative", conf), (lam, False, conf, "speculative")))
+    if args.sampling:
+        for lam in args.lookahead:
+            order.append((setting_name(lam, True), (lam, True, 0.0, "speculative")))
+        if "lockstep" in args.schedule:
+            lam = 4 if 4 in args.lookahead else max(args.lookahead)
+            order.append((setting_name(lam, True, "lockstep"), (lam, True, 0.0, "lockstep")))
+    # The headline settings (generate, greedy λ=4 under each schedule) run adjacent.
+    headline = {setting_name(4, False, schedule) for schedule in args.schedule}
+    order.sort(key=lambda item: 0 if item[0] == "generate" else 1 if item[0] in headline else 2)
+    return order
+
+
+def main_steps(bench: Bench, args: argparse.Namespace, results: Results) -> list[Step]:
+    """Every setting of ``main_order`` per question and repeat, A B ... B A (the order reverses every other time)."""
+    n, order, steps = args.max_new_tokens, main_order(args), []
+    slot = 0
+    for repeat in range(args.repeats):
+        for q in range(min(args.questions, len(QUESTIONS))):
+            seq = order if slot % 2 == 0 else order[::-1]
+            slot += 1
+            for name, spec in seq:
+                def job(name: str = name, spec: Any = spec, q: int = q, repeat: int = repeat) -> None:
+                    personas, direct = bench.prompts(q)
+                    if name == "generate":
+                        run = bench.generate(personas[0], n, [n])
+                    elif name == "direct":
+                        run = bench.generate(direct, n, [n], setting="direct")
+                    else:
+                        run = bench.persona_judge(personas, n, spec[0], spec[1], [n], seed=1000 + q + 100 * repeat,
+                                                  setting=name, draft_confidence=spec[2], schedule=spec[3])
+                    run.question, run.repeat = q, repeat
+                    results.main.append(run)
+                steps.append((f"main {name} q{q} r{repeat}", job))
+    return steps
+
+
+def lengths_steps(bench: Bench, args: argparse.Namespace, results: Results) -> list[Step]:
+    """generate, Persona-judge (each schedule) to max(--lengths) tokens, the naive path to --naive-max."""
+    lam, top = lengths_lookahead(args), max(args.lengths)
+    naive_max = min(args.naive_max, top)
+    checkpoints = sorted(set(args.lengths) | {naive_max})
+
+    def length_job(kind: str) -> None:
+        personas, _ = bench.prompts(0)
+        if kind == "generate":
+            results.lengths[kind] = bench.generate(personas[0], top, checkpoints)
+        elif kind == "persona_judge":
+            results.lengths[kind] = bench.persona_judge(personas, top, lam, False, checkpoints)
+        elif kind == "persona_judge_lockstep":
+            results.lengths[kind] = bench.persona_judge(personas, top, lam, False, checkpoints, schedule="lockstep")
+        else:
+            results.lengths[kind] = bench.naive(personas, naive_max, lam, checkpoints)
+
+    kinds = ["generate", "persona_judge", "naive_paper"]
+    if "lockstep" in args.schedule:
+        kinds.insert(2, "persona_judge_lockstep")
+    return [(f"lengths {kind} {naive_max if kind == 'naive_paper' else top} tokens",
+             lambda kind=kind: length_job(kind)) for kind in kinds]
+
+
+def prompts_steps(bench: Bench, args: argparse.Namespace, results: Results) -> list[Step]:
+    """generate and Persona-judge on a prompt of each --prompt-lengths, --prompt-new-tokens new tokens."""
+    lam, m, context = lengths_lookahead(args), args.prompt_new_tokens, bench.context
+    steps: list[Step] = []
+    for target in args.prompt_lengths:
+        if context and target + m > context:
+            raise SystemExit(f"--prompt-lengths {target} + {m} new tokens exceed the "
+                             f"model's context of {context} tokens.")
+
+        def prompt_job(kind: str, target: int = target) -> None:
+            personas, _ = bench.fit_prompt(target)
+            runs = results.prompts.setdefault(target, {})
+            if kind == "generate":
+                runs[kind] = bench.generate(personas[0], m, [m])
+            else:
+                runs[kind] = bench.persona_judge(personas, m, lam, False, [m])
+
+        for kind in ("generate", "persona_judge"):
+            steps.append((f"prompts {kind} {target}", lambda kind=kind, target=target: prompt_job(kind, target)))
+    return steps
+
+
+def latency_steps(bench: Bench, args: argparse.Namespace, results: Results) -> list[Step]:
+    """Single no-cache forwards over a grid of lengths, up to the longest sequence any naive estimate needs."""
+    need = 0
+    if "lengths" in args.sections:
+        need = max(need, len(bench.prompts(0)[0][1]) + max(args.lengths) + max(args.lookahead) + 1)
+    if "prompts" in args.sections:
+        need = max(need, max(args.prompt_lengths) + args.prompt_new_tokens + max(args.lookahead) + 16)
+    if not need:
+        return []
+    points = [x for x in (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192) if x < need] + [need]
+    if bench.context:
+        points = [min(p, bench.context) for p in points]
+    steps: list[Step] = [("naive latency warm-up", lambda: bench.forward_latency(points[0]))]
+    for length in sorted(set(points)):
+        def grid_job(length: int = length) -> None:
+            seconds, peak = bench.forward_latency(length)
+            results.grid.append({"length": length, "seconds": round(seconds, 5), "peak_mib": round(peak, 1)})
+        steps.append((f"naive latency L={length}", grid_job))
+    return steps
+
+
+def run_steps(steps: list[Step]) -> None:
+    from tqdm import tqdm
+
+    bar = tqdm(steps, desc="speed", unit="run", file=sys.stderr, dynamic_ncols=True)
+    for label, job in bar:
+        bar.set_postfix_str(label)
+        job()
+    bar.close()
+
+
+# -- the report: one function per section ---------------------------------------------------------------
+
+
+def build_report(bench: Bench, args: argparse.Namespace, results: Results, reload: dict[str, Any] | None
+                 ) -> dict[str, Any]:
+    """The JSON report (all but ``elapsed_s``): the header, then each section that ran, then the criteria."""
+    bm = bench.bm
+    report: dict[str, Any] = {
+        "benchmark": "speed",
+        "machine": {**machine_info(args.device, args.threads), "prepacked_linear_weights": is_prepacked(bm.model)},
+        "model": bm.description,
+        "random_weights": bm.random_weights,
+        "context_limit": bench.context,
+        "preferences": PREFERENCES,
+        "sampling": SAMPLING,
+        "notes": [],
+    }
+    if bm.random_weights:
+        report["notes"].append("Weights are random (a real architecture's shape): see 'model'.")
+    if reload is not None:
+        report["cached_reload_s"] = reload
+    if results.main:
+        report["main"] = main_section(bench, args, results.main)
+    coef = fit_latency(results.grid) if results.grid else None
+    if results.grid:
+        report["naive_latency"] = {"grid": sorted(results.grid, key=lambda p: p["length"]), "fit_a_b_c": coef,
+                                   "model": "seconds = a + b*L + c*L^2 for one no-cache forward over L positions"}
+    if results.lengths:
+        report["lengths"] = lengths_section(bench, args, results, coef)
+        if not report["lengths"]["estimate_check"]["same_tokens_as_engine"]:
+            report["notes"].append("The naive path's greedy tokens differ from the engine's on the real model "
+                                   "(floating-point ties); its estimate uses the engine's schedule.")
+    if results.prompts:
+        report["prompts"] = prompts_section(bench, args, results, coef)
+    report["criteria"] = criteria(report)
+    return report
+
+
+def main_section(bench: Bench, args: argparse.Namespace, runs: list[Run]) -> dict[str, Any]:
+    """Per setting: the pooled summary, and the min-max of its ratio to generate over (question, repeat) pairs."""
+    names = list(dict.fromkeys(r.setting for r in runs))
+    names.sort(key=lambda s: (0 if s == "generate" else 1 if s == "direct" else 2, s))
+    base = summarise([r for r in runs if r.setting == "generate"], None)["tokens_per_s"]
+    settings = {}
+    for name in names:
+        mine = [r for r in runs if r.setting == name]
+        summary = summarise(mine, base)
+        # Per (question, repeat) pair ratio, to show the spread the mean hides.
+        pair = [r2.tokens / r2.seconds / (r1.tokens / r1.seconds)
+                for r2 in mine for r1 in runs
+                if r1.setting == "generate" and (r1.question, r1.repeat) == (r2.question, r2.repeat)]
+        summary["pair_ratio_min_max"] = [round(min(pair), 3), round(max(pair), 3)]
+        settings[name] = summary
+    return {
+        "max_new_tokens": args.max_new_tokens, "questions": QUESTIONS[: args.questions], "repeats": args.repeats,
+        "lookahead": args.lookahead,
+        "kv_cache_mib_per_sequence": round(kv_cache_mib(bench.model, args.max_new_tokens + 64), 2),
+        "settings": settings,
+    }
+
+
+def naive_peak(grid: list[dict[str, float]], length: int) -> float | None:
+    """The naive path's peak memory at ``length`` positions: interpolated on the grid, extrapolated past it."""
+    if not grid:
+        return None
+    g = sorted(grid, key=lambda p: p["length"])
+    xs, ys = [p["length"] for p in g], [p["peak_mib"] for p in g]
+    if length <= xs[-1] or len(xs) < 2:
+        return round(float(np.interp(length, xs, ys)), 1)
+    slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
+    return round(ys[-1] + slope * (length - xs[-1]), 1)
+
+
+def lengths_section(bench: Bench, args: argparse.Namespace, results: Results, coef: list[float] | None
+                    ) -> dict[str, Any]:
+    """Cost at each --lengths checkpoint per path (the naive one estimated past what was measured)."""
+    lam, runs = lengths_lookahead(args), results.lengths
+    pj_run, nv_run = runs["persona_judge"], runs["naive_paper"]
+    personas, _ = bench.prompts(0)
+    plens = [len(p) for p in personas]
+    curve = naive_curve(pj_run.generation, plens, max(args.lengths), lam, coef)
+    ours = {key: run for key, run in runs.items() if key != "naive_paper"}
+    series: dict[str, list[dict[str, Any]]] = {key: [] for key in [*ours, "naive_paper"]}
+    for n in sorted(args.lengths):
+        for key, run in ours.items():
+            series[key].append(point(n, run.at(n), True))
+        if n <= nv_run.tokens:
+            series["naive_paper"].append(point(n, nv_run.at(n), True, peak_mib=round(nv_run.peak_mib, 1)))
+        else:
+            series["naive_paper"].append(point(n, curve_at(curve, n), False,
+                                               peak_mib=naive_peak(results.grid, max(plens) + n)))
+    for key, run in ours.items():
+        series[key][-1]["peak_mib"] = round(run.peak_mib, 1)
+    return {
+        "lookahead": lam, "question": QUESTIONS[0], "prompt_tokens": plens, "series": series,
+        "naive_measured_up_to": nv_run.tokens, "estimate_check": estimate_check(nv_run, pj_run, coef),
+        "curves": {**{key: run.marks for key, run in ours.items()}, "naive_paper_measured": nv_run.marks,
+                   "naive_paper_estimated": [(t, round(s, 4), c, p) for t, s, c, p in curve]},
+        "note": ("generate and Persona-judge (persona_judge: the paper's speculative schedule; persona_judge_lockstep: "
+                 "the lockstep schedule) decode max(lengths) tokens once; the cost at a shorter length is the "
+                 "time and forward count when that many tokens had been emitted. The naive paper path is measured "
+                 f"up to {nv_run.tokens} new tokens and estimated beyond from the single-forward latency fit."),
+    }
+
+
+def estimate_check(nv_run: Run, pj_run: Run, coef: list[float] | None) -> dict[str, Any]:
+    """The latency model, checked on the measured naive run's own forwards."""
+    est_s = sum(latency(coef, L) for L in nv_run.forward_lengths)
+    return {"new_tokens": nv_run.tokens, "measured_s": round(nv_run.seconds, 3), "estimated_s": round(est_s, 3),
+            "estimate_over_measured": round(est_s / nv_run.seconds, 3), "forward_calls": nv_run.calls,
+            "same_tokens_as_engine": nv_run.token_ids == pj_run.token_ids[: nv_run.tokens]}
+
+
+def prompts_section(bench: Bench, args: argparse.Namespace, results: Results, coef: list[float] | None
+                    ) -> dict[str, Any]:
+    """One row per prompt length: generate, Persona-judge and the (estimated) naive path."""
+    rows = [prompt_row(bench, args, results.grid, target, runs, coef)
+            for target, runs in sorted(results.prompts.items())]
+    return {"lookahead": lengths_lookahead(args), "new_tokens": args.prompt_new_tokens, "rows": rows,
+            "note": ("seconds include reading the prompt (prefill); positions_per_token_beyond_prompts "
+                     "leaves out one read of each persona's prompt; the naive paper path is estimated")}
+
+
+def prompt_row(bench: Bench, args: argparse.Namespace, grid: list[dict[str, float]], target: int,
+               runs: dict[str, Run], coef: list[float] | None) -> dict[str, Any]:
+    gen_run, pj_run = runs["generate"], runs["persona_judge"]
+    m = args.prompt_new_tokens
+    personas, _ = bench.fit_prompt(target)
+    plens = [len(p) for p in personas]
+    curve = naive_curve(pj_run.generation, plens, m, lengths_lookahead(args), coef)
+    row: dict[str, Any] = {"prompt_tokens": plens[0]}
+    for key, mark, prompts_read, extra in (
+        ("generate", gen_run.marks[-1], plens[0],
+         {"first_token_s": round(gen_run.first_token_s, 4), "peak_mib": round(gen_run.peak_mib, 1)}),
+        ("persona_judge", pj_run.marks[-1], sum(plens),
+         {"first_token_s": round(pj_run.first_token_s, 4), "peak_mib": round(pj_run.peak_mib, 1),
+          "acceptance_rate": round(pj_run.acceptance_rate or 0, 4)}),
+        ("naive_paper", curve[-1], sum(plens), {"peak_mib": naive_peak(grid, max(plens) + m)}),
+    ):
+        entry = point(m, mark, key != "naive_paper", **extra)
+        # Work per token once every prompt has been read once: flat with a KV cache, ~P per forward without.
+        entry["positions_per_token_beyond_prompts"] = round((mark[3] - prompts_read) / mark[0], 3)
+        row[key] = entry
+    return row
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, Run):
-        return asdict(value)
+        return {f.name: getattr(value, f.name) for f in fields(value) if f.name != "generation"}
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
