@@ -1,9 +1,10 @@
 """Per-token cost of grammar-constrained Persona-judge decoding on the embedded model, and xgrammar vs llguidance.
 
-    .venv/bin/python -m benchmarks.constrained            # about 2 minutes on one core
-    .venv/bin/python -m benchmarks.constrained --quick    # a smoke run (about 30 s)
+    .venv/bin/python -m benchmarks.constrained            # both sections
+    .venv/bin/python -m benchmarks.constrained --quick    # a smoke run
+    .venv/bin/python -m benchmarks.constrained --sections engines   # xgrammar vs llguidance only
 
-Run it from the repository root, as a module.
+Run it from the repository root, as a module. How long each takes, and the figures: benchmarks/README.md.
 
 Sections:
 
@@ -20,7 +21,8 @@ overhead  Two personas, greedy, λ = 4, on the embedded SmolLM2-135M-Instruct. E
           per token. The texts differ (the grammar changes what is written), so acceptance rates and forwards
           per token differ a little; the direct grammar time does not depend on that.
 engines   xgrammar and llguidance on the same JSON schema and the same 34-token answer (SmolLM2 tokenizer):
-          tokenizer set-up, compile, and mask time per token (fill + accept), as in grammar.py's docstring.
+          tokenizer set-up, compile, and mask time per token (fill + accept): what grammar.py's choice of
+          engine rests on.
           llguidance is optional (skipped when not installed).
 
 Results: benchmarks/results/constrained.json (--out to change).

@@ -1,11 +1,11 @@
 """Preference adherence: Persona-judge vs the direct prompt vs no preference, per preference dimension.
 
-    .venv/bin/python -m benchmarks.quality             # the subset `make bench` runs (a 6-minute budget, 2 cores)
-    .venv/bin/python -m benchmarks.quality --full      # all 100 prompts, every setting (hours on a CPU)
-    .venv/bin/python -m benchmarks.quality --quick     # a smoke test (about 1 min)
+    .venv/bin/python -m benchmarks.quality             # the subset `make bench` runs (a 6-minute budget)
+    .venv/bin/python -m benchmarks.quality --full      # all 100 prompts, every setting (no time limit)
+    .venv/bin/python -m benchmarks.quality --quick     # a smoke test
     .venv/bin/python -m benchmarks.quality --rescore benchmarks/results/quality.json   # recompute from saved texts
 
-Run it from the repository root, as a module.
+Run it from the repository root, as a module. How long each takes: benchmarks/README.md.
 
 Prompts, dimensions, metrics, margins, guards and statistics: ../shared/bench/README.md (read at run time from
 the project's shared/ folder beside the repository; --shared or $PERSONA_JUDGE_SHARED point elsewhere).
@@ -65,7 +65,7 @@ COMPARISONS = [
 ]
 DETECTABLE_AT_FULL = 0.10  # shared/bench/README.md: ~10 points with 100 prompts x 2 seeds
 DEFAULT_PROMPTS = 20  # at most; on 2 CPU cores the default time budget stops earlier
-DEFAULT_MAX_MINUTES = 6.0  # keeps `make bench` under 20 minutes on 2 CPU cores
+DEFAULT_MAX_MINUTES = 6.0  # `make bench` passes what its time budget leaves (see the Makefile)
 
 
 # -- generation (in worker processes) --------------------------------------------------------------------

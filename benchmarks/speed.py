@@ -1,11 +1,11 @@
 """Persona-judge decoding speed against plain decoding and the paper's no-cache code path, in one interleaved run.
 
     .venv/bin/python -m benchmarks.speed            # greedy, λ=4, 128 new tokens, vs generate (embedded model)
-    .venv/bin/python -m benchmarks.speed --suite    # everything `make bench` reports (about 10 min on one core)
-    .venv/bin/python -m benchmarks.speed --quick    # tiny sizes, to check that it runs (about 1 min)
+    .venv/bin/python -m benchmarks.speed --suite    # everything `make bench` reports
+    .venv/bin/python -m benchmarks.speed --quick    # tiny sizes, to check that it runs
     .venv/bin/python -m benchmarks.speed --device cuda   # on a GPU (random-init stand-in weights, see --random-init)
 
-Run it from the repository root, as a module.
+Run it from the repository root, as a module. How long each takes: benchmarks/README.md.
 
 Sections (``--sections``; the default is ``main``):
 

@@ -9,20 +9,20 @@ Persona-judge's exactness carries over to the constrained distribution.
 The grammar engine is `xgrammar <https://github.com/mlc-ai/xgrammar>`_ (an optional dependency:
 ``pip install 'langchain-persona-judge[grammar]'``), imported only when a grammar is compiled.
 
-Why xgrammar rather than llguidance (both maintained, both used by vLLM and SGLang; measured on this project's
-2-core CPU with the SmolLM2 tokenizer, 49,152 tokens, walking a 34-token JSON answer; ``benchmarks/constrained.py
---compare-engines`` repeats it):
+Why xgrammar rather than llguidance (both maintained, both used by vLLM and SGLang; compared with the SmolLM2
+tokenizer walking a JSON answer, ``python -m benchmarks.constrained --sections engines``; figures:
+``benchmarks/README.md``):
 
-* token masks: xgrammar ~10-15 µs per position (it precomputes the context-independent part of each mask at
-  compile time), llguidance ~130 µs (computed on the fly; ~3 ms for the first). Persona-judge asks for λ + 1
-  masks per iteration, and on a GPU a small model's forward is a few ms, so the 10x matters there;
+* token masks: xgrammar's cost several times less per position (it precomputes the context-independent part
+  of each mask at compile time; llguidance computes them on the fly, the first one slowest). Persona-judge asks
+  for λ + 1 masks per iteration, and on a GPU a small model's forward is short, so the difference matters there;
 * structural tags (free text *or* ``<tool_call>`` blocks constrained to each tool's schema; exactly one call;
   calls separated by a newline) are a first-class, declarative xgrammar format, the one vLLM and SGLang use for
   ``tool_choice``; llguidance expresses them as hand-written Lark grammars with lazy lexemes;
-* rollback of rejected drafts is unlimited and cheap in both; compiling a schema takes a few ms in both.
+* rollback of rejected drafts is unlimited and cheap in both; compiling a schema is quick in both.
 
-Against xgrammar: on Linux x86-64 it depends on ``triton`` (~1 GB installed), where llguidance has no
-dependencies at all (~8 MB). The adapter below is one small class, should that trade-off change.
+Against xgrammar: on Linux x86-64 it depends on ``triton`` (a large install), where llguidance has no
+dependencies at all (a small one). The adapter below is one small class, should that trade-off change.
 """
 
 from __future__ import annotations

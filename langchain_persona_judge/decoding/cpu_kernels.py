@@ -1,11 +1,11 @@
 """Faster multi-token forwards on CPU: ``nn.Linear`` layers backed by oneDNN-prepacked weights.
 
 Persona-judge's judge scores λ+1 positions in one forward. On a CPU, PyTorch's default fp32 matmul for a
-handful of rows re-packs the whole weight matrix on every call, so a 5-token forward of SmolLM2-135M costs
-about 1.8× a 1-token one, although reading the weights (the real cost of small-batch decoding) is the same.
-With the weight packed once into oneDNN's blocked layout (what intel-extension-for-pytorch and inductor's
-CPU freezing do), the same forward costs about 1.4×. Single-token forwards keep PyTorch's matrix-vector
-kernel, which is faster there, so plain decoding is unchanged.
+handful of rows re-packs the whole weight matrix on every call, so a few-token forward costs well over a
+1-token one, although reading the weights (the real cost of small-batch decoding) is the same. With the
+weight packed once into oneDNN's blocked layout (what intel-extension-for-pytorch and inductor's CPU freezing
+do), much of that extra cost goes (figures: ``benchmarks/README.md``). Single-token forwards keep PyTorch's
+matrix-vector kernel, which is faster there, so plain decoding is unchanged.
 
 The packed copy is kept beside the original weight (``state_dict``, ``save_pretrained``, ``.to()`` and tied
 embeddings keep working), which costs one more copy of the linear weights in memory; a layer falls back to

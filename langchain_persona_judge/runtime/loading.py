@@ -1,7 +1,7 @@
 """Loading causal LMs: Hugging Face ids, local folders, GGUF files, and the embedded default model.
 
-A GGUF file is de-quantised by transformers (slow: ~30 s for the embedded model), so the result is saved
-once as a regular checkpoint under the cache folder and later loads read that in about a second.
+A GGUF file is de-quantised by transformers (slow), so the result is saved once as a regular checkpoint under
+the cache folder and later loads read that, much faster (figures: ``benchmarks/README.md``).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def embedded_model_path() -> Path:
 
 
 def _content_digest(path: Path) -> str:
-    """A digest of the file's bytes (blake2b: 0.18 s for the embedded 94 MiB here, sha256 0.36 s)."""
+    """A digest of the file's bytes (blake2b: faster than sha256 here; figures: ``benchmarks/README.md``)."""
     digest = hashlib.blake2b(digest_size=8)
     with path.open("rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):
@@ -66,8 +66,9 @@ def _converted_path(gguf: Path) -> Path:
     """The cache folder of ``gguf``'s conversion, named after the file's content.
 
     Not after its path or mtime: every virtual environment has its own copy of the embedded wheel, and pip
-    stamps each install with a new mtime, so either key would convert (30 s, 540 MB) once per environment.
-    Hashing the content costs 0.2 s, so its result is remembered under a key of path, size and mtime.
+    stamps each install with a new mtime, so either key would convert (slow, and a large checkpoint) once per
+    environment. Hashing the content is not free either (figures: ``benchmarks/README.md``), so its result is
+    remembered under a key of path, size and mtime.
     """
     converted = cache_dir() / "converted"
     stat = gguf.stat()
