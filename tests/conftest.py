@@ -4,6 +4,18 @@ import os
 
 import pytest
 import torch
+from hypothesis import settings
+
+# Hypothesis profiles. `ci` (the default, and what `make test` runs): derandomized, so a property test draws the
+# same examples on every run and machine and a red CI means a change broke it, not a lucky draw; no example
+# database, no deadline (a shared 2-core machine makes timings noisy). `explore` (HYPOTHESIS_PROFILE=explore, or
+# `make test-explore`): fresh random examples every run, more of them, and the blob to replay a failure. A test's
+# own @settings(max_examples=...) still wins over the profile's number.
+settings.register_profile("ci", derandomize=True, max_examples=60, database=None, deadline=None, print_blob=True)
+settings.register_profile("explore", derandomize=False, max_examples=600, deadline=None, print_blob=True)
+# HYPOTHESIS_PROFILE picks one explicitly (pytest's --hypothesis-profile overrides both); otherwise `ci`, with or
+# without the CI variable set.
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or "ci")
 
 # One torch thread: on a 2-core machine that other processes share, two threads can make small ops tens of
 # times slower (spin-waiting), and one thread keeps timings and float reductions steady. Override with
