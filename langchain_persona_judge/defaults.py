@@ -2,8 +2,8 @@
 
 Two sets, because the engine and the chat model serve different callers:
 
-* the engine (:func:`langchain_persona_judge.decoding.generate`) defaults to the paper's settings and plain
-  temperature-1 sampling, so a caller who passes nothing gets the method as published;
+* the engine (:func:`langchain_persona_judge.decoding.generate`) defaults to the paper's settings (λ = 4, always
+  draft λ tokens) and plain temperature-1 sampling, so a caller who passes nothing gets the method as published;
 * the chat model and the CLI default to what reads well on a small local model (temperature 0.7, nucleus
   0.95) and to the schedule that is fastest on the machine (``auto``).
 
@@ -23,8 +23,10 @@ MAX_NEW_TOKENS = 256
 
 ENGINE_TEMPERATURE = 1.0
 """The engine samples from the model's own distribution unless told otherwise."""
-ENGINE_SCHEDULE = "speculative"
-"""The paper's schedule: λ drafter forwards, then one judge forward."""
+ENGINE_SCHEDULE = "auto"
+"""The schedule that is fastest for the model (same law either way): lockstep where a few batch rows cost about
+one row (a GPU, prepacked CPU weights) and for the batched rules (product, guidance), else the paper's
+speculative schedule."""
 ENGINE_DRAFT_CONFIDENCE = 0.0
 """The paper's iterations: always draft λ tokens."""
 

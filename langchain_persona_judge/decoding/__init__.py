@@ -5,15 +5,19 @@ the package, never LangChain, the persona registry or the runtime.
 
 ========================  =====================================================================================
 ``options``               :class:`DecodingOptions` (validated once), trace, stats, result
-``acceptance``            the acceptance rule and logit warping, as pure tensor functions
+``acceptance``            the acceptance rule, logit warping and repetition controls, as pure tensor functions
+``combine``               guidance and the weighted product: persona distributions → the one a token follows
 ``base``                  :class:`Decoder`: what every schedule shares (budget, RNG, roles, masks, emit, stream)
 ``speculative``           the paper's schedule: λ drafter forwards, then one judge forward
-``lockstep``              every persona in one batched forward per emitted token
+``batch``                 what the batched rules share: every persona (+ reference) as a row of one batch
+``lockstep``              Persona-judge with every persona in one batched forward per emitted token
+``product``               the weighted product of the personas' distributions, one batched forward per token
 ``cpu_kernels``           prepacked linear weights for multi-row forwards on a CPU
 ``reference``             the paper's algorithm with no cache: the oracle for tests and benchmarks
 ========================  =====================================================================================
 
-A new schedule is one subclass of :class:`Decoder` in its own file plus one entry in :data:`DECODERS`.
+A new schedule or rule is one subclass of :class:`Decoder` in its own file plus one branch of
+:func:`decoder_class`.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ from .base import Decoder, TokenStream, context_limit
 from .cpu_kernels import is_prepacked, prepack_linear_weights, unpack_linear_weights
 from .lockstep import LockstepDecoder
 from .options import (
+    COMBINE_RULES,
     SCHEDULES,
+    Combine,
     DecodingOptions,
     DecodingStats,
     FinishReason,
@@ -41,10 +47,18 @@ from .options import (
     TokenKind,
     TraceEntry,
 )
+from .product import ProductDecoder
 from .speculative import PersonaJudgeDecoder, SpeculativeDecoder
 
 DECODERS: dict[str, type[Decoder]] = {"speculative": SpeculativeDecoder, "lockstep": LockstepDecoder}
-"""The schedules, by ``DecodingOptions.schedule``."""
+"""Persona-judge's schedules, by ``DecodingOptions.schedule``."""
+
+
+def decoder_class(options: DecodingOptions) -> type[Decoder]:
+    """The decoder of resolved ``options``: the weighted product, or Persona-judge on its schedule."""
+    if options.combine == "product":
+        return ProductDecoder
+    return DECODERS[options.schedule]
 
 
 def preferred_schedule(model: PreTrainedModel) -> Schedule:
@@ -63,7 +77,11 @@ def resolve_options(options: DecodingOptions, model: PreTrainedModel) -> Decodin
     """``options`` with ``schedule="auto"`` and ``draft_confidence=None`` decided for ``model``."""
     if options.schedule != "auto" and options.draft_confidence is not None:
         return options
-    schedule = preferred_schedule(model) if options.schedule == "auto" else options.schedule
+    schedule = options.schedule
+    if schedule == "auto":
+        # The product and guidance read every row (and the reference) in one batch: lockstep is their schedule.
+        batched = options.combine == "product" or options.guidance != 1.0
+        schedule = "lockstep" if batched else preferred_schedule(model)
     confidence = options.draft_confidence
     if confidence is None:
         confidence = defaults.draft_confidence_for(schedule)
@@ -75,10 +93,11 @@ def make_decoder(
     prompts: Sequence[torch.Tensor],
     options: DecodingOptions,
     constraint: TokenConstraint | None = None,
+    reference: torch.Tensor | None = None,
 ) -> Decoder:
-    """The decoder of ``options.schedule`` (``auto`` resolved for ``model``)."""
+    """The decoder of ``options`` (``auto`` resolved for ``model``)."""
     options = resolve_options(options, model)
-    return DECODERS[options.schedule](model, prompts, options, constraint)
+    return decoder_class(options)(model, prompts, options, constraint, reference)
 
 
 def _options(options: DecodingOptions | None, kwargs: dict[str, Any]) -> DecodingOptions:
@@ -97,15 +116,18 @@ def stream(
     *,
     options: DecodingOptions | None = None,
     constraint: TokenConstraint | None = None,
+    reference: torch.Tensor | None = None,
     **kwargs: Any,
 ) -> TokenStream:
     """Stream Persona-judge decoding: ``prompts[0]`` drafts first, ``prompts[1]`` judges first.
 
-    Pass a :class:`DecodingOptions` as ``options=``, or its fields as keyword arguments. Bad options or prompts
-    raise before any forward. ``constraint`` (a :class:`TokenConstraint`) restricts the allowed tokens, for
-    drafter and judge alike.
+    Pass a :class:`DecodingOptions` as ``options=``, or its fields as keyword arguments (``combine="product"``,
+    ``weights``, ``guidance``...). Bad options or prompts raise before any forward. ``constraint`` (a
+    :class:`TokenConstraint`) restricts the allowed tokens, for every persona alike. ``reference``: the 1-D token
+    ids of the reference prompt (the conversation with no preference, or a negative one), which ``guidance != 1``
+    (and product weights that do not sum to 1) need.
     """
-    return TokenStream(make_decoder(model, prompts, _options(options, kwargs), constraint))
+    return TokenStream(make_decoder(model, prompts, _options(options, kwargs), constraint, reference))
 
 
 def generate(
@@ -114,18 +136,21 @@ def generate(
     *,
     options: DecodingOptions | None = None,
     constraint: TokenConstraint | None = None,
+    reference: torch.Tensor | None = None,
     **kwargs: Any,
 ) -> Generation:
-    """Decode to the end (EOS or ``max_new_tokens``) and return the :class:`Generation`."""
-    tokens = stream(model, prompts, options=options, constraint=constraint, **kwargs)
+    """Decode to the end (EOS or ``max_new_tokens``) and return the :class:`Generation` (see :func:`stream`)."""
+    tokens = stream(model, prompts, options=options, constraint=constraint, reference=reference, **kwargs)
     for _ in tokens.chunks():
         pass
     return tokens.generation
 
 
 __all__ = [
+    "COMBINE_RULES",
     "DECODERS",
     "SCHEDULES",
+    "Combine",
     "Decoder",
     "DecodingError",
     "DecodingOptions",
@@ -134,6 +159,7 @@ __all__ = [
     "Generation",
     "LockstepDecoder",
     "PersonaJudgeDecoder",
+    "ProductDecoder",
     "Schedule",
     "SpeculativeDecoder",
     "TokenConstraint",
@@ -141,6 +167,7 @@ __all__ = [
     "TokenStream",
     "TraceEntry",
     "context_limit",
+    "decoder_class",
     "generate",
     "is_prepacked",
     "make_decoder",

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 from transformers import (
     LogitsProcessorList,
+    NoRepeatNGramLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
@@ -33,6 +35,34 @@ def build_warpers(temperature: float, top_k: int | None, top_p: float | None) ->
     if top_p is not None and top_p < 1.0:
         warpers.append(TopPLogitsWarper(top_p))
     return warpers
+
+
+def build_processors(repetition_penalty: float | None, no_repeat_ngram_size: int | None) -> LogitsProcessorList:
+    """transformers' repetition controls, applied to every persona's logits alike before any rule combines them.
+
+    They read the answer's tokens so far (the context every row shares), so at a given position every row is
+    changed by the same function and each emitted token still follows the rule's (processed) distribution exactly.
+    """
+    processors = LogitsProcessorList()
+    if repetition_penalty is not None and repetition_penalty != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(repetition_penalty))
+    if no_repeat_ngram_size:
+        processors.append(NoRepeatNGramLogitsProcessor(no_repeat_ngram_size))
+    return processors
+
+
+def process(logits: torch.Tensor, processors: LogitsProcessorList, contexts: list[list[int]]) -> torch.Tensor:
+    """``logits`` (rows, V) with ``processors`` applied, row ``r`` after the answer tokens ``contexts[r]``."""
+    if not processors:
+        return logits
+    scores = logits.float().clone()
+    for row, context in enumerate(contexts):
+        ids = torch.tensor([context], dtype=torch.long, device=scores.device)
+        one = scores[row : row + 1]
+        for processor in processors:
+            one = processor(ids, one)
+        scores[row] = one[0]
+    return scores
 
 
 _FP32_TEMPERATURES = (2.0**-100, 2.0**100)

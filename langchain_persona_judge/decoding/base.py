@@ -22,7 +22,7 @@ import torch
 from transformers import PreTrainedModel
 
 from ..errors import DecodingError
-from .acceptance import build_warpers
+from .acceptance import build_processors, build_warpers, process
 from .options import DecodingOptions, FinishReason, Generation, DecodingStats, TokenConstraint, TokenKind, TraceEntry
 
 
@@ -107,6 +107,7 @@ class Decoder(ABC):
         prompts: Sequence[torch.Tensor],
         options: DecodingOptions,
         constraint: TokenConstraint | None = None,
+        reference: torch.Tensor | None = None,
     ) -> None:
         if isinstance(prompts, torch.Tensor):
             raise TypeError("prompts must be a sequence of 1-D tensors, one per persona, not a single tensor.")
@@ -119,6 +120,24 @@ class Decoder(ABC):
         self.constraint = constraint
         self.device = model.device
         self.prompts: list[list[int]] = [as_prompt(p, i).tolist() for i, p in enumerate(prompts)]
+        if options.needs_reference and reference is None:
+            raise ValueError(
+                f"guidance={options.guidance}"
+                + (f" with weights summing to {sum(options.weights or ())}" if options.guidance == 1.0 else "")
+                + " reads a reference prompt; pass reference= (the token ids of the conversation with no "
+                "preference, or with a negative one)."
+            )
+        self.reference: list[int] | None = (
+            as_prompt(reference, len(self.prompts)).tolist() if reference is not None and options.needs_reference
+            else None
+        )
+        """The reference prompt's ids, when the rule reads one (see :mod:`.combine`)."""
+        if options.weights is not None and len(options.weights) != len(self.prompts):
+            raise ValueError(
+                f"weights has {len(options.weights)} value(s) but there are {len(self.prompts)} persona prompts; "
+                "pass one weight per persona."
+            )
+        self.processors = build_processors(options.repetition_penalty, options.no_repeat_ngram_size)
         self.eos = eos_ids(model, options.eos_token_id)
         self.warpers = build_warpers(options.temperature, options.top_k, options.top_p)
         self.draft_confidence = options.draft_confidence or 0.0
@@ -141,7 +160,7 @@ class Decoder(ABC):
 
     def _budget(self) -> int:
         limit = context_limit(self.model)
-        longest = max(len(p) for p in self.prompts)
+        longest = max(len(p) for p in [*self.prompts, *([self.reference] if self.reference else [])])
         if limit is None:
             return self.options.max_new_tokens
         if longest >= limit:
@@ -165,6 +184,10 @@ class Decoder(ABC):
         self.stats.forward_calls += 1
         self.stats.positions += ids.numel()
         return check_finite(logits)
+
+    def _process(self, logits: torch.Tensor, contexts: list[list[int]]) -> torch.Tensor:
+        """Repetition controls on each row, after that row's answer tokens (see :func:`.acceptance.process`)."""
+        return process(logits, self.processors, contexts) if self.processors else logits
 
     # -- 3. masks -----------------------------------------------------------------------------------------
 

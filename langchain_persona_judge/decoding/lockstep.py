@@ -18,95 +18,28 @@ The trade: the judge no longer scores the λ drafts in one forward of its own; i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
-from transformers import DynamicCache, PreTrainedModel
 
 from .acceptance import to_probs, verify_one
-from .base import Decoder
-from .options import DecodingOptions, TokenConstraint, TokenKind
+from .batch import BatchedDecoder
+from .options import TokenKind
 
 
-class BatchRow:
-    """One persona's row of the batch cache, seen like a speculative persona's own cache (tests, diagnostics)."""
-
-    def __init__(self, decoder: LockstepDecoder, row: int) -> None:
-        self._decoder = decoder
-        self.row = row
-        self.prompt = decoder.prompts[row]
-
-    @property
-    def cached(self) -> int:
-        """Positions of the batch cache (the same for every row: left padding included); 0 once released."""
-        return self._decoder._batch_cache.get_seq_length()
-
-
-class LockstepDecoder(Decoder):
+class LockstepDecoder(BatchedDecoder):
     """Persona-judge decoding with all personas in one batch; one batched forward per emitted token.
 
     ``_iterate`` emits exactly one token per call (drafts are verified as they are drafted), so a stream
-    yields every token as soon as it is decided. One batched ``DynamicCache`` holds every persona's sequence,
-    row ``i`` for ``prompts[i]``.
+    yields every token as soon as it is decided. With ``guidance`` the batch also holds the reference row and
+    each persona's distribution is its guided one (:func:`.combine.guided`).
     """
 
     schedule = "lockstep"
 
-    def __init__(
-        self,
-        model: PreTrainedModel,
-        prompts: Sequence[torch.Tensor],
-        options: DecodingOptions,
-        constraint: TokenConstraint | None = None,
-    ) -> None:
-        super().__init__(model, prompts, options, constraint)
-        lengths = [len(p) for p in self.prompts]
-        width = max(lengths)
-        rows = len(self.prompts)
-        # Left padding keeps every row's last token in the last column, so one new column serves all rows.
-        self._ids = torch.zeros(rows, width, dtype=torch.long)
-        self._attention = torch.zeros(rows, width + self.max_new_tokens, dtype=torch.long, device=self.device)
-        for row, prompt in enumerate(self.prompts):
-            self._ids[row, width - lengths[row] :] = torch.tensor(prompt)
-            self._attention[row, width - lengths[row] :] = 1
-        self._columns = width
-        self._batch_cache = DynamicCache(config=model.config)
-        self._logits: torch.Tensor | None = None
-        """Next-token logits of every persona (rows), once the prompts are read."""
-        self._unfed: int | None = None
-        """The last emitted token, fed to every persona at the start of the next step."""
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
         self._drafts_left: int | None = None
         """Drafts still allowed in the current iteration (None: the next step starts an iteration)."""
         self._roles_now = (0, 0)
-
-    @property
-    def personas(self) -> list[BatchRow]:
-        """Each persona's row of the batch cache."""
-        return [BatchRow(self, row) for row in range(self.n_personas)]
-
-    # -- the batched forward -------------------------------------------------------------------------
-
-    def _batch_forward(self, ids: torch.Tensor, columns: int) -> None:
-        """Feed ``ids`` (rows x new columns) to the batch cache; keep every row's next-token logits."""
-        self._columns += columns
-        attention = self._attention[:, : self._columns]
-        extra = {"attention_mask": attention}
-        if self.forward_signature.takes_positions:
-            # Each row counts positions from its own first real token, whatever its padding.
-            extra["position_ids"] = (attention.cumsum(-1) - 1).clamp(min=0)[:, -columns:]
-        self._logits = self._call_model(ids.to(self.device), self._batch_cache, 1, **extra)[:, -1]
-
-    def _advance_batch(self) -> torch.Tensor:
-        """The logits for the next position: read the prompts first, or feed the last emitted token."""
-        if self._logits is None:
-            self._columns = 0
-            self._batch_forward(self._ids, self._ids.shape[1])
-        elif self._unfed is not None:
-            ids = torch.full((self.n_personas, 1), self._unfed, dtype=torch.long)
-            self._unfed = None
-            self._batch_forward(ids, 1)
-        assert self._logits is not None
-        return self._logits
 
     # -- one step: one emitted token -------------------------------------------------------------------
 
@@ -147,21 +80,14 @@ class LockstepDecoder(Decoder):
             self._roles_now = self._roles(k)
             self._drafts_left = self._draft_budget()
         drafter, judge = self._roles_now
-        logits = self._advance_batch()[[drafter, judge]]
+        logits = self._persona_scores([drafter, judge])
         mask = self._mask()
         token, kind = self._decide(self._apply(logits, [mask, mask]))
         if kind == "bonus":
             self._drafts_left = None
         self._emit(token, drafter, judge, kind, self.stats.iterations - 1)
-        if token not in self.eos:
-            if self.constraint is not None:
-                self.constraint.advance(token)
-            self._unfed = token
+        self._accept(token)
         return [token]
 
-    def release(self) -> None:
-        self._batch_cache = DynamicCache(config=self.model.config)
-        self._logits = None
 
-
-__all__ = ["BatchRow", "LockstepDecoder"]
+__all__ = ["LockstepDecoder"]

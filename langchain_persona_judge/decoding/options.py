@@ -13,11 +13,14 @@ import torch
 
 from .. import defaults
 
-TokenKind = Literal["accepted", "residual", "bonus"]
+TokenKind = Literal["accepted", "residual", "bonus", "combined"]
 FinishReason = Literal["stop", "length"]
 Schedule = Literal["speculative", "lockstep"]
 SCHEDULES: tuple[Schedule, ...] = ("speculative", "lockstep")
 """The concrete schedules; ``DecodingOptions.schedule`` also takes ``"auto"`` (see :func:`.preferred_schedule`)."""
+Combine = Literal["judge", "product"]
+COMBINE_RULES: tuple[Combine, ...] = ("judge", "product")
+"""How the personas' distributions make the emitted token's: Persona-judge, or the weighted product."""
 
 
 @runtime_checkable
@@ -85,9 +88,30 @@ class DecodingOptions:
     emitted token, each draft verified as it is drafted; see :mod:`.lockstep`), or ``auto`` (lockstep where a
     few batch rows cost about one row, see :func:`~langchain_persona_judge.decoding.preferred_schedule`)."""
 
+    combine: Combine = "judge"
+    """``judge``: Persona-judge (the paper's rule; every token follows the current judge's distribution) or
+    ``product``: the weighted product of the personas' distributions (``Σ w_i log p_i``; MOD), one batched
+    forward per token. See :mod:`.combine`."""
+    weights: tuple[float, ...] | None = None
+    """One weight per persona, for ``combine="product"`` (None: uniform, summing to 1). Negative weights steer
+    away from a persona. Persona-judge takes none (its roles rotate evenly)."""
+    guidance: float = 1.0
+    """γ: each persona's distribution becomes ``log p_0 + γ (log p_i − log p_0)`` against the reference prompt
+    (passed as ``reference=``); 1 is the persona itself, above 1 amplifies the preference, below 0 steers away."""
+    repetition_penalty: float | None = None
+    """transformers' repetition penalty over the answer's tokens, applied to every persona's row alike before
+    the rule combines them (None or 1: off; 1.1–1.3 is usual)."""
+    no_repeat_ngram_size: int | None = None
+    """Forbid repeating any n-gram of the answer of this size (None or 0: off), every row alike."""
+
     def __post_init__(self) -> None:
         def fail(name: str, value: Any, need: str) -> None:
             raise ValueError(f"{name}={value!r} is invalid: {need}.")
+
+        if self.weights is not None and not isinstance(self.weights, tuple):
+            if isinstance(self.weights, (str, bytes)) or not hasattr(self.weights, "__iter__"):
+                fail("weights", self.weights, "pass a sequence of numbers, one per persona")
+            object.__setattr__(self, "weights", tuple(self.weights))
 
         if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
             fail("max_new_tokens", self.max_new_tokens, "pass an integer >= 1")
@@ -109,6 +133,37 @@ class DecodingOptions:
             fail("draft_confidence", self.draft_confidence, "pass a probability in [0, 1) (0 turns it off) or None")
         if self.schedule not in (*SCHEDULES, "auto"):
             fail("schedule", self.schedule, f"pass one of {', '.join(map(repr, (*SCHEDULES, 'auto')))}")
+        if self.combine not in COMBINE_RULES:
+            fail("combine", self.combine, f"pass one of {', '.join(map(repr, COMBINE_RULES))}")
+        if not _is_real(self.guidance) or not math.isfinite(self.guidance):
+            fail("guidance", self.guidance, "pass a finite number (1: the personas themselves, above 1: stronger)")
+        if self.weights is not None:
+            if not self.weights or not all(_is_real(w) and math.isfinite(w) for w in self.weights):
+                fail("weights", self.weights, "pass one finite number per persona")
+            if self.combine == "judge":
+                fail("weights", self.weights, "weights apply to combine='product'; Persona-judge rotates its "
+                     "roles evenly (pass combine='product', or leave weights unset)")
+        if self.combine == "product" and self.schedule == "speculative":
+            fail("schedule", self.schedule, "combine='product' reads every persona in one batched forward per "
+                 "token; pass schedule='lockstep' or 'auto'")
+        if self.guidance != 1.0 and self.schedule == "speculative":
+            fail("schedule", self.schedule, "guidance reads the reference prompt in the same batched forward as "
+                 "the personas; pass schedule='lockstep' or 'auto'")
+        if self.repetition_penalty is not None and not (
+            _is_real(self.repetition_penalty) and 0 < self.repetition_penalty < math.inf
+        ):
+            fail("repetition_penalty", self.repetition_penalty, "pass a finite number > 0 (1 or None: off)")
+        if self.no_repeat_ngram_size is not None and (
+            not _is_int(self.no_repeat_ngram_size) or self.no_repeat_ngram_size < 0
+        ):
+            fail("no_repeat_ngram_size", self.no_repeat_ngram_size, "pass an integer >= 0 (0 or None: off)")
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether the rule reads a reference prompt (γ ≠ 1, or product weights that do not sum to 1)."""
+        if self.guidance != 1.0:
+            return True
+        return self.combine == "product" and self.weights is not None and abs(sum(self.weights) - 1.0) > 1e-9
 
     @classmethod
     def from_kwargs(cls, options: dict[str, Any]) -> DecodingOptions:
@@ -196,7 +251,9 @@ class Generation:
 
 
 __all__ = [
+    "COMBINE_RULES",
     "SCHEDULES",
+    "Combine",
     "DecodingOptions",
     "DecodingStats",
     "FinishReason",

@@ -60,8 +60,9 @@ class SpeculativeDecoder(Decoder):
         prompts: Sequence[torch.Tensor],
         options: DecodingOptions,
         constraint: TokenConstraint | None = None,
+        reference: torch.Tensor | None = None,
     ) -> None:
-        super().__init__(model, prompts, options, constraint)
+        super().__init__(model, prompts, options, constraint, reference)
         self.personas = [PersonaCache(prompt, model) for prompt in self.prompts]
 
     def _forward(self, persona: PersonaCache, tokens: list[int], keep: int) -> torch.Tensor:
@@ -83,7 +84,8 @@ class SpeculativeDecoder(Decoder):
         for i in range(count):
             feed = drafter.pending(self.token_ids) if i == 0 else [drafts[-1]]
             masks.append(self._mask())
-            logits = self._apply(self._forward(drafter, feed, keep=1), masks[-1:])
+            logits = self._process(self._forward(drafter, feed, keep=1), [self.token_ids + drafts])
+            logits = self._apply(logits, masks[-1:])
             if self.generator is None:
                 token = int(logits[-1].argmax())
                 doubt = self.draft_confidence > 0 and self._doubts(
@@ -104,7 +106,8 @@ class SpeculativeDecoder(Decoder):
 
     def _judge(self, judge: PersonaCache, drafts: list[int], dists: list[torch.Tensor], masks) -> Verdict:
         """The judge reads every draft in one forward and accepts a prefix of them."""
-        logits = self._apply(self._forward(judge, judge.pending(self.token_ids) + drafts, keep=len(drafts) + 1), masks)
+        logits = self._forward(judge, judge.pending(self.token_ids) + drafts, keep=len(drafts) + 1)
+        logits = self._apply(self._process(logits, [self.token_ids + drafts[:i] for i in range(len(drafts) + 1)]), masks)
         draft_ids = torch.tensor(drafts, dtype=torch.long, device=self.device)
         if self.generator is None:
             return greedy_verdict(draft_ids, logits)

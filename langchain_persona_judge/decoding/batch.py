@@ -1,0 +1,113 @@
+"""What the batched rules share: every persona (and the reference prompt, when the rule reads one) as one row
+of a left-padded batch, advanced together by one forward per emitted token.
+
+Left padding keeps every row's last token in the last column, so one new column serves all rows; each row counts
+positions from its own first real token. :class:`~.lockstep.LockstepDecoder` (Persona-judge) and
+:class:`~.product.ProductDecoder` (the weighted product) build on this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+from . import combine
+from .base import Decoder
+from .options import DecodingOptions, TokenConstraint
+
+
+class BatchRow:
+    """One persona's row of the batch cache, seen like a speculative persona's own cache (tests, diagnostics)."""
+
+    def __init__(self, decoder: LockstepDecoder, row: int) -> None:
+        self._decoder = decoder
+        self.row = row
+        self.prompt = decoder.prompts[row]
+
+    @property
+    def cached(self) -> int:
+        """Positions of the batch cache (the same for every row: left padding included); 0 once released."""
+        return self._decoder._batch_cache.get_seq_length()
+
+
+class BatchedDecoder(Decoder):
+    """Rows ``0..K-1`` are the personas, row ``K`` the reference prompt (when the rule reads one); one batched
+    ``DynamicCache`` holds them all."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        prompts: Sequence[torch.Tensor],
+        options: DecodingOptions,
+        constraint: TokenConstraint | None = None,
+        reference: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__(model, prompts, options, constraint, reference)
+        rows = [*self.prompts, *([self.reference] if self.reference is not None else [])]
+        lengths = [len(p) for p in rows]
+        width = max(lengths)
+        self._ids = torch.zeros(len(rows), width, dtype=torch.long)
+        self._attention = torch.zeros(len(rows), width + self.max_new_tokens, dtype=torch.long, device=self.device)
+        for row, prompt in enumerate(rows):
+            self._ids[row, width - lengths[row] :] = torch.tensor(prompt)
+            self._attention[row, width - lengths[row] :] = 1
+        self._columns = width
+        self._batch_cache = DynamicCache(config=model.config)
+        self._logits: torch.Tensor | None = None
+        """Next-token logits of every row, once the prompts are read."""
+        self._unfed: int | None = None
+        """The last emitted token, fed to every row at the start of the next step."""
+
+    @property
+    def personas(self) -> list[BatchRow]:
+        """Each persona's row of the batch cache."""
+        return [BatchRow(self, row) for row in range(self.n_personas)]
+
+    def _batch_forward(self, ids: torch.Tensor, columns: int) -> None:
+        """Feed ``ids`` (rows x new columns) to the batch cache; keep every row's next-token logits."""
+        self._columns += columns
+        attention = self._attention[:, : self._columns]
+        extra = {"attention_mask": attention}
+        if self.forward_signature.takes_positions:
+            # Each row counts positions from its own first real token, whatever its padding.
+            extra["position_ids"] = (attention.cumsum(-1) - 1).clamp(min=0)[:, -columns:]
+        self._logits = self._call_model(ids.to(self.device), self._batch_cache, 1, **extra)[:, -1]
+
+    def _advance_batch(self) -> torch.Tensor:
+        """The logits of every row for the next position: read the prompts first, or feed the last token."""
+        if self._logits is None:
+            self._columns = 0
+            self._batch_forward(self._ids, self._ids.shape[1])
+        elif self._unfed is not None:
+            ids = torch.full((self._ids.shape[0], 1), self._unfed, dtype=torch.long)
+            self._unfed = None
+            self._batch_forward(ids, 1)
+        assert self._logits is not None
+        return self._logits
+
+    def _persona_scores(self, rows: list[int]) -> torch.Tensor:
+        """The next-token scores of persona ``rows``: repetition controls applied, then guided against the
+        reference row when the rule reads one (``guidance``), else the raw logits."""
+        logits = self._advance_batch()
+        if self.processors:
+            logits = self._process(logits, [self.token_ids] * logits.shape[0])
+        chosen = logits[rows]
+        if self.reference is None:
+            return chosen
+        return combine.guided(chosen, logits[self.n_personas], self.options.guidance)
+
+    def _accept(self, token: int) -> None:
+        """After ``_emit``: advance the constraint and feed the token to every row at the next step."""
+        if token not in self.eos:
+            if self.constraint is not None:
+                self.constraint.advance(token)
+            self._unfed = token
+
+    def release(self) -> None:
+        self._batch_cache = DynamicCache(config=self.model.config)
+        self._logits = None
+
+
+__all__ = ["BatchRow", "BatchedDecoder"]
