@@ -66,7 +66,7 @@ bench: $(STAMP)
 # The chat app on the embedded model: http://127.0.0.1:$PORT/ (PORT defaults to 8000; see examples/chat_app/README.md).
 .PHONY: chat
 chat: $(STAMP)
-	$(PY) examples/chat_app/server.py
+	$(PY) -m examples.chat_app.server
 
 clean:
 	rm -rf $(VENV) build *.egg-info

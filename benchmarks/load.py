@@ -8,9 +8,10 @@ Run it from the repository root, as a module.
 
 What it does:
 
-1. Starts the app (``python -m examples.chat_app.server``) on a free loopback port with a throw-away database,
-   greedy decoding (CHAT_TEMPERATURE=0), ``--max-tokens`` per answer and ``--max-concurrent`` decoding slots
-   (or uses ``--url``; then every request still asks for temperature 0 and ``--max-tokens`` itself).
+1. Starts the app (``python -m examples.chat_app.server``) on a free loopback port with a throw-away
+   database, greedy decoding (CHAT_TEMPERATURE=0), ``--max-tokens`` per answer, ``--max-concurrent`` decoding
+   slots and room for every client in the model's admission queue (MAX_QUEUE), or uses ``--url``; then every
+   request still asks for temperature 0 and ``--max-tokens`` itself.
 2. References: ``--scripts`` distinct two-turn conversations (a question, a follow-up, a pair of personas) are
    each run once, alone, through the same app. Greedy decoding is deterministic, so these are the answers.
 3. Load: ``--clients`` clients, each in a loop until ``--duration`` has passed: open a new conversation, send
@@ -143,6 +144,8 @@ class ManagedServer:
             "CHAT_MAX_TOKENS": str(args.max_tokens),
             "CHAT_TEMPERATURE": "0",
             "MAX_CONCURRENT": str(args.max_concurrent),
+            # Every client may wait at once (plus the disconnected ones that still hold a place): none is refused.
+            "MAX_QUEUE": str(2 * args.clients),
             "LOG_LEVEL": "warning",
         }
         self.log_path = workdir / "server.log"
@@ -553,6 +556,7 @@ def load_report(args: argparse.Namespace, outcome: LoadRun, server: ManagedServe
         "settings": {
             "max_tokens": args.max_tokens,
             "max_concurrent": config.get("max_concurrent"),
+            "max_queue": config.get("max_queue"),
             "model": config.get("model"),
             "scripts": len(outcome.plan),
             "turns": args.turns,

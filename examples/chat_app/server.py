@@ -2,8 +2,8 @@
 
 Run it (from the repository root):
 
-    make chat                                   # installs the `app` extra once, then serves on $PORT (8000)
-    .venv/bin/python examples/chat_app/server.py   # the same, without the install step
+    make chat                                       # installs the `app` extra once, then serves on $PORT (8000)
+    .venv/bin/python -m examples.chat_app.server    # the same, without the install step
 
 and open http://127.0.0.1:8000/. Configuration (environment variables):
 
@@ -14,8 +14,9 @@ and open http://127.0.0.1:8000/. Configuration (environment variables):
     CHAT_MAX_TOKENS_CAP  the most tokens a request may ask for (default 1024)
     CHAT_TEMPERATURE     temperature when a request does not set one (default 0.7; 0 = greedy)
     CHAT_HISTORY         how many earlier messages of the conversation the model sees (default 16)
-    MAX_CONCURRENT       generations decoded at once; the others wait in a first-come first-served queue
-                         (default 2: one model, a few CPU cores)
+    MAX_CONCURRENT       generations decoded at once; the others wait in the model's first-come first-served
+                         admission queue (default 2: one model, a few CPU cores)
+    MAX_QUEUE            generations that may wait in that queue; one more is refused with HTTP 429 (default 16)
     CHAT_MODEL           model to serve (default: $PERSONA_JUDGE_MODEL, else the embedded SmolLM2-135M-Instruct)
     CHAT_TORCH_THREADS   torch intra-op threads per generation (default: CPU cores // MAX_CONCURRENT, at least 1:
                          on a few cores, concurrent generations with many threads each mostly wait for each other)
@@ -32,18 +33,26 @@ HTTP API (JSON unless said otherwise):
     DELETE /api/sessions/{id}           forget a conversation
     POST /api/sessions/{id}/messages    {"content", "personas": [names], "preferences": [texts], "temperature"?,
                                         "seed"?, "max_tokens"?} -> text/event-stream of events:
-                                        queued, start, token ({"text"}), done (usage, stats, timings) or error
+                                        queued, start, token ({"text"}), done (usage, stats, timings) or error;
+                                        429 when the model's admission queue is full
     GET  /api/generations/{id}          one generation's state (queued/running/completed/cancelled/error) and
                                         whether its decoding thread is still running
-    GET  /api/stats                     running/queued generations, decoding threads busy, totals, memory
+    GET  /api/stats                     running/queued generations, decoding threads busy, the admission queue,
+                                        totals, memory
     GET  /healthz                       liveness
 
+Admission: the library's own queue (``ChatPersonaJudge(max_concurrency=MAX_CONCURRENT, max_queue=MAX_QUEUE)``,
+one FIFO queue per model) decides which generations decode and which wait; a generation is ``queued`` until
+its first chunk arrives. Decoding runs in this app's executor (``ChatPersonaJudge(executor=...)``), which
+records, per generation, when its thread starts and returns (``/api/generations/{id}`` -> ``worker_running``;
+``/api/stats`` -> ``decoding_threads``); a generation's thread waits in the admission queue, then decodes.
+
 Disconnects: when the client goes away (closed tab, Stop button, dropped connection), the generation's task is
-cancelled; that closes the model's ``astream`` (which tells its decoding thread to stop at its next chunk), and
-the generation keeps its queue slot until the decoding thread has really returned, so a disconnected client
-never leaves work running behind it. Every decoding thread is observed: the event loop's default executor
-(where ``ChatPersonaJudge.astream`` runs decoding) is wrapped to record, per generation, when its thread starts
-and returns (``/api/generations/{id}`` -> ``worker_running``; ``/api/stats`` -> ``decoding_threads``).
+cancelled; that closes the model's ``astream``, which tells its thread to stop at its next chunk. The
+generation is marked cancelled at once; its slot in the admission queue is the library's, held until that
+thread has really returned, so nothing decodes beside the next generation for a client that left. A thread
+that was still waiting for a slot leaves when it gets one, after one decoding step (the library's queue does
+not watch for the cancellation while it waits).
 """
 
 from __future__ import annotations
@@ -71,11 +80,14 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from pydantic import BaseModel, Field
 
+from langchain_persona_judge import QueueFullError
+
 HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
 DEFAULT_DB = HERE / "chat.db"
 HEARTBEAT_S = 2.0  # an SSE comment this often while nothing else is sent: keeps proxies open, notices dead peers
-WORKER_GRACE_S = 60.0  # how long a cancelled generation waits for its decoding thread before it is reported stuck
+SHUTDOWN_GRACE_S = 60.0  # how long shutdown waits for the generations' tasks to end
+RETRY_AFTER_S = 5  # what a refused request (HTTP 429, the admission queue is full) is told to wait
 SESSION_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -112,6 +124,7 @@ class Settings:
     temperature: float = 0.7
     history: int = 16
     max_concurrent: int = 2
+    max_queue: int = 16
     model: str | None = None
     torch_threads: int | None = None  # None: leave torch's setting alone
     preload: bool = True
@@ -127,6 +140,7 @@ class Settings:
             temperature=_env_float("CHAT_TEMPERATURE", 0.7),
             history=_env_int("CHAT_HISTORY", 16, 0),
             max_concurrent=max_concurrent,
+            max_queue=_env_int("MAX_QUEUE", 16, 0),
             model=os.environ.get("CHAT_MODEL") or None,
             torch_threads=threads,
             preload=os.environ.get("CHAT_PRELOAD", "1").strip().lower() not in ("0", "false", "no", ""),
@@ -289,11 +303,7 @@ class Generation:
     worker_threads_live: int = 0
     worker_returned_at: float | None = None
     events: asyncio.Queue[tuple[str | None, dict[str, Any]]] = field(default_factory=asyncio.Queue)
-    worker_idle: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
-
-    def __post_init__(self) -> None:
-        self.worker_idle.set()
 
     def publish(self, name: str | None, data: dict[str, Any] | None = None) -> None:
         self.events.put_nowait((name, data or {}))
@@ -327,25 +337,28 @@ class Generation:
 
 
 class TrackingExecutor(ThreadPoolExecutor):
-    """The event loop's default executor, recording which generation each job belongs to.
+    """The executor the chat model decodes in (``ChatPersonaJudge(executor=...)``), recording which generation
+    each job belongs to.
 
-    ``ChatPersonaJudge.astream`` decodes in ``loop.run_in_executor(None, ...)``; ``submit`` runs on the event
-    loop thread inside the generation's task, so ``CURRENT_GENERATION`` names the generation whose decoding
+    ``ChatPersonaJudge.astream`` submits its worker with ``loop.run_in_executor(executor, ...)``; ``submit`` runs
+    on the event loop thread inside the generation's task, so ``CURRENT_GENERATION`` names the generation whose
     thread this is. The counts are only touched on the event loop thread.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, max_workers: int) -> None:
+    def __init__(self, max_workers: int) -> None:
         super().__init__(max_workers=max_workers, thread_name_prefix="chat-decode")
-        self._loop = loop
         self.live = 0
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         gen = CURRENT_GENERATION.get()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not from the event loop: nothing to record
+            gen = None
         if gen is None:
             return super().submit(fn, *args, **kwargs)
         gen.worker_threads_started += 1
         gen.worker_threads_live += 1
-        gen.worker_idle.clear()
         self.live += 1
 
         def returned() -> None:
@@ -353,14 +366,13 @@ class TrackingExecutor(ThreadPoolExecutor):
             gen.worker_threads_live -= 1
             if gen.worker_threads_live == 0:
                 gen.worker_returned_at = time.monotonic()
-                gen.worker_idle.set()
 
         def run() -> Any:
             try:
                 return fn(*args, **kwargs)
             finally:
                 try:
-                    self._loop.call_soon_threadsafe(returned)
+                    loop.call_soon_threadsafe(returned)
                 except RuntimeError:  # the loop is closed (server shutting down)
                     pass
 
@@ -379,7 +391,7 @@ class MessageIn(BaseModel):
 
 
 class ChatService:
-    """Everything the endpoints share: the model, the store, the admission queue, the generations."""
+    """Everything the endpoints share: the model (with its admission queue), the store, the generations."""
 
     def __init__(self, settings: Settings) -> None:
         from langchain_persona_judge import ChatPersonaJudge
@@ -391,47 +403,64 @@ class ChatService:
 
             torch.set_num_threads(settings.torch_threads)
         self.registry = PersonaRegistry.default()
+        # One thread per generation the admission queue holds (decoding or waiting), and a few to spare for
+        # threads that are returning.
+        self.executor = TrackingExecutor(max_workers=settings.max_concurrent + settings.max_queue + 4)
+        model = {"model": settings.model} if settings.model else {}  # else $PERSONA_JUDGE_MODEL, else embedded
         self.llm = ChatPersonaJudge(
-            model=settings.model, temperature=settings.temperature, max_tokens=settings.max_tokens
+            **model, temperature=settings.temperature, max_tokens=settings.max_tokens,
+            max_concurrency=settings.max_concurrent, max_queue=settings.max_queue, executor=self.executor,
         )
         self.store = Store(settings.db_path)
         self.generations: OrderedDict[str, Generation] = OrderedDict()
         self.started_at = time.time()
         self.totals = {"completed": 0, "cancelled": 0, "errors": 0, "output_tokens": 0}
-        self._semaphore: asyncio.Semaphore | None = None
-        self._executors: dict[int, TrackingExecutor] = {}
+        self._admission: Any = None  # the model's admission queue, once its weights are loaded
         self._session_locks: dict[str, list[Any]] = {}  # session id -> [lock, users]
         self._tasks: set[asyncio.Task[None]] = set()
 
-    # -- runtime pieces bound to the running event loop
-
-    def _loop_setup(self) -> TrackingExecutor:
-        loop = asyncio.get_running_loop()
-        executor = self._executors.get(id(loop))
-        if executor is None:
-            executor = TrackingExecutor(loop, max_workers=self.settings.max_concurrent + 4)
-            loop.set_default_executor(executor)
-            self._executors = {id(loop): executor}
-            self._semaphore = asyncio.Semaphore(self.settings.max_concurrent)
-        return executor
-
-    @property
-    def semaphore(self) -> asyncio.Semaphore:
-        self._loop_setup()
-        assert self._semaphore is not None
-        return self._semaphore
-
     async def preload(self) -> None:
         """Load the weights (and warm the first forward) before the first request."""
-        self._loop_setup()
         await self.llm.ainvoke("Hi", max_tokens=1, temperature=0)
+        self._note_admission_queue()
 
     async def shutdown(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
-            await asyncio.wait(self._tasks, timeout=WORKER_GRACE_S)
+            await asyncio.wait(self._tasks, timeout=SHUTDOWN_GRACE_S)
+        self.executor.shutdown(wait=False, cancel_futures=True)
         self.store.close()
+
+    # -- the library's admission queue
+
+    def _note_admission_queue(self) -> None:
+        """Keep a handle on the served model's admission queue (its weights are loaded by now)."""
+        if self._admission is None:
+            from langchain_persona_judge import shared_model
+            from langchain_persona_judge.runtime import admission_queue
+
+            model, _ = shared_model(self.llm.model_name, device=self.llm.device, dtype=self.llm.dtype)
+            self._admission = admission_queue(model)
+
+    def admission(self) -> dict[str, Any] | None:
+        """The admission queue's state: decoding, waiting, and its limits (None before the model is loaded)."""
+        queue = self._admission
+        if queue is None:
+            return None
+        return {"running": queue.running, "waiting": queue.waiting, "max_concurrency": self.settings.max_concurrent,
+                "max_queue": self.settings.max_queue}
+
+    def refuse_if_full(self) -> None:
+        """HTTP 429 when the admission queue is full: every slot decoding and MAX_QUEUE generations waiting."""
+        state = self.admission()
+        if state and state["running"] >= state["max_concurrency"] and state["waiting"] >= state["max_queue"]:
+            raise HTTPException(
+                429,
+                f"The model is busy: {state['running']} answers are being decoded and {state['waiting']} are "
+                f"waiting, the most this server queues (MAX_QUEUE={state['max_queue']}). Retry in a moment.",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
 
     # -- personas
 
@@ -458,13 +487,14 @@ class ChatService:
     # -- generations
 
     def stats(self) -> dict[str, Any]:
-        executor = self._executors.get(id(asyncio.get_running_loop()))
         states = [g.state for g in self.generations.values()]
         return {
             "max_concurrent": self.settings.max_concurrent,
+            "max_queue": self.settings.max_queue,
             "running": states.count("running"),
             "queued": states.count("queued"),
-            "decoding_threads": executor.live if executor else 0,
+            "decoding_threads": self.executor.live,
+            "admission": self.admission(),
             **self.totals,
             "peak_rss_mb": round(_peak_rss_bytes() / 2**20, 1),
             "rss_mb": round(_rss_bytes() / 2**20, 1),
@@ -481,7 +511,6 @@ class ChatService:
             del self.generations[oldest_id]
 
     def start(self, session_id: str, body: MessageIn, preferences: list[str]) -> Generation:
-        self._loop_setup()
         gen = Generation(id=uuid.uuid4().hex, session_id=session_id)
         self._remember(gen)
         task = asyncio.get_running_loop().create_task(self._run(gen, body, preferences))
@@ -526,72 +555,70 @@ class ChatService:
 
     async def _run(self, gen: Generation, body: MessageIn, preferences: list[str]) -> None:
         CURRENT_GENERATION.set(gen)  # this task's own context: tags the decoding thread(s) astream starts
-        store = self.store
         meta: dict[str, Any] = {"generation_id": gen.id}
         try:
             async with self._turn(gen.session_id):
-                gen.user_message_id = await store.add_message(
+                gen.user_message_id = await self.store.add_message(
                     gen.session_id, "user", body.content, personas=body.personas, preferences=body.preferences,
                     meta={"generation_id": gen.id},
                 )
                 context = await self._context(gen.session_id)
-                semaphore = self.semaphore
                 ahead = sum(1 for g in self.generations.values() if g.state == "queued" and g is not gen)
                 gen.publish("queued", {"generation_id": gen.id, "session_id": gen.session_id,
                                        "user_message_id": gen.user_message_id, "waiting_ahead": ahead})
-                await semaphore.acquire()
-                try:
-                    gen.state = "running"
-                    gen.started = time.monotonic()
-                    gen.publish("start", {"generation_id": gen.id, "queue_wait_s": round(gen.started - gen.created, 4)})
-                    final = await self._decode(gen, context, body, preferences)
-                    gen.decoded = True
-                finally:
-                    # Hold the slot until the decoding thread has really returned (a cancelled astream stops it
-                    # at its next chunk), so the next generation never shares the CPU with a leftover one.
-                    await self._wait_worker(gen)
-                    semaphore.release()
-                metadata = final.get("response_metadata", {})
-                usage = final.get("usage_metadata") or {}
-                gen.output_tokens = int(usage.get("output_tokens", gen.pieces))
-                meta.update(self._timings(gen), finish_reason=metadata.get("finish_reason"), usage=usage,
-                            persona_judge=metadata.get("persona_judge"), preferences_used=preferences)
-                gen.message_id = await store.add_message(
-                    gen.session_id, "assistant", "".join(gen.text), personas=body.personas,
-                    preferences=body.preferences, meta=meta,
-                )
-                gen.state = "completed"
-                self.totals["completed"] += 1
-                self.totals["output_tokens"] += gen.output_tokens
-                gen.publish("done", {"generation_id": gen.id, "message_id": gen.message_id,
-                                     "session_id": gen.session_id, **meta})
+                final = await self._decode(gen, context, body, preferences)
+                gen.decoded = True
+                await self._complete(gen, body, preferences, final, meta)
         except asyncio.CancelledError:
             gen.state = "cancelled"
             gen.cancel_reason = gen.cancel_reason or "server shutdown"
             self.totals["cancelled"] += 1
             if gen.user_message_id is not None:  # keep what was said; the partial answer is marked cancelled
                 meta.update(self._timings(gen), cancel_reason=gen.cancel_reason)
-                gen.message_id = await store.add_message(
-                    gen.session_id, "assistant", "".join(gen.text), status="cancelled", personas=body.personas,
-                    preferences=body.preferences, meta=meta,
-                )
+                await self._store_answer(gen, body, meta, status="cancelled")
         except Exception as exc:  # noqa: BLE001 - reported to the client and kept with the conversation
-            gen.state = "error"
-            gen.error = f"{type(exc).__name__}: {exc}"
-            self.totals["errors"] += 1
-            gen.publish("error", {"generation_id": gen.id, "type": type(exc).__name__, "message": str(exc)})
-            if gen.user_message_id is not None:
-                meta.update(self._timings(gen), error=gen.error)
-                try:
-                    gen.message_id = await store.add_message(
-                        gen.session_id, "assistant", "".join(gen.text), status="error", personas=body.personas,
-                        preferences=body.preferences, meta=meta,
-                    )
-                except Exception:  # noqa: BLE001
-                    pass
+            await self._fail(gen, body, meta, exc)
         finally:
             gen.finished = time.monotonic()
             gen.publish(None)
+
+    async def _complete(self, gen: Generation, body: MessageIn, preferences: list[str], final: dict[str, Any],
+                        meta: dict[str, Any]) -> None:
+        """Store the whole answer with its usage and timings, and tell the client."""
+        metadata = final.get("response_metadata", {})
+        usage = final.get("usage_metadata") or {}
+        gen.output_tokens = int(usage.get("output_tokens", gen.pieces))
+        meta.update(self._timings(gen), finish_reason=metadata.get("finish_reason"), usage=usage,
+                    persona_judge=metadata.get("persona_judge"), preferences_used=preferences)
+        await self._store_answer(gen, body, meta)
+        gen.state = "completed"
+        self.totals["completed"] += 1
+        self.totals["output_tokens"] += gen.output_tokens
+        gen.publish("done", {"generation_id": gen.id, "message_id": gen.message_id, "session_id": gen.session_id,
+                             **meta})
+
+    async def _fail(self, gen: Generation, body: MessageIn, meta: dict[str, Any], exc: Exception) -> None:
+        """Report an error to the client (a full admission queue as status 429) and keep it with the conversation."""
+        gen.state = "error"
+        gen.error = f"{type(exc).__name__}: {exc}"
+        self.totals["errors"] += 1
+        event = {"generation_id": gen.id, "type": type(exc).__name__, "message": str(exc)}
+        if isinstance(exc, QueueFullError):  # refused by the library after the request was accepted here
+            event["status"] = 429
+        gen.publish("error", event)
+        if gen.user_message_id is not None:
+            meta.update(self._timings(gen), error=gen.error)
+            try:
+                await self._store_answer(gen, body, meta, status="error")
+            except Exception:  # noqa: BLE001
+                pass
+
+    async def _store_answer(self, gen: Generation, body: MessageIn, meta: dict[str, Any],
+                            status: str = "complete") -> None:
+        gen.message_id = await self.store.add_message(
+            gen.session_id, "assistant", "".join(gen.text), status=status, personas=body.personas,
+            preferences=body.preferences, meta=meta,
+        )
 
     async def _decode(self, gen: Generation, context: list[BaseMessage], body: MessageIn,
                       preferences: list[str]) -> dict[str, Any]:
@@ -606,6 +633,8 @@ class ChatService:
         stream = self.llm.astream(context, **options)
         try:
             async for chunk in stream:
+                if gen.state == "queued":  # the admission queue let it in, and it has read its prompt
+                    self._started(gen)
                 text = chunk.content if isinstance(chunk.content, str) else ""
                 if text:
                     if gen.first_token is None:
@@ -623,24 +652,12 @@ class ChatService:
             await stream.aclose()
         return final
 
-    @staticmethod
-    async def _wait_worker(gen: Generation) -> None:
-        """Wait (even through a cancellation, re-raised afterwards) until the generation's decoding thread returned."""
-        deadline = time.monotonic() + WORKER_GRACE_S
-        interrupted = False
-        while not gen.worker_idle.is_set():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                gen.error = f"decoding thread still running {WORKER_GRACE_S:.0f} s after the generation ended"
-                break
-            try:
-                await asyncio.wait_for(gen.worker_idle.wait(), timeout=left)
-            except asyncio.CancelledError:
-                interrupted = True
-            except asyncio.TimeoutError:
-                pass
-        if interrupted:
-            raise asyncio.CancelledError
+    def _started(self, gen: Generation) -> None:
+        """The first chunk: the generation left the admission queue (the library does not say exactly when)."""
+        gen.state = "running"
+        gen.started = time.monotonic()
+        gen.publish("start", {"generation_id": gen.id, "queue_wait_s": round(gen.started - gen.created, 4)})
+        self._note_admission_queue()
 
     @staticmethod
     def _timings(gen: Generation) -> dict[str, Any]:
@@ -736,7 +753,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "max_tokens_cap": settings.max_tokens_cap,
             "temperature": settings.temperature,
             "max_concurrent": settings.max_concurrent,
-            "model": service.llm._display_name(service.llm.model_name),
+            "max_queue": settings.max_queue,
+            "model": service.llm.display_name,
         }
 
     @app.get("/api/personas")
@@ -770,6 +788,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(422, f"max_tokens={body.max_tokens} is over this server's cap of "
                                      f"{settings.max_tokens_cap} (CHAT_MAX_TOKENS_CAP).")
         preferences = service.resolve_preferences(body)
+        service.refuse_if_full()
         gen = service.start(session_id, body, preferences)
         return StreamingResponse(
             _event_stream(service, gen),

@@ -2,10 +2,12 @@
 
 - In-process (httpx's ASGI transport, no socket): pages and JSON endpoints, request validation, an answer
   streamed as server-sent events and stored, a second turn that sees the first, two conversations at once that
-  do not mix (each answer equals the same conversation decoded alone, greedy).
-- A real server (uvicorn in a subprocess, its own SQLite file): a client that disconnects mid-answer, and one
-  that disconnects while queued, both free their work (the decoding thread returns, the slot is reused); the
-  page driven in headless Chromium streams an answer; a restart keeps every conversation.
+  do not mix (each answer equals the same conversation decoded alone, greedy), a full admission queue refused
+  with HTTP 429.
+- A real server (``python -m examples.chat_app.server`` in a subprocess, its own SQLite file): a client that
+  disconnects mid-answer, and one that disconnects while queued, both free their work (the decoding thread
+  returns, the slot is reused); the page driven in headless Chromium streams an answer; a restart keeps every
+  conversation.
 
 Answers are kept short (CHAT_APP_TEST_MAX_TOKENS, default 12): the machine's CPUs are shared. The browser test
 needs Debian's chromium (scripts/install-browser.sh installs it; CI runs that script first) and is skipped, with
@@ -15,6 +17,7 @@ the reason, only when no chromium can be found.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import importlib.util
 import json
 import os
@@ -34,7 +37,7 @@ import pytest
 pytestmark = pytest.mark.embedded
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVER = ROOT / "examples" / "chat_app" / "server.py"
+SERVER = "examples.chat_app.server"
 MAX_TOKENS = int(os.environ.get("CHAT_APP_TEST_MAX_TOKENS", "12"))
 LONG = 400  # an answer length that would take minutes: a disconnect must stop it long before
 PERSONAS = ["concise", "friendly"]
@@ -45,19 +48,21 @@ CHROMIUM_ARGS = [
 
 
 def _server_module() -> Any:
-    """examples/chat_app/server.py, imported by path (``examples`` is no package)."""
-    name = "chat_app_server"
+    """The chat app's module, ``examples.chat_app.server`` (the repository root is on sys.path under pytest)."""
     for needed in ("fastapi", "uvicorn"):
         if importlib.util.find_spec(needed) is None:
             pytest.fail(f"the chat app needs {needed}, from the project's `app` extra: "
                         f".venv/bin/pip install -e '.[dev,app]' (make chat does it)")
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, SERVER)
-        assert spec and spec.loader
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return importlib.import_module(SERVER)
+
+
+def _reset_admission_queue() -> None:
+    """Leave the shared embedded model's admission queue unlimited, as the other test modules expect: the app's
+    ChatPersonaJudge configured it (one queue per model, shared by every instance)."""
+    from langchain_persona_judge import shared_model
+    from langchain_persona_judge.runtime import admission_queue
+
+    admission_queue(shared_model()[0]).configure(None, None)
 
 
 def parse_sse(text: str) -> list[tuple[str, dict[str, Any]]]:
@@ -105,6 +110,7 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     application = server.create_app(settings)
     yield application
     application.state.service.store.close()
+    _reset_admission_queue()
 
 
 @pytest.fixture
@@ -233,6 +239,34 @@ async def test_concurrent_conversations_do_not_mix(client: httpx.AsyncClient, re
     assert stats["completed"] >= 3 and stats["errors"] == 0
 
 
+async def test_a_full_admission_queue_is_refused_with_429(tmp_path: Path) -> None:
+    # One slot and no room to wait: while one answer decodes, the next message is refused before it is stored.
+    server = _server_module()
+    settings = server.Settings(db_path=tmp_path / "chat.db", max_tokens=MAX_TOKENS, max_tokens_cap=64,
+                               temperature=0.0, max_concurrent=1, max_queue=0, preload=False)
+    application = server.create_app(settings)
+    service = application.state.service
+    try:
+        await service.preload()  # loads the weights, so the app knows the model's admission queue
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url="http://chat.test") as c:
+            first, second = await _new_session(c), await _new_session(c)
+            busy = asyncio.create_task(_ask(c, first, "Tell me a story about a dragon.", max_tokens=48))
+            deadline = time.monotonic() + 120
+            while (await c.get("/api/stats")).json()["running"] == 0:
+                assert not busy.done() and time.monotonic() < deadline, "the first answer never started"
+                await asyncio.sleep(0.05)
+            refused = await c.post(f"/api/sessions/{second}/messages", json={"content": "Hi", "personas": PERSONAS})
+            assert refused.status_code == 429 and refused.headers["retry-after"]
+            assert "MAX_QUEUE=0" in refused.json()["detail"]
+            assert (await c.get(f"/api/sessions/{second}")).json()["messages"] == []  # nothing was stored
+            assert (await busy)[-1][0] == "done"
+            stats = (await c.get("/api/stats")).json()
+            assert stats["admission"] == {"running": 0, "waiting": 0, "max_concurrency": 1, "max_queue": 0}
+    finally:
+        service.store.close()
+        _reset_admission_queue()
+
+
 # -- a real server ---------------------------------------------------------------------------------------------
 
 
@@ -243,7 +277,8 @@ def _free_port() -> int:
 
 
 class LiveServer:
-    """examples/chat_app/server.py in a subprocess, as `make chat` runs it; restartable on the same database."""
+    """``python -m examples.chat_app.server`` in a subprocess, as `make chat` runs it; restartable on the same
+    database."""
 
     def __init__(self, db: Path, **env: str) -> None:
         self.port = _free_port()
@@ -254,7 +289,7 @@ class LiveServer:
 
     def start(self, timeout: float = 240.0) -> None:
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, str(SERVER)], env=self.env, stdout=log,
+            self.proc = subprocess.Popen([sys.executable, "-m", SERVER], env=self.env, stdout=log,
                                          stderr=subprocess.STDOUT, cwd=ROOT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -357,7 +392,7 @@ def test_disconnects_stop_generation_and_free_the_slot(live: LiveServer) -> None
         assert client.get("/api/stats").json()["queued"] == 1
         b.close()
         gone = _wait_for(lambda: (g := generation(b_id))["state"] == "cancelled" and g, 30, "B to be cancelled")
-        assert not gone["worker_started"]  # it never took the slot, never decoded
+        assert gone["started_after_s"] is None and gone["pieces"] == 0  # it never took the slot, never decoded
         assert gone["cancel_reason"] == "client disconnected"
 
         # A goes away mid-answer: the server notices, its decoding thread returns, and far fewer than LONG tokens.
@@ -369,8 +404,13 @@ def test_disconnects_stop_generation_and_free_the_slot(live: LiveServer) -> None
         took = time.monotonic() - closed_at
         assert freed["worker_started"] and freed["cancel_reason"] == "client disconnected"
         assert freed["pieces"] < LONG / 4, freed
+        # B's thread waited for the slot in the library's admission queue, which does not watch for the
+        # cancellation: it takes the slot A left, stops after one decoding step and returns.
+        b_freed = _wait_for(lambda: not (g := generation(b_id))["worker_running"] and g, 30, "B's thread to return")
+        assert b_freed["pieces"] == 0
         stats = client.get("/api/stats").json()
         assert (stats["running"], stats["queued"], stats["decoding_threads"]) == (0, 0, 0), stats
+        assert stats["admission"]["running"] == stats["admission"]["waiting"] == 0, stats
         assert stats["cancelled"] >= 2
         # The partial answer is kept, marked cancelled (and left out of the model's context later).
         stored = client.get(f"/api/sessions/{session_a}").json()["messages"]
