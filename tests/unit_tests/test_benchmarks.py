@@ -300,7 +300,7 @@ def test_latency_fit_recovers_a_quadratic():
 
 @pytest.fixture(scope="module")
 def quick_speed(tmp_path_factory):
-    """benchmarks/speed.py --quick on a tiny random Llama: (report, path of the JSON)."""
+    """``python -m benchmarks.speed --quick`` on a tiny random Llama: (report, path of the JSON)."""
     from benchmarks import speed
 
     model = tiny_llama(seed=4, sharpness=2.0)
