@@ -63,7 +63,8 @@ PROVIDER = "persona_judge"
 # Per-call keyword arguments that override a field of the same name for that call only.
 _CALL_OVERRIDES = (
     "preferences", "composition", "lookahead", "schedule", "draft_confidence", "temperature", "top_k", "top_p",
-    "max_tokens", "seed", "model",
+    "max_tokens", "seed", "model", "combine", "weights", "guidance", "negative_preference", "repetition_penalty",
+    "no_repeat_ngram_size",
 )
 # Constructor arguments of hosted chat models that LangChain's standard suites (and code written for hosted
 # models) pass; they mean nothing for a local model and are accepted and dropped. Any other unknown one is refused.
@@ -166,6 +167,13 @@ class ChatPersonaJudge(BaseChatModel):
             ``auto`` (default), ``speculative`` (the paper's: λ drafter forwards, then one judge forward) or
             ``lockstep`` (every persona in one batched forward per token). Same answers in law; auto picks
             lockstep where a few rows cost about one row (a GPU, or fp32 CPU weights prepacked).
+        combine: str
+            ``judge`` (default: Persona-judge) or ``product`` (the weighted product of the personas, ``weights``).
+        guidance: float
+            Preference strength γ (default 1: off); above 1 amplifies what each preference changes against the
+            conversation without it (or with ``negative_preference``); below 0 steers away.
+        repetition_penalty, no_repeat_ngram_size:
+            transformers' repetition controls, applied to every persona alike (the answer stays exact).
         temperature: float
             0 for greedy (deterministic), else the sampling temperature.
         top_k, top_p: truncation of the sampling distribution (applied to drafter and judge alike).
@@ -335,6 +343,20 @@ class ChatPersonaJudge(BaseChatModel):
     """Stop an iteration's drafting after a draft the drafter gives less than this probability (0: always draft
     λ). It saves the speculative schedule's forwards on drafts that would be rejected, and keeps the answer's
     distribution exact. None: 0.5 with the speculative schedule, 0 (the paper's iterations) with lockstep."""
+    combine: Literal["judge", "product"] = "judge"
+    """How the personas' distributions make the answer's: ``judge`` (Persona-judge, the paper's: each token follows
+    the current judge) or ``product`` (the weighted product ``Σ w_i log p_i``: a token must suit every persona)."""
+    weights: list[float] | None = None
+    """One weight per persona for ``combine="product"`` (None: uniform); negative weights steer away."""
+    guidance: float = 1.0
+    """Preference strength γ: each persona becomes ``log p_0 + γ (log p_i − log p_0)`` against the reference (the
+    conversation with no preference, or ``negative_preference``). 1: off; 1.5–3: stronger; below 0: away."""
+    negative_preference: str | None = None
+    """What guidance steers away from (the reference prompt's preference); None: no preference at all."""
+    repetition_penalty: float | None = Field(default=None, gt=0.0)
+    """transformers' repetition penalty over the answer (None or 1: off; 1.1–1.3 keeps a small model from looping)."""
+    no_repeat_ngram_size: int | None = Field(default=None, ge=0)
+    """Never repeat an n-gram of the answer of this size (None or 0: off)."""
     temperature: float = Field(default=defaults.TEMPERATURE, ge=0.0)
     """Sampling temperature; 0 means greedy decoding."""
     top_k: int | None = Field(default=defaults.TOP_K, ge=0)
@@ -419,6 +441,12 @@ class ChatPersonaJudge(BaseChatModel):
             "lookahead": self.lookahead,
             "schedule": self.schedule,
             "draft_confidence": self.draft_confidence,
+            "combine": self.combine,
+            "weights": self.weights,
+            "guidance": self.guidance,
+            "negative_preference": self.negative_preference,
+            "repetition_penalty": self.repetition_penalty,
+            "no_repeat_ngram_size": self.no_repeat_ngram_size,
             "temperature": self.temperature,
             "top_k": self.top_k,
             "top_p": self.top_p,
@@ -588,6 +616,11 @@ class ChatPersonaJudge(BaseChatModel):
             seed=self.seed,
             schedule=self.schedule,
             draft_confidence=self.draft_confidence,
+            combine=self.combine,
+            weights=None if self.weights is None else tuple(self.weights),
+            guidance=self.guidance,
+            repetition_penalty=self.repetition_penalty,
+            no_repeat_ngram_size=self.no_repeat_ngram_size,
         )
 
     def _start(
@@ -623,6 +656,7 @@ class ChatPersonaJudge(BaseChatModel):
                 composition=settings.composition,
                 layout=settings.preference_layout,
                 template=settings.preference_template,
+                negative_preference=settings.negative_preference,
             ),
             model_name=self._display_name(name),
             stop=[*(self.stop or []), *(stop or [])],

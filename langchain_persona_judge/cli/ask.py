@@ -48,6 +48,8 @@ COMPARE_HEADINGS: dict[str, str] = {
     "direct": "Direct prompt (all preferences in one system prompt)",
     "persona_judge": "Persona-judge ({personas} personas, lookahead {lookahead})",
 }
+RULE_HEADING = "The rule asked for: {combine}, γ={guidance:g}, weights {weights}"
+"""The fourth answer of --compare, with --combine product or --guidance (its --json field: ``rule``)."""
 
 # Subcommands: a first argument equal to one of these names is dispatched to its handler with the
 # remaining arguments; anything else is a question. A question that happens to equal a subcommand
@@ -161,6 +163,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     decoding.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
 
+    rule = parser.add_argument_group("decoding rule and strength")
+    rule.add_argument(
+        "--combine", choices=("judge", "product"), default="judge",
+        help="judge (default: Persona-judge, each token follows the current judge) or product (the weighted product "
+        "of the personas: a token must suit every one)",
+    )
+    rule.add_argument(
+        "--weight", dest="weights", action="append", type=float, default=None, metavar="W",
+        help="a persona's weight for --combine product (repeatable, one per -p; default uniform)",
+    )
+    rule.add_argument(
+        "--guidance", type=float, default=1.0, metavar="G",
+        help="preference strength: 1 is off (default), 1.5-3 amplifies what each preference changes, below 0 "
+        "steers away",
+    )
+    rule.add_argument(
+        "--negative", metavar="TEXT", default=None,
+        help="what --guidance steers away from (default: the question with no preference)",
+    )
+    rule.add_argument(
+        "--repetition-penalty", type=float, default=None, metavar="P",
+        help="penalise tokens the answer already has (1 is off; 1.1-1.3 stops a small model looping)",
+    )
+    rule.add_argument(
+        "--no-repeat-ngram", type=int, default=None, metavar="N", help="never repeat an N-gram of the answer",
+    )
+
     model = parser.add_argument_group("model")
     model.add_argument(
         "-m", "--model", metavar="PATH_OR_ID",
@@ -206,6 +235,16 @@ def _validate(args: argparse.Namespace) -> None:
         raise UsageError("a --preference is empty; give each -p some text")
     if args.compare and len(args.preferences) < 2:
         raise UsageError(f"--compare needs at least two --preference values (got {len(args.preferences)})")
+    if args.weights is not None and args.combine != "product":
+        raise UsageError("--weight applies to --combine product (Persona-judge rotates its roles evenly)")
+    if args.weights is not None and not all(math.isfinite(w) for w in args.weights):
+        raise UsageError(f"--weight must be finite numbers (got {args.weights})")
+    if not math.isfinite(args.guidance):
+        raise UsageError(f"--guidance must be a finite number (got {args.guidance})")
+    if args.repetition_penalty is not None and not (0 < args.repetition_penalty < math.inf):
+        raise UsageError(f"--repetition-penalty must be a finite number > 0, 1 is off (got {args.repetition_penalty})")
+    if args.no_repeat_ngram is not None and args.no_repeat_ngram < 0:
+        raise UsageError(f"--no-repeat-ngram must be an integer >= 0, 0 is off (got {args.no_repeat_ngram})")
     if args.seed is not None and not -(2**63) <= args.seed < 2**64:
         raise UsageError(f"--seed must be an integer in [-2**63, 2**64) (got {args.seed})")
     if args.model and _looks_like_path(args.model) and not os.path.exists(os.path.expanduser(args.model)):
@@ -248,7 +287,10 @@ def _read_question(raw: str, stdin: IO[str]) -> str:
 # -- model -------------------------------------------------------------------------------------------
 
 
-def _make_llm(args: argparse.Namespace, preferences: list[str], composition: str | None = None) -> ChatPersonaJudge:
+def _make_llm(
+    args: argparse.Namespace, preferences: list[str], composition: str | None = None, *, rule: bool = True
+) -> ChatPersonaJudge:
+    """The chat model of the arguments; ``rule=False`` keeps the paper's rule (the --compare baselines)."""
     from ..chat_models import ChatPersonaJudge
 
     return ChatPersonaJudge(
@@ -266,6 +308,12 @@ def _make_llm(args: argparse.Namespace, preferences: list[str], composition: str
         top_p=args.top_p,
         max_tokens=args.max_tokens,
         seed=args.seed,
+        combine=args.combine if rule else "judge",
+        weights=args.weights if rule else None,
+        guidance=args.guidance if rule else 1.0,
+        negative_preference=args.negative if rule else None,
+        repetition_penalty=args.repetition_penalty,
+        no_repeat_ngram_size=args.no_repeat_ngram,
         return_trace=False,  # the CLI never shows the per-token trace; skip building it
     )
 
@@ -410,12 +458,17 @@ def _run_compare(args: argparse.Namespace, question: str, stdout: IO[str], stder
     prefs = list(args.preferences)
     # "Direct" is the `all` composition: one persona whose preference turn lists every preference.
     runs = {"plain": ([], "split"), "direct": (prefs, "all"), "persona_judge": (prefs, args.composition)}
-    llms = {key: _make_llm(args, value, composition) for key, (value, composition) in runs.items()}
-    _load(llms["plain"], args.quiet)  # all three share one copy of the weights
+    llms = {key: _make_llm(args, value, composition, rule=False) for key, (value, composition) in runs.items()}
+    if args.combine != "judge" or args.guidance != 1.0:  # the rule asked for, beside the others
+        llms["rule"] = _make_llm(args, prefs, args.composition)
+    _load(llms["plain"], args.quiet)  # all of them share one copy of the weights
     messages = _messages(question, args.system)
     results: dict[str, Any] = {"question": question, "preferences": prefs}
     for key, llm in llms.items():
-        heading = COMPARE_HEADINGS[key].format(personas=len(prefs), lookahead=args.lookahead)
+        heading = (RULE_HEADING if key == "rule" else COMPARE_HEADINGS[key]).format(
+            personas=len(prefs), lookahead=args.lookahead, combine=args.combine, guidance=args.guidance,
+            weights=", ".join(f"{w:g}" for w in args.weights) if args.weights else "uniform",
+        )
         if args.json:
             results[key] = _answer(llm, messages, out=None).to_json()
             continue

@@ -46,6 +46,8 @@ class PersonaSettings:
     """Where a preference goes: the persona's system turn or a user turn."""
     template: str | None = None
     """A preference template (text or file path); None: the built-in one of the layout."""
+    negative_preference: str | None = None
+    """What the reference prompt says (guidance steers away from it); None: the conversation with no preference."""
 
 
 @dataclass(frozen=True)
@@ -76,11 +78,13 @@ class Request:
     personas: list[PersonaPrompt]
     composition: str
     constraint: TokenConstraint | None = None
+    reference: torch.Tensor | None = None
+    """The reference prompt's ids, when the rule reads one (guidance, product weights not summing to 1)."""
 
     @property
     def input_tokens(self) -> int:
-        """Prompt tokens over every persona (each is read once by the model)."""
-        return sum(len(p) for p in self.prompts)
+        """Prompt tokens over every persona and the reference (each is read once by the model)."""
+        return sum(len(p) for p in self.prompts) + (0 if self.reference is None else len(self.reference))
 
 
 def encode_personas(
@@ -183,7 +187,13 @@ def build_request(
     wanted = [p for p in personas.preferences if not (isinstance(p, str) and not p.strip())]
     resolved = [resolve_preference(p, registry) for p in wanted]
     composed = compose(resolved, personas.composition)
-    _, prompts = fit_context(model, tokenizer, conversation, composed, personas, truncation, template_kwargs)
+    conversation, prompts = fit_context(model, tokenizer, conversation, composed, personas, truncation,
+                                        template_kwargs)
+    reference = None
+    if options.needs_reference:
+        negative = [personas.negative_preference] if personas.negative_preference else []
+        messages = persona_messages(conversation, negative, layout=personas.layout, template=personas.template)
+        reference = encode_chat(tokenizer, messages, **(template_kwargs or {}))
     options = resolve_options(options, model)
     constraint, options = constrain(model, tokenizer, output, prompts, options)
     return Request(
@@ -197,6 +207,7 @@ def build_request(
         personas=composed,
         composition=personas.composition,
         constraint=constraint,
+        reference=reference,
     )
 
 

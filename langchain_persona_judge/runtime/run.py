@@ -75,7 +75,7 @@ class RequestRun:
         with queue.admit(deadline):
             # Looked up on the module at call time, so a test can watch or replace the engine.
             tokens = decoding.stream(request.model, request.prompts, options=request.options,
-                                     constraint=request.constraint)
+                                     constraint=request.constraint, reference=request.reference)
             self._tokens = tokens
             try:
                 yield from self._detokenize(tokens, deadline)
@@ -127,7 +127,14 @@ class RequestRun:
             lookahead=request.options.lookahead,
             schedule=request.options.schedule,
             draft_confidence=request.options.draft_confidence,
+            combine=request.options.combine,
+            weights=None if request.options.weights is None else list(request.options.weights),
+            guidance=request.options.guidance,
         )
+        if request.options.repetition_penalty not in (None, 1.0):
+            stats["repetition_penalty"] = request.options.repetition_penalty
+        if request.options.no_repeat_ngram_size:
+            stats["no_repeat_ngram_size"] = request.options.no_repeat_ngram_size
         return {
             "model_name": request.model_name,
             "finish_reason": self.finish_reason,
