@@ -72,7 +72,9 @@ class RequestRun:
         queue = admission_queue(request.model)
         if self.max_concurrency is not None or self.max_queue is not None:
             queue.configure(self.max_concurrency, self.max_queue)
-        with queue.admit(deadline):
+        with queue.admit(deadline, self.cancelled) as admitted:
+            if not admitted:  # cancelled while waiting for a slot: nothing was decoded
+                return
             # Looked up on the module at call time, so a test can watch or replace the engine.
             tokens = decoding.stream(request.model, request.prompts, options=request.options,
                                      constraint=request.constraint, reference=request.reference)

@@ -394,6 +394,11 @@ def test_disconnects_stop_generation_and_free_the_slot(live: LiveServer) -> None
         gone = _wait_for(lambda: (g := generation(b_id))["state"] == "cancelled" and g, 30, "B to be cancelled")
         assert gone["started_after_s"] is None and gone["pieces"] == 0  # it never took the slot, never decoded
         assert gone["cancel_reason"] == "client disconnected"
+        # B's thread waited in the library's admission queue, which watches the cancellation: it leaves the queue
+        # at once, while A still holds the slot, and never decodes.
+        b_freed = _wait_for(lambda: not (g := generation(b_id))["worker_running"] and g, 5, "B's thread to return")
+        assert b_freed["pieces"] == 0 and generation(a_id)["state"] == "running"
+        assert client.get("/api/stats").json()["admission"]["waiting"] == 0
 
         # A goes away mid-answer: the server notices, its decoding thread returns, and far fewer than LONG tokens.
         received = a.text
@@ -404,10 +409,6 @@ def test_disconnects_stop_generation_and_free_the_slot(live: LiveServer) -> None
         took = time.monotonic() - closed_at
         assert freed["worker_started"] and freed["cancel_reason"] == "client disconnected"
         assert freed["pieces"] < LONG / 4, freed
-        # B's thread waited for the slot in the library's admission queue, which does not watch for the
-        # cancellation: it takes the slot A left, stops after one decoding step and returns.
-        b_freed = _wait_for(lambda: not (g := generation(b_id))["worker_running"] and g, 30, "B's thread to return")
-        assert b_freed["pieces"] == 0
         stats = client.get("/api/stats").json()
         assert (stats["running"], stats["queued"], stats["decoding_threads"]) == (0, 0, 0), stats
         assert stats["admission"]["running"] == stats["admission"]["waiting"] == 0, stats
