@@ -26,12 +26,24 @@ PAIRS = {
 }
 
 
+REPETITION_PENALTY = 1.2
+"""A 135M model loops without one ("The leaves changing because of the tree changing because of the leaves...");
+applied to every persona alike, it keeps each token exactly Persona-judge's (see ChatPersonaJudge)."""
+
+
+def make_llm(preferences: list[str], max_tokens: int) -> ChatPersonaJudge:
+    """The demo's chat model: its sampling defaults (greedy makes a 135M model repeat itself), seeded, with a
+    repetition penalty."""
+    return ChatPersonaJudge(
+        preferences=preferences, seed=0, max_tokens=max_tokens, repetition_penalty=REPETITION_PENALTY
+    )
+
+
 def main() -> None:
     max_tokens = int(os.environ.get("PERSONA_JUDGE_DEMO_MAX_TOKENS", "96"))
     print(f"Question: {QUESTION}\n", flush=True)
     for title, preferences in PAIRS.items():
-        # The chat model's sampling defaults (greedy decoding makes a 135M model repeat itself), seeded.
-        llm = ChatPersonaJudge(preferences=preferences, seed=0, max_tokens=max_tokens)
+        llm = make_llm(preferences, max_tokens)
         print(f"=== Answer {title} ===")
         for preference in preferences:
             print(f"  preference: {preference}")

@@ -83,3 +83,28 @@ def test_demo_runs() -> None:
         assert stats and 0 < int(stats[1]) <= 12 and 0 <= int(stats[2]) <= 100, section
         answer = section.split("\n\n", 1)[1].split("\n\n[", 1)[0]
         assert answer.strip(), section
+
+
+def _repeated_ngram_share(tokens: list[int], n: int = 4) -> float:
+    """The share of the answer's n-grams that already occurred earlier in it (0: no repetition)."""
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return sum(1 for i, g in enumerate(grams) if g in grams[:i]) / max(len(grams), 1)
+
+
+def test_the_demo_answers_do_not_loop() -> None:
+    """The demo's full-length answers, with its repetition penalty, against the same calls without it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("demo", EXAMPLES / "demo.py")
+    assert spec and spec.loader
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    shares, unpenalised = [], []
+    for preferences in demo.PAIRS.values():
+        llm = demo.make_llm(preferences, 96)
+        trace = llm.invoke(demo.QUESTION).response_metadata["trace"]
+        shares.append(_repeated_ngram_share([entry["token_id"] for entry in trace]))
+        plain = llm.invoke(demo.QUESTION, repetition_penalty=1.0).response_metadata["trace"]
+        unpenalised.append(_repeated_ngram_share([entry["token_id"] for entry in plain]))
+    assert max(shares) < 0.05, shares
+    assert max(unpenalised) > 0.2, f"without the penalty the demo loops (the test can fail): {unpenalised}"
