@@ -13,6 +13,7 @@ and open http://127.0.0.1:8000/. Configuration (environment variables):
     CHAT_MAX_TOKENS      answer length when a request does not ask for one (default 160)
     CHAT_MAX_TOKENS_CAP  the most tokens a request may ask for (default 1024)
     CHAT_TEMPERATURE     temperature when a request does not set one (default 0.7; 0 = greedy)
+    CHAT_REPETITION_PENALTY  repetition penalty of every answer (default 1.2; 1 = off)
     CHAT_HISTORY         how many earlier messages of the conversation the model sees (default 16)
     MAX_CONCURRENT       generations decoded at once; the others wait in the model's first-come first-served
                          admission queue (default 2: one model, a few CPU cores)
@@ -32,7 +33,7 @@ HTTP API (JSON unless said otherwise):
     GET  /api/sessions/{id}             one conversation with its messages
     DELETE /api/sessions/{id}           forget a conversation
     POST /api/sessions/{id}/messages    {"content", "personas": [names], "preferences": [texts], "temperature"?,
-                                        "seed"?, "max_tokens"?} -> text/event-stream of events:
+                                        "guidance"?, "combine"?, "seed"?, "max_tokens"?} -> text/event-stream:
                                         queued, start, token ({"text"}), done (usage, stats, timings) or error;
                                         429 when the model's admission queue is full
     GET  /api/generations/{id}          one generation's state (queued/running/completed/cancelled/error) and
@@ -73,7 +74,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
@@ -122,6 +123,8 @@ class Settings:
     max_tokens: int = 160
     max_tokens_cap: int = 1024
     temperature: float = 0.7
+    repetition_penalty: float | None = 1.2
+    """Applied to every persona alike (answers stay exact); a 135M model loops without one. None or 1: off."""
     history: int = 16
     max_concurrent: int = 2
     max_queue: int = 16
@@ -138,6 +141,7 @@ class Settings:
             max_tokens=_env_int("CHAT_MAX_TOKENS", 160, 1),
             max_tokens_cap=_env_int("CHAT_MAX_TOKENS_CAP", 1024, 1),
             temperature=_env_float("CHAT_TEMPERATURE", 0.7),
+            repetition_penalty=_env_float("CHAT_REPETITION_PENALTY", 1.2),
             history=_env_int("CHAT_HISTORY", 16, 0),
             max_concurrent=max_concurrent,
             max_queue=_env_int("MAX_QUEUE", 16, 0),
@@ -385,7 +389,11 @@ class MessageIn(BaseModel):
     """Names from the persona registry (GET /api/personas)."""
     preferences: list[str] = Field(default_factory=list, max_length=8)
     """Free-text preferences, each one more persona."""
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0, allow_inf_nan=False)
+    guidance: float | None = Field(default=None, ge=-3.0, le=5.0, allow_inf_nan=False)
+    """Preference strength γ (the page's slider): 1 is the personas themselves, above 1 stronger."""
+    combine: Literal["judge", "product"] | None = None
+    """Persona-judge (default) or the weighted product of the personas."""
     seed: int | None = None
     max_tokens: int | None = Field(default=None, ge=1)
 
@@ -409,6 +417,7 @@ class ChatService:
         model = {"model": settings.model} if settings.model else {}  # else $PERSONA_JUDGE_MODEL, else embedded
         self.llm = ChatPersonaJudge(
             **model, temperature=settings.temperature, max_tokens=settings.max_tokens,
+            repetition_penalty=settings.repetition_penalty,
             max_concurrency=settings.max_concurrent, max_queue=settings.max_queue, executor=self.executor,
         )
         self.store = Store(settings.db_path)
@@ -627,6 +636,10 @@ class ChatService:
             options["max_tokens"] = body.max_tokens
         if body.temperature is not None:
             options["temperature"] = body.temperature
+        if body.guidance is not None:
+            options["guidance"] = body.guidance
+        if body.combine is not None:
+            options["combine"] = body.combine
         if body.seed is not None:
             options["seed"] = body.seed
         final: dict[str, Any] = {}
@@ -752,6 +765,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "max_tokens": settings.max_tokens,
             "max_tokens_cap": settings.max_tokens_cap,
             "temperature": settings.temperature,
+            "repetition_penalty": settings.repetition_penalty,
             "max_concurrent": settings.max_concurrent,
             "max_queue": settings.max_queue,
             "model": service.llm.display_name,

@@ -95,7 +95,9 @@ async def reference(preferences: list[str], turns: list[str], answers: list[str]
         messages.append(HumanMessage(turn))
         if i < len(answers):
             messages.append(AIMessage(answers[i]))
-    llm = ChatPersonaJudge(preferences=preferences, temperature=0, max_tokens=max_tokens)
+    # The app's own repetition penalty (its Settings default), so that both decode the same way.
+    penalty = _server_module().Settings().repetition_penalty
+    llm = ChatPersonaJudge(preferences=preferences, temperature=0, max_tokens=max_tokens, repetition_penalty=penalty)
     return (await llm.ainvoke(messages)).content
 
 
@@ -515,3 +517,18 @@ def test_a_restart_keeps_every_conversation(live: LiveServer) -> None:
         assert [(m["role"], m["content"]) for m in after[2:]] == [
             ("user", "Where does it come from?"), ("assistant", answer_text(second))
         ]
+
+
+async def test_strength_and_rule_reach_the_model(client: httpx.AsyncClient) -> None:
+    """The page's strength slider (guidance) and rule choice (combine) are per-message options."""
+    page = (await client.get("/")).text
+    assert 'id="strength"' in page and 'id="combine"' in page and "payload.guidance" in page
+    session = await _new_session(client)
+    events = await _ask(client, session, "What is rain?", guidance=2.0, combine="product", max_tokens=4)
+    done = dict(events)["done"]
+    stats = done["persona_judge"] if "persona_judge" in done else done["meta"]["persona_judge"]
+    assert stats["guidance"] == 2.0 and stats["combine"] == "product" and stats["repetition_penalty"] == 1.2
+    for bad in ({"guidance": "NaN"}, {"guidance": 9.0}, {"combine": "mean"}):
+        refused = await client.post(f"/api/sessions/{session}/messages",
+                                    json={"content": "Hi", "personas": PERSONAS, **bad})
+        assert refused.status_code == 422, bad
