@@ -89,7 +89,7 @@ DEFAULT_DB = HERE / "chat.db"
 HEARTBEAT_S = 2.0  # an SSE comment this often while nothing else is sent: keeps proxies open, notices dead peers
 SHUTDOWN_GRACE_S = 60.0  # how long shutdown waits for the generations' tasks to end
 RETRY_AFTER_S = 5  # what a refused request (HTTP 429, the admission queue is full) is told to wait
-SESSION_ID = re.compile(r"^[0-9a-f]{32}$")
+SESSION_ID = re.compile(r"[0-9a-f]{32}")  # used with fullmatch: "$" would let a trailing newline through
 
 
 def _env_int(name: str, default: int, minimum: int = 0) -> int:
@@ -747,7 +747,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.service = service
 
     async def existing_session(session_id: str) -> str:
-        if not SESSION_ID.match(session_id) or not await service.store.session_exists(session_id):
+        if not SESSION_ID.fullmatch(session_id) or not await service.store.session_exists(session_id):
             raise HTTPException(404, f"No conversation {session_id!r}; POST /api/sessions creates one.")
         return session_id
 

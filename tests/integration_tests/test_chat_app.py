@@ -532,3 +532,18 @@ async def test_strength_and_rule_reach_the_model(client: httpx.AsyncClient) -> N
         refused = await client.post(f"/api/sessions/{session}/messages",
                                     json={"content": "Hi", "personas": PERSONAS, **bad})
         assert refused.status_code == 422, bad
+
+
+async def test_a_session_id_with_a_trailing_newline_is_not_found(
+    client: httpx.AsyncClient, app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The id pattern alone must refuse it (a "$" anchor lets "…\n" through), whatever the store would say."""
+    session = await _new_session(client)
+    store = app.state.service.store
+
+    async def always(session_id: str) -> bool:
+        return True
+
+    monkeypatch.setattr(store, "session_exists", always)
+    assert (await client.get(f"/api/sessions/{session}")).status_code == 200
+    assert (await client.get(f"/api/sessions/{session}%0A")).status_code == 404
