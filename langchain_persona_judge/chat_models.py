@@ -34,7 +34,7 @@ from pydantic import ConfigDict, Field, model_validator
 from . import defaults
 from .decoding import DecodingOptions
 from .defaults import DEVICE_ENV, MODEL_ENV
-from .personas import Layout, Persona, PersonaRegistry, Strategy
+from .personas import Layout, Persona, PersonaRegistry, PreferenceTemplate, Strategy
 from .runtime import (
     REGISTRY,
     OutputGrammar,
@@ -331,8 +331,10 @@ class ChatPersonaJudge(BaseChatModel):
     paper's), ``all`` (one persona with every preference: the direct-prompt baseline)."""
     preference_layout: Layout = defaults.PREFERENCE_LAYOUT  # type: ignore[assignment]
     """Where a preference goes: ``system`` (the persona's system turn) or ``user_turn`` (the paper's code)."""
-    preference_template: str | None = None
-    """A Jinja template (text or file path) for the preference turn; None uses the one in ``prompts/``."""
+    preference_template: PreferenceTemplate | None = None
+    """A Jinja template for the preference turn: a ``str`` is the template text itself (never a file path, so a
+    shared config cannot make the model read a file); pass a ``pathlib.Path`` to use a template file (read again
+    when it changes). None uses the one in ``prompts/``."""
     lookahead: int = Field(default=defaults.LOOKAHEAD, ge=1)
     """Drafts per iteration (λ)."""
     schedule: Literal["auto", "speculative", "lockstep"] = defaults.SCHEDULE  # type: ignore[assignment]

@@ -6,7 +6,11 @@ Layer L1: imports only :mod:`langchain_persona_judge.errors` from the package; n
 ``registry``      :class:`Persona`, :class:`PersonaRegistry`, :func:`load_registry` (YAML, ``extends``)
 ``composition``   a preference spec → its text; N preferences → persona prompts (split, pair, all)
 ``templates``     the preference template, and a persona's copy of a conversation with its preferences
+``sandbox``       the one hardened Jinja sandbox both render in (bounded source, work, memory and output)
 ================  ==========================================================================================
+
+Registries and templates are untrusted input (registries are shared): a registry's fields and a ``str``
+template are always inline text, never file paths; every failure is a PersonaError or PromptTemplateError.
 
 A new persona source (a database, a profile learned from a user) produces :class:`Persona` objects or a
 :class:`PersonaRegistry` and lives beside ``registry``.
@@ -17,7 +21,14 @@ from __future__ import annotations
 from ..errors import PersonaError, PromptTemplateError, UnknownPersonaError
 from .composition import STRATEGIES, PersonaPrompt, PreferenceSpec, ResolvedPreference, Strategy, compose, resolve_preference
 from .registry import NAME_PATTERN, Persona, PersonaRegistry, VariableValue, load_registry, parse_registry_text
-from .templates import TEMPLATE_FILES, Layout, Message, persona_messages, render_preferences
+from .templates import (
+    TEMPLATE_FILES,
+    Layout,
+    Message,
+    PreferenceTemplate,
+    persona_messages,
+    render_preferences,
+)
 
 __all__ = [
     "NAME_PATTERN",
@@ -30,6 +41,7 @@ __all__ = [
     "PersonaPrompt",
     "PersonaRegistry",
     "PreferenceSpec",
+    "PreferenceTemplate",
     "PromptTemplateError",
     "ResolvedPreference",
     "Strategy",

@@ -33,7 +33,7 @@ class ResolvedPreference:
     name: str | None = None
     """The persona's name, None for free text."""
     system_template: str | None = None
-    """The persona's own system-turn template, if it has one."""
+    """The persona's own system-turn template (its text, never a file path), if it has one."""
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from ..personas import (
     Layout,
     PersonaPrompt,
     PersonaRegistry,
+    PreferenceTemplate,
     compose,
     load_registry,
     persona_messages,
@@ -44,8 +45,8 @@ class PersonaSettings:
     """``split``, ``pair`` or ``all``."""
     layout: Layout = "system"
     """Where a preference goes: the persona's system turn or a user turn."""
-    template: str | None = None
-    """A preference template (text or file path); None: the built-in one of the layout."""
+    template: PreferenceTemplate | None = None
+    """A preference template: text (a ``str``, never a path) or a ``pathlib.Path`` to a file; None: the built-in one."""
     negative_preference: str | None = None
     """What the reference prompt says (guidance steers away from it); None: the conversation with no preference."""
 
