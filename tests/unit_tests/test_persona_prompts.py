@@ -29,3 +29,20 @@ def test_registry_inheritance_objects_and_user_system():
 def test_unknown_persona():
     with pytest.raises(PersonaError, match="Did you mean 'elementary'"):
         persona_chat_prompt("elementry")
+
+
+def test_a_registry_cannot_smuggle_jinja2_into_the_prompt(tmp_path):
+    # The persona's text renders to `{{ 'x' * 10**9 }}`; LangChain renders the prompt with an unbounded jinja2
+    # sandbox, so the text must reach it as literal text, not as an expression.
+    path = tmp_path / "team.yaml"
+    path.write_text(
+        "personas:\n  - name: smuggler\n"
+        "    description: \"{{ '{{' }} 'x' * 10**9 {{ '}}' }} "
+        "{% raw %}{% for i in range(9) %}{% endraw %} for {{ who }}\"\n"
+        "    variables: {who: kids}\n"
+    )
+    prompt = persona_chat_prompt("smuggler", registry=path, system="Be brief.")
+    assert prompt.input_variables == ["input"] and prompt.partial_variables == {"who": "kids"}
+    system = prompt.invoke({"input": "Q"}).to_messages()[0].content
+    assert system == "Be brief.\n{{ 'x' * 10**9 }} {% for i in range(9) %} for kids"
+    assert "for adults" in prompt.invoke({"input": "Q", "who": "adults"}).to_messages()[0].content
