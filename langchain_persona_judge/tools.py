@@ -31,7 +31,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
 from typing import Any, Literal
 
-from jinja2 import TemplateSyntaxError, meta
+from jinja2 import TemplateSyntaxError, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from langchain_core.messages import AIMessageChunk, ToolCall
 from langchain_core.messages.tool import InvalidToolCall, invalid_tool_call, tool_call, tool_call_chunk
@@ -275,10 +275,13 @@ _ENV = ImmutableSandboxedEnvironment()
 
 @lru_cache(maxsize=16)
 def _template_reads_tools(template: str) -> bool:
+    """Whether the template reads a ``tools`` variable: a walk of its parse tree, never a compile (which would
+    fold constant expressions: ``{{ 10**(10**8) }}`` in a model's chat template would hang the check)."""
     try:
-        return "tools" in meta.find_undeclared_variables(_ENV.parse(template))
+        tree = _ENV.parse(template)
     except TemplateSyntaxError:
         return False
+    return any(node.name == "tools" and node.ctx == "load" for node in tree.find_all(nodes.Name))
 
 
 def template_supports_tools(tokenizer: Any) -> bool:

@@ -62,7 +62,7 @@ def resolve_preference(spec: Any, registry: PersonaRegistry) -> ResolvedPreferen
         text = spec.strip()
         if not text:
             raise PersonaError("A preference is empty; write the preference text or a persona name.")
-        if NAME_PATTERN.match(text):
+        if NAME_PATTERN.fullmatch(text):
             return ResolvedPreference(registry.render(text), text, registry.system_template(text))
         return ResolvedPreference(text)
     raise PersonaError(

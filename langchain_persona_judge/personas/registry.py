@@ -53,7 +53,8 @@ from .sandbox import (
     template_line,
 )
 
-NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")
+NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_\-]*")
+"""A persona name, matched whole (``fullmatch``: a ``$`` anchor would let a trailing newline through)."""
 VariableValue = str | int | float | bool
 
 _NEWLINES = re.compile(r"\r\n|\r|\n")
@@ -101,7 +102,7 @@ class Persona(BaseModel):
     @field_validator("name")
     @classmethod
     def _check_name(cls, value: str) -> str:
-        if not NAME_PATTERN.match(value):
+        if not NAME_PATTERN.fullmatch(value):
             raise ValueError(
                 f"persona name {value!r} must start with a letter and hold only letters, digits, '-' and '_'"
             )

@@ -213,3 +213,29 @@ def test_the_installed_transformers_is_in_the_declared_range() -> None:
     import transformers
 
     assert _requirements()["transformers"].specifier.contains(Version(transformers.__version__))
+
+
+# -- names match whole, and a model's chat template is never compiled to check for tools ------------------------
+
+
+def test_a_persona_name_with_a_trailing_newline_is_refused() -> None:
+    from langchain_persona_judge import Persona, PersonaError
+
+    with pytest.raises((PersonaError, ValueError), match="persona name"):
+        Persona(name="concise\n", description="Be brief.")
+    assert Persona(name="concise", description="Be brief.").name == "concise"
+
+
+def test_checking_a_chat_template_for_tools_never_folds_its_constants() -> None:
+    import subprocess
+
+    code = (
+        "from types import SimpleNamespace\n"
+        "from langchain_persona_judge.tools import template_supports_tools\n"
+        "hostile = '{{ (10**(10**8)) > 0 }}{% for t in tools %}{{ t }}{% endfor %}'\n"
+        "print(template_supports_tools(SimpleNamespace(chat_template=hostile)),"
+        " template_supports_tools(SimpleNamespace(chat_template='{{ (10**(10**8)) > 0 }}{{ messages }}')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "False"]
