@@ -1,4 +1,5 @@
-"""A small chat server for ChatPersonaJudge: streaming answers (server-sent events), conversations in SQLite.
+"""A small chat server for ChatPersonaJudge, for many people: accounts, streaming answers (server-sent events),
+conversations in SQLite or PostgreSQL, and each answer's per-token provenance.
 
 Run it (from the repository root):
 
@@ -9,7 +10,17 @@ and open http://127.0.0.1:8000/. Configuration (environment variables):
 
     PORT                 port to listen on (default 8000)
     HOST                 interface to bind (default 127.0.0.1)
-    CHAT_DB              SQLite file for the conversations (default examples/chat_app/chat.db)
+    CHAT_DB              SQLite file (default $XDG_DATA_HOME/langchain-persona-judge/chat.db, i.e.
+                         ~/.local/share/...; created owner-only: folder 0700, files 0600)
+    CHAT_DATABASE_URL    postgresql://... : PostgreSQL instead of SQLite, which several app processes can share
+    CHAT_ALLOWED_HOSTS   host names the app answers to besides localhost, 127.0.0.1 and [::1] (comma-separated);
+                         any other Host header gets 400 (DNS rebinding)
+    CHAT_MAX_BODY_BYTES  the largest request body (default 262144; larger: 413)
+    CHAT_MAX_MESSAGE_CHARS  the longest message (default 8000 characters; longer: 422)
+    CHAT_MAX_CONVERSATIONS  conversations per user (default 200; one more: 409)
+    CHAT_MAX_IN_FLIGHT   answers one user may have queued or decoding at once (default 2; one more: 429)
+    CHAT_MAX_USERS       accounts this server creates (default 10000; then POST /api/users: 403)
+    CHAT_DOCS            1: serve /docs and /openapi.json (default off)
     CHAT_MAX_TOKENS      answer length when a request does not ask for one (default 160)
     CHAT_MAX_TOKENS_CAP  the most tokens a request may ask for (default 1024)
     CHAT_TEMPERATURE     temperature when a request does not set one (default 0.7; 0 = greedy)
@@ -22,38 +33,49 @@ and open http://127.0.0.1:8000/. Configuration (environment variables):
     CHAT_TORCH_THREADS   torch intra-op threads per generation (default: CPU cores // MAX_CONCURRENT, at least 1:
                          on a few cores, concurrent generations with many threads each mostly wait for each other)
     CHAT_PRELOAD         load the model at start-up (default 1) so the first answer does not wait for it
+    LOG_LEVEL            log level (default warning); errors are logged with their details, clients get none
 
-HTTP API (JSON unless said otherwise):
+HTTP API (JSON unless said otherwise). Every /api/ endpoint but POST /api/users needs
+``Authorization: Bearer <token>`` (missing or unknown: 401) and acts on the caller's own data only (another
+user's conversation or generation: 404, exactly as an unknown one):
 
     GET  /                              the one-page chat UI (static/index.html)
+    GET  /healthz                       liveness (no token)
+    POST /api/users                     a new account -> {"user_id", "token"}; the token is shown this once
     GET  /api/personas                  the built-in personas: name, description, tags, rendered text
     GET  /api/config                    limits and defaults the UI needs
-    POST /api/sessions                  a new conversation -> {"id": ...}
-    GET  /api/sessions                  recent conversations
+    POST /api/sessions                  a new conversation -> {"id", "created_at"}
+    GET  /api/sessions                  the caller's recent conversations
     GET  /api/sessions/{id}             one conversation with its messages
-    DELETE /api/sessions/{id}           forget a conversation
+    DELETE /api/sessions/{id}           forget a conversation; its running answer (if any) is cancelled
     POST /api/sessions/{id}/messages    {"content", "personas": [names], "preferences": [texts], "temperature"?,
                                         "guidance"?, "combine"?, "seed"?, "max_tokens"?} -> text/event-stream:
-                                        queued, start, token ({"text"}), done (usage, stats, timings) or error;
-                                        429 when the model's admission queue is full
-    GET  /api/generations/{id}          one generation's state (queued/running/completed/cancelled/error) and
-                                        whether its decoding thread is still running
+                                        queued, start, token ({"text"}), done (usage, stats, timings, the
+                                        per-token provenance) or error; 429 when the model's admission queue is
+                                        full or the caller has CHAT_MAX_IN_FLIGHT answers going
+    GET  /api/generations/{id}          one of the caller's generations: state (queued/running/completed/
+                                        cancelled/error) and whether its decoding thread is still running
     GET  /api/stats                     running/queued generations, decoding threads busy, the admission queue,
-                                        totals, memory
-    GET  /healthz                       liveness
+                                        totals, and the caller's answers in flight
 
 Admission: the library's own queue (``ChatPersonaJudge(max_concurrency=MAX_CONCURRENT, max_queue=MAX_QUEUE)``,
 one FIFO queue per model) decides which generations decode and which wait; a generation is ``queued`` until
-its first chunk arrives. Decoding runs in this app's executor (``ChatPersonaJudge(executor=...)``), which
-records, per generation, when its thread starts and returns (``/api/generations/{id}`` -> ``worker_running``;
-``/api/stats`` -> ``decoding_threads``); a generation's thread waits in the admission queue, then decodes.
+its first chunk arrives. The app refuses (429, before storing anything) a message that would not fit: the
+generations it has accepted and not finished already fill MAX_CONCURRENT + MAX_QUEUE, or the library's queue
+is full. Decoding runs in this app's executor (``ChatPersonaJudge(executor=...)``), which records, per
+generation, when its thread starts and returns (``/api/generations/{id}`` -> ``worker_running``;
+``/api/stats`` -> ``decoding_threads``).
 
-Disconnects: when the client goes away (closed tab, Stop button, dropped connection), the generation's task is
-cancelled; that closes the model's ``astream``, which tells its thread to stop at its next chunk. The
-generation is marked cancelled at once; its slot in the admission queue is the library's, held until that
-thread has really returned, so nothing decodes beside the next generation for a client that left. A thread
-that was still waiting for a slot leaves when it gets one, after one decoding step (the library's queue does
-not watch for the cancellation while it waits).
+Disconnects: when the client goes away (closed tab, Stop button, dropped connection), or its conversation is
+deleted, the generation's task is cancelled; that closes the model's ``astream``, which tells its thread to stop
+at its next chunk. The generation is marked cancelled at once; its slot in the admission queue is the
+library's, held until that thread has really returned. A thread still waiting for a slot leaves the queue at
+once.
+
+Several processes on one PostgreSQL database share users and conversations; what lives in a process's memory
+stays per process: its generations (``/api/generations/{id}`` answers on the process that runs it; deleting a
+conversation cancels an answer running on the same process), the one-answer-at-a-time order per conversation,
+and CHAT_MAX_IN_FLIGHT.
 """
 
 from __future__ import annotations
@@ -61,10 +83,11 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import json
+import logging
+import math
 import os
 import re
 import resource
-import sqlite3
 import sys
 import time
 import uuid
@@ -74,22 +97,31 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, HTTPException
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 
 from langchain_persona_judge import QueueFullError
 
+from .provenance import provenance
+from .security import Guard, allowed_hosts, bearer_token, hash_token, new_token, page_csp, token_matches
+from .storage import ConversationGone, Store, default_db_path, open_store
+
 HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
-DEFAULT_DB = HERE / "chat.db"
 HEARTBEAT_S = 2.0  # an SSE comment this often while nothing else is sent: keeps proxies open, notices dead peers
 SHUTDOWN_GRACE_S = 60.0  # how long shutdown waits for the generations' tasks to end
-RETRY_AFTER_S = 5  # what a refused request (HTTP 429, the admission queue is full) is told to wait
-SESSION_ID = re.compile(r"[0-9a-f]{32}")  # used with fullmatch: "$" would let a trailing newline through
+RETRY_AFTER_S = 5  # what a refused request (HTTP 429) is told to wait
+ID = re.compile(r"[0-9a-f]{32}")  # conversation and generation ids; fullmatch: "$" would let a trailing newline in
+SEED_LIMIT = 2**63  # torch.Generator.manual_seed takes [0, 2**63) here (and wraps negatives): strict ints in range
+NAME_CHARS = 64  # a persona name
+PREFERENCE_CHARS = 500  # a free-text preference
+
+log = logging.getLogger("examples.chat_app")
 
 
 def _env_int(name: str, default: int, minimum: int = 0) -> int:
@@ -110,16 +142,36 @@ def _env_float(name: str, default: float) -> float:
     if raw is None or raw.strip() == "":
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise SystemExit(f"{name}={raw!r} is not a number") from None
+    if not math.isfinite(value):
+        raise SystemExit(f"{name}={raw!r} is not a finite number")
+    return value
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    return raw.strip().lower() not in ("0", "false", "no", "off")
 
 
 @dataclass
 class Settings:
     """Server settings; ``Settings.from_env()`` reads the variables listed in the module docstring."""
 
-    db_path: Path = DEFAULT_DB
+    db_path: Path = field(default_factory=default_db_path)
+    database_url: str | None = None
+    """A postgresql:// URL: PostgreSQL instead of the SQLite file at ``db_path``."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Host names accepted besides localhost, 127.0.0.1 and [::1]."""
+    max_body_bytes: int = 256 * 1024
+    max_message_chars: int = 8000
+    max_conversations: int = 200
+    max_in_flight: int = 2
+    max_users: int = 10_000
+    docs: bool = False
     max_tokens: int = 160
     max_tokens_cap: int = 1024
     temperature: float = 0.7
@@ -136,8 +188,17 @@ class Settings:
     def from_env(cls) -> Settings:
         max_concurrent = _env_int("MAX_CONCURRENT", 2, 1)
         threads = _env_int("CHAT_TORCH_THREADS", 0) or max(1, (os.cpu_count() or 1) // max_concurrent)
+        hosts = tuple(h.strip() for h in os.environ.get("CHAT_ALLOWED_HOSTS", "").split(",") if h.strip())
         settings = cls(
-            db_path=Path(os.environ.get("CHAT_DB") or DEFAULT_DB),
+            db_path=Path(os.environ["CHAT_DB"]) if os.environ.get("CHAT_DB") else default_db_path(),
+            database_url=os.environ.get("CHAT_DATABASE_URL") or None,
+            allowed_hosts=hosts,
+            max_body_bytes=_env_int("CHAT_MAX_BODY_BYTES", 256 * 1024, 1024),
+            max_message_chars=_env_int("CHAT_MAX_MESSAGE_CHARS", 8000, 1),
+            max_conversations=_env_int("CHAT_MAX_CONVERSATIONS", 200, 1),
+            max_in_flight=_env_int("CHAT_MAX_IN_FLIGHT", 2, 1),
+            max_users=_env_int("CHAT_MAX_USERS", 10_000, 1),
+            docs=_env_flag("CHAT_DOCS", False),
             max_tokens=_env_int("CHAT_MAX_TOKENS", 160, 1),
             max_tokens_cap=_env_int("CHAT_MAX_TOKENS_CAP", 1024, 1),
             temperature=_env_float("CHAT_TEMPERATURE", 0.7),
@@ -147,134 +208,14 @@ class Settings:
             max_queue=_env_int("MAX_QUEUE", 16, 0),
             model=os.environ.get("CHAT_MODEL") or None,
             torch_threads=threads,
-            preload=os.environ.get("CHAT_PRELOAD", "1").strip().lower() not in ("0", "false", "no", ""),
+            preload=_env_flag("CHAT_PRELOAD", True),
         )
         settings.max_tokens_cap = max(settings.max_tokens_cap, settings.max_tokens)
         return settings
 
-
-# -- storage -----------------------------------------------------------------------------------------------
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS sessions (
-    id TEXT PRIMARY KEY,
-    created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS messages (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
-    role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
-    content TEXT NOT NULL,
-    status TEXT NOT NULL DEFAULT 'complete',
-    personas TEXT NOT NULL DEFAULT '[]',
-    preferences TEXT NOT NULL DEFAULT '[]',
-    meta TEXT NOT NULL DEFAULT '{}',
-    created_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS messages_by_session ON messages (session_id, id);
-"""
-
-
-class Store:
-    """Conversations in one SQLite file (WAL journal; every write is committed before it is acknowledged).
-
-    The connection is used from one dedicated thread, so the event loop never waits for the disk.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chat-db")
-        self._db = self._executor.submit(self._open).result()
-
-    def _open(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")  # with WAL: a committed write survives the process being killed
-        db.execute("PRAGMA foreign_keys=ON")
-        db.executescript(SCHEMA)
-        return db
-
-    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.wrap_future(self._executor.submit(fn, *args))
-
-    def close(self) -> None:
-        self._executor.submit(self._db.close).result()
-        self._executor.shutdown(wait=True)
-
-    # The synchronous halves run on the db thread only.
-
-    def _create_session(self) -> dict[str, Any]:
-        row = {"id": uuid.uuid4().hex, "created_at": time.time()}
-        self._db.execute("INSERT INTO sessions (id, created_at) VALUES (:id, :created_at)", row)
-        return row
-
-    def _session_exists(self, session_id: str) -> bool:
-        return self._db.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone() is not None
-
-    def _list_sessions(self, limit: int) -> list[dict[str, Any]]:
-        rows = self._db.execute(
-            """
-            SELECT s.id, s.created_at,
-                   (SELECT content FROM messages m WHERE m.session_id = s.id AND m.role = 'user'
-                    ORDER BY m.id LIMIT 1) AS title,
-                   (SELECT COUNT(*) FROM messages m WHERE m.session_id = s.id) AS messages,
-                   COALESCE((SELECT MAX(created_at) FROM messages m WHERE m.session_id = s.id), s.created_at)
-                       AS updated_at
-            FROM sessions s ORDER BY updated_at DESC LIMIT ?
-            """,
-            (limit,),
-        ).fetchall()
-        return [dict(r) for r in rows]
-
-    def _messages(self, session_id: str) -> list[dict[str, Any]]:
-        rows = self._db.execute(
-            "SELECT * FROM messages WHERE session_id = ? ORDER BY id", (session_id,)
-        ).fetchall()
-        out = []
-        for r in rows:
-            item = dict(r)
-            for key in ("personas", "preferences", "meta"):
-                item[key] = json.loads(item[key])
-            out.append(item)
-        return out
-
-    def _add_message(
-        self, session_id: str, role: str, content: str, status: str, personas: list[str],
-        preferences: list[str], meta: dict[str, Any],
-    ) -> int:
-        cur = self._db.execute(
-            "INSERT INTO messages (session_id, role, content, status, personas, preferences, meta, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (session_id, role, content, status, json.dumps(personas), json.dumps(preferences), json.dumps(meta),
-             time.time()),
-        )
-        return int(cur.lastrowid)
-
-    def _delete_session(self, session_id: str) -> bool:
-        return self._db.execute("DELETE FROM sessions WHERE id = ?", (session_id,)).rowcount > 0
-
-    async def create_session(self) -> dict[str, Any]:
-        return await self._run(self._create_session)
-
-    async def session_exists(self, session_id: str) -> bool:
-        return await self._run(self._session_exists, session_id)
-
-    async def list_sessions(self, limit: int = 50) -> list[dict[str, Any]]:
-        return await self._run(self._list_sessions, limit)
-
-    async def messages(self, session_id: str) -> list[dict[str, Any]]:
-        return await self._run(self._messages, session_id)
-
-    async def add_message(self, session_id: str, role: str, content: str, *, status: str = "complete",
-                          personas: list[str] | None = None, preferences: list[str] | None = None,
-                          meta: dict[str, Any] | None = None) -> int:
-        return await self._run(self._add_message, session_id, role, content, status, personas or [],
-                               preferences or [], meta or {})
-
-    async def delete_session(self, session_id: str) -> bool:
-        return await self._run(self._delete_session, session_id)
+    @property
+    def default_db(self) -> bool:
+        return self.database_url is None and self.db_path == default_db_path()
 
 
 # -- generations and their decoding threads ------------------------------------------------------------------
@@ -290,6 +231,7 @@ class Generation:
 
     id: str
     session_id: str
+    user_id: str
     created: float = field(default_factory=time.monotonic)
     state: str = "queued"  # queued -> running -> completed | cancelled | error
     started: float | None = None
@@ -303,6 +245,7 @@ class Generation:
     message_id: int | None = None
     user_message_id: int | None = None
     decoded: bool = False  # the whole answer is decoded (what is left: storing it, telling the client)
+    orphaned: bool = False  # its conversation was deleted: nothing more is stored for it
     worker_threads_started: int = 0
     worker_threads_live: int = 0
     worker_returned_at: float | None = None
@@ -383,19 +326,38 @@ class TrackingExecutor(ThreadPoolExecutor):
         return super().submit(run)
 
 
+PersonaName = Annotated[str, StringConstraints(max_length=NAME_CHARS)]
+Preference = Annotated[str, StringConstraints(max_length=PREFERENCE_CHARS)]
+
+
 class MessageIn(BaseModel):
-    content: str = Field(min_length=1, max_length=20_000)
-    personas: list[str] = Field(default_factory=list, max_length=8)
+    content: str = Field(min_length=1)
+    """The message; at most CHAT_MAX_MESSAGE_CHARS characters (checked by the endpoint: a setting)."""
+    personas: list[PersonaName] = Field(default_factory=list, max_length=8)
     """Names from the persona registry (GET /api/personas)."""
-    preferences: list[str] = Field(default_factory=list, max_length=8)
-    """Free-text preferences, each one more persona."""
+    preferences: list[Preference] = Field(default_factory=list, max_length=8)
+    """Free-text preferences, each one more persona; a one-word one must be a persona's name."""
     temperature: float | None = Field(default=None, ge=0.0, le=2.0, allow_inf_nan=False)
     guidance: float | None = Field(default=None, ge=-3.0, le=5.0, allow_inf_nan=False)
     """Preference strength γ (the page's slider): 1 is the personas themselves, above 1 stronger."""
     combine: Literal["judge", "product"] | None = None
     """Persona-judge (default) or the weighted product of the personas."""
-    seed: int | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
+    seed: int | None = Field(default=None, ge=0, lt=SEED_LIMIT, strict=True)
+    """A JSON integer in torch's seed range [0, 2**63): not a boolean, a string or a float."""
+    max_tokens: int | None = Field(default=None, ge=1, strict=True)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a validated message is decoded with: the preference texts, in persona order, and their labels."""
+
+    preferences: list[str]
+    labels: list[str]
+
+
+@dataclass(frozen=True)
+class User:
+    id: str
 
 
 class ChatService:
@@ -420,13 +382,16 @@ class ChatService:
             repetition_penalty=settings.repetition_penalty,
             max_concurrency=settings.max_concurrent, max_queue=settings.max_queue, executor=self.executor,
         )
-        self.store = Store(settings.db_path)
+        self.store: Store = open_store(settings.database_url, settings.db_path, private_dir=settings.default_db)
         self.generations: OrderedDict[str, Generation] = OrderedDict()
         self.started_at = time.time()
-        self.totals = {"completed": 0, "cancelled": 0, "errors": 0, "output_tokens": 0}
+        self.totals = {"completed": 0, "cancelled": 0, "errors": 0, "refused": 0, "output_tokens": 0}
         self._admission: Any = None  # the model's admission queue, once its weights are loaded
+        self._tokenizer: Any = None
         self._session_locks: dict[str, list[Any]] = {}  # session id -> [lock, users]
         self._tasks: set[asyncio.Task[None]] = set()
+        self._active = 0  # generations accepted and not finished
+        self._in_flight: dict[str, int] = {}  # user id -> generations accepted and not finished
 
     async def preload(self) -> None:
         """Load the weights (and warm the first forward) before the first request."""
@@ -440,16 +405,31 @@ class ChatService:
             await asyncio.wait(self._tasks, timeout=SHUTDOWN_GRACE_S)
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.store.close()
+        log.info("shut down; peak RSS %.1f MB", _peak_rss_bytes() / 2**20)
+
+    # -- accounts
+
+    async def authenticate(self, header: str | None) -> User:
+        token = bearer_token(header)
+        if token is not None:
+            row = await self.store.user_by_token_hash(hash_token(token))
+            if row is not None and token_matches(token, row["token_hash"]):
+                return User(row["id"])
+        raise HTTPException(
+            401, "A valid account token is needed: Authorization: Bearer <token> (POST /api/users makes one).",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
     # -- the library's admission queue
 
     def _note_admission_queue(self) -> None:
-        """Keep a handle on the served model's admission queue (its weights are loaded by now)."""
+        """Keep a handle on the served model's admission queue and tokenizer (its weights are loaded by now)."""
         if self._admission is None:
             from langchain_persona_judge import shared_model
             from langchain_persona_judge.runtime import admission_queue
 
-            model, _ = shared_model(self.llm.model_name, device=self.llm.device, dtype=self.llm.dtype)
+            model, tokenizer = shared_model(self.llm.model_name, device=self.llm.device, dtype=self.llm.dtype)
+            self._tokenizer = tokenizer
             self._admission = admission_queue(model)
 
     def admission(self) -> dict[str, Any] | None:
@@ -460,14 +440,29 @@ class ChatService:
         return {"running": queue.running, "waiting": queue.waiting, "max_concurrency": self.settings.max_concurrent,
                 "max_queue": self.settings.max_queue}
 
-    def refuse_if_full(self) -> None:
-        """HTTP 429 when the admission queue is full: every slot decoding and MAX_QUEUE generations waiting."""
+    def refuse_if_full(self, user: User) -> None:
+        """HTTP 429 when this message would not fit: the user's own answers in flight, then the model's capacity
+        (the generations accepted here and not finished, and the library's queue itself: a cancelled generation
+        holds its slot until its thread returns). Checked and counted synchronously, so a burst cannot pass it."""
+        s = self.settings
+        mine = self._in_flight.get(user.id, 0)
+        if mine >= s.max_in_flight:
+            self.totals["refused"] += 1
+            raise HTTPException(
+                429, f"You already have {mine} answer(s) queued or being written, the most one user may have at "
+                     f"once (CHAT_MAX_IN_FLIGHT={s.max_in_flight}). Wait for one to finish, or stop it.",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+        capacity = s.max_concurrent + s.max_queue
         state = self.admission()
-        if state and state["running"] >= state["max_concurrency"] and state["waiting"] >= state["max_queue"]:
+        library_full = bool(state and state["running"] >= state["max_concurrency"]
+                            and state["waiting"] >= state["max_queue"])
+        if self._active >= capacity or library_full:
+            self.totals["refused"] += 1
             raise HTTPException(
                 429,
-                f"The model is busy: {state['running']} answers are being decoded and {state['waiting']} are "
-                f"waiting, the most this server queues (MAX_QUEUE={state['max_queue']}). Retry in a moment.",
+                f"The model is busy: {s.max_concurrent} answers are being decoded and {s.max_queue} are waiting, "
+                f"the most this server queues (MAX_QUEUE={s.max_queue}). Retry in a moment.",
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             )
 
@@ -484,18 +479,36 @@ class ChatService:
             })
         return out
 
-    def resolve_preferences(self, body: MessageIn) -> list[str]:
-        """Persona names rendered to their texts, then the free-text preferences (blank ones dropped)."""
+    def plan(self, body: MessageIn) -> Plan:
+        """Persona names rendered to their texts, then the free-text preferences (blank ones dropped), each
+        checked as the model will check it (a one-word preference must name a persona): HTTP 422 before anything
+        is stored."""
+        from langchain_persona_judge.errors import PersonaError
+        from langchain_persona_judge.personas import resolve_preference
+
         unknown = [name for name in body.personas if name not in self.registry]
         if unknown:
             raise HTTPException(422, f"Unknown persona(s) {unknown}; GET /api/personas lists them.")
-        texts = [self.registry.render(name) for name in body.personas]
-        texts += [p.strip() for p in body.preferences if p.strip()]
-        return list(dict.fromkeys(texts))
+        pairs = [(self.registry.render(name), name) for name in body.personas]
+        for text in (p.strip() for p in body.preferences):
+            if not text:
+                continue
+            try:
+                resolve_preference(text, self.registry)
+            except (PersonaError, KeyError):
+                raise HTTPException(
+                    422, f"The preference {text!r} is one word but no persona's name; write it as a sentence "
+                         "(e.g. 'Talk like a pirate.') or pick a persona from GET /api/personas.",
+                ) from None
+            pairs.append((text, text))
+        seen: dict[str, str] = {}
+        for text, label in pairs:
+            seen.setdefault(text, label)
+        return Plan(list(seen), list(seen.values()))
 
     # -- generations
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, user: User) -> dict[str, Any]:
         states = [g.state for g in self.generations.values()]
         return {
             "max_concurrent": self.settings.max_concurrent,
@@ -505,11 +518,13 @@ class ChatService:
             "decoding_threads": self.executor.live,
             "admission": self.admission(),
             **self.totals,
-            "peak_rss_mb": round(_peak_rss_bytes() / 2**20, 1),
-            "rss_mb": round(_rss_bytes() / 2**20, 1),
             "uptime_s": round(time.time() - self.started_at, 1),
-            "pid": os.getpid(),
+            "yours": {"in_flight": self._in_flight.get(user.id, 0), "max_in_flight": self.settings.max_in_flight},
         }
+
+    def generation_for(self, user: User, generation_id: str) -> Generation | None:
+        gen = self.generations.get(generation_id) if ID.fullmatch(generation_id) else None
+        return gen if gen is not None and gen.user_id == user.id else None
 
     def _remember(self, gen: Generation) -> None:
         self.generations[gen.id] = gen
@@ -519,22 +534,42 @@ class ChatService:
                 break
             del self.generations[oldest_id]
 
-    def start(self, session_id: str, body: MessageIn, preferences: list[str]) -> Generation:
-        gen = Generation(id=uuid.uuid4().hex, session_id=session_id)
+    def start(self, user: User, session_id: str, body: MessageIn, plan: Plan) -> Generation:
+        gen = Generation(id=uuid.uuid4().hex, session_id=session_id, user_id=user.id)
         self._remember(gen)
-        task = asyncio.get_running_loop().create_task(self._run(gen, body, preferences))
+        self._active += 1
+        self._in_flight[user.id] = self._in_flight.get(user.id, 0) + 1
+        task = asyncio.get_running_loop().create_task(self._run(gen, body, plan))
         gen.task = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return gen
 
-    def cancel(self, gen: Generation, reason: str) -> None:
-        """Stop a generation whose client left. One that has finished decoding is left to store its answer."""
-        if gen.decoded:
+    def _finished(self, gen: Generation) -> None:
+        self._active -= 1
+        left = self._in_flight.get(gen.user_id, 1) - 1
+        if left > 0:
+            self._in_flight[gen.user_id] = left
+        else:
+            self._in_flight.pop(gen.user_id, None)
+
+    def cancel(self, gen: Generation, reason: str, *, force: bool = False) -> None:
+        """Stop a generation. One that has finished decoding is left to store its answer, unless ``force``."""
+        if gen.decoded and not force:
             return
         if gen.task is not None and not gen.task.done() and gen.cancel_reason is None:
             gen.cancel_reason = reason
             gen.task.cancel()
+
+    def forget_session(self, session_id: str) -> int:
+        """Before a conversation is deleted: cancel its generations (they store nothing more). How many."""
+        count = 0
+        for gen in list(self.generations.values()):
+            if gen.session_id == session_id and not gen.done:
+                gen.orphaned = True
+                self.cancel(gen, "conversation deleted", force=True)
+                count += 1
+        return count
 
     @asynccontextmanager
     async def _turn(self, session_id: str) -> AsyncIterator[None]:
@@ -551,10 +586,10 @@ class ChatService:
             if entry[1] == 0:
                 del self._session_locks[session_id]
 
-    async def _context(self, session_id: str) -> list[BaseMessage]:
+    async def _context(self, gen: Generation) -> list[BaseMessage]:
         """The conversation the model sees: users' messages and complete answers, the last CHAT_HISTORY + 1."""
         messages: list[BaseMessage] = []
-        for m in await self.store.messages(session_id):
+        for m in await self.store.messages(gen.user_id, gen.session_id):
             if m["role"] == "user":
                 messages.append(HumanMessage(m["content"]))
             elif m["status"] == "complete":
@@ -562,7 +597,7 @@ class ChatService:
         keep = self.settings.history + 1
         return messages[-keep:]
 
-    async def _run(self, gen: Generation, body: MessageIn, preferences: list[str]) -> None:
+    async def _run(self, gen: Generation, body: MessageIn, plan: Plan) -> None:
         CURRENT_GENERATION.set(gen)  # this task's own context: tags the decoding thread(s) astream starts
         meta: dict[str, Any] = {"generation_id": gen.id}
         try:
@@ -571,34 +606,45 @@ class ChatService:
                     gen.session_id, "user", body.content, personas=body.personas, preferences=body.preferences,
                     meta={"generation_id": gen.id},
                 )
-                context = await self._context(gen.session_id)
+                context = await self._context(gen)
                 ahead = sum(1 for g in self.generations.values() if g.state == "queued" and g is not gen)
                 gen.publish("queued", {"generation_id": gen.id, "session_id": gen.session_id,
                                        "user_message_id": gen.user_message_id, "waiting_ahead": ahead})
-                final = await self._decode(gen, context, body, preferences)
+                final = await self._decode(gen, context, body, plan)
                 gen.decoded = True
-                await self._complete(gen, body, preferences, final, meta)
+                await self._complete(gen, body, plan, final, meta)
         except asyncio.CancelledError:
             gen.state = "cancelled"
             gen.cancel_reason = gen.cancel_reason or "server shutdown"
             self.totals["cancelled"] += 1
-            if gen.user_message_id is not None:  # keep what was said; the partial answer is marked cancelled
+            if gen.cancel_reason != "client disconnected":  # someone may still be listening
+                gen.publish("error", {"generation_id": gen.id, "status": 410 if gen.orphaned else 503,
+                                      "message": f"The answer was stopped: {gen.cancel_reason}."})
+            if gen.user_message_id is not None and not gen.orphaned:  # keep what was said; mark it cancelled
                 meta.update(self._timings(gen), cancel_reason=gen.cancel_reason)
                 await self._store_answer(gen, body, meta, status="cancelled")
-        except Exception as exc:  # noqa: BLE001 - reported to the client and kept with the conversation
+        except Exception as exc:  # noqa: BLE001 - logged in full, reported to the client in general terms
             await self._fail(gen, body, meta, exc)
         finally:
             gen.finished = time.monotonic()
+            self._finished(gen)
             gen.publish(None)
 
-    async def _complete(self, gen: Generation, body: MessageIn, preferences: list[str], final: dict[str, Any],
+    async def _complete(self, gen: Generation, body: MessageIn, plan: Plan, final: dict[str, Any],
                         meta: dict[str, Any]) -> None:
-        """Store the whole answer with its usage and timings, and tell the client."""
+        """Store the whole answer with its usage, timings and provenance, and tell the client."""
         metadata = final.get("response_metadata", {})
         usage = final.get("usage_metadata") or {}
         gen.output_tokens = int(usage.get("output_tokens", gen.pieces))
         meta.update(self._timings(gen), finish_reason=metadata.get("finish_reason"), usage=usage,
-                    persona_judge=metadata.get("persona_judge"), preferences_used=preferences)
+                    persona_judge=metadata.get("persona_judge"), preferences_used=plan.preferences)
+        trace = final.get("trace")
+        if trace and self._tokenizer is not None:
+            labels = plan.labels or ["no preference"]
+            try:
+                meta["provenance"] = await asyncio.to_thread(provenance, trace, self._tokenizer, labels)
+            except Exception:  # noqa: BLE001 - the answer stands without its provenance
+                log.exception("generation %s: could not build the provenance view", gen.id)
         await self._store_answer(gen, body, meta)
         gen.state = "completed"
         self.totals["completed"] += 1
@@ -607,31 +653,52 @@ class ChatService:
                              **meta})
 
     async def _fail(self, gen: Generation, body: MessageIn, meta: dict[str, Any], exc: Exception) -> None:
-        """Report an error to the client (a full admission queue as status 429) and keep it with the conversation."""
+        """Log the error with its details; tell the client in general terms (a full admission queue: status 429,
+        and the message that was stored is taken back, as if the request had been refused at the door)."""
         gen.state = "error"
-        gen.error = f"{type(exc).__name__}: {exc}"
-        self.totals["errors"] += 1
-        event = {"generation_id": gen.id, "type": type(exc).__name__, "message": str(exc)}
-        if isinstance(exc, QueueFullError):  # refused by the library after the request was accepted here
-            event["status"] = 429
+        event: dict[str, Any] = {"generation_id": gen.id}
+        if isinstance(exc, QueueFullError):
+            gen.error = "busy"
+            self.totals["refused"] += 1
+            event.update(status=429, message="The model is busy; retry in a moment.")
+            log.warning("generation %s refused by the admission queue: %s", gen.id, exc)
+            if gen.user_message_id is not None and not gen.orphaned:
+                try:
+                    await self.store.delete_message(gen.user_message_id)
+                except Exception:  # noqa: BLE001
+                    log.exception("generation %s: could not take back its message", gen.id)
+                gen.user_message_id = None
+        elif isinstance(exc, ConversationGone):
+            gen.error = "conversation deleted"
+            event.update(status=410, message="The conversation was deleted.")
+        else:
+            gen.error = _public_error(exc)
+            self.totals["errors"] += 1
+            event.update(status=500, message=gen.error)
+            log.error("generation %s (conversation %s) failed", gen.id, gen.session_id, exc_info=exc)
         gen.publish("error", event)
-        if gen.user_message_id is not None:
+        if gen.user_message_id is not None and not gen.orphaned:
             meta.update(self._timings(gen), error=gen.error)
             try:
                 await self._store_answer(gen, body, meta, status="error")
             except Exception:  # noqa: BLE001
-                pass
+                log.exception("generation %s: could not store its error", gen.id)
 
     async def _store_answer(self, gen: Generation, body: MessageIn, meta: dict[str, Any],
                             status: str = "complete") -> None:
-        gen.message_id = await self.store.add_message(
-            gen.session_id, "assistant", "".join(gen.text), status=status, personas=body.personas,
-            preferences=body.preferences, meta=meta,
-        )
+        if gen.orphaned:
+            return
+        try:
+            gen.message_id = await self.store.add_message(
+                gen.session_id, "assistant", "".join(gen.text), status=status, personas=body.personas,
+                preferences=body.preferences, meta=meta,
+            )
+        except ConversationGone:  # deleted by another process meanwhile
+            gen.orphaned = True
 
     async def _decode(self, gen: Generation, context: list[BaseMessage], body: MessageIn,
-                      preferences: list[str]) -> dict[str, Any]:
-        options: dict[str, Any] = {"preferences": preferences}
+                      plan: Plan) -> dict[str, Any]:
+        options: dict[str, Any] = {"preferences": plan.preferences}
         if body.max_tokens is not None:
             options["max_tokens"] = body.max_tokens
         if body.temperature is not None:
@@ -661,6 +728,7 @@ class ChatService:
                     final["response_metadata"] = {
                         k: chunk.response_metadata.get(k) for k in ("finish_reason", "persona_judge", "model_name")
                     }
+                    final["trace"] = chunk.response_metadata.get("trace")
         finally:
             await stream.aclose()
         return final
@@ -688,17 +756,29 @@ class ChatService:
         return timings
 
 
+async def current_user(request: Request) -> User:
+    """The caller, from ``Authorization: Bearer <token>`` (401 otherwise)."""
+    service: ChatService = request.app.state.service
+    return await service.authenticate(request.headers.get("authorization"))
+
+
+Caller = Annotated[User, Depends(current_user)]
+
+
+def _public_error(exc: Exception) -> str:
+    """What a client is told about an error: its kind in general terms, never its text (paths, internals)."""
+    from langchain_persona_judge.errors import ContextLengthError, RequestTimeoutError
+
+    if isinstance(exc, ContextLengthError):
+        return "The conversation is too long for the model; start a new one."
+    if isinstance(exc, RequestTimeoutError):
+        return "The answer took too long and was stopped."
+    return "The answer failed because of an error on the server (its log has the details)."
+
+
 def _peak_rss_bytes() -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
-
-
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return _peak_rss_bytes()
 
 
 def _sse(name: str, data: dict[str, Any]) -> str:
@@ -743,24 +823,45 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         await service.shutdown()
 
-    app = FastAPI(title="Persona-judge chat", lifespan=lifespan)
+    docs = {} if settings.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="Persona-judge chat", lifespan=lifespan, **docs)
     app.state.service = service
+    app.add_middleware(Guard, hosts=allowed_hosts(settings.allowed_hosts), max_body_bytes=settings.max_body_bytes)
 
-    async def existing_session(session_id: str) -> str:
-        if not SESSION_ID.fullmatch(session_id) or not await service.store.session_exists(session_id):
-            raise HTTPException(404, f"No conversation {session_id!r}; POST /api/sessions creates one.")
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # What was wrong and where, never the input itself (FastAPI's default echoes it whole, and a NaN in it
+        # cannot even be written as JSON).
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+                  for e in exc.errors()]
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    async def owned_session(user: User, session_id: str) -> str:
+        if not ID.fullmatch(session_id) or not await service.store.session_owned(user.id, session_id):
+            raise HTTPException(404, "No such conversation; POST /api/sessions creates one.")
         return session_id
 
     @app.get("/", include_in_schema=False)
-    async def index() -> FileResponse:
-        return FileResponse(STATIC / "index.html", media_type="text/html")
+    async def index() -> Response:
+        html = (STATIC / "index.html").read_text(encoding="utf-8")
+        return Response(html, media_type="text/html; charset=utf-8",
+                        headers={"Content-Security-Policy": page_csp(html), "Cache-Control": "no-cache"})
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
         return {"ok": True}
 
+    @app.post("/api/users", status_code=201)
+    async def create_user() -> dict[str, Any]:
+        token = new_token()
+        row = await service.store.create_user(hash_token(token), settings.max_users)
+        if row is None:
+            raise HTTPException(403, f"This server has all the accounts it takes (CHAT_MAX_USERS="
+                                     f"{settings.max_users}).")
+        return {"user_id": row["id"], "token": token, "created_at": row["created_at"]}
+
     @app.get("/api/config")
-    async def config() -> dict[str, Any]:
+    async def config(user: Caller) -> dict[str, Any]:
         return {
             "max_tokens": settings.max_tokens,
             "max_tokens_cap": settings.max_tokens_cap,
@@ -768,42 +869,55 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "repetition_penalty": settings.repetition_penalty,
             "max_concurrent": settings.max_concurrent,
             "max_queue": settings.max_queue,
+            "max_message_chars": settings.max_message_chars,
+            "max_preference_chars": PREFERENCE_CHARS,
+            "max_conversations": settings.max_conversations,
+            "max_in_flight": settings.max_in_flight,
             "model": service.llm.display_name,
+            "user_id": user.id,
         }
 
     @app.get("/api/personas")
-    async def personas() -> list[dict[str, Any]]:
+    async def personas(user: Caller) -> list[dict[str, Any]]:
         return service.personas()
 
     @app.post("/api/sessions", status_code=201)
-    async def create_session() -> dict[str, Any]:
-        return await service.store.create_session()
+    async def create_session(user: Caller) -> dict[str, Any]:
+        row = await service.store.create_session(user.id, settings.max_conversations)
+        if row is None:
+            raise HTTPException(409, f"You have {settings.max_conversations} conversations, the most one user may "
+                                     f"keep (CHAT_MAX_CONVERSATIONS); delete one first.")
+        return row
 
     @app.get("/api/sessions")
-    async def list_sessions(limit: int = 50) -> list[dict[str, Any]]:
-        return await service.store.list_sessions(max(1, min(limit, 500)))
+    async def list_sessions(user: Caller, limit: int = 50) -> list[dict[str, Any]]:
+        return await service.store.list_sessions(user.id, max(1, min(limit, 500)))
 
     @app.get("/api/sessions/{session_id}")
-    async def get_session(session_id: str) -> dict[str, Any]:
-        await existing_session(session_id)
-        return {"id": session_id, "messages": await service.store.messages(session_id)}
+    async def get_session(session_id: str, user: Caller) -> dict[str, Any]:
+        await owned_session(user, session_id)
+        return {"id": session_id, "messages": await service.store.messages(user.id, session_id)}
 
     @app.delete("/api/sessions/{session_id}")
-    async def delete_session(session_id: str) -> dict[str, Any]:
-        await existing_session(session_id)
-        return {"deleted": await service.store.delete_session(session_id)}
+    async def delete_session(session_id: str, user: Caller) -> dict[str, Any]:
+        await owned_session(user, session_id)
+        cancelled = service.forget_session(session_id)
+        return {"deleted": await service.store.delete_session(user.id, session_id), "cancelled": cancelled}
 
     @app.post("/api/sessions/{session_id}/messages")
-    async def post_message(session_id: str, body: MessageIn) -> StreamingResponse:
-        await existing_session(session_id)
+    async def post_message(session_id: str, body: MessageIn, user: Caller) -> StreamingResponse:
+        await owned_session(user, session_id)
         if not body.content.strip():
             raise HTTPException(422, "The message is empty.")
+        if len(body.content) > settings.max_message_chars:
+            raise HTTPException(422, f"The message has {len(body.content)} characters; the most is "
+                                     f"{settings.max_message_chars} (CHAT_MAX_MESSAGE_CHARS).")
         if body.max_tokens is not None and body.max_tokens > settings.max_tokens_cap:
             raise HTTPException(422, f"max_tokens={body.max_tokens} is over this server's cap of "
                                      f"{settings.max_tokens_cap} (CHAT_MAX_TOKENS_CAP).")
-        preferences = service.resolve_preferences(body)
-        service.refuse_if_full()
-        gen = service.start(session_id, body, preferences)
+        plan = service.plan(body)
+        service.refuse_if_full(user)
+        gen = service.start(user, session_id, body, plan)
         return StreamingResponse(
             _event_stream(service, gen),
             media_type="text/event-stream",
@@ -811,15 +925,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
 
     @app.get("/api/generations/{generation_id}")
-    async def get_generation(generation_id: str) -> dict[str, Any]:
-        gen = service.generations.get(generation_id)
+    async def get_generation(generation_id: str, user: Caller) -> dict[str, Any]:
+        gen = service.generation_for(user, generation_id)
         if gen is None:
-            raise HTTPException(404, f"No generation {generation_id!r} (unknown, or forgotten long ago).")
+            raise HTTPException(404, "No such generation (unknown, another process's, or forgotten long ago).")
         return gen.to_dict()
 
     @app.get("/api/stats")
-    async def stats() -> JSONResponse:
-        return JSONResponse(service.stats())
+    async def stats(user: Caller) -> JSONResponse:
+        return JSONResponse(service.stats(user))
 
     return app
 
@@ -827,13 +941,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def main() -> None:
     import uvicorn
 
+    level = os.environ.get("LOG_LEVEL", "warning").upper()
+    logging.basicConfig(level=getattr(logging, level, logging.WARNING),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     port = _env_int("PORT", 8000, 0)
     host = os.environ.get("HOST", "127.0.0.1")
     app = create_app()
-    print(f"Persona-judge chat on http://{host}:{port}/ (conversations in {app.state.service.settings.db_path})",
+    print(f"Persona-judge chat on http://{host}:{port}/ (conversations in {app.state.service.store.description})",
           flush=True)
-    uvicorn.run(app, host=host, port=port, log_level=os.environ.get("LOG_LEVEL", "warning"),
-                timeout_graceful_shutdown=5)
+    uvicorn.run(app, host=host, port=port, log_level=level.lower(), timeout_graceful_shutdown=5)
 
 
 if __name__ == "__main__":

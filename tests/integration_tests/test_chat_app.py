@@ -41,6 +41,7 @@ SERVER = "examples.chat_app.server"
 MAX_TOKENS = int(os.environ.get("CHAT_APP_TEST_MAX_TOKENS", "12"))
 LONG = 400  # an answer length that would take minutes: a disconnect must stop it long before
 PERSONAS = ["concise", "friendly"]
+TEST_HOST = "chat.test"  # the in-process client's host name: allowed by the test app's settings (allowed_hosts)
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run",
@@ -108,16 +109,26 @@ async def reference(preferences: list[str], turns: list[str], answers: list[str]
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     server = _server_module()
     settings = server.Settings(db_path=tmp_path_factory.mktemp("chat") / "chat.db", max_tokens=MAX_TOKENS,
-                               max_tokens_cap=64, temperature=0.0, max_concurrent=2, preload=False)
+                               max_tokens_cap=64, temperature=0.0, max_concurrent=2, preload=False,
+                               allowed_hosts=(TEST_HOST,), max_in_flight=4)
     application = server.create_app(settings)
     yield application
     application.state.service.store.close()
     _reset_admission_queue()
 
 
+async def signed_up(client: httpx.AsyncClient) -> dict[str, str]:
+    """A new account's Authorization header."""
+    response = await client.post("/api/users")
+    assert response.status_code == 201, response.text
+    return {"Authorization": f"Bearer {response.json()['token']}"}
+
+
 @pytest.fixture
 async def client(app: Any) -> Any:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://chat.test") as c:
+    """An in-process client signed in as a new user (every /api/ endpoint but POST /api/users needs a token)."""
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=f"http://{TEST_HOST}") as c:
+        c.headers.update(await signed_up(c))
         yield c
 
 
@@ -146,10 +157,12 @@ async def test_page_and_config(client: httpx.AsyncClient) -> None:
     page = await client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     # The one page: a persona picker fed by /api/personas, and answers read from a stream as they come.
-    for needle in ('id="personas"', "/api/personas", "/api/sessions", "getReader()", 'id="input"', 'id="stop"'):
+    for needle in ('id="personas"', "/api/personas", "/api/sessions", "getReader()", 'id="input"', 'id="stop"',
+                   "/api/users", "Bearer", 'id="provenance"'):
         assert needle in page.text
     config = (await client.get("/api/config")).json()
     assert config["max_tokens"] == MAX_TOKENS and config["max_concurrent"] == 2
+    assert (await client.get("/api/config", headers={"Authorization": ""})).status_code == 401
     assert config["model"] == "SmolLM2-135M-Instruct"
     assert (await client.get("/healthz")).json() == {"ok": True}
 
@@ -167,7 +180,7 @@ async def test_sessions_can_be_created_listed_read_and_deleted(client: httpx.Asy
     assert len(session) == 32
     assert (await client.get(f"/api/sessions/{session}")).json() == {"id": session, "messages": []}
     assert session in [s["id"] for s in (await client.get("/api/sessions")).json()]
-    assert (await client.delete(f"/api/sessions/{session}")).json() == {"deleted": True}
+    assert (await client.delete(f"/api/sessions/{session}")).json() == {"deleted": True, "cancelled": 0}
     assert (await client.get(f"/api/sessions/{session}")).status_code == 404
 
 
@@ -205,6 +218,7 @@ async def test_an_answer_streams_is_stored_and_the_next_turn_sees_it(
     assert done["ttft_s"] >= done["queue_wait_s"] >= 0
     preferences = [registry.render(name) for name in PERSONAS]
     assert done["preferences_used"] == preferences
+    check_provenance(done, text, PERSONAS)
     # The personas' texts reached the model: the same conversation through ChatPersonaJudge gives the same text.
     assert text == await reference(preferences, ["Why is the sky blue?"], [], MAX_TOKENS)
 
@@ -223,6 +237,22 @@ async def test_an_answer_streams_is_stored_and_the_next_turn_sees_it(
     assert messages[0]["personas"] == PERSONAS
     assert messages[1]["meta"]["generation_id"] == done["generation_id"]
     assert messages[1]["meta"]["usage"]["output_tokens"] == done["usage"]["output_tokens"]
+    assert messages[1]["meta"]["provenance"] == done["provenance"]  # a reload shows the same provenance
+
+
+def check_provenance(done: dict[str, Any], text: str, labels: list[str]) -> None:
+    """The done event's provenance: one trace entry per output token, each with its text (together, the
+    answer), the persona it follows, and counts that add up."""
+    prov = done["provenance"]
+    assert prov["personas"] == labels
+    trace = prov["trace"]
+    assert len(trace) == done["usage"]["output_tokens"]
+    assert "".join(t["text"] for t in trace) == text
+    for t in trace:
+        assert set(t) >= {"token_id", "drafter", "judge", "kind", "text"}
+        assert -1 <= t["judge"] < max(len(labels), 1)
+    assert sum(prov["tokens_by_persona"].values()) == len(trace)
+    assert sum(prov["kinds"].values()) == len(trace)
 
 
 async def test_concurrent_conversations_do_not_mix(client: httpx.AsyncClient, registry: Any) -> None:
@@ -245,12 +275,15 @@ async def test_a_full_admission_queue_is_refused_with_429(tmp_path: Path) -> Non
     # One slot and no room to wait: while one answer decodes, the next message is refused before it is stored.
     server = _server_module()
     settings = server.Settings(db_path=tmp_path / "chat.db", max_tokens=MAX_TOKENS, max_tokens_cap=64,
-                               temperature=0.0, max_concurrent=1, max_queue=0, preload=False)
+                               temperature=0.0, max_concurrent=1, max_queue=0, preload=False,
+                               allowed_hosts=(TEST_HOST,))
     application = server.create_app(settings)
     service = application.state.service
     try:
         await service.preload()  # loads the weights, so the app knows the model's admission queue
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url="http://chat.test") as c:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=application),
+                                     base_url=f"http://{TEST_HOST}") as c:
+            c.headers.update(await signed_up(c))
             first, second = await _new_session(c), await _new_session(c)
             busy = asyncio.create_task(_ask(c, first, "Tell me a story about a dragon.", max_tokens=48))
             deadline = time.monotonic() + 120
@@ -319,6 +352,16 @@ class LiveServer:
         self.stop()
         self.start()
 
+    def new_user(self) -> dict[str, str]:
+        """A new account's Authorization header."""
+        response = httpx.post(f"{self.url}/api/users", timeout=30)
+        assert response.status_code == 201, response.text
+        return {"Authorization": f"Bearer {response.json()['token']}"}
+
+    def client(self, headers: dict[str, str] | None = None) -> httpx.Client:
+        """A client signed in as a new user (or with these headers)."""
+        return httpx.Client(base_url=self.url, timeout=120, headers=headers or self.new_user())
+
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
@@ -378,7 +421,7 @@ class OpenStream:
 
 
 def test_disconnects_stop_generation_and_free_the_slot(live: LiveServer) -> None:
-    with httpx.Client(base_url=live.url, timeout=120) as client:
+    with live.client() as client:
         def generation(gid: str) -> dict[str, Any]:
             return client.get(f"/api/generations/{gid}").json()
 
@@ -438,24 +481,45 @@ def _chromium() -> str | None:
 
 @pytest.mark.browser
 def test_the_page_streams_an_answer_in_headless_chromium(live: LiveServer) -> None:
+    """Two people in two browser contexts: each page signs up on its first visit (its token in localStorage),
+    streams its answer, and sees only its own conversations; the provenance toggle colours the answer's tokens."""
     chromium = _chromium()
     if chromium is None:
         pytest.skip("no chromium at /usr/bin/chromium (or $CHROMIUM, or on PATH): run scripts/install-browser.sh, "
                     "which installs Debian's chromium; CI runs it before the tests")
     from playwright.sync_api import expect, sync_playwright
 
+    def open_page(context: Any, problems: list[str]) -> Any:
+        page = context.new_page()
+        page.set_default_timeout(180_000)
+        page.on("pageerror", lambda exc: problems.append(str(exc)))
+        # A Content-Security-Policy violation is reported on the console, not as a page error.
+        page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
+        page.goto(live.url)
+        page.wait_for_selector("body[data-ready='1']")
+        return page
+
+    def ask(page: Any, question: str) -> Any:
+        page.fill("#input", question)
+        page.click("#send")
+        answer = page.locator(".msg.assistant").last
+        expect(answer).to_have_attribute("data-state", "done", timeout=180_000)
+        return answer
+
+    def bearer(page: Any) -> dict[str, str]:
+        token = page.evaluate("localStorage.getItem('pj.token')")
+        assert token, "the page kept no token"
+        return {"Authorization": f"Bearer {token}"}
+
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
         try:
-            page = browser.new_page()
-            page.set_default_timeout(180_000)
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(live.url)
-            page.wait_for_selector("body[data-ready='1']")
+            problems: list[str] = []
+            page = open_page(browser.new_context(), problems)
+            auth_a = bearer(page)
             # The persona picker lists the registry; pick two.
             boxes = page.locator("#personas input[type=checkbox]")
-            expect(boxes).to_have_count(len(httpx.get(f"{live.url}/api/personas").json()))
+            expect(boxes).to_have_count(len(httpx.get(f"{live.url}/api/personas", headers=auth_a).json()))
             for box in boxes.all():
                 box.uncheck()
             page.check("#personas input[value='concise']")
@@ -468,10 +532,7 @@ def test_the_page_streams_an_answer_in_headless_chromium(live: LiveServer) -> No
                     if (a) window.__updates.push([a.dataset.state, a.querySelector('.body').textContent]);
                 }).observe(document.getElementById('messages'), {subtree: true, childList: true, characterData: true});
             }""")
-            page.fill("#input", "Why is the sky blue?")
-            page.click("#send")
-            answer = page.locator(".msg.assistant").last
-            expect(answer).to_have_attribute("data-state", "done", timeout=180_000)
+            answer = ask(page, "Why is the sky blue?")
             text = answer.locator(".body").text_content()
             assert text and text.strip()
             updates = page.evaluate("window.__updates")
@@ -480,22 +541,74 @@ def test_the_page_streams_an_answer_in_headless_chromium(live: LiveServer) -> No
             assert all(text.startswith(t) for t in streaming)
             assert "tokens" in answer.locator(".meta").text_content()
 
-            # What the page showed is what the server stored, and a reload shows the conversation again.
-            session = page.evaluate("localStorage.getItem('pj.session')")
-            stored = httpx.get(f"{live.url}/api/sessions/{session}").json()["messages"]
+            # What the page showed is what the server stored for this account.
+            session_a = page.evaluate("localStorage.getItem('pj.session')")
+            stored = httpx.get(f"{live.url}/api/sessions/{session_a}", headers=auth_a).json()["messages"]
             assert [(m["role"], m["content"]) for m in stored] == [("user", "Why is the sky blue?"),
                                                                     ("assistant", text)]
             assert stored[0]["personas"] == ["concise", "friendly"]
+
+            # Provenance: off, the answer is plain; on, every token is coloured by the persona it follows, with
+            # a legend (one key per persona used) and the acceptance statistics.
+            tokens = answer.locator(".body .tok")
+            assert tokens.count() >= 2 and "".join(tokens.all_text_contents()) == text
+            legend = answer.locator(".legend")
+            expect(legend).to_be_hidden()
+            transparent = "rgba(0, 0, 0, 0)"
+            assert tokens.first.evaluate("e => getComputedStyle(e).backgroundColor") == transparent
+            page.check("#provenance")
+            expect(legend).to_be_visible()
+            trace = stored[1]["meta"]["provenance"]["trace"]
+            colours = tokens.evaluate_all("els => els.map(e => [e.dataset.judge, getComputedStyle(e).backgroundColor])")
+            assert all(colour != transparent for _, colour in colours), colours
+            assert [int(j) for j, _ in colours] == [t["judge"] for t in trace if t["text"]]
+            by_judge: dict[str, set[str]] = {}
+            for judge, colour in colours:
+                by_judge.setdefault(judge, set()).add(colour)
+            assert all(len(c) == 1 for c in by_judge.values()), by_judge  # one colour per persona...
+            assert len({next(iter(c)) for c in by_judge.values()}) == len(by_judge)  # ...and a different one each
+            legend_text = legend.text_content()
+            assert "tokens" in legend_text
+            for judge in by_judge:
+                assert ["concise", "friendly"][int(judge)] in legend_text
+            # The toggle is remembered, and a reload shows the stored provenance again.
             page.reload()
             page.wait_for_selector("body[data-ready='1']")
             expect(page.locator(".msg.assistant .body")).to_have_text([text])
-            assert not errors, errors
+            assert page.is_checked("#provenance")
+            expect(page.locator(".msg.assistant .legend")).to_be_visible()
+            page.uncheck("#provenance")
+            expect(page.locator(".msg.assistant .legend")).to_be_hidden()
+
+            # A second person, in another browser context: another account, none of the first one's data.
+            page_b = open_page(browser.new_context(), problems)
+            auth_b = bearer(page_b)
+            assert auth_b != auth_a
+            expect(page_b.locator("#sessions li")).to_have_count(1)  # the empty conversation it opened
+            expect(page_b.locator(".msg")).to_have_count(0)
+            ask(page_b, "What is rain?")
+            expect(page_b.locator("#sessions li")).to_have_text(["What is rain?"])
+            # Pointing B's page at A's conversation gets B nothing: the server answers 404, the page starts afresh.
+            page_b.evaluate(f"localStorage.setItem('pj.session', '{session_a}')")
+            page_b.reload()
+            page_b.wait_for_selector("body[data-ready='1']")
+            assert page_b.evaluate("localStorage.getItem('pj.session')") != session_a
+            assert "Why is the sky blue?" not in page_b.locator("#messages").text_content()
+            expect(page_b.locator("#sessions li")).to_have_text(["(empty conversation)", "What is rain?"])
+            # And A still sees only A's conversation.
+            page.reload()
+            page.wait_for_selector("body[data-ready='1']")
+            expect(page.locator("#sessions li")).to_have_text(["Why is the sky blue?"])
+            assert httpx.get(f"{live.url}/api/sessions/{session_a}", headers=auth_b).status_code == 404
+            problems = [p for p in problems if "404" not in p]  # the refused look at A's conversation, on B's console
+            assert not problems, problems
         finally:
             browser.close()
 
 
 def test_a_restart_keeps_every_conversation(live: LiveServer) -> None:
-    with httpx.Client(base_url=live.url, timeout=120) as client:
+    user = live.new_user()
+    with live.client(user) as client:
         session = client.post("/api/sessions").json()["id"]
         first = parse_sse(client.post(f"/api/sessions/{session}/messages",
                                       json={"content": "What is rain?", "personas": PERSONAS}).text)
@@ -505,7 +618,7 @@ def test_a_restart_keeps_every_conversation(live: LiveServer) -> None:
 
     live.restart()  # SIGTERM, then a new process on the same database file
 
-    with httpx.Client(base_url=live.url, timeout=120) as client:
+    with live.client(user) as client:  # the account survives too
         assert client.get(f"/api/sessions/{session}").json() == before
         assert client.get("/api/sessions").json() == listed
         # The conversation goes on where it was: the new answer is stored after the old ones.
@@ -541,9 +654,9 @@ async def test_a_session_id_with_a_trailing_newline_is_not_found(
     session = await _new_session(client)
     store = app.state.service.store
 
-    async def always(session_id: str) -> bool:
+    async def always(user_id: str, session_id: str) -> bool:
         return True
 
-    monkeypatch.setattr(store, "session_exists", always)
+    monkeypatch.setattr(store, "session_owned", always)
     assert (await client.get(f"/api/sessions/{session}")).status_code == 200
     assert (await client.get(f"/api/sessions/{session}%0A")).status_code == 404
