@@ -103,7 +103,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, Field, StringConstraints, field_validator
 
 from langchain_persona_judge import QueueFullError
 
@@ -345,6 +345,15 @@ class MessageIn(BaseModel):
     seed: int | None = Field(default=None, ge=0, lt=SEED_LIMIT, strict=True)
     """A JSON integer in torch's seed range [0, 2**63): not a boolean, a string or a float."""
     max_tokens: int | None = Field(default=None, ge=1, strict=True)
+
+    @field_validator("content", "personas", "preferences")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        """No NUL character anywhere (PostgreSQL's text cannot store one; no message needs one)."""
+        for text in [value] if isinstance(value, str) else value:
+            if "\x00" in text:
+                raise ValueError("must not contain a NUL character")
+        return value
 
 
 @dataclass(frozen=True)

@@ -155,6 +155,16 @@ async def test_non_finite_numbers_are_422_not_500(probe: Probe, raw: str) -> Non
     assert await probe.stored(session) == []
 
 
+@pytest.mark.parametrize("field", ["content", "personas", "preferences"])
+async def test_a_nul_character_is_refused_before_storing(probe: Probe, field: str) -> None:
+    # PostgreSQL's text cannot hold one: accepted, it would fail there after the request was taken.
+    session = await probe.session()
+    body: dict[str, Any] = {"content": "Hi", field: "Hi\x00there" if field == "content" else ["Be\x00kind."]}
+    response = await probe.c.post(f"/api/sessions/{session}/messages", json=body)
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"][:2] == ["body", field]
+    assert await probe.stored(session) == []
+
+
 # -- seeds and preferences -----------------------------------------------------------------------------------
 
 

@@ -1,0 +1,288 @@
+"""The chat app's storage interface, the same tests against SQLite and a real PostgreSQL server.
+
+The PostgreSQL server is started here, for this module: Debian's ``postgresql`` package's ``initdb`` and
+``pg_ctl`` (``/usr/lib/postgresql/*/bin``, or $PG_BINDIR), a throw-away cluster in a temporary folder that
+listens on a Unix socket only (no TCP port), run as the ``postgres`` user when the tests run as root (PostgreSQL
+refuses root). ``make test`` installs the package (scripts/install-browser.sh); without it these tests skip
+here, saying why, and fail under CI (``CI`` set), where it must be there.
+
+Then two app processes on that one database: an account and its conversations made through one are there
+through the other, and isolation holds across them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import os
+import pwd
+import shutil
+import sqlite3
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from examples.chat_app.storage import ConversationGone, PostgresStore, SQLiteStore, Store
+
+# (No NUL: PostgreSQL's text cannot hold one, and the app refuses it in any field before it reaches a store.)
+HOSTILE = ["' OR '1'='1", "x'; DROP TABLE sessions; --", "%s", "?", "\\", "0" * 32, "é\u202e"]
+
+
+# -- a PostgreSQL server for these tests ---------------------------------------------------------------------
+
+
+def _pg_bindir() -> Path | None:
+    candidates = [os.environ.get("PG_BINDIR", "")]
+    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]), reverse=True)
+    initdb = shutil.which("initdb")
+    if initdb:
+        candidates.append(str(Path(initdb).resolve().parent))
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "initdb").exists() and (Path(candidate) / "pg_ctl").exists():
+            return Path(candidate)
+    return None
+
+
+class PostgresServer:
+    """A throw-away PostgreSQL cluster on a Unix socket in a temporary folder."""
+
+    def __init__(self, bindir: Path) -> None:
+        self.bindir = bindir
+        self.root = Path(tempfile.mkdtemp(prefix="chat-pg-"))
+        self.data = self.root / "data"
+        self.log = self.root / "server.log"
+        self.port = 5432 + os.getpid() % 1000
+        self.run_as: dict[str, Any] = {}
+        if os.geteuid() == 0:  # initdb and postgres refuse to run as root
+            try:
+                account = pwd.getpwnam("postgres")
+            except KeyError:
+                pytest.fail("running as root and there is no 'postgres' user to run PostgreSQL as "
+                            "(Debian's postgresql package makes it)")
+            os.chown(self.root, account.pw_uid, account.pw_gid)
+            self.run_as = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+        self.url = f"postgresql://chat@/postgres?host={self.root}&port={self.port}"
+
+    def _run(self, *args: str, timeout: float = 120) -> None:
+        result = subprocess.run([str(self.bindir / args[0]), *args[1:]], capture_output=True, text=True,
+                                timeout=timeout, cwd=self.root, **self.run_as)
+        if result.returncode != 0:
+            log = self.log.read_text() if self.log.exists() else ""
+            pytest.fail(f"{args[0]} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}\n{log}")
+
+    def start(self) -> None:
+        self._run("initdb", "-D", str(self.data), "-U", "chat", "-A", "trust", "-E", "UTF8", "--no-sync")
+        options = (f"-c listen_addresses='' -k {self.root} -p {self.port} -c fsync=off "
+                   "-c synchronous_commit=off -c full_page_writes=off")
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "-o", options, "start")
+
+    def stop(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            subprocess.run([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"],
+                           capture_output=True, timeout=60, cwd=self.root, **self.run_as)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def fresh_database(self, name: str) -> str:
+        """A new empty database on this server; its URL."""
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as db:
+            db.execute(f'CREATE DATABASE "{name}"')  # a name made by the tests, not input
+        return self.url.replace("/postgres?", f"/{name}?")
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    bindir = _pg_bindir()
+    if bindir is None:
+        message = ("no PostgreSQL server binaries (initdb, pg_ctl) in /usr/lib/postgresql/*/bin, $PG_BINDIR or on "
+                   "PATH: apt-get install postgresql (scripts/install-browser.sh does it; make test runs that)")
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    pytest.importorskip("psycopg", reason="psycopg comes with the app extra: pip install -e '.[app]'")
+    server = PostgresServer(bindir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+_databases = iter(range(10**6))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """A function that opens a store on this test's own (empty) database; each call is one more connection
+    pool on it, like another process."""
+    if request.param == "sqlite":
+        path = tmp_path / "chat.db"
+        return lambda: SQLiteStore(path)
+    server: PostgresServer = request.getfixturevalue("postgres")
+    url = server.fresh_database(f"chat_test_{next(_databases)}")
+    return lambda: PostgresStore(url)
+
+
+@pytest.fixture
+async def store(backend: Any) -> AsyncIterator[Store]:
+    opened = backend()
+    yield opened
+    opened.close()
+
+
+# -- the interface, on both ---------------------------------------------------------------------------------
+
+
+async def test_users_are_found_by_token_hash_only(store: Store) -> None:
+    a = await store.create_user("a" * 64, max_users=10)
+    b = await store.create_user("b" * 64, max_users=10)
+    assert a and b and a["id"] != b["id"]
+    found = await store.user_by_token_hash("a" * 64)
+    assert found == {"id": a["id"], "token_hash": "a" * 64, "created_at": pytest.approx(a["created_at"])}
+    assert await store.user_by_token_hash("c" * 64) is None
+    for hostile in HOSTILE:
+        assert await store.user_by_token_hash(hostile) is None
+
+
+async def test_accounts_are_capped(store: Store) -> None:
+    made = await asyncio.gather(*(store.create_user(f"{i:064x}", max_users=3) for i in range(8)))
+    assert sum(m is not None for m in made) == 3
+
+
+async def test_each_user_sees_only_their_own_conversations(store: Store) -> None:
+    a = (await store.create_user("a" * 64, 10))["id"]
+    b = (await store.create_user("b" * 64, 10))["id"]
+    sa = (await store.create_session(a, 10))["id"]
+    sb = (await store.create_session(b, 10))["id"]
+    await store.add_message(sa, "user", "A's question", personas=["concise"], preferences=["Be brief."],
+                            meta={"k": [1, 2]})
+    await store.add_message(sa, "assistant", "A's answer", status="cancelled")
+    assert await store.session_owned(a, sa) and not await store.session_owned(b, sa)
+    assert [s["id"] for s in await store.list_sessions(a)] == [sa]
+    assert [s["id"] for s in await store.list_sessions(b)] == [sb]
+    listed = (await store.list_sessions(a))[0]
+    assert listed["title"] == "A's question" and listed["messages"] == 2
+    assert await store.count_sessions(a) == 1
+    messages = await store.messages(a, sa)
+    assert [(m["role"], m["content"], m["status"]) for m in messages] == [
+        ("user", "A's question", "complete"), ("assistant", "A's answer", "cancelled")]
+    assert messages[0]["personas"] == ["concise"] and messages[0]["preferences"] == ["Be brief."]
+    assert messages[0]["meta"] == {"k": [1, 2]} and isinstance(messages[0]["id"], int)
+    assert await store.messages(b, sa) == []  # B asking for A's conversation gets nothing
+    # B cannot delete A's conversation; A can, and its messages go with it.
+    assert await store.delete_session(b, sa) is False
+    assert len(await store.messages(a, sa)) == 2
+    assert await store.delete_session(a, sa) is True
+    assert await store.messages(a, sa) == [] and not await store.session_owned(a, sa)
+    with pytest.raises(ConversationGone):
+        await store.add_message(sa, "assistant", "too late")
+    assert [s["id"] for s in await store.list_sessions(b)] == [sb]
+
+
+async def test_hostile_ids_are_plain_values(store: Store) -> None:
+    a = (await store.create_user("a" * 64, 10))["id"]
+    sa = (await store.create_session(a, 10))["id"]
+    for hostile in HOSTILE:
+        assert not await store.session_owned(hostile, sa)
+        assert not await store.session_owned(a, hostile)
+        assert await store.list_sessions(hostile) == []
+        assert await store.messages(a, hostile) == []
+        assert await store.delete_session(hostile, sa) is False
+    assert await store.session_owned(a, sa)  # nothing was dropped or changed
+    message = await store.add_message(sa, "user", "'; DROP TABLE messages; --")
+    assert (await store.messages(a, sa))[0]["content"] == "'; DROP TABLE messages; --"
+    await store.delete_message(message)
+    assert await store.messages(a, sa) == []
+
+
+async def test_conversations_per_user_are_capped_even_when_asked_at_once(backend: Any) -> None:
+    first, second = backend(), backend()  # two pools on one database, as two app processes would have
+    try:
+        a = (await first.create_user("a" * 64, 10))["id"]
+        b = (await second.create_user("b" * 64, 10))["id"]
+        made = await asyncio.gather(*(s.create_session(a, 5) for s in [first, second] * 10))
+        assert sum(m is not None for m in made) == 5
+        assert await first.count_sessions(a) == await second.count_sessions(a) == 5
+        assert await second.create_session(b, 5) is not None  # another user's cap is their own
+        # What one pool wrote, the other reads.
+        session = next(m for m in made if m is not None)["id"]
+        await first.add_message(session, "user", "hello")
+        assert [m["content"] for m in await second.messages(a, session)] == ["hello"]
+        assert (await second.user_by_token_hash("a" * 64))["id"] == a
+    finally:
+        first.close()
+        second.close()
+
+
+async def test_opening_an_existing_database_again_keeps_its_data(backend: Any) -> None:
+    first = backend()
+    a = (await first.create_user("a" * 64, 10))["id"]
+    session = (await first.create_session(a, 10))["id"]
+    first.close()
+    again = backend()
+    try:
+        assert [s["id"] for s in await again.list_sessions(a)] == [session]
+    finally:
+        again.close()
+
+
+def test_a_database_from_before_accounts_opens_and_hides_its_old_conversations(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.executescript("""
+            CREATE TABLE sessions (id TEXT PRIMARY KEY, created_at REAL NOT NULL);
+            CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, session_id TEXT NOT NULL
+                REFERENCES sessions(id) ON DELETE CASCADE, role TEXT NOT NULL, content TEXT NOT NULL,
+                status TEXT NOT NULL DEFAULT 'complete', personas TEXT NOT NULL DEFAULT '[]',
+                preferences TEXT NOT NULL DEFAULT '[]', meta TEXT NOT NULL DEFAULT '{}', created_at REAL NOT NULL);
+            INSERT INTO sessions VALUES ('0123456789abcdef0123456789abcdef', 1.0);
+        """)
+    store = SQLiteStore(path)
+
+    async def check() -> None:
+        a = (await store.create_user("a" * 64, 10))["id"]
+        assert await store.list_sessions(a) == []
+        assert not await store.session_owned(a, "0123456789abcdef0123456789abcdef")
+
+    try:
+        asyncio.run(check())
+    finally:
+        store.close()
+
+
+# -- two app processes on one PostgreSQL database ------------------------------------------------------------
+
+
+@pytest.mark.embedded
+def test_two_app_processes_share_one_postgres_database(postgres: PostgresServer, tmp_path: Path) -> None:
+    from tests.integration_tests.test_chat_app import LiveServer
+
+    url = postgres.fresh_database("chat_two_processes")
+    servers = [LiveServer(tmp_path / f"p{i}" / "unused.db", CHAT_DATABASE_URL=url, CHAT_PRELOAD="0")
+               for i in range(2)]
+    for i, s in enumerate(servers):
+        (tmp_path / f"p{i}").mkdir()
+        s.start()
+    try:
+        one, two = servers
+        user = one.new_user()
+        with one.client(user) as c1, two.client(user) as c2:
+            session = c1.post("/api/sessions").json()["id"]
+            assert [s["id"] for s in c2.get("/api/sessions").json()] == [session]  # made on one, seen on two
+            assert c2.get(f"/api/sessions/{session}").json() == {"id": session, "messages": []}
+            with two.client() as stranger:  # another user, on the other process
+                assert stranger.get(f"/api/sessions/{session}").status_code == 404
+                assert stranger.delete(f"/api/sessions/{session}").status_code == 404
+                assert stranger.get("/api/sessions").json() == []
+            assert c2.delete(f"/api/sessions/{session}").json()["deleted"] is True
+            assert c1.get(f"/api/sessions/{session}").status_code == 404  # deleted on two, gone on one
+        assert not (tmp_path / "p0" / "unused.db").exists()  # PostgreSQL only: no SQLite file was made
+    finally:
+        for s in servers:
+            s.stop()
