@@ -7,6 +7,7 @@ The layers, each importing only the ones below it (checked by ``lint-imports`` i
 
 * L4 ``cli`` — the ``persona-judge`` command;
 * L3 ``chat_models`` and its LangChain companions (``tools``, ``structured``, ``styled_tool``, ``prompt_templates``);
+* ``profiles`` — a user's preferences learned from choices or writing (between L3 and the runtime);
 * L2 ``runtime`` — one request end to end: models, admission, chat template, request, run loop;
 * L1 ``decoding`` (the rules), ``personas`` (preferences → texts), ``grammar`` (constrained decoding);
 * L0 ``errors``, ``defaults``.
@@ -39,12 +40,20 @@ if TYPE_CHECKING:
         OutOfMemoryError,
         PersonaError,
         PersonaJudgeError,
+        ProfileError,
         PromptTemplateError,
         QueueFullError,
         RequestTimeoutError,
         UnknownPersonaError,
     )
     from .personas import Persona, PersonaRegistry, load_registry
+    from .profiles import (
+        PreferenceLearner,
+        PreferenceProfile,
+        learn_from_texts,
+        learn_profile,
+        profile_from_description,
+    )
     from .prompt_templates import persona_chat_prompt
     from .runtime import display_name, load_model, release_model, shared_model
     from .styled_tool import PersonaJudgeTool
@@ -57,6 +66,12 @@ _EXPORTS = {
     "PersonaJudgeLLM": "chat_models",
     "PersonaJudgeTool": "styled_tool",
     "persona_chat_prompt": "prompt_templates",
+    # learned preference profiles
+    "PreferenceLearner": "profiles",
+    "PreferenceProfile": "profiles",
+    "learn_from_texts": "profiles",
+    "learn_profile": "profiles",
+    "profile_from_description": "profiles",
     # L2: models
     "display_name": "runtime",
     "load_model": "runtime",
@@ -84,6 +99,7 @@ _EXPORTS = {
     "OutOfMemoryError": "errors",
     "PersonaError": "errors",
     "PersonaJudgeError": "errors",
+    "ProfileError": "errors",
     "PromptTemplateError": "errors",
     "QueueFullError": "errors",
     "RequestTimeoutError": "errors",

@@ -7,6 +7,7 @@ handling live in the runtime; the decoding rules in :mod:`~langchain_persona_jud
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -29,12 +30,13 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils import from_env
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from . import defaults
 from .decoding import DecodingOptions
 from .defaults import DEVICE_ENV, MODEL_ENV
 from .personas import Layout, Persona, PersonaRegistry, PreferenceTemplate, Strategy
+from .profiles import PreferenceProfile, as_profile
 from .runtime import (
     REGISTRY,
     OutputGrammar,
@@ -64,7 +66,7 @@ PROVIDER = "persona_judge"
 _CALL_OVERRIDES = (
     "preferences", "composition", "lookahead", "schedule", "draft_confidence", "temperature", "top_k", "top_p",
     "max_tokens", "seed", "model", "combine", "weights", "guidance", "negative_preference", "repetition_penalty",
-    "no_repeat_ngram_size",
+    "no_repeat_ngram_size", "profile",
 )
 # Constructor arguments of hosted chat models that LangChain's standard suites (and code written for hosted
 # models) pass; they mean nothing for a local model and are accepted and dropped. Any other unknown one is refused.
@@ -355,6 +357,11 @@ class ChatPersonaJudge(BaseChatModel):
     conversation with no preference, or ``negative_preference``). 1: off; 1.5–3: stronger; below 0: away."""
     negative_preference: str | None = None
     """What guidance steers away from (the reference prompt's preference); None: no preference at all."""
+    profile: PreferenceProfile | None = None
+    """A learned preference profile, or the path of a saved one (``langchain_persona_judge.profiles``): its
+    strongest weights become personas decoded with ``combine="product"`` and those weights (a negative one steers
+    away), and its description is added as a preference; ``response_metadata["profile"]`` shows what it added.
+    Refused on a model other than the one it was learned with."""
     repetition_penalty: float | None = Field(default=None, gt=0.0)
     """transformers' repetition penalty over the answer (None or 1: off; 1.1–1.3 keeps a small model from looping)."""
     no_repeat_ngram_size: int | None = Field(default=None, ge=0)
@@ -415,6 +422,12 @@ class ChatPersonaJudge(BaseChatModel):
             )
         return values
 
+    @field_validator("profile", mode="before")
+    @classmethod
+    def _load_profile(cls, value: Any) -> PreferenceProfile | None:
+        """A path is read now, so that a missing or corrupted profile fails at construction."""
+        return None if value is None else as_profile(value)
+
     # -- LangChain plumbing ---------------------------------------------------------------------
 
     @classmethod
@@ -447,6 +460,7 @@ class ChatPersonaJudge(BaseChatModel):
             "weights": self.weights,
             "guidance": self.guidance,
             "negative_preference": self.negative_preference,
+            "profile": None if self.profile is None else self.profile.to_dict(),
             "repetition_penalty": self.repetition_penalty,
             "no_repeat_ngram_size": self.no_repeat_ngram_size,
             "temperature": self.temperature,
@@ -647,13 +661,21 @@ class ChatPersonaJudge(BaseChatModel):
         name = kwargs.get("model", self.model_name)
         model, tokenizer = self._load(name)
         conversation, template_kwargs = render_conversation(tokenizer, _convert_messages_to_dicts(messages), output)
+        options, preferences, plan = settings.decoding_options(), settings.preferences, None
+        if settings.profile is not None:  # the profile's poles (and stated preferences) as weighted personas
+            if settings.weights is not None:
+                raise ValueError("Pass weights or a profile, not both: a profile sets the personas' weights.")
+            settings.profile.check_model(model)
+            plan = settings.profile.decoding_plan(settings.preferences)
+            preferences = plan.preferences
+            options = dataclasses.replace(options, combine="product", weights=tuple(plan.weights) or None)
         request = build_request(
             model,
             tokenizer,
             conversation,
-            options=settings.decoding_options(),
+            options=options,
             personas=PersonaSettings(
-                preferences=settings.preferences,
+                preferences=preferences,
                 registry=settings.registry,
                 composition=settings.composition,
                 layout=settings.preference_layout,
@@ -666,6 +688,8 @@ class ChatPersonaJudge(BaseChatModel):
             template_kwargs=template_kwargs,
             output=_output_grammar(output),
         )
+        if plan is not None:
+            request = dataclasses.replace(request, profile=plan.metadata)
         run = RequestRun(
             request,
             timeout=self.timeout,
@@ -695,6 +719,8 @@ class ChatPersonaJudge(BaseChatModel):
         input_tokens = run.request.input_tokens
         usage = UsageMetadata(input_tokens=input_tokens, output_tokens=run.used, total_tokens=input_tokens + run.used)
         metadata = {"model_provider": PROVIDER, **run.metadata()}
+        if run.request.profile is not None:
+            metadata["profile"] = run.request.profile
         message = AIMessageChunk(content="", usage_metadata=usage, response_metadata=metadata, chunk_position="last")
         info: dict[str, Any] = {"finish_reason": run.finish_reason}
         if self.return_trace:

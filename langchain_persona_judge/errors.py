@@ -82,6 +82,14 @@ class OutOfMemoryError(PersonaJudgeError, RuntimeError, MemoryError):
     """The accelerator ran out of memory; the request's caches were freed, and the next request can run."""
 
 
+# -- preference profiles (learned from a user's choices or writing) -----------------------------------------
+
+
+class ProfileError(PersonaJudgeError, ValueError):
+    """Bad preference evidence, or a profile that cannot be used as asked: a corrupted file, non-finite weights,
+    or one learned with another model or basis (the message names which and what to do)."""
+
+
 __all__ = [
     "ContextLengthError",
     "DecodingError",
@@ -91,6 +99,7 @@ __all__ = [
     "OutOfMemoryError",
     "PersonaError",
     "PersonaJudgeError",
+    "ProfileError",
     "PromptTemplateError",
     "QueueFullError",
     "RequestTimeoutError",

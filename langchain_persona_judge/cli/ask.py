@@ -60,7 +60,13 @@ def _personas(argv: list[str]) -> int:
     return run(argv)
 
 
-SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {"personas": _personas}
+def _learn(argv: list[str]) -> int:
+    from .learn import run
+
+    return run(argv)
+
+
+SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {"personas": _personas, "learn": _learn}
 
 EPILOG = """\
 examples:
@@ -121,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--registry",
         metavar="FILE",
         help="a YAML persona registry (file or folder) merged over the built-ins; -p NAME then finds its personas",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="a learned preference profile (persona-judge learn): its strongest weights become weighted personas",
     )
     parser.add_argument(
         "--composition",
@@ -239,6 +250,12 @@ def _validate(args: argparse.Namespace) -> None:
         raise UsageError("--weight applies to --combine product (Persona-judge rotates its roles evenly)")
     if args.weights is not None and not all(math.isfinite(w) for w in args.weights):
         raise UsageError(f"--weight must be finite numbers (got {args.weights})")
+    if args.profile is not None:
+        if args.weights is not None:
+            raise UsageError("--profile sets the personas' weights; drop --weight")
+        from ..profiles import PreferenceProfile
+
+        args.profile = PreferenceProfile.load(args.profile)  # a missing or corrupted file fails before the model
     if not math.isfinite(args.guidance):
         raise UsageError(f"--guidance must be a finite number (got {args.guidance})")
     if args.repetition_penalty is not None and not (0 < args.repetition_penalty < math.inf):
@@ -312,6 +329,7 @@ def _make_llm(
         weights=args.weights if rule else None,
         guidance=args.guidance if rule else 1.0,
         negative_preference=args.negative if rule else None,
+        profile=args.profile if rule else None,
         repetition_penalty=args.repetition_penalty,
         no_repeat_ngram_size=args.no_repeat_ngram,
         return_trace=False,  # the CLI never shows the per-token trace; skip building it
@@ -459,7 +477,7 @@ def _run_compare(args: argparse.Namespace, question: str, stdout: IO[str], stder
     # "Direct" is the `all` composition: one persona whose preference turn lists every preference.
     runs = {"plain": ([], "split"), "direct": (prefs, "all"), "persona_judge": (prefs, args.composition)}
     llms = {key: _make_llm(args, value, composition, rule=False) for key, (value, composition) in runs.items()}
-    if args.combine != "judge" or args.guidance != 1.0:  # the rule asked for, beside the others
+    if args.combine != "judge" or args.guidance != 1.0 or args.profile is not None:  # the rule asked for, too
         llms["rule"] = _make_llm(args, prefs, args.composition)
     _load(llms["plain"], args.quiet)  # all of them share one copy of the weights
     messages = _messages(question, args.system)

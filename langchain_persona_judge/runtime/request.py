@@ -81,6 +81,8 @@ class Request:
     constraint: TokenConstraint | None = None
     reference: torch.Tensor | None = None
     """The reference prompt's ids, when the rule reads one (guidance, product weights not summing to 1)."""
+    profile: dict[str, Any] | None = None
+    """What a preference profile contributed (set by the adapter), for the response metadata."""
 
     @property
     def input_tokens(self) -> int:

@@ -32,6 +32,9 @@ PUBLIC = [
     "PersonaJudgeLLM",
     "PersonaJudgeTool",
     "PersonaRegistry",
+    "PreferenceLearner",
+    "PreferenceProfile",
+    "ProfileError",
     "PromptTemplateError",
     "QueueFullError",
     "RequestTimeoutError",
@@ -40,10 +43,13 @@ PUBLIC = [
     "UnknownPersonaError",
     "display_name",
     "generate",
+    "learn_from_texts",
+    "learn_profile",
     "load_model",
     "load_registry",
     "persona_chat_prompt",
     "prepack_linear_weights",
+    "profile_from_description",
     "release_model",
     "shared_model",
     "stream",
@@ -81,6 +87,7 @@ BUILTINS = {
     "RequestTimeoutError": (RuntimeError, TimeoutError),
     "ContextLengthError": (RuntimeError, ValueError),
     "OutOfMemoryError": (RuntimeError, MemoryError),
+    "ProfileError": (ValueError,),
 }
 
 

@@ -1,0 +1,383 @@
+"""The implicit reward of each basis persona, computed by the model itself, batched.
+
+For a conversation ``x`` and a response ``y`` (its tokens, then the end-of-turn token: the response is
+complete), persona ``j``'s implicit reward is
+
+    φ_j(x, y) = mean_t [ log p(y_t | x, persona_j, y_<t) − log p(y_t | x, y_<t) ]
+
+where persona ``j``'s copy of the conversation carries its preference text in the system turn, exactly as
+decoding puts it (:func:`~langchain_persona_judge.personas.persona_messages`), and the plain copy carries none
+(the reference that ``guidance`` and the weighted product read).
+
+One response costs one batched pass: ``K + 1`` left-padded rows (the ``K`` basis personas and the plain
+conversation), each the conversation's prompt and then the response's tokens; only the response positions'
+logits are kept, ``chunk`` tokens at a time. The prompt rows are read once per conversation and their cache is
+cut back after each response, so several responses to one question share that read.
+
+From the same logits :meth:`PersonaScorer.writing_statistics` takes what learning from a user's own writing
+needs: the score and the Fisher information, at zero, of the log-linear model ``log p_w(v) = log p_0(v) +
+Σ_j w_j (log p_j(v) − log p_0(v)) − log Z`` (the weighted product decoding uses), summed over the text's tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import DynamicCache
+
+from ..decoding import context_limit
+from ..decoding.base import ForwardSignature, check_finite, eos_ids
+from ..errors import ProfileError
+from ..personas import Layout, PersonaRegistry, persona_messages
+from ..runtime import admission_queue, display_name, encode_chat, shared_model
+from .basis import Basis, resolve_basis
+
+Conversation = list[dict[str, Any]]
+Prompt = str | Sequence[dict[str, Any]]
+"""A question (the user's message), or a whole conversation of role/content dicts ending before the answer."""
+
+CHUNK = 32
+"""Response positions whose logits one forward keeps (bounds memory: rows × CHUNK × vocabulary floats)."""
+_CACHED_PROMPTS = 64
+_CACHED_FEATURES = 100_000
+
+
+# -- the model a profile is tied to -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelHandle:
+    """A loaded model, its tokenizer, and how it is named."""
+
+    model: Any
+    tokenizer: Any
+    name: str | None
+    """What loads it again (an HF id, folder or .gguf path); None for the embedded model or an in-memory one."""
+    display: str
+    """How it is named to people."""
+
+    @property
+    def fingerprint(self) -> str:
+        return model_fingerprint(self.model)
+
+
+def resolve_model(model: Any = None, *, device: str | None = None, dtype: str | None = None) -> ModelHandle:
+    """``(model, tokenizer)`` of anything ``ChatPersonaJudge(model=...)`` takes (None: the embedded model), an
+    already loaded ``(model, tokenizer)`` pair, or a ``ChatPersonaJudge``: its weights are shared, never loaded
+    a second time."""
+    if isinstance(model, ModelHandle):
+        return model
+    if model is None or isinstance(model, (str, os.PathLike)):
+        name = None if model is None else str(model)
+        loaded, tokenizer = shared_model(name, device=device, dtype=dtype)
+        return ModelHandle(loaded, tokenizer, name, display_name(name))
+    if isinstance(model, tuple) and len(model) == 2:
+        loaded, tokenizer = model
+        if not callable(getattr(tokenizer, "__call__", None)) or not hasattr(loaded, "config"):
+            raise ProfileError("model=(model, tokenizer): pass a loaded transformers causal LM and its tokenizer.")
+        return ModelHandle(loaded, tokenizer, None, display_name(None, loaded))
+    if hasattr(model, "hf_model") and hasattr(model, "model_name"):  # a ChatPersonaJudge (duck-typed: layer L3)
+        if model.hf_model is not None:
+            if model.tokenizer is None:
+                raise ProfileError("The chat model has hf_model but no tokenizer; pass both.")
+            return ModelHandle(model.hf_model, model.tokenizer, None, display_name(None, model.hf_model))
+        name = model.model_name
+        loaded, tokenizer = shared_model(name, device=model.device, dtype=model.dtype)
+        return ModelHandle(loaded, tokenizer, name, display_name(name))
+    raise ProfileError(
+        f"model={type(model).__name__}: pass None (the embedded model), a Hugging Face id or path, a loaded "
+        "(model, tokenizer) pair, or a ChatPersonaJudge."
+    )
+
+
+_fingerprints: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+_fingerprints_lock = threading.Lock()
+
+
+def model_fingerprint(model: Any) -> str:
+    """A digest of the model's architecture and the first rows of its input embeddings, rounded to bfloat16
+    (so the same weights loaded in fp32 or bf16 agree, and any other model differs)."""
+    with _fingerprints_lock:
+        known = _fingerprints.get(model)
+    if known is not None:
+        return known
+    config = model.config
+    shape = {key: getattr(config, key, None) for key in (
+        "model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")}
+    with torch.inference_mode():
+        rows = model.get_input_embeddings().weight[:64].detach().to("cpu", torch.bfloat16).contiguous()
+    digest = hashlib.sha256(json.dumps(shape, sort_keys=True).encode())
+    digest.update(rows.view(torch.int16).numpy().tobytes())
+    value = digest.hexdigest()[:16]
+    with _fingerprints_lock:
+        _fingerprints[model] = value
+    return value
+
+
+# -- the scorer -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class WritingStatistics:
+    """Sums over a text's tokens, at ``w = 0``, of the log-linear model's score and Fisher information."""
+
+    score: np.ndarray
+    """(K,): Σ_t [ℓ_j(y_t) − E_{p_0}[ℓ_j]], ℓ_j = log p_j − log p_0: how much persona j raises the text's
+    likelihood beyond what it raises for text the plain model would write."""
+    fisher: np.ndarray
+    """(K, K): Σ_t Cov_{p_0}(ℓ_j, ℓ_k)."""
+    tokens: int
+
+
+class PersonaScorer:
+    """φ(x, y) of a basis on one model, batched, with a cache of what it has scored.
+
+    Args:
+        model: anything :func:`resolve_model` takes (None: the embedded model, shared).
+        basis: registry persona names, a :class:`~.basis.Basis`, or None for the built-in basis.
+        registry: a registry (object or YAML path) over the built-ins, for the names.
+        layout: where the persona's preference goes (as in decoding).
+        chunk: response positions per forward.
+    """
+
+    def __init__(
+        self,
+        model: Any = None,
+        basis: Basis | Sequence[str] | None = None,
+        *,
+        registry: PersonaRegistry | str | Path | None = None,
+        layout: Layout = "system",
+        chunk: int = CHUNK,
+    ) -> None:
+        if chunk < 1:
+            raise ProfileError(f"chunk={chunk}: pass an integer >= 1.")
+        self.handle = resolve_model(model)
+        self.basis = resolve_basis(basis, registry)
+        self.layout = layout
+        self.chunk = chunk
+        self.forwards = 0
+        """Forward passes run so far (a cost counter)."""
+        self.positions = 0
+        """Token positions fed to the model so far (rows × tokens; a cost counter)."""
+        self._lock = threading.Lock()
+        self._rows: OrderedDict[str, list[list[int]]] = OrderedDict()
+        self._features: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        eos = eos_ids(self.handle.model, None)
+        preferred = getattr(self.handle.tokenizer, "eos_token_id", None)
+        self.end_of_turn: int | None = preferred if preferred in eos else (min(eos) if eos else None)
+        """The token that ends an answer, scored after each response (None: the model has none)."""
+
+    @property
+    def fingerprint(self) -> str:
+        return self.handle.fingerprint
+
+    # -- inputs ------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def conversation(prompt: Prompt) -> Conversation:
+        """The conversation a prompt stands for: a question becomes one user message."""
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise ProfileError("A prompt is empty; give the question (or conversation) the answer replies to.")
+            return [{"role": "user", "content": prompt}]
+        messages = [dict(m) for m in prompt] if isinstance(prompt, Sequence) else None
+        if not messages or not all(isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                                   for m in messages):
+            raise ProfileError(
+                "A prompt is a question (str) or a conversation: a non-empty list of {'role', 'content'} dicts."
+            )
+        return messages
+
+    def prompt_rows(self, prompt: Prompt) -> list[list[int]]:
+        """The token ids of each basis persona's copy of the conversation, then of the plain copy."""
+        conversation = self.conversation(prompt)
+        key = json.dumps(conversation, sort_keys=True, ensure_ascii=False)
+        with self._lock:
+            rows = self._rows.get(key)
+        if rows is not None:
+            return rows
+        tokenizer = self.handle.tokenizer
+        rows = [
+            encode_chat(tokenizer, persona_messages(conversation, [text], layout=self.layout)).tolist()
+            for text in self.basis.texts
+        ]
+        rows.append(encode_chat(tokenizer, persona_messages(conversation, [], layout=self.layout)).tolist())
+        with self._lock:
+            self._rows[key] = rows
+            while len(self._rows) > _CACHED_PROMPTS:
+                self._rows.popitem(last=False)
+        return rows
+
+    def response_ids(self, response: str) -> list[int]:
+        """A response's token ids (its text read literally: no special tokens), then the end-of-turn token."""
+        if not isinstance(response, str) or not response.strip():
+            raise ProfileError(f"A response is empty or not text ({response!r}); every answer needs some text.")
+        ids = list(self.handle.tokenizer(response.strip(), add_special_tokens=False,
+                                         split_special_tokens=True)["input_ids"])
+        if self.end_of_turn is not None:
+            ids.append(self.end_of_turn)
+        return ids
+
+    # -- what callers ask for -----------------------------------------------------------------------------
+
+    def features(self, prompt: Prompt, responses: Sequence[str]) -> np.ndarray:
+        """φ of each response to ``prompt``: shape (len(responses), K). Cached per (prompt, response)."""
+        if isinstance(responses, str):
+            raise ProfileError("responses is one string; pass a list of responses.")
+        rows = self.prompt_rows(prompt)
+        key = json.dumps(self.conversation(prompt), sort_keys=True, ensure_ascii=False)
+        with self._lock:
+            known = {r: self._features[(key, r)] for r in responses if (key, r) in self._features}
+        missing = list(dict.fromkeys(r for r in responses if r not in known))
+        if missing:
+            ids = [self.response_ids(r) for r in missing]
+            for response, (token_logps, _) in zip(missing, self._run(rows, ids, moments=False)):
+                ratios = token_logps[:-1] - token_logps[-1:]
+                known[response] = ratios.mean(axis=1)
+            with self._lock:
+                for response in missing:
+                    self._features[(key, response)] = known[response]
+                while len(self._features) > _CACHED_FEATURES:
+                    self._features.popitem(last=False)
+        if not responses:
+            return np.zeros((0, len(self.basis)))
+        return np.stack([known[r] for r in responses])
+
+    def token_log_ratios(self, prompt: Prompt, response: str) -> np.ndarray:
+        """(K, T): ``log p_j(y_t) − log p_0(y_t)`` at each of the response's tokens (end-of-turn included)."""
+        [(token_logps, _)] = self._run(self.prompt_rows(prompt), [self.response_ids(response)], moments=False)
+        return token_logps[:-1] - token_logps[-1:]
+
+    def writing_statistics(self, prompt: Prompt, text: str) -> WritingStatistics:
+        """The score and Fisher information sums of a text the user wrote in reply to ``prompt``."""
+        ids = self.response_ids(text)
+        [(_, moments)] = self._run(self.prompt_rows(prompt), [ids], moments=True)
+        score, fisher = moments
+        return WritingStatistics(score, fisher, len(ids))
+
+    # -- the batched forward ------------------------------------------------------------------------------
+
+    def _forward(self, ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor, cache: Any,
+                 keep: int, signature: ForwardSignature) -> torch.Tensor:
+        model = self.handle.model
+        device = model.device
+        kwargs: dict[str, Any] = {"input_ids": ids.to(device), signature.cache_argument: cache, "use_cache": True,
+                                  "attention_mask": attention.to(device)}
+        if signature.takes_positions:
+            kwargs["position_ids"] = positions.to(device)
+        if signature.keeps_logits:
+            kwargs["logits_to_keep"] = keep
+        self.forwards += 1
+        self.positions += ids.numel()
+        return check_finite(model(**kwargs).logits[:, -keep:])
+
+    @torch.inference_mode()
+    def _run(
+        self, rows: list[list[int]], responses: list[list[int]], *, moments: bool
+    ) -> list[tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]]:
+        """For each response: (rows, T) log-probabilities of its tokens under each row, and (with ``moments``)
+        the writing statistics' sums. The rows' prompt is read once; each response continues it."""
+        model = self.handle.model
+        limit = context_limit(model)
+        width = max(len(r) for r in rows)
+        longest = width + max(len(r) for r in responses)
+        if limit is not None and longest > limit:
+            raise ProfileError(
+                f"A prompt and its response take {longest} tokens with the longest persona, but the model's context "
+                f"holds {limit}; shorten the response or the conversation."
+            )
+        signature = ForwardSignature(model)
+        n_rows = len(rows)
+        lengths = torch.tensor([len(r) for r in rows])
+        ids = torch.zeros(n_rows, width, dtype=torch.long)
+        prefix_attention = torch.zeros(n_rows, width, dtype=torch.long)
+        for index, row in enumerate(rows):
+            ids[index, width - len(row):] = torch.tensor(row)
+            prefix_attention[index, width - len(row):] = 1
+        prefix_positions = (prefix_attention.cumsum(-1) - 1).clamp(min=0)
+        out = []
+        with admission_queue(model).admit():
+            cache = DynamicCache(config=model.config)
+            first = self._forward(ids, prefix_attention, prefix_positions, cache, 1, signature)
+            for number, response in enumerate(responses):
+                if number:
+                    if getattr(cache, "is_croppable", True):
+                        cache.crop(width - cache.get_seq_length())  # negative: tokens to remove
+                    else:  # a cache that cannot be cut back (sliding windows): read the prompt again
+                        cache = DynamicCache(config=model.config)
+                        self._forward(ids, prefix_attention, prefix_positions, cache, 1, signature)
+                out.append(self._continue(first, response, lengths, prefix_attention, cache, signature, moments))
+        return out
+
+    def _continue(self, first: torch.Tensor, response: list[int], lengths: torch.Tensor,
+                  prefix_attention: torch.Tensor, cache: Any, signature: ForwardSignature,
+                  moments: bool) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+        n_rows = prefix_attention.shape[0]
+        target = torch.tensor(response)
+        logps: list[torch.Tensor] = []
+        stats = _Moments(n_rows - 1) if moments else None
+        block = first  # (rows, 1, V): predicts response[0]
+        start = 0  # the response index ``block``'s first column predicts
+        while True:
+            targets = target[start : start + block.shape[1]]
+            logp = torch.log_softmax(block.float(), dim=-1)
+            logps.append(logp.gather(2, targets.to(logp.device).view(1, -1, 1).expand(n_rows, -1, 1))[..., 0])
+            if stats is not None:
+                stats.add(logp, logps[-1])
+            fed = start + block.shape[1]  # response tokens scored so far; the cache holds all but the last
+            if fed >= len(response):
+                break
+            stop = min(fed + self.chunk, len(response))
+            # Feeding response[fed-1 : stop-1] gives the logits that score response[fed : stop].
+            chunk = target[fed - 1 : stop - 1]
+            attention = torch.cat([prefix_attention, torch.ones(n_rows, stop - 1, dtype=torch.long)], dim=1)
+            positions = lengths.view(-1, 1) + torch.arange(fed - 1, stop - 1).view(1, -1)
+            block = self._forward(chunk.view(1, -1).expand(n_rows, -1), attention, positions, cache, chunk.numel(),
+                                  signature)
+            start = fed
+        token_logps = torch.cat(logps, dim=1).cpu().double().numpy()
+        return token_logps, None if stats is None else stats.result()
+
+
+class _Moments:
+    """Running sums of the writing statistics over blocks of positions."""
+
+    def __init__(self, k: int) -> None:
+        self.score = torch.zeros(k, dtype=torch.float64)
+        self.fisher = torch.zeros(k, k, dtype=torch.float64)
+
+    def add(self, logp: torch.Tensor, token_logp: torch.Tensor) -> None:
+        """``logp``: (K+1, c, V) log-probabilities (the plain row last); ``token_logp``: (K+1, c) of the tokens."""
+        ratio = logp[:-1] - logp[-1:]  # (K, c, V): ℓ_j at every candidate token
+        p0 = logp[-1].exp()  # (c, V)
+        mean = torch.einsum("kcv,cv->kc", ratio, p0)  # E_{p0}[ℓ_j] per position
+        observed = token_logp[:-1] - token_logp[-1:]  # (K, c)
+        self.score += (observed - mean).sum(dim=1).double().cpu()
+        second = torch.einsum("kcv,lcv,cv->kl", ratio, ratio, p0)
+        self.fisher += (second - torch.einsum("kc,lc->kl", mean, mean)).double().cpu()
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.score.numpy(), self.fisher.numpy()
+
+
+__all__ = [
+    "CHUNK",
+    "Conversation",
+    "ModelHandle",
+    "PersonaScorer",
+    "Prompt",
+    "WritingStatistics",
+    "model_fingerprint",
+    "resolve_model",
+]

@@ -1,0 +1,544 @@
+"""Preference profiles on tiny random models: the features against a direct computation, the fits, PReF's rule,
+files and versions, decoding with a profile, and every malformed input as a clear error."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from langchain_persona_judge import (
+    ChatPersonaJudge,
+    PersonaJudgeError,
+    PreferenceLearner,
+    PreferenceProfile,
+    ProfileError,
+    learn_from_texts,
+    learn_profile,
+    profile_from_description,
+)
+from langchain_persona_judge.personas import PersonaRegistry, persona_messages
+from langchain_persona_judge.profiles import (
+    Basis,
+    PersonaScorer,
+    builtin_basis_names,
+    comparison_features,
+    fit_bradley_terry,
+    information,
+    model_fingerprint,
+    most_informative,
+    parse_choice,
+    resolve_basis,
+    writing_weights,
+)
+from langchain_persona_judge.runtime import encode_chat
+from tests.helpers import full_logits, tiny_llama
+
+BASIS = ["concise", "informative", "friendly"]
+PROMPT = "Why is the sky blue?"
+ANSWERS = [
+    "Because air scatters blue light more than red light, so the sky looks blue to us.",
+    "Blue light scatters.",
+    "Oh, great question! Sunlight bounces off tiny bits of air and blue bounces the most. Neat, right?",
+]
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer: Any) -> Any:
+    return tiny_llama(seed=1, vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, sharpness=3.0)
+
+
+@pytest.fixture(scope="module")
+def other_model(tokenizer: Any) -> Any:
+    return tiny_llama(seed=7, vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, sharpness=3.0)
+
+
+@pytest.fixture(scope="module")
+def scorer(model: Any, tokenizer: Any) -> PersonaScorer:
+    return PersonaScorer((model, tokenizer), BASIS)
+
+
+def direct_log_probs(model: Any, prefix: list[int], response: list[int]) -> np.ndarray:
+    """log p(response_t | prefix, response_<t), one unbatched forward with no cache."""
+    logp = torch.log_softmax(full_logits(model, prefix + response), dim=-1)
+    return np.array([float(logp[len(prefix) - 1 + t, token]) for t, token in enumerate(response)])
+
+
+def conversation_ids(tokenizer: Any, conversation: list[dict[str, str]], texts: list[str]) -> list[int]:
+    return encode_chat(tokenizer, persona_messages(conversation, texts)).tolist()
+
+
+# -- the features ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 32])
+def test_features_match_a_direct_unbatched_computation(model: Any, tokenizer: Any, chunk: int) -> None:
+    scorer = PersonaScorer((model, tokenizer), BASIS, chunk=chunk)
+    conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": PROMPT}]
+    features = scorer.features(conversation, ANSWERS)
+    assert features.shape == (len(ANSWERS), len(BASIS))
+    for row, answer in zip(features, ANSWERS):
+        response = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        plain = direct_log_probs(model, conversation_ids(tokenizer, conversation, []), response)
+        expected = [
+            (direct_log_probs(model, conversation_ids(tokenizer, conversation, [text]), response) - plain).mean()
+            for text in scorer.basis.texts
+        ]
+        np.testing.assert_allclose(row, expected, atol=2e-5)
+
+
+def test_one_batched_forward_per_chunk_and_the_prompt_read_once(model: Any, tokenizer: Any) -> None:
+    scorer = PersonaScorer((model, tokenizer), BASIS, chunk=1000)
+    scorer.features(PROMPT, ANSWERS)
+    # One forward reads the K+1 prompts, then one per response (each response fits one chunk).
+    assert scorer.forwards == 1 + len(ANSWERS)
+    rows = scorer.prompt_rows(PROMPT)
+    assert len(rows) == len(BASIS) + 1
+    width = max(map(len, rows))
+    tokens = sum(len(scorer.response_ids(a)) - 1 for a in ANSWERS)  # a response's last token is never fed
+    assert scorer.positions == (len(BASIS) + 1) * (width + tokens)
+    scorer.features(PROMPT, ANSWERS[::-1])  # cached: no forward
+    assert scorer.forwards == 1 + len(ANSWERS)
+
+
+def test_a_response_scored_alone_or_after_others_is_the_same(model: Any, tokenizer: Any) -> None:
+    together = PersonaScorer((model, tokenizer), BASIS).features(PROMPT, ANSWERS)
+    alone = PersonaScorer((model, tokenizer), BASIS).features(PROMPT, ANSWERS[2:])
+    np.testing.assert_allclose(together[2], alone[0], atol=1e-6)
+
+
+def test_token_log_ratios_average_to_the_features(scorer: PersonaScorer) -> None:
+    ratios = scorer.token_log_ratios(PROMPT, ANSWERS[0])
+    assert ratios.shape == (len(BASIS), len(scorer.response_ids(ANSWERS[0])))
+    np.testing.assert_allclose(ratios.mean(axis=1), scorer.features(PROMPT, ANSWERS[:1])[0], atol=1e-6)
+
+
+def test_writing_statistics_match_a_direct_computation(model: Any, tokenizer: Any, scorer: PersonaScorer) -> None:
+    text = ANSWERS[2]
+    stats = scorer.writing_statistics(PROMPT, text)
+    conversation = [{"role": "user", "content": PROMPT}]
+    response = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    prefixes = [conversation_ids(tokenizer, conversation, [t]) for t in scorer.basis.texts]
+    plain_prefix = conversation_ids(tokenizer, conversation, [])
+
+    def position_logps(prefix: list[int]) -> torch.Tensor:
+        logits = full_logits(model, prefix + response)[len(prefix) - 1 : len(prefix) - 1 + len(response)]
+        return torch.log_softmax(logits, dim=-1).double()
+
+    plain = position_logps(plain_prefix)
+    ratios = torch.stack([position_logps(p) - plain for p in prefixes])  # (K, T, V)
+    p0 = plain.exp()
+    observed = ratios[:, torch.arange(len(response)), torch.tensor(response)]
+    mean = (ratios * p0).sum(-1)
+    score = (observed - mean).sum(1).numpy()
+    fisher = sum(
+        np.cov(ratios[:, t].numpy(), aweights=p0[t].numpy(), bias=True) for t in range(len(response))
+    )
+    np.testing.assert_allclose(stats.score, score, atol=1e-4)
+    np.testing.assert_allclose(stats.fisher, fisher, atol=1e-4)
+    assert stats.tokens == len(response)
+
+
+# -- the fits -------------------------------------------------------------------------------------------------
+
+
+def test_bradley_terry_recovers_planted_weights() -> None:
+    rng = np.random.default_rng(0)
+    planted = np.array([2.0, -1.0, 0.0, 0.5])
+    differences = rng.normal(size=(4000, 4))
+    outcomes = (rng.random(4000) < 1 / (1 + np.exp(-differences @ planted))).astype(float)
+    fit = fit_bradley_terry(differences, outcomes, l2=1e-3)
+    assert fit.converged
+    np.testing.assert_allclose(fit.weights, planted, atol=0.15)
+    # The optimum: the gradient of the penalised log-likelihood vanishes.
+    p = 1 / (1 + np.exp(-differences @ fit.weights))
+    assert np.abs(differences.T @ (p - outcomes) + 1e-3 * fit.weights).max() < 1e-4
+
+
+def test_bradley_terry_ties_and_prior() -> None:
+    d = np.array([[1.0, 0.0], [0.0, 1.0]])
+    tie = fit_bradley_terry(d, [0.5, 0.5], l2=1.0, prior=[0.3, -0.3])
+    assert abs(tie.weights[0]) < 0.3 and abs(tie.weights[1]) < 0.3  # pulled from the prior towards w·d = 0
+    far = fit_bradley_terry(np.zeros((1, 2)), [1.0], l2=1.0, prior=[0.3, -0.3])
+    np.testing.assert_allclose(far.weights, [0.3, -0.3], atol=1e-6)  # no information: the prior
+    np.testing.assert_allclose(far.hessian, np.eye(2))
+
+
+def test_the_active_rule_picks_the_most_uncertain_pair() -> None:
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(5, 5))
+    hessian = a @ a.T + np.eye(5)
+    candidates = rng.normal(size=(12, 5))
+    brute = [d @ np.linalg.inv(hessian) @ d for d in candidates]
+    np.testing.assert_allclose(information(candidates, hessian), brute, rtol=1e-9)
+    assert most_informative(candidates, hessian) == int(np.argmax(brute))
+
+
+def test_the_learner_asks_the_pair_with_the_largest_variance_and_refits(scorer: PersonaScorer) -> None:
+    learner = PreferenceLearner(scorer, prompts=[], l2=1.0)
+    features = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 2.0]])
+    learner.add_candidates(PROMPT, ["a a a a a", "b b b b b", "c c c c c", "d d d d d"], features=features)
+    first = learner.next_question()
+    # H = I before any answer: the largest ‖d‖² is c against... the pair (c, d): 9 + 4 = 13.
+    assert set(first.answers) == {"c c c c c", "d d d d d"} and first.information == pytest.approx(13.0)
+    profile = learner.record(first, first.answers.index("c c c c c") + 1)  # the user picks c
+    assert profile.weights["informative"] > 0 > profile.weights["friendly"]
+    second = learner.next_question()
+    pairs = [(i, j) for i in range(4) for j in range(i + 1, 4) if {i, j} != {2, 3}]
+    variances = [information(features[i] - features[j], learner.hessian)[0] for i, j in pairs]
+    assert second.pair == pairs[int(np.argmax(variances))]
+    assert second.information == pytest.approx(max(variances))
+
+
+def test_random_questions_are_reproducible_and_never_repeat(scorer: PersonaScorer) -> None:
+    def ask(seed: int) -> list[tuple[int, int]]:
+        learner = PreferenceLearner(scorer, prompts=[], strategy="random", seed=seed)
+        learner.add_candidates(PROMPT, ANSWERS, features=np.eye(3))
+        return [learner.next_question().pair for _ in range(3)]
+
+    assert ask(3) == ask(3) and len(set(ask(3))) == 3
+    learner = PreferenceLearner(scorer, prompts=[], strategy="random")
+    learner.add_candidates(PROMPT, ANSWERS[:2], features=np.eye(3)[:2])
+    learner.next_question()
+    with pytest.raises(ProfileError, match="prompt pool is used up"):
+        learner.next_question()
+
+
+def test_writing_weights_are_one_newton_step() -> None:
+    g, f = np.array([1.0, -2.0]), np.array([[2.0, 0.5], [0.5, 1.0]])
+    np.testing.assert_allclose(writing_weights(g, f, l2=0.5), np.linalg.solve(f + 0.5 * np.eye(2), g))
+
+
+# -- evidence → profile -------------------------------------------------------------------------------------------
+
+
+def test_learn_profile_fits_the_comparisons_features(model: Any, tokenizer: Any, scorer: PersonaScorer) -> None:
+    comparisons = [(PROMPT, ANSWERS[1], ANSWERS[0]), (PROMPT, ANSWERS[1], ANSWERS[2]), ("What is rain?",
+                   "Water falling from clouds.", "Rain is water that falls from clouds when droplets grow heavy.")]
+    profile = learn_profile(comparisons, model=(model, tokenizer), basis=BASIS)
+    expected = fit_bradley_terry(comparison_features(scorer, comparisons), np.ones(3)).weights
+    np.testing.assert_allclose(profile.vector, expected, atol=1e-6)
+    assert list(profile.weights) == BASIS and profile.evidence["comparisons"] == 3
+    assert profile.top(1)[0][0] == max(profile.weights, key=lambda n: abs(profile.weights[n]))
+    # The reward is w · φ, usable on its own: rank candidates.
+    rewards = profile.rewards(PROMPT, ANSWERS)
+    np.testing.assert_allclose(rewards, scorer.features(PROMPT, ANSWERS) @ profile.vector, atol=1e-9)
+    assert profile.reward(PROMPT, ANSWERS[0]) == pytest.approx(rewards[0])
+    assert [a for a, _ in profile.rank(PROMPT, ANSWERS)] == [ANSWERS[i] for i in np.argsort(rewards)[::-1]]
+
+
+def test_a_loaded_model_is_shared_not_loaded_again(model: Any, tokenizer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from langchain_persona_judge.profiles import scoring
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(scoring, "shared_model", refuse)
+    llm = ChatPersonaJudge(hf_model=model, tokenizer=tokenizer)
+    for given in ((model, tokenizer), llm):
+        profile = profile_from_description("Keep it short.", model=given, basis=BASIS)
+        assert profile.model.fingerprint == model_fingerprint(model)
+        assert profile.scorer().handle.model is model
+
+
+def test_learn_from_texts_is_the_writing_step(model: Any, tokenizer: Any, scorer: PersonaScorer) -> None:
+    texts = [(PROMPT, ANSWERS[2]), "Hey! Lovely day, isn't it?"]
+    profile = learn_from_texts(texts, model=(model, tokenizer), basis=BASIS, l2=0.5)
+    stats = [scorer.writing_statistics(PROMPT, ANSWERS[2]),
+             scorer.writing_statistics("Write a short message in your own words.", texts[1])]
+    expected = writing_weights(sum(s.score for s in stats), sum(s.fisher for s in stats), l2=0.5)
+    np.testing.assert_allclose(profile.vector, expected, atol=1e-6)
+    assert profile.evidence["texts"] == 2 and profile.evidence["tokens"] == sum(s.tokens for s in stats)
+
+
+def test_a_description_is_kept_as_free_text(model: Any, tokenizer: Any) -> None:
+    profile = profile_from_description("  I'm a nurse, keep it short.  ", model=(model, tokenizer), basis=BASIS)
+    assert profile.description == "I'm a nurse, keep it short." and profile.top() == []
+    plan = profile.decoding_plan()
+    assert plan.preferences == ["I'm a nurse, keep it short."] and plan.weights == [1.0]
+
+
+# -- the profile: reading, decoding plan, files, versions -------------------------------------------------------------
+
+
+def make_profile(model: Any, tokenizer: Any, weights: list[float], **kwargs: Any) -> PreferenceProfile:
+    return profile_from_description("x", model=(model, tokenizer), basis=BASIS).with_weights(weights) \
+        .with_description(kwargs.get("description"))
+
+
+def test_top_dimensions_and_the_decoding_plan(model: Any, tokenizer: Any) -> None:
+    profile = make_profile(model, tokenizer, [0.6, -0.3, 0.01], description="Use metric units.")
+    assert profile.top(2) == [("concise", 0.6), ("informative", -0.3)]
+    assert profile.pole_of("informative", -0.3) == "concise" and profile.pole_of("friendly", 0.1) == "friendly"
+    assert profile.dimensions()[0] == {"dimension": "length", "poles": ("concise", "informative"),
+                                       "score": pytest.approx(0.9)}
+    plan = profile.decoding_plan(["Answer in French."])
+    # friendly (0.01) is under a tenth of the strongest: left out. Learned poles share half, stated ones the rest.
+    assert [getattr(p, "name", p) for p in plan.preferences] == ["concise", "informative", "Answer in French.",
+                                                                 "Use metric units."]
+    np.testing.assert_allclose(plan.weights, [1 / 3, -1 / 6, 0.25, 0.25])
+    assert plan.preferences[0].description == profile.basis.text("concise")
+    assert plan.metadata["personas"][0] == {"name": "concise", "weight": 0.3333, "learned_weight": 0.6}
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_save_and_load_round_trip(model: Any, tokenizer: Any, tmp_path: Path, suffix: str) -> None:
+    profile = make_profile(model, tokenizer, [0.5, -0.25, 0.125], description="Be kind.")
+    path = profile.save(tmp_path / f"me{suffix}")
+    if suffix == ".json":
+        json.loads(path.read_text())
+    loaded = PreferenceProfile.load(path)
+    assert loaded.weights == profile.weights and loaded.description == "Be kind."
+    assert loaded.basis == profile.basis and loaded.model == profile.model
+    assert loaded.to_dict() == profile.to_dict()
+
+
+def test_the_chat_model_decodes_with_a_profile(model: Any, tokenizer: Any, tmp_path: Path) -> None:
+    from langchain_persona_judge import decoding as engine
+
+    path = make_profile(model, tokenizer, [0.6, -0.3, 0.1], description="Be kind.").save(tmp_path / "p.yaml")
+    seen: list[dict[str, Any]] = []
+    real = engine.stream
+
+    def spy(m: Any, prompts: Any, **kwargs: Any) -> Any:
+        seen.append({"prompts": [p.tolist() for p in prompts], **kwargs})
+        return real(m, prompts, **kwargs)
+
+    llm = ChatPersonaJudge(hf_model=model, tokenizer=tokenizer, profile=str(path), temperature=0, max_tokens=5)
+    engine_stream = engine.stream
+    engine.stream = spy
+    try:
+        answer = llm.invoke(PROMPT)
+    finally:
+        engine.stream = engine_stream
+    [run] = seen
+    options = run["options"]
+    assert options.combine == "product" and options.weights == pytest.approx((0.3, -0.15, 0.05, 0.5))
+    assert run["reference"] is not None  # the weights do not sum to 1: the plain conversation is read too
+    assert "Be kind." in tokenizer.decode(run["prompts"][3])
+    meta = answer.response_metadata["profile"]
+    assert [p["name"] for p in meta["personas"]] == ["concise", "informative", "friendly"]
+    assert meta["description"] == "Be kind." and answer.response_metadata["persona_judge"]["combine"] == "product"
+    # Per call, and refused beside explicit weights.
+    assert ChatPersonaJudge(hf_model=model, tokenizer=tokenizer, max_tokens=3).invoke(
+        PROMPT, profile=str(path)).response_metadata["profile"]["description"] == "Be kind."
+    with pytest.raises(ValueError, match="weights or a profile"):
+        ChatPersonaJudge(hf_model=model, tokenizer=tokenizer, profile=str(path), combine="product",
+                         weights=[1.0], max_tokens=3).invoke(PROMPT)
+
+
+# -- malformed evidence and profiles: clear errors ------------------------------------------------------------------
+
+
+def test_malformed_evidence_is_refused(model: Any, tokenizer: Any) -> None:
+    given = (model, tokenizer)
+    cases = [
+        (lambda: learn_profile([], model=given, basis=BASIS), "No comparisons"),
+        (lambda: learn_profile([(PROMPT, "", "b")], model=given, basis=BASIS), "chosen answer is empty"),
+        (lambda: learn_profile([(PROMPT, "same", " same ")], model=given, basis=BASIS), "same text"),
+        (lambda: learn_profile([(PROMPT, "a")], model=given, basis=BASIS), r"\(prompt, chosen, rejected\)"),
+        (lambda: learn_profile([("  ", "a", "b")], model=given, basis=BASIS), "prompt is empty"),
+        (lambda: learn_from_texts([], model=given, basis=BASIS), "No texts"),
+        (lambda: learn_from_texts(["  "], model=given, basis=BASIS), "Text #1 is empty"),
+        (lambda: profile_from_description(" ", model=given, basis=BASIS), "description is empty"),
+        (lambda: learn_profile([(PROMPT, "a", "b")], model=given, basis=[]), "basis is empty"),
+        (lambda: learn_profile([(PROMPT, "a", "b")], model=given, basis=["concise", "concise"]), "more than once"),
+        (lambda: learn_profile([(PROMPT, "a", "b")], model=object(), basis=BASIS), "pass None"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ProfileError, match=message):
+            call()
+    with pytest.raises(PersonaJudgeError, match="Unknown persona 'concize'"):
+        learn_profile([(PROMPT, "a", "b")], model=given, basis=["concize"])
+
+
+def test_a_choice_of_an_unknown_answer_is_refused(scorer: PersonaScorer) -> None:
+    learner = PreferenceLearner(scorer, prompts=[])
+    learner.add_candidates(PROMPT, ANSWERS, features=np.eye(3))
+    question = learner.next_question()
+    for bad in (3, "left", "an answer nobody gave", -1):
+        with pytest.raises(ProfileError, match="not one of the two answers"):
+            learner.record(question, bad)
+    other = PreferenceLearner(scorer, prompts=[])
+    with pytest.raises(ProfileError, match="not asked by this learner"):
+        other.record(question, 1)
+    learner.record(question, "=")
+    with pytest.raises(ProfileError, match="already answered"):
+        learner.record(question, 1)
+    assert learner.profile.evidence == {"comparisons": 1, "ties": 1, "l2": 1.0, "strategy": "active"}
+    assert [parse_choice(c, ("x", "y")) for c in (1, "2", "=", 0, "y", "none")] == [1.0, 0.0, 0.5, 0.5, 0.0, 0.5]
+    with pytest.raises(ProfileError, match="features must be finite"):
+        learner.add_candidates(PROMPT, ["e e e e"], features=np.array([[np.nan, 0.0, 0.0]]))
+    with pytest.raises(ProfileError, match="response is empty"):
+        learner.add_candidates(PROMPT, [" "], features=np.zeros((1, 3)))
+
+
+def test_a_profile_from_another_model_is_refused(model: Any, other_model: Any, tokenizer: Any) -> None:
+    profile = make_profile(model, tokenizer, [0.5, -0.5, 0.0])
+    assert model_fingerprint(model) != model_fingerprint(other_model)
+    with pytest.raises(ProfileError, match="learned with the model .* another"):
+        profile.bind((other_model, tokenizer))
+    with pytest.raises(ProfileError, match="learned with the model"):
+        ChatPersonaJudge(hf_model=other_model, tokenizer=tokenizer, profile=profile, max_tokens=2).invoke(PROMPT)
+    with pytest.raises(ProfileError, match="learned with the model"):
+        learn_profile([(PROMPT, "a", "b")], model=(other_model, tokenizer), basis=BASIS, prior=profile)
+    with pytest.raises(ProfileError, match="another basis"):
+        learn_profile([(PROMPT, "a", "b")], model=(model, tokenizer), basis=["concise", "friendly"], prior=profile)
+    # The same weights in bfloat16 are the same model.
+    assert model_fingerprint(tiny_llama(seed=1, vocab_size=len(tokenizer)).to(torch.bfloat16)) == \
+        model_fingerprint(model)
+
+
+def test_a_registry_that_renders_a_basis_persona_differently_is_another_basis(model: Any, tokenizer: Any) -> None:
+    profile = make_profile(model, tokenizer, [0.5, -0.5, 0.0])
+    edited = PersonaRegistry.from_yaml_text("personas:\n  - name: concise\n    description: Be terse.\n")
+    with pytest.raises(ProfileError, match=r"the texts of \['concise'\] differ"):
+        profile.check_basis(resolve_basis(BASIS, edited))
+
+
+def test_nan_weights_are_refused(model: Any, tokenizer: Any, tmp_path: Path) -> None:
+    profile = make_profile(model, tokenizer, [0.5, -0.5, 0.0])
+    with pytest.raises(ProfileError, match="not finite for \\['informative'\\]"):
+        profile.with_weights([0.1, math.nan, 0.0])
+    data = profile.to_dict()
+    data["basis"]["personas"][0]["weight"] = float("nan")
+    path = tmp_path / "nan.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ProfileError, match=r"nan.json: the weights of \['concise'\] are not finite"):
+        PreferenceProfile.load(path)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda text: text[: len(text) // 2] + "\n  - {[\n", "corrupted"),
+        (lambda text: "just some words", "not a preference profile"),
+        (lambda text: text.replace("version: 1", "version: 99"), "newer than this package"),
+        (lambda text: text.replace("Generate a response that is concise", "Be verbose"), "digest does not match"),
+        (lambda text: text.replace("fingerprint:", "fingerprnt:"), "`model` must hold"),
+        (lambda text: text.replace("weight: 0.5", "weight: lots"), "must be a number"),
+        (lambda text: text.replace("  personas:", "  persons:"), "basis.personas"),
+    ],
+)
+def test_a_corrupted_file_is_a_clear_error(model: Any, tokenizer: Any, tmp_path: Path, edit: Any,
+                                            message: str) -> None:
+    path = make_profile(model, tokenizer, [0.5, -0.5, 0.0]).save(tmp_path / "p.yaml")
+    path.write_text(edit(path.read_text()))
+    with pytest.raises(ProfileError, match=message):
+        PreferenceProfile.load(path)
+    with pytest.raises(ValueError, match=message):  # and at construction of the chat model (a ValidationError)
+        ChatPersonaJudge(hf_model=model, tokenizer=tokenizer, profile=path)
+
+
+def test_a_missing_or_binary_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ProfileError, match="not found"):
+        PreferenceProfile.load(tmp_path / "nope.yaml")
+    (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ProfileError, match="UTF-8"):
+        PreferenceProfile.load(tmp_path / "bin.yaml")
+
+
+# -- the basis -------------------------------------------------------------------------------------------------------
+
+
+def test_the_builtin_basis_is_bipolar() -> None:
+    names = builtin_basis_names()
+    basis = resolve_basis(None)
+    assert len(names) == 20 and list(basis.names) == names
+    pairs = basis.pairs()
+    assert len(pairs) == 10 and {d for d, _, _ in pairs} == {
+        "length", "expertise", "friendliness", "formality", "humour", "elicitation", "politeness", "enthusiasm",
+        "confidence", "structure"}
+    assert basis.opposite("concise") == "informative" and basis.opposite("elementary") == "expert"
+    assert Basis(("a",), ("A text.",), (None,)).opposite("a") is None
+    assert resolve_basis(["concise", "friendly"]).opposite("concise") is None  # its pole is not in this basis
+
+
+def test_user_personas_join_a_basis_and_pair_by_tag() -> None:
+    registry = PersonaRegistry.from_yaml_text(
+        "personas:\n"
+        "  - {name: metric, description: Use metric units., tags: ['dimension:units']}\n"
+        "  - {name: imperial, description: Use imperial units., tags: ['dimension:units']}\n"
+    )
+    basis = resolve_basis(["concise", "metric", "imperial"], registry)
+    assert basis.opposite("metric") == "imperial" and basis.pairs() == [("units", "metric", "imperial")]
+
+
+# -- the CLI ---------------------------------------------------------------------------------------------------------
+
+
+class FakeLearner:
+    """What the learn loop needs of a PreferenceLearner, without a model."""
+
+    def __init__(self, profile: PreferenceProfile) -> None:
+        self._profile = profile
+        self.recorded: list[Any] = []
+        self.count = 0
+
+    def next_question(self) -> Any:
+        from langchain_persona_judge.profiles import Question
+
+        self.count += 1
+        return Question(self.count - 1, f"Question {self.count}?", ("Short answer.", "A much longer answer " * 5),
+                        ("concise", "informative"), 1.0, (0, 1))
+
+    def record(self, question: Any, choice: Any) -> PreferenceProfile:
+        parse_choice(choice, question.answers)
+        self.recorded.append(choice)
+        return self._profile
+
+    @property
+    def profile(self) -> PreferenceProfile:
+        return self._profile
+
+
+def test_the_learn_loop_asks_records_and_draws_the_profile(model: Any, tokenizer: Any, tmp_path: Path) -> None:
+    from langchain_persona_judge.cli.learn import interact
+
+    learner = FakeLearner(make_profile(model, tokenizer, [0.6, -0.3, 0.1]))
+    out = io.StringIO()
+    profile = interact(learner, 3, io.StringIO("1\nx\n2\n=\n"), out, width=100)
+    text = out.getvalue()
+    assert learner.recorded == ["1", "2", "="]
+    assert "Question 1 of 3" in text and "Question 3 of 3" in text and "[1]" in text and "[2]" in text
+    assert "type 1, 2 or =" in text  # the bad answer was asked again
+    assert "length" in text and "concise" in text and "█" in text  # the bar chart
+    assert profile is learner.profile
+
+
+def test_the_learn_loop_stops_early_on_q_and_eof(model: Any, tokenizer: Any) -> None:
+    from langchain_persona_judge.cli.learn import interact
+
+    learner = FakeLearner(make_profile(model, tokenizer, [0.6, -0.3, 0.1]))
+    interact(learner, 5, io.StringIO("1\nq\n"), io.StringIO(), width=80)
+    assert learner.recorded == ["1"]
+    learner = FakeLearner(make_profile(model, tokenizer, [0.6, -0.3, 0.1]))
+    interact(learner, 5, io.StringIO("2\n"), io.StringIO(), width=80)
+    assert learner.recorded == ["2"]
+
+
+def test_the_cli_reads_a_profile_flag(model: Any, tokenizer: Any, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from langchain_persona_judge.cli import ask, main
+
+    path = make_profile(model, tokenizer, [0.6, -0.3, 0.1]).save(tmp_path / "p.yaml")
+    made: list[Any] = []
+    real = ask._make_llm
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        llm = real(*args, **kwargs)
+        made.append(llm)
+        return llm.model_copy(update={"hf_model": model, "tokenizer": tokenizer})
+
+    monkeypatch.setattr(ask, "_make_llm", spy)
+    assert main(["Why?", "--profile", str(path), "--max-tokens", "2", "-q"]) == 0
+    assert made[0].profile.weights == PreferenceProfile.load(path).weights
+    assert main(["Why?", "--profile", str(tmp_path / "missing.yaml")]) == 2
+    assert "profile file not found" in capsys.readouterr().err
+    assert main(["Why?", "--profile", str(path), "--combine", "product", "--weight", "1"]) == 2
