@@ -1,43 +1,52 @@
-"""Load test for the chat app (examples/chat_app): N concurrent streaming clients for a bounded time.
+"""Load test for the chat app (examples/chat_app): N concurrent streaming clients over M accounts, bounded in time.
 
-    .venv/bin/python -m benchmarks.load --clients 4 --duration 20          # starts the app on a free port
-    .venv/bin/python -m benchmarks.load --clients 16 --duration 120 --json # one JSON object on stdout
-    .venv/bin/python -m benchmarks.load --url http://127.0.0.1:8000 ...    # an app that is already running
+    .venv/bin/python -m benchmarks.load --clients 4 --duration 20                # starts the app on a free port
+    .venv/bin/python -m benchmarks.load --clients 8 --users 4 --duration 30      # 8 clients share 4 accounts
+    .venv/bin/python -m benchmarks.load --clients 16 --duration 120 --json       # one JSON object on stdout
+    .venv/bin/python -m benchmarks.load --url http://127.0.0.1:8000 ...          # an app that is already running
 
 Run it from the repository root, as a module.
 
 What it does:
 
 1. Starts the app (``python -m examples.chat_app.server``) on a free loopback port with a throw-away
-   database, greedy decoding (CHAT_TEMPERATURE=0), ``--max-tokens`` per answer, ``--max-concurrent`` decoding
-   slots and room for every client in the model's admission queue (MAX_QUEUE), or uses ``--url``; then every
-   request still asks for temperature 0 and ``--max-tokens`` itself.
-2. References: ``--scripts`` distinct two-turn conversations (a question, a follow-up, a pair of personas) are
-   each run once, alone, through the same app. Greedy decoding is deterministic, so these are the answers.
+   database, ``--max-tokens`` per answer, ``--max-concurrent`` decoding slots and room for every client in the
+   model's admission queue (MAX_QUEUE) and in each account's answers in flight, or uses ``--url``; then signs
+   up ``--users`` accounts (default: one per client). Client ``i`` uses account ``i % users``.
+2. References: client ``i`` has its own conversation: script ``i % scripts`` (a question, a follow-up, a pair
+   of personas) sampled at ``--temperature`` with seed ``--seed + i``. Seeded sampling is deterministic, so
+   each client's answers are known: each is run once, alone, through the same app, one at a time. Distinct
+   seeds make the clients' answers distinct even where their scripts are the same, so an answer delivered to
+   the wrong client (or account) cannot pass for the right one, as it could under greedy decoding.
 3. Load: ``--clients`` clients, each in a loop until ``--duration`` has passed: open a new conversation, send
-   its script's turns one after the other (streaming), then read the conversation back. Client ``i``'s
-   ``j``-th conversation runs script ``(i + j) % scripts``, so concurrent clients mostly run different
-   scripts. Every ``--disconnect-every``-th conversation instead disconnects on purpose, alternately while
-   its request is still queued and right after its first token.
+   its turns one after the other (streaming), read the conversation back, list the account's conversations,
+   and probe another account's newest conversation and generation. Every ``--disconnect-every``-th
+   conversation instead disconnects on purpose, alternately while its request is still queued and right after
+   its first token.
 4. Drain: conversations started before the deadline finish; then the app must be idle.
 
-Checks, per answer:
+Checks (each can fail, and each failure is counted):
 
-- mixed-up: the streamed text differs from its own script's reference answer for that turn, the events name
-  another generation/conversation, or the stored conversation read back differs from what this client sent
-  and received. (An answer is streamed from the model's tokens for *its* prompt, which holds its own
-  conversation's history as stored by the app, so any crossing of streams, prompts or histories between
-  clients changes the text.) A disconnected answer's partial text must be a prefix of its reference.
-- disconnects_not_freed: after a client disconnects, ``GET /api/generations/{id}`` must show the generation
-  cancelled (or already completed) with its decoding thread returned within ``--free-timeout`` seconds; and
-  at the end ``GET /api/stats`` must show nothing running, queued or decoding.
+- cross_user_leaks (must be 0): any sign of one account's data reaching another: an answer that is another
+  account's client's reference; events that name another account's conversation or generation; a listing
+  that holds a conversation this account did not make; a probe of another account's conversation (GET, DELETE,
+  POST a message) or generation (GET) answered with anything but 404; a request without a token not answered
+  401.
+- mixed-up: the streamed text differs from its own reference for that turn, the events name another
+  generation/conversation, or the stored conversation read back differs from what this client sent and
+  received. A disconnected answer's partial text must be a prefix of its reference.
+- disconnects_not_cancelled: after a client disconnects (before its answer's ``done`` arrived), the server's
+  own record of the generation (``GET /api/generations/{id}``) must say ``cancelled``, reason ``client
+  disconnected``, with its decoding thread returned, within ``--free-timeout`` seconds; a generation that ran
+  to the end anyway is counted here. At the end ``GET /api/stats`` must show nothing running, queued or
+  decoding.
 - errors: HTTP errors, ``error`` events, streams that end without ``done``, timeouts.
 
 Figures: time to first token (client side, from sending the message to its first token: includes the wait
 in the app's queue, also reported separately as queue_wait), per-answer decode speed (tokens/s after the
-first token), aggregate tokens/s (tokens of completed answers / load-phase wall time), and the server's
-peak memory (peak RSS: sampled from the process tree when this script started the app, and the app's own
-``ru_maxrss``). Exit status 1 when any check failed.
+first token), aggregate tokens/s (tokens of completed answers / load-phase wall time), and the server's peak
+memory (RSS sampled from the process tree when this script started the app). Exit status 1 when any check
+failed.
 """
 
 from __future__ import annotations
@@ -47,6 +56,7 @@ import asyncio
 import json
 import os
 import platform
+import random
 import shutil
 import signal
 import socket
@@ -142,10 +152,13 @@ class ManagedServer:
             "HOST": "127.0.0.1",
             "CHAT_DB": str(workdir / "chat.db"),
             "CHAT_MAX_TOKENS": str(args.max_tokens),
-            "CHAT_TEMPERATURE": "0",
+            "CHAT_TEMPERATURE": str(args.temperature),
             "MAX_CONCURRENT": str(args.max_concurrent),
-            # Every client may wait at once (plus the disconnected ones that still hold a place): none is refused.
+            # Every client may wait at once (plus the disconnected ones that still hold a place): none is refused,
+            # by the model's queue or by an account's limit on answers in flight.
             "MAX_QUEUE": str(2 * args.clients),
+            "CHAT_MAX_IN_FLIGHT": str(2 * args.clients),
+            "CHAT_MAX_CONVERSATIONS": "100000",
             "LOG_LEVEL": "warning",
         }
         self.log_path = workdir / "server.log"
@@ -199,6 +212,49 @@ class ManagedServer:
         self._log.close()
 
 
+# -- accounts and what each has made ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Account:
+    index: int
+    id: str
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+async def sign_up(client: httpx.AsyncClient, count: int) -> list[Account]:
+    accounts = []
+    for i in range(count):
+        response = await client.post("/api/users")
+        response.raise_for_status()
+        token = response.json()["token"]
+        config = (await client.get("/api/config", headers={"Authorization": f"Bearer {token}"})).json()
+        accounts.append(Account(i, config["user_id"], token))
+    return accounts
+
+
+@dataclass
+class Registry:
+    """Which account made each conversation and generation this run has seen (the cross-user checks' truth)."""
+
+    sessions: dict[str, int] = field(default_factory=dict)
+    generations: dict[str, int] = field(default_factory=dict)
+
+    def own(self, account: Account) -> set[str]:
+        return {s for s, owner in self.sessions.items() if owner == account.index}
+
+    def others(self, account: Account, rng: random.Random) -> tuple[str | None, str | None]:
+        """Another account's most recent conversation and generation (None when there is none yet)."""
+        sessions = [s for s, owner in self.sessions.items() if owner != account.index]
+        gens = [g for g, owner in self.generations.items() if owner != account.index]
+        pick = lambda items: rng.choice(items[-8:]) if items else None  # noqa: E731 - recent ones, still running
+        return pick(sessions), pick(gens)
+
+
 # -- one streamed answer ----------------------------------------------------------------------------------------
 
 
@@ -230,15 +286,25 @@ class Answer:
         return (self.tokens - 1) / span if span > 0 else None
 
 
-async def stream_answer(client: httpx.AsyncClient, session: str, script: Script, turn: int, max_tokens: int,
-                        disconnect: str | None = None) -> Answer:
+@dataclass(frozen=True)
+class Conversation:
+    """One client's conversation: its script, sampled with its own seed."""
+
+    script: Script
+    seed: int
+    temperature: float
+
+
+async def stream_answer(client: httpx.AsyncClient, account: Account, session: str, convo: Conversation, turn: int,
+                        max_tokens: int, disconnect: str | None = None) -> Answer:
     """POST one message and read its SSE stream. ``disconnect``: 'queued' or 'token' = leave at that event."""
     answer = Answer()
-    payload = {"content": script.turns[turn], "personas": list(script.personas), "temperature": 0,
-               "max_tokens": max_tokens}
+    payload = {"content": convo.script.turns[turn], "personas": list(convo.script.personas),
+               "temperature": convo.temperature, "seed": convo.seed, "max_tokens": max_tokens}
     answer.sent = time.monotonic()
     try:
-        async with client.stream("POST", f"/api/sessions/{session}/messages", json=payload) as response:
+        async with client.stream("POST", f"/api/sessions/{session}/messages", json=payload,
+                                 headers=account.headers) as response:
             if response.status_code != 200:
                 await response.aread()
                 answer.error = f"HTTP {response.status_code}: {response.text[:200]}"
@@ -262,7 +328,7 @@ async def stream_answer(client: httpx.AsyncClient, session: str, script: Script,
                         answer.finished = time.monotonic()
                         answer.done = data
                     elif event == "error":
-                        answer.error = f"error event: {data.get('type')}: {data.get('message')}"
+                        answer.error = f"error event: {data.get('status')}: {data.get('message')}"
                     if disconnect and event == disconnect:
                         return answer  # leaving the block closes the connection mid-stream
                     event, data_lines = "message", []
@@ -285,8 +351,10 @@ class Results:
     completed: int = 0
     errors: int = 0
     mixed_up: int = 0
+    cross_user_leaks: int = 0
+    leak_probes: int = 0
     disconnects: int = 0
-    disconnects_not_freed: int = 0
+    disconnects_not_cancelled: int = 0
     disconnects_completed_first: int = 0
     conversations: int = 0
     ttft: list[float] = field(default_factory=list)
@@ -301,22 +369,49 @@ class Results:
             self.problems.append(f"{kind}: {text}")
         log(f"  ! {kind}: {text}")
 
+    def leak(self, text: str) -> None:
+        self.cross_user_leaks += 1
+        self.problem("cross_user_leak", text)
 
-def check_answer(answer: Answer, session: str, expected: str, results: Results, where: str) -> bool:
-    """Count the answer: error, mixed-up, or completed (with its timings). True when it is right."""
+
+@dataclass(frozen=True)
+class References:
+    """Each client's reference answers (one list of turns per client) and its account."""
+
+    answers: list[list[str]]
+    account_of: list[int]
+
+    def owner_of_text(self, text: str, turn: int) -> set[int]:
+        """The accounts whose clients' reference answer for ``turn`` is exactly ``text``."""
+        return {self.account_of[c] for c, refs in enumerate(self.answers) if turn < len(refs) and refs[turn] == text}
+
+
+def check_answer(answer: Answer, client: int, account: Account, session: str, turn: int, refs: References,
+                 registry: Registry, results: Results, where: str) -> bool:
+    """Count the answer: error, cross-user leak, mixed-up, or completed (with its timings). True when right."""
     if not answer.ok:
         results.errors += 1
         results.problem("error", f"{where}: {answer.error}")
         return False
     gen_ids = {d.get("generation_id") for _, d in answer.events if "generation_id" in d}
     sessions = {d.get("session_id") for _, d in answer.events if "session_id" in d}
+    foreign = {registry.sessions.get(s) for s in sessions} | {registry.generations.get(g) for g in gen_ids}
+    if foreign - {None, account.index}:
+        results.leak(f"{where}: events name conversations {sessions} / generations {gen_ids} of another account")
+        return False
     if len(gen_ids) != 1 or sessions != {session}:
         results.mixed_up += 1
         results.problem("mixed_up", f"{where}: events name generations {gen_ids} / conversations {sessions}")
         return False
+    registry.generations.setdefault(next(iter(gen_ids)), account.index)
+    expected = refs.answers[client][turn]
     if answer.text != expected:
-        results.mixed_up += 1
-        results.problem("mixed_up", f"{where}: got {answer.text!r}, its reference is {expected!r}")
+        owners = refs.owner_of_text(answer.text, turn) - {account.index}
+        if owners:
+            results.leak(f"{where}: got the reference answer of account(s) {sorted(owners)}: {answer.text!r}")
+        else:
+            results.mixed_up += 1
+            results.problem("mixed_up", f"{where}: got {answer.text!r}, its reference is {expected!r}")
         return False
     results.completed += 1
     results.tokens += answer.tokens
@@ -329,109 +424,177 @@ def check_answer(answer: Answer, session: str, expected: str, results: Results, 
     return True
 
 
-async def new_session(client: httpx.AsyncClient) -> str:
-    response = await client.post("/api/sessions")
+def check_listing(listed: list[str], account: Account, registry: Registry, results: Results, where: str) -> None:
+    """Every conversation an account lists must be one it made."""
+    foreign = [s for s in listed if s not in registry.own(account)]
+    if foreign:
+        results.leak(f"{where}: the listing holds conversations this account did not make: {foreign[:3]}")
+
+
+def check_probe(status: int, what: str, results: Results, where: str) -> None:
+    """Another account's conversation or generation must answer 404 (as an unknown one does)."""
+    results.leak_probes += 1
+    if status != 404:
+        if 200 <= status < 300:
+            results.leak(f"{where}: {what} of another account answered {status}")
+        else:
+            results.errors += 1
+            results.problem("error", f"{where}: {what} of another account answered {status}, not 404")
+
+
+def check_cancelled(info: dict[str, Any], answer: Answer, results: Results, where: str) -> bool:
+    """The server's record of a generation whose client left before its ``done``: cancelled, for that reason."""
+    if answer.done is not None:  # the whole answer arrived before the event we meant to leave at
+        results.disconnects_completed_first += 1
+        return True
+    if info.get("state") != "cancelled" or info.get("cancel_reason") != "client disconnected":
+        results.disconnects_not_cancelled += 1
+        results.problem("not_cancelled", f"{where}: the client left, but the server's record says "
+                                         f"{info.get('state')!r} ({info.get('cancel_reason')!r})")
+        return False
+    return True
+
+
+async def new_session(client: httpx.AsyncClient, account: Account, registry: Registry) -> str:
+    response = await client.post("/api/sessions", headers=account.headers)
     response.raise_for_status()
-    return response.json()["id"]
+    session = response.json()["id"]
+    registry.sessions[session] = account.index
+    return session
 
 
-async def references(client: httpx.AsyncClient, plan: list[Script], max_tokens: int) -> list[list[str]]:
-    """Each script's answers, run alone (one request at a time)."""
+def conversations(plan: list[Script], clients: int, args: argparse.Namespace) -> list[Conversation]:
+    """Client ``i``'s conversation: script ``i % len(plan)``, seed ``--seed + i``."""
+    return [Conversation(plan[i % len(plan)], args.seed + i, args.temperature) for i in range(clients)]
+
+
+async def references(client: httpx.AsyncClient, accounts: list[Account], convos: list[Conversation],
+                     registry: Registry, max_tokens: int) -> References:
+    """Each client's answers, run alone (one request at a time)."""
     out = []
-    for script in plan:
+    for i, convo in enumerate(convos):
         started = time.monotonic()
-        session = await new_session(client)
+        account = accounts[i % len(accounts)]
+        session = await new_session(client, account, registry)
         texts = []
-        for turn in range(len(script.turns)):
-            answer = await stream_answer(client, session, script, turn, max_tokens)
+        for turn in range(len(convo.script.turns)):
+            answer = await stream_answer(client, account, session, convo, turn, max_tokens)
             if not answer.ok:
-                raise SystemExit(f"reference for script {script.index} turn {turn} failed: {answer.error}")
+                raise SystemExit(f"reference for client {i} turn {turn} failed: {answer.error}")
             texts.append(answer.text)
         out.append(texts)
-        log(f"  reference {script.index} ({time.monotonic() - started:.1f} s): {script.personas} {texts[0][:50]!r}...")
-    return out
+        log(f"  reference {i} ({time.monotonic() - started:.1f} s): {convo.script.personas} seed {convo.seed} "
+            f"{texts[0][:50]!r}...")
+    return References(out, [i % len(accounts) for i in range(len(convos))])
 
 
-async def wait_freed(client: httpx.AsyncClient, generation_id: str, timeout: float) -> tuple[str, float | None]:
-    """Poll the generation until it ended and its decoding thread returned: (state, seconds) or (state, None)."""
+async def wait_freed(client: httpx.AsyncClient, account: Account, generation_id: str,
+                     timeout: float) -> tuple[dict[str, Any], float | None]:
+    """Poll the generation until it ended and its decoding thread returned: (record, seconds) or (record, None)."""
     start = time.monotonic()
-    state = "unknown"
+    info: dict[str, Any] = {"state": "unknown"}
     while time.monotonic() - start < timeout:
         try:
-            info = (await client.get(f"/api/generations/{generation_id}")).json()
-            state = info.get("state", "unknown")
-            if state in ("cancelled", "completed", "error") and not info.get("worker_running"):
-                return state, time.monotonic() - start
+            info = (await client.get(f"/api/generations/{generation_id}", headers=account.headers)).json()
+            if info.get("state") in ("cancelled", "completed", "error") and not info.get("worker_running"):
+                return info, time.monotonic() - start
         except (httpx.HTTPError, ValueError):
             pass
         await asyncio.sleep(0.1)
-    return state, None
+    return info, None
 
 
-async def disconnecting_conversation(client: httpx.AsyncClient, script: Script, refs: list[str], mode: str,
-                                     args: argparse.Namespace, results: Results, where: str) -> None:
-    session = await new_session(client)
-    answer = await stream_answer(client, session, script, 0, args.max_tokens, disconnect=mode)
+async def probe_others(client: httpx.AsyncClient, account: Account, registry: Registry, rng: random.Random,
+                       results: Results, where: str) -> None:
+    """Reach for another account's conversation and generation: every way in must answer 404."""
+    session, generation = registry.others(account, rng)
+    h = account.headers
+    if session is not None:
+        check_probe((await client.get(f"/api/sessions/{session}", headers=h)).status_code,
+                    "GET its conversation", results, where)
+        check_probe((await client.post(f"/api/sessions/{session}/messages", headers=h,
+                                       json={"content": "let me in", "max_tokens": 1})).status_code,
+                    "POST a message to its conversation", results, where)
+        check_probe((await client.delete(f"/api/sessions/{session}", headers=h)).status_code,
+                    "DELETE its conversation", results, where)
+    if generation is not None:
+        check_probe((await client.get(f"/api/generations/{generation}", headers=h)).status_code,
+                    "GET its generation", results, where)
+
+
+async def disconnecting_conversation(client: httpx.AsyncClient, index: int, account: Account, convo: Conversation,
+                                     refs: References, mode: str, args: argparse.Namespace, registry: Registry,
+                                     results: Results, where: str) -> None:
+    session = await new_session(client, account, registry)
+    answer = await stream_answer(client, account, session, convo, 0, args.max_tokens, disconnect=mode)
     results.disconnects += 1
     if answer.error or answer.generation_id is None:
         results.errors += 1
         results.problem("error", f"{where}: before disconnecting: {answer.error or 'no generation id'}")
         return
-    if answer.done is not None:  # the whole answer arrived before the event we meant to leave at
-        results.disconnects_completed_first += 1
-    if not refs[0].startswith(answer.text):
+    registry.generations.setdefault(answer.generation_id, account.index)
+    expected = refs.answers[index][0]
+    if not expected.startswith(answer.text):
         results.mixed_up += 1
-        results.problem("mixed_up", f"{where}: partial {answer.text!r} is not a prefix of {refs[0]!r}")
-    state, took = await wait_freed(client, answer.generation_id, args.free_timeout)
+        results.problem("mixed_up", f"{where}: partial {answer.text!r} is not a prefix of {expected!r}")
+    info, took = await wait_freed(client, account, answer.generation_id, args.free_timeout)
     if took is None:
-        results.disconnects_not_freed += 1
-        results.problem("not_freed", f"{where}: generation {answer.generation_id} still {state!r} with its "
-                                     f"decoding thread running {args.free_timeout:.0f} s after the disconnect")
+        results.disconnects_not_cancelled += 1
+        results.problem("not_cancelled", f"{where}: generation {answer.generation_id} still {info.get('state')!r} "
+                                         f"with its decoding thread running {args.free_timeout:.0f} s after the "
+                                         f"disconnect")
+        return
+    if not check_cancelled(info, answer, results, where):
         return
     results.free_s.append(took)
-    history = (await client.get(f"/api/sessions/{session}")).json()["messages"]
+    history = (await client.get(f"/api/sessions/{session}", headers=account.headers)).json()["messages"]
     roles = [(m["role"], m["content"]) for m in history]
-    if not roles or roles[0] != ("user", script.turns[0]) or len(roles) > 2 or (
-        len(roles) == 2 and (roles[1][0] != "assistant" or not refs[0].startswith(roles[1][1]))
+    if not roles or roles[0] != ("user", convo.script.turns[0]) or len(roles) > 2 or (
+        len(roles) == 2 and (roles[1][0] != "assistant" or not expected.startswith(roles[1][1]))
     ):
         results.mixed_up += 1
         results.problem("mixed_up", f"{where}: stored conversation after a disconnect is {roles!r}")
 
 
-async def conversation(client: httpx.AsyncClient, script: Script, refs: list[str], deadline: float,
-                       args: argparse.Namespace, results: Results, where: str) -> None:
-    session = await new_session(client)
+async def conversation(client: httpx.AsyncClient, index: int, account: Account, convo: Conversation,
+                       refs: References, deadline: float, args: argparse.Namespace, registry: Registry,
+                       results: Results, where: str) -> None:
+    session = await new_session(client, account, registry)
     said: list[tuple[str, str]] = []
-    for turn in range(len(script.turns)):
+    for turn in range(len(convo.script.turns)):
         if turn and time.monotonic() >= deadline:
             break
-        answer = await stream_answer(client, session, script, turn, args.max_tokens)
-        if not check_answer(answer, session, refs[turn], results, f"{where} turn {turn}"):
+        answer = await stream_answer(client, account, session, convo, turn, args.max_tokens)
+        if not check_answer(answer, index, account, session, turn, refs, registry, results, f"{where} turn {turn}"):
             return
-        said += [("user", script.turns[turn]), ("assistant", answer.text)]
-    history = (await client.get(f"/api/sessions/{session}")).json()["messages"]
+        said += [("user", convo.script.turns[turn]), ("assistant", answer.text)]
+    history = (await client.get(f"/api/sessions/{session}", headers=account.headers)).json()["messages"]
     stored = [(m["role"], m["content"]) for m in history]
     if stored != said or any(m["status"] != "complete" for m in history):
         results.mixed_up += 1
         results.problem("mixed_up", f"{where}: stored conversation {stored!r} differs from {said!r}")
 
 
-async def client_loop(index: int, client: httpx.AsyncClient, plan: list[Script], refs: list[list[str]],
-                      deadline: float, counter: list[int], args: argparse.Namespace, results: Results) -> None:
+async def client_loop(index: int, account: Account, client: httpx.AsyncClient, convo: Conversation,
+                      refs: References, deadline: float, counter: list[int], args: argparse.Namespace,
+                      registry: Registry, results: Results) -> None:
+    rng = random.Random(args.seed * 7919 + index)
     j = 0
     while time.monotonic() < deadline:
-        script = plan[(index + j) % len(plan)]
         counter[0] += 1
         number = counter[0]
-        where = f"client {index} conversation {j} (script {script.index})"
+        where = f"client {index} (account {account.index}) conversation {j}"
         try:
             if args.disconnect_every and number % args.disconnect_every == 0:
                 mode = "queued" if (number // args.disconnect_every) % 2 else "token"
-                await disconnecting_conversation(client, script, refs[script.index], mode, args, results,
+                await disconnecting_conversation(client, index, account, convo, refs, mode, args, registry, results,
                                                  f"{where}, disconnect at {mode}")
             else:
                 results.conversations += 1
-                await conversation(client, script, refs[script.index], deadline, args, results, where)
+                await conversation(client, index, account, convo, refs, deadline, args, registry, results, where)
+            listed = (await client.get("/api/sessions?limit=500", headers=account.headers)).json()
+            check_listing([s["id"] for s in listed], account, registry, results, where)
+            await probe_others(client, account, registry, rng, results, where)
         except (httpx.HTTPError, ValueError, KeyError) as exc:
             results.errors += 1
             results.problem("error", f"{where}: {type(exc).__name__}: {exc}")
@@ -448,6 +611,7 @@ class LoadRun:
     results: Results
     wall: float
     stats: dict[str, Any]
+    users: int
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -479,19 +643,34 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def exercise(client: httpx.AsyncClient, args: argparse.Namespace) -> LoadRun:
-    """References one at a time, then the clients until the deadline, then the drain and the idle check."""
-    config = (await client.get("/api/config")).json()
-    plan = scripts(min(args.scripts or min(args.clients, 8), len(QUESTIONS)), args.turns)
-    log(f"references: {len(plan)} scripts x {args.turns} turns, one at a time...")
-    t = time.monotonic()
-    refs = await references(client, plan, args.max_tokens)
-    reference_s = time.monotonic() - t
+    """Accounts, references one at a time, then the clients until the deadline, then the drain and the idle
+    check."""
+    users = args.users or args.clients
     results = Results()
-    log(f"load: {args.clients} clients for {args.duration:.0f} s...")
+    registry = Registry()
+    accounts = await sign_up(client, users)
+    anonymous = await client.get("/api/sessions")
+    results.leak_probes += 1
+    if anonymous.status_code != 401:
+        results.leak(f"GET /api/sessions without a token answered {anonymous.status_code}, not 401")
+    config = (await client.get("/api/config", headers=accounts[0].headers)).json()
+    plan = scripts(min(args.scripts or min(args.clients, 8), len(QUESTIONS)), args.turns)
+    convos = conversations(plan, args.clients, args)
+    log(f"references: {args.clients} clients' conversations ({len(plan)} scripts, seeds {args.seed}.."
+        f"{args.seed + args.clients - 1}) x {args.turns} turns over {users} accounts, one at a time...")
+    t = time.monotonic()
+    refs = await references(client, accounts, convos, registry, args.max_tokens)
+    reference_s = time.monotonic() - t
+    distinct = len({tuple(r) for r in refs.answers})
+    if distinct < len(refs.answers):
+        log(f"  note: only {distinct} distinct reference conversations of {len(refs.answers)}: a leak between "
+            f"clients with the same answers would not show (use another --seed or --temperature)")
+    log(f"load: {args.clients} clients over {users} accounts for {args.duration:.0f} s...")
     start = time.monotonic()
     deadline = start + args.duration
     counter = [0]
-    tasks = [asyncio.create_task(client_loop(i, client, plan, refs, deadline, counter, args, results))
+    tasks = [asyncio.create_task(client_loop(i, accounts[i % users], client, convos[i], refs, deadline, counter,
+                                             args, registry, results))
              for i in range(args.clients)]
     done, pending = await asyncio.wait(tasks, timeout=args.duration + args.drain_timeout)
     for task in pending:
@@ -503,22 +682,22 @@ async def exercise(client: httpx.AsyncClient, args: argparse.Namespace) -> LoadR
             results.errors += 1
             results.problem("error", f"client crashed: {task.exception()!r}")
     wall = time.monotonic() - start
-    stats = await wait_idle(client, args.free_timeout, results)
-    return LoadRun(config, plan, reference_s, results, wall, stats)
+    stats = await wait_idle(client, accounts[0], args.free_timeout, results)
+    return LoadRun(config, plan, reference_s, results, wall, stats, users)
 
 
-async def wait_idle(client: httpx.AsyncClient, timeout: float, results: Results) -> dict[str, Any]:
+async def wait_idle(client: httpx.AsyncClient, account: Account, timeout: float, results: Results) -> dict[str, Any]:
     """Every generation must be over, its decoding thread returned: nothing left behind by anyone."""
     idle_deadline = time.monotonic() + timeout
     while True:
-        stats = (await client.get("/api/stats")).json()
+        stats = (await client.get("/api/stats", headers=account.headers)).json()
         idle = stats["running"] == 0 and stats["queued"] == 0 and stats.get("decoding_threads", 0) == 0
         if idle or time.monotonic() > idle_deadline:
             break
         await asyncio.sleep(0.2)
     if not idle:
-        results.disconnects_not_freed += 1
-        results.problem("not_freed", f"the app is not idle after the run: {stats}")
+        results.disconnects_not_cancelled += 1
+        results.problem("not_cancelled", f"the app is not idle after the run: {stats}")
     return stats
 
 
@@ -531,13 +710,16 @@ def load_report(args: argparse.Namespace, outcome: LoadRun, server: ManagedServe
 
     report = {
         "clients": args.clients,
+        "users": outcome.users,
         "duration_s": args.duration,
         "wall_s": r(wall, 1),
         "completed": results.completed,
         "errors": results.errors,
+        "cross_user_leaks": results.cross_user_leaks,
+        "leak_probes": results.leak_probes,
         "mixed_up": results.mixed_up,
         "disconnects": results.disconnects,
-        "disconnects_not_freed": results.disconnects_not_freed,
+        "disconnects_not_cancelled": results.disconnects_not_cancelled,
         "disconnects_completed_first": results.disconnects_completed_first,
         "conversations": results.conversations,
         "ttft_p50_s": r(percentile(results.ttft, 0.5)),
@@ -551,8 +733,7 @@ def load_report(args: argparse.Namespace, outcome: LoadRun, server: ManagedServe
         "disconnect_freed_p50_s": r(percentile(results.free_s, 0.5)),
         "disconnect_freed_max_s": r(max(results.free_s) if results.free_s else None),
         "server_peak_rss_mb": r((server.peak_rss if server and server.peak_rss else 0) / 2**20, 1) or None,
-        "server_ru_maxrss_mb": stats.get("peak_rss_mb"),
-        "server_totals": {k: stats.get(k) for k in ("completed", "cancelled", "errors", "output_tokens")},
+        "server_totals": {k: stats.get(k) for k in ("completed", "cancelled", "errors", "refused", "output_tokens")},
         "settings": {
             "max_tokens": args.max_tokens,
             "max_concurrent": config.get("max_concurrent"),
@@ -561,7 +742,8 @@ def load_report(args: argparse.Namespace, outcome: LoadRun, server: ManagedServe
             "scripts": len(outcome.plan),
             "turns": args.turns,
             "disconnect_every": args.disconnect_every,
-            "temperature": 0,
+            "temperature": args.temperature,
+            "seeds": [args.seed, args.seed + args.clients - 1],
             "url": args.url or "started by load.py",
         },
         "reference_s": r(outcome.reference_s, 1),
@@ -569,7 +751,8 @@ def load_report(args: argparse.Namespace, outcome: LoadRun, server: ManagedServe
                     "load_average": [round(x, 2) for x in os.getloadavg()]},
         "problems": results.problems,
     }
-    report["passed"] = report["errors"] == 0 and report["mixed_up"] == 0 and report["disconnects_not_freed"] == 0
+    report["passed"] = (report["errors"] == 0 and report["mixed_up"] == 0 and report["cross_user_leaks"] == 0
+                        and report["disconnects_not_cancelled"] == 0)
     return report
 
 
@@ -578,52 +761,69 @@ def print_report(report: dict[str, Any]) -> None:
         return "n/a" if value is None else f"{value}{unit}"
 
     s = report["settings"]
-    print(f"{report['clients']} clients for {report['duration_s']:.0f} s (wall {report['wall_s']} s incl. drain), "
-          f"{s['model']}, max_tokens={s['max_tokens']}, MAX_CONCURRENT={s['max_concurrent']}, greedy")
+    print(f"{report['clients']} clients over {report['users']} accounts for {report['duration_s']:.0f} s "
+          f"(wall {report['wall_s']} s incl. drain), {s['model']}, max_tokens={s['max_tokens']}, "
+          f"MAX_CONCURRENT={s['max_concurrent']}, temperature {s['temperature']}, seeds {s['seeds']}")
     print(f"  completed answers      {report['completed']} ({report['conversations']} conversations, "
           f"{report['output_tokens']} tokens)")
     print(f"  errors                 {report['errors']}")
+    print(f"  cross-user leaks       {report['cross_user_leaks']} (of {report['leak_probes']} probes, plus every "
+          f"answer, event and listing checked)")
     print(f"  mixed-up answers       {report['mixed_up']}")
-    print(f"  disconnects            {report['disconnects']} (not freed: {report['disconnects_not_freed']}, "
+    print(f"  disconnects            {report['disconnects']} (not cancelled: {report['disconnects_not_cancelled']}, "
           f"freed after p50 {f(report['disconnect_freed_p50_s'], ' s')}, "
           f"max {f(report['disconnect_freed_max_s'], ' s')})")
     print(f"  time to first token    p50 {f(report['ttft_p50_s'], ' s')}  p95 {f(report['ttft_p95_s'], ' s')}  "
           f"(queue wait p50 {f(report['queue_wait_p50_s'], ' s')}, p95 {f(report['queue_wait_p95_s'], ' s')})")
     print(f"  tokens/s per answer    p50 {f(report['tokens_per_s_p50'])}  p95 {f(report['tokens_per_s_p95'])}")
     print(f"  aggregate tokens/s     {f(report['aggregate_tokens_per_s'])}")
-    print(f"  server peak memory     {f(report['server_peak_rss_mb'], ' MB')} RSS sampled, "
-          f"{f(report['server_ru_maxrss_mb'], ' MB')} ru_maxrss")
+    print(f"  server peak memory     {f(report['server_peak_rss_mb'], ' MB')} RSS sampled")
     print(f"  load average at end    {report['machine']['load_average']} on {report['machine']['cpus']} CPUs")
     for problem in report["problems"][:10]:
         print(f"  ! {problem}")
     print("PASSED" if report["passed"] else "FAILED")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     summary, _, details = __doc__.partition("\n\n")
-    parser = argparse.ArgumentParser(description=summary, epilog=details,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clients", type=int, default=4, help="concurrent streaming clients (default 4)")
-    parser.add_argument("--duration", type=float, default=20.0, help="seconds during which clients start "
-                        "new conversations (default 20); started ones finish afterwards")
-    parser.add_argument("--json", action="store_true", help="print one JSON object (progress goes to stderr)")
-    parser.add_argument("--url", help="use this running app instead of starting one")
-    parser.add_argument("--max-tokens", type=int, default=24, help="tokens per answer (default 24)")
-    parser.add_argument("--max-concurrent", type=int, default=2, help="MAX_CONCURRENT of the started app (default 2)")
-    parser.add_argument("--scripts", type=int, default=0,
-                        help="distinct conversations (default min(clients, 8), at most 16)")
-    parser.add_argument("--turns", type=int, default=2, choices=(1, 2), help="turns per conversation (default 2)")
-    parser.add_argument("--disconnect-every", type=int, default=4,
-                        help="every Nth conversation disconnects on purpose (default 4; 0: never)")
-    parser.add_argument("--free-timeout", type=float, default=30.0,
-                        help="seconds a disconnected generation has to free its decoding thread (default 30)")
-    parser.add_argument("--drain-timeout", type=float, default=300.0,
-                        help="seconds after the deadline for started conversations to finish (default 300)")
-    parser.add_argument("--start-timeout", type=float, default=180.0, help="seconds for the app to start")
-    parser.add_argument("--output", type=Path, help="also write the JSON report to this file")
-    args = parser.parse_args(argv)
-    if args.clients < 1 or args.duration <= 0:
-        parser.error("--clients must be >= 1 and --duration > 0")
+    p = argparse.ArgumentParser(description=summary, epilog=details, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--clients", type=int, default=4, help="concurrent streaming clients (default 4)")
+    p.add_argument("--users", type=int, default=0,
+                   help="accounts the clients are spread over, client i using account i %% users (default: one per "
+                        "client)")
+    p.add_argument("--duration", type=float, default=20.0, help="seconds during which clients start "
+                   "new conversations (default 20); started ones finish afterwards")
+    p.add_argument("--json", action="store_true", help="print one JSON object (progress goes to stderr)")
+    p.add_argument("--url", help="use this running app instead of starting one")
+    p.add_argument("--max-tokens", type=int, default=24, help="tokens per answer (default 24)")
+    p.add_argument("--max-concurrent", type=int, default=2, help="MAX_CONCURRENT of the started app (default 2)")
+    p.add_argument("--temperature", type=float, default=0.7,
+                   help="sampling temperature of every answer, seeded per client (default 0.7; 0: greedy, where "
+                        "clients with the same script get the same answers)")
+    p.add_argument("--seed", type=int, default=1000, help="client i samples with seed SEED + i (default 1000)")
+    p.add_argument("--scripts", type=int, default=0,
+                   help="distinct scripts (default min(clients, 8), at most 16)")
+    p.add_argument("--turns", type=int, default=2, choices=(1, 2), help="turns per conversation (default 2)")
+    p.add_argument("--disconnect-every", type=int, default=4,
+                   help="every Nth conversation disconnects on purpose (default 4; 0: never)")
+    p.add_argument("--free-timeout", type=float, default=30.0,
+                   help="seconds a disconnected generation has to free its decoding thread (default 30)")
+    p.add_argument("--drain-timeout", type=float, default=300.0,
+                   help="seconds after the deadline for started conversations to finish (default 300)")
+    p.add_argument("--start-timeout", type=float, default=180.0, help="seconds for the app to start")
+    p.add_argument("--output", type=Path, help="also write the JSON report to this file")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    if args.clients < 1 or args.duration <= 0 or args.users < 0:
+        p.error("--clients must be >= 1, --duration > 0 and --users >= 0")
+    if args.users > args.clients:
+        p.error("--users must not exceed --clients (an account without a client tests nothing)")
+    if not 0 <= args.temperature <= 2:
+        p.error("--temperature must be in [0, 2]")
     report = asyncio.run(run(args))
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
