@@ -1,13 +1,17 @@
 """The chat app (examples/chat_app): endpoints in-process, then a real server for disconnects, the browser, restarts.
 
-- In-process (httpx's ASGI transport, no socket): pages and JSON endpoints, request validation, an answer
-  streamed as server-sent events and stored, a second turn that sees the first, two conversations at once that
-  do not mix (each answer equals the same conversation decoded alone, greedy), a full admission queue refused
-  with HTTP 429.
+- In-process (httpx's ASGI transport, no socket; each client signed in as a new account): pages and JSON
+  endpoints, request validation, an answer streamed as server-sent events and stored with its per-token
+  provenance, a second turn that sees the first, two conversations at once that do not mix (each answer equals
+  the same conversation decoded alone, greedy), a full admission queue refused with HTTP 429.
 - A real server (``python -m examples.chat_app.server`` in a subprocess, its own SQLite file): a client that
   disconnects mid-answer, and one that disconnects while queued, both free their work (the decoding thread
-  returns, the slot is reused); the page driven in headless Chromium streams an answer; a restart keeps every
-  conversation.
+  returns, the slot is reused); the page driven in headless Chromium by two people in two browser contexts
+  (each signs up by itself and sees only its own conversations; the provenance toggle colours the answer);
+  a restart keeps every account and conversation.
+
+Accounts, hardening, the stores and the load benchmark's checks have their own modules beside this one
+(test_chat_app_auth.py, test_chat_app_hardening.py, test_chat_app_store.py, test_chat_app_load.py).
 
 Answers are kept short (CHAT_APP_TEST_MAX_TOKENS, default 12): the machine's CPUs are shared. The browser test
 needs Debian's chromium (scripts/install-browser.sh installs it; CI runs that script first) and is skipped, with
