@@ -786,7 +786,8 @@ def print_report(report: dict[str, Any]) -> None:
 
 def parser() -> argparse.ArgumentParser:
     summary, _, details = __doc__.partition("\n\n")
-    p = argparse.ArgumentParser(description=summary, epilog=details, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=summary, epilog=details,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clients", type=int, default=4, help="concurrent streaming clients (default 4)")
     p.add_argument("--users", type=int, default=0,
                    help="accounts the clients are spread over, client i using account i %% users (default: one per "

@@ -24,7 +24,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from examples.chat_app.storage import ConversationGone, PostgresStore, SQLiteStore, Store
