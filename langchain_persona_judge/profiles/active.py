@@ -71,6 +71,8 @@ class Candidate:
     persona: str | None
     """The basis persona it was decoded under (None: plain, or given from outside)."""
     features: np.ndarray = field(repr=False)
+    complete: bool = True
+    """Whether it ended by itself (False: cut at the token limit; its end-of-turn token is not scored)."""
 
 
 @dataclass(frozen=True)
@@ -197,24 +199,26 @@ class PreferenceLearner:
     # -- candidates -----------------------------------------------------------------------------------------
 
     def add_candidates(self, prompt: Prompt, answers: Sequence[str], personas: Sequence[str | None] | None = None,
-                       features: np.ndarray | None = None) -> list[int]:
+                       features: np.ndarray | None = None, complete: Sequence[bool] | None = None) -> list[int]:
         """Keep answers to ``prompt`` as candidates, scored (one batched pass each) unless their ``features``
-        (one row of φ per answer, from this basis and model) are given; their indices."""
+        (one row of φ per answer, from this basis and model) are given; their indices. ``complete``: whether each
+        answer ended by itself (default: all did)."""
         answers = list(answers)
         personas = list(personas) if personas is not None else [None] * len(answers)
-        if len(personas) != len(answers):
-            raise ProfileError("Pass one persona (or None) per answer.")
+        complete = [True] * len(answers) if complete is None else [bool(c) for c in complete]
+        if len(personas) != len(answers) or len(complete) != len(answers):
+            raise ProfileError("Pass one persona (or None) and one complete flag per answer.")
         for answer in answers:
             self.scorer.response_ids(answer)  # an empty answer is refused here, scored or not
         if features is None:
-            features = self.scorer.features(prompt, answers)
+            features = self.scorer.features(prompt, answers, complete)
         features = np.asarray(features, dtype=float)
         if features.shape != (len(answers), len(self.basis)) or not np.all(np.isfinite(features)):
             raise ProfileError(f"features must be finite, one row of {len(self.basis)} per answer; got shape "
                                f"{features.shape}.")
         start = len(self.candidates)
-        for text, persona, row in zip(answers, personas, features):
-            self.candidates.append(Candidate(prompt, text, persona, row))
+        for text, persona, row, done in zip(answers, personas, features, complete):
+            self.candidates.append(Candidate(prompt, text, persona, row, done))
         return list(range(start, len(self.candidates)))
 
     def contrast(self) -> list[str]:
@@ -236,8 +240,9 @@ class PreferenceLearner:
         self._uses[first] = self._uses.get(first, 0) + 1
         return [first, second]
 
-    def generate(self, prompt: Prompt, personas: Sequence[str | None]) -> list[str]:
-        """One answer to ``prompt`` decoded under each persona (None: plain), through the runtime."""
+    def generate(self, prompt: Prompt, personas: Sequence[str | None]) -> list[tuple[str, bool]]:
+        """One answer to ``prompt`` decoded under each persona (None: plain), through the runtime: ``(text,
+        complete)`` pairs, ``complete`` False for an answer cut at ``max_tokens``."""
         handle = self.scorer.handle
         conversation = self.scorer.conversation(prompt)
         answers = []
@@ -247,7 +252,9 @@ class PreferenceLearner:
             self._decoded += 1
             request = build_request(handle.model, handle.tokenizer, conversation, options=options,
                                     personas=PersonaSettings(preferences=preferences), model_name=handle.display)
-            answers.append("".join(RequestRun(request).text()).strip())
+            run = RequestRun(request)
+            text = "".join(run.text()).strip()
+            answers.append((text, run.finish_reason == "stop"))
         return answers
 
     def _candidates_for(self, prompt: Prompt) -> list[int]:
@@ -257,14 +264,14 @@ class PreferenceLearner:
     def _make_candidates(self, prompt: Prompt) -> None:
         personas = self.contrast()
         answers = self.generate(prompt, personas)
-        kept = [(a, p) for a, p in zip(answers, personas) if a.strip()]
-        if len({a for a, _ in kept}) < 2:  # the two decodes agreed (or one is empty): add a plain answer
-            extra = self.generate(prompt, [None])
-            kept += [(a, None) for a in extra if a.strip()]
-        unique = list({a: (a, p) for a, p in kept}.values())
+        kept = [(a, p, c) for (a, c), p in zip(answers, personas) if a.strip()]
+        if len({a for a, _, _ in kept}) < 2:  # the two decodes agreed (or one is empty): add a plain answer
+            kept += [(a, None, c) for a, c in self.generate(prompt, [None]) if a.strip()]
+        unique = list({a: (a, p, c) for a, p, c in kept}.values())
         if len(unique) < 2:
             raise ProfileError("The model gave the same answer under contrasting personas; try another prompt.")
-        self.add_candidates(prompt, [a for a, _ in unique], [p for _, p in unique])
+        self.add_candidates(prompt, [a for a, _, _ in unique], [p for _, p, _ in unique],
+                            complete=[c for _, _, c in unique])
 
     def _open_pairs(self, within: list[int] | None = None) -> list[tuple[int, int]]:
         indices = range(len(self.candidates)) if within is None else within

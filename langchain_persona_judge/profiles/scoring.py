@@ -1,7 +1,7 @@
 """The implicit reward of each basis persona, computed by the model itself, batched.
 
-For a conversation ``x`` and a response ``y`` (its tokens, then the end-of-turn token: the response is
-complete), persona ``j``'s implicit reward is
+For a conversation ``x`` and a response ``y`` (its tokens, then the end-of-turn token when the response ended by
+itself rather than at a token limit), persona ``j``'s implicit reward is
 
     φ_j(x, y) = mean_t [ log p(y_t | x, persona_j, y_<t) − log p(y_t | x, y_<t) ]
 
@@ -219,40 +219,50 @@ class PersonaScorer:
                 self._rows.popitem(last=False)
         return rows
 
-    def response_ids(self, response: str) -> list[int]:
-        """A response's token ids (its text read literally: no special tokens), then the end-of-turn token."""
+    def response_ids(self, response: str, complete: bool = True) -> list[int]:
+        """A response's token ids (its text read literally: no special tokens), then the end-of-turn token unless
+        the response was cut short (``complete=False``: an answer that ran into its token limit)."""
         if not isinstance(response, str) or not response.strip():
             raise ProfileError(f"A response is empty or not text ({response!r}); every answer needs some text.")
         ids = list(self.handle.tokenizer(response.strip(), add_special_tokens=False,
                                          split_special_tokens=True)["input_ids"])
-        if self.end_of_turn is not None:
+        if complete and self.end_of_turn is not None:
             ids.append(self.end_of_turn)
         return ids
 
     # -- what callers ask for -----------------------------------------------------------------------------
 
-    def features(self, prompt: Prompt, responses: Sequence[str]) -> np.ndarray:
-        """φ of each response to ``prompt``: shape (len(responses), K). Cached per (prompt, response)."""
+    def features(
+        self, prompt: Prompt, responses: Sequence[str], complete: bool | Sequence[bool] = True
+    ) -> np.ndarray:
+        """φ of each response to ``prompt``: shape (len(responses), K). Cached per (prompt, response, complete).
+
+        ``complete``: whether each response ended by itself (its end-of-turn token is then scored: how much a
+        persona wants the answer to stop there) or was cut short at a token limit (not scored)."""
         if isinstance(responses, str):
             raise ProfileError("responses is one string; pass a list of responses.")
+        flags = [complete] * len(responses) if isinstance(complete, bool) else [bool(c) for c in complete]
+        if len(flags) != len(responses):
+            raise ProfileError("Pass one `complete` flag per response (or one for all).")
+        items = list(zip(responses, flags))
         rows = self.prompt_rows(prompt)
         key = json.dumps(self.conversation(prompt), sort_keys=True, ensure_ascii=False)
         with self._lock:
-            known = {r: self._features[(key, r)] for r in responses if (key, r) in self._features}
-        missing = list(dict.fromkeys(r for r in responses if r not in known))
+            known = {item: self._features[(key, *item)] for item in items if (key, *item) in self._features}
+        missing = list(dict.fromkeys(item for item in items if item not in known))
         if missing:
-            ids = [self.response_ids(r) for r in missing]
-            for response, (token_logps, _) in zip(missing, self._run(rows, ids, moments=False)):
+            ids = [self.response_ids(response, done) for response, done in missing]
+            for item, (token_logps, _) in zip(missing, self._run(rows, ids, moments=False)):
                 ratios = token_logps[:-1] - token_logps[-1:]
-                known[response] = ratios.mean(axis=1)
+                known[item] = ratios.mean(axis=1)
             with self._lock:
-                for response in missing:
-                    self._features[(key, response)] = known[response]
+                for item in missing:
+                    self._features[(key, *item)] = known[item]
                 while len(self._features) > _CACHED_FEATURES:
                     self._features.popitem(last=False)
         if not responses:
             return np.zeros((0, len(self.basis)))
-        return np.stack([known[r] for r in responses])
+        return np.stack([known[item] for item in items])
 
     def token_log_ratios(self, prompt: Prompt, response: str) -> np.ndarray:
         """(K, T): ``log p_j(y_t) − log p_0(y_t)`` at each of the response's tokens (end-of-turn included)."""

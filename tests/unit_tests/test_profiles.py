@@ -119,6 +119,17 @@ def test_token_log_ratios_average_to_the_features(scorer: PersonaScorer) -> None
     np.testing.assert_allclose(ratios.mean(axis=1), scorer.features(PROMPT, ANSWERS[:1])[0], atol=1e-6)
 
 
+def test_an_answer_cut_at_its_token_limit_scores_no_end_token(scorer: PersonaScorer, tokenizer: Any) -> None:
+    assert scorer.response_ids(ANSWERS[0]) == scorer.response_ids(ANSWERS[0], complete=False) + [
+        tokenizer.eos_token_id]
+    ratios = scorer.token_log_ratios(PROMPT, ANSWERS[0])
+    cut = scorer.features(PROMPT, ANSWERS[:2], complete=[False, True])
+    np.testing.assert_allclose(cut[0], ratios[:, :-1].mean(axis=1), atol=1e-6)
+    np.testing.assert_allclose(cut[1], scorer.features(PROMPT, ANSWERS[1:2])[0], atol=1e-9)
+    with pytest.raises(ProfileError, match="one `complete` flag per response"):
+        scorer.features(PROMPT, ANSWERS, complete=[True])
+
+
 def test_writing_statistics_match_a_direct_computation(model: Any, tokenizer: Any, scorer: PersonaScorer) -> None:
     text = ANSWERS[2]
     stats = scorer.writing_statistics(PROMPT, text)
@@ -194,6 +205,20 @@ def test_the_learner_asks_the_pair_with_the_largest_variance_and_refits(scorer: 
     variances = [information(features[i] - features[j], learner.hessian)[0] for i, j in pairs]
     assert second.pair == pairs[int(np.argmax(variances))]
     assert second.information == pytest.approx(max(variances))
+
+
+def test_candidates_are_decoded_under_the_most_uncertain_dimensions_poles(model: Any, tokenizer: Any) -> None:
+    two_dimensions = PersonaScorer((model, tokenizer), ["concise", "informative", "friendly", "unfriendly"])
+    learner = PreferenceLearner(two_dimensions, prompts=[PROMPT, "What is rain?"], max_tokens=6, seed=1)
+    question = learner.next_question()
+    # Before any answer every dimension is as uncertain: the first pair of the basis, one answer per pole.
+    assert question.personas == ("concise", "informative") and question.prompt == PROMPT
+    assert all(a.strip() for a in question.answers) and question.answers[0] != question.answers[1]
+    assert [c.complete for c in learner.candidates] == [False, False]  # both ran into max_tokens
+    learner.record(question, 1)
+    second = learner.next_question()  # the next prompt of the pool, fresh candidates
+    assert second.prompt == "What is rain?"
+    assert second.personas == ("friendly", "unfriendly")  # length was asked once already: the rotation moves on
 
 
 def test_random_questions_are_reproducible_and_never_repeat(scorer: PersonaScorer) -> None:
@@ -371,7 +396,7 @@ def test_a_choice_of_an_unknown_answer_is_refused(scorer: PersonaScorer) -> None
     learner.record(question, "=")
     with pytest.raises(ProfileError, match="already answered"):
         learner.record(question, 1)
-    assert learner.profile.evidence == {"comparisons": 1, "ties": 1, "l2": 1.0, "strategy": "active"}
+    assert learner.profile.evidence == {"comparisons": 1, "ties": 1, "l2": 0.1, "strategy": "active"}
     assert [parse_choice(c, ("x", "y")) for c in (1, "2", "=", 0, "y", "none")] == [1.0, 0.0, 0.5, 0.5, 0.0, 0.5]
     with pytest.raises(ProfileError, match="features must be finite"):
         learner.add_candidates(PROMPT, ["e e e e"], features=np.array([[np.nan, 0.0, 0.0]]))
