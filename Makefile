@@ -49,9 +49,11 @@ test-explore: $(STAMP)
 	HYPOTHESIS_PROFILE=explore $(PY) -m pytest -q -m hypothesis
 
 # Speed and preference-adherence benchmarks on the embedded model, then plots; under 20 minutes on 2 CPU cores.
-# The speed suite is a fixed amount of work (12–13 minutes); the quality run gets what is left of
+# The speed suite is a fixed amount of work (12–13 minutes, and about one more for the four settings of the
+# product and guidance rules); the quality run gets what is left of
 # BENCH_MINUTES (less a minute for its start-up, scoring and the plots, and never under 2 minutes), so a
-# slower machine scores fewer prompts instead of running over. Results and PNGs: benchmarks/results/
+# slower machine scores fewer prompts instead of running over (the guided conditions are left to the longer
+# rules run, --gammas with no value). Results and PNGs: benchmarks/results/
 # (see benchmarks/README.md).
 BENCH_MINUTES ?= 19
 
@@ -60,7 +62,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.speed --suite || exit 1; \
 	left=$$(awk -v used=$$(( $$(date +%s) - start )) 'BEGIN { m = $(BENCH_MINUTES) - 1 - used / 60; printf "%.1f", (m < 2 ? 2 : m) }'); \
 	echo "quality: $$left minutes left of BENCH_MINUTES=$(BENCH_MINUTES)"; \
-	$(PY) -m benchmarks.quality --max-minutes $$left || exit 1; \
+	$(PY) -m benchmarks.quality --max-minutes $$left --gammas || exit 1; \
 	$(PY) -m benchmarks.plots
 
 # The chat app on the embedded model: http://127.0.0.1:$PORT/ (PORT defaults to 8000; see examples/chat_app/README.md).

@@ -122,6 +122,9 @@ class ForwardCounter:
     def __init__(self, model: torch.nn.Module) -> None:
         self.calls = 0
         self.positions = 0
+        self.rows = 0
+        """Batch rows over all forwards (a one-sequence forward is one row; lockstep feeds one per persona, plus
+        the reference prompt's under guidance)."""
         self.handle = model.register_forward_pre_hook(self._hook, with_kwargs=True)
 
     def _hook(self, module: Any, args: tuple, kwargs: dict) -> None:
@@ -129,12 +132,14 @@ class ForwardCounter:
         # Every row of a batched forward counts (the lockstep schedule feeds one row per persona).
         if ids is None:
             self.positions += int(kwargs["inputs_embeds"].shape[:-1].numel())
+            self.rows += int(kwargs["inputs_embeds"].shape[0])
         else:
             self.positions += int(ids.numel())
+            self.rows += int(ids.shape[0]) if ids.dim() > 1 else 1
         self.calls += 1
 
     def reset(self) -> None:
-        self.calls = self.positions = 0
+        self.calls = self.positions = self.rows = 0
 
     def remove(self) -> None:
         self.handle.remove()

@@ -288,3 +288,66 @@ def win_rate(matrices: Sequence[np.ndarray], n_boot: int = 2000, seed: int = 0, 
     alpha = (1 - level) / 2
     low, high = np.quantile(stats, [alpha, 1 - alpha])
     return WinRate(point, float(low), float(high), wins, ties, 1 - wins - ties, int(flat.size), n)
+
+
+# -- fluency and loops -------------------------------------------------------------------------------------
+
+
+def answer_nll(model: Any, prompt_ids: Sequence[int], answer_ids: Sequence[int]) -> float:
+    """Mean negative log-likelihood (nats per token) of ``answer_ids`` after ``prompt_ids`` under ``model``.
+
+    One forward over prompt + answer; the logits at position ``len(prompt) - 1 + k`` score answer token ``k``.
+    ``exp`` of it is the answer's per-token perplexity. NaN for an empty answer.
+    """
+    import torch
+
+    answer = [int(t) for t in answer_ids]
+    if not answer:
+        return float("nan")
+    prompt = [int(t) for t in prompt_ids]
+    ids = torch.tensor([prompt + answer], device=getattr(model, "device", "cpu"))
+    with torch.inference_mode():
+        logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float()
+    logp = torch.log_softmax(logits, dim=-1)
+    target = torch.tensor(answer, device=logp.device)
+    return float(-logp.gather(1, target[:, None]).mean())
+
+
+def repeated_ngram_share(ids: Sequence[Any], n: int = 4) -> float:
+    """The loop detector: the share of the sequence's n-grams that already occurred earlier in it.
+
+    Natural text stays near 0 (a few set phrases); an answer that has fallen into a loop approaches 1 (every
+    n-gram after the first cycle is a repeat). 0 for a sequence shorter than ``n``.
+    """
+    grams = [tuple(ids[i : i + n]) for i in range(len(ids) - n + 1)]
+    if not grams:
+        return 0.0
+    seen: set[tuple[Any, ...]] = set()
+    repeats = 0
+    for g in grams:
+        repeats += g in seen
+        seen.add(g)
+    return repeats / len(grams)
+
+
+LOOP_SHARE = 0.5
+"""A window whose repeated 4-gram share (against everything before it) is at least this has fallen into a loop."""
+
+
+def loop_report(ids: Sequence[Any], n: int = 4, window: int | None = None) -> dict[str, Any]:
+    """Loop figures of a token sequence: the repeated n-gram share over it all, over its last ``window`` tokens
+    (n-grams seen anywhere earlier count as repeats; default: the last quarter), and whether that tail loops."""
+    ids = list(ids)
+    window = window or max(n, len(ids) // 4)
+    start = max(0, len(ids) - window)
+    grams = [tuple(ids[i : i + n]) for i in range(len(ids) - n + 1)]
+    seen = set(grams[:start])  # n-grams that start before the tail
+    tail_repeats = 0
+    tail = grams[start:]
+    for g in tail:
+        tail_repeats += g in seen
+        seen.add(g)
+    tail_share = tail_repeats / len(tail) if tail else 0.0
+    return {"tokens": len(ids), "repeated_ngram_share": round(repeated_ngram_share(ids, n), 4),
+            "tail_tokens": len(ids) - start, "tail_repeated_ngram_share": round(tail_share, 4),
+            "looping": tail_share >= LOOP_SHARE, "n": n}

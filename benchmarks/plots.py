@@ -6,6 +6,12 @@ Writes into benchmarks/results/: speed_lambda.png (tokens/s against λ), speed_l
 number of new tokens), speed_prompt.png (cost against the prompt length), quality_winrates.png (win rates with
 95% CIs) and summary.md (the short tables for the README, naming the machine and the model). A missing
 results file or section is skipped with a message.
+
+From the rules run (--quality-rules, default results/quality_rules.json): quality_rules_winrates.png (every
+rule against the direct prompt) and quality_dose.png (the dose-response: win rate against the direct prompt
+and plain-model perplexity against the guidance strength γ, per rule, setting and dimension); its tables
+(benchmarks/tables.py) go into summary.md too. --speed-rules (default results/speed_rules.json) draws its
+lengths section as speed_rules_length.png.
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ from benchmarks.common import RESULTS
 
 COLORS = {"generate": "#555555", "direct": "#999999", "greedy": "#1f77b4", "sample": "#ff7f0e",
           "persona_judge": "#1f77b4", "naive_paper": "#d62728", "paper": "#2ca02c", "none": "#999999",
-          "greedy_lockstep": "#9467bd", "sample_lockstep": "#8c564b", "persona_judge_lockstep": "#9467bd"}
+          "greedy_lockstep": "#9467bd", "sample_lockstep": "#8c564b", "persona_judge_lockstep": "#9467bd",
+          "product": "#17becf", "direct_g": "#7f7f7f", "persona_judge_lockstep_g": "#e377c2"}
+RULE_COLORS = {"persona_judge": "#1f77b4", "product": "#17becf", "direct": "#7f7f7f"}
 
 
 def _plt() -> Any:
@@ -89,7 +97,7 @@ def plot_lambda(speed: dict[str, Any], out: Path) -> Path | None:
     return path
 
 
-def plot_length(speed: dict[str, Any], out: Path) -> Path | None:
+def plot_length(speed: dict[str, Any], out: Path, name: str = "speed_length.png") -> Path | None:
     sec = speed.get("lengths")
     if not sec:
         return None
@@ -99,10 +107,12 @@ def plot_length(speed: dict[str, Any], out: Path) -> Path | None:
     labels = {"generate": "generate (KV cache)", "persona_judge": f"Persona-judge (ours), greedy λ={sec['lookahead']}",
               "persona_judge_lockstep": f"Persona-judge (ours), greedy λ={sec['lookahead']}, lockstep",
               "naive_paper": "paper's code path (no KV cache)"}
-    for key in [k for k in ("generate", "persona_judge", "persona_judge_lockstep") if k in curves]:
+    for key in [k for k in curves if not k.startswith("naive_paper")]:
         pts = [(t, s, p) for t, s, _, p in curves[key] if t > 0]
-        ax1.plot([p[0] for p in pts], [p[1] for p in pts], "-", color=COLORS[key], label=labels[key])
-        ax2.plot([p[0] for p in pts], [p[2] / p[0] for p in pts], "-", color=COLORS[key], label=labels[key])
+        color = COLORS.get(key, COLORS.get(key.rsplit("_g", 1)[0] + "_g", "#bcbd22"))
+        label = labels.get(key, key)
+        ax1.plot([p[0] for p in pts], [p[1] for p in pts], "-", color=color, label=label)
+        ax2.plot([p[0] for p in pts], [p[2] / p[0] for p in pts], "-", color=color, label=label)
     measured = [(t, s, p) for t, s, _, p in curves["naive_paper_measured"] if t > 0]
     estimated = [(t, s, p) for t, s, _, p in curves["naive_paper_estimated"] if t > 0]
     if measured:
@@ -132,7 +142,7 @@ def plot_length(speed: dict[str, Any], out: Path) -> Path | None:
     fig.text(0.01, 0.01, _machine(speed) + "; dashed: estimated from measured single-forward latencies",
              fontsize=6, color="#666666")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
-    path = out / "speed_length.png"
+    path = out / name
     fig.savefig(path, dpi=130)
     plt.close(fig)
     return path
@@ -172,24 +182,36 @@ def plot_prompt(speed: dict[str, Any], out: Path) -> Path | None:
     return path
 
 
-def plot_quality(quality: dict[str, Any], out: Path) -> Path | None:
+def _plotted(name: str) -> bool:
+    """The comparisons a win-rate figure shows: everything against the direct prompt, direct and Persona-judge
+    against none, and the paper's layout (the rules' comparisons against none are in the JSON)."""
+    a, b = name.split(" vs ")
+    return b in ("direct", "paper") or a in ("direct", "persona_judge", "paper")
+
+
+def plot_quality(quality: dict[str, Any], out: Path, filename: str = "quality_winrates.png") -> Path | None:
     settings = quality["results"]["settings"]
     if not settings:
         return None
     plt = _plt()
-    fig, axes = plt.subplots(1, len(settings), figsize=(5.2 * len(settings), 4.6), squeeze=False)
+    rows = max(sum(len([c for c in d["comparisons"] if _plotted(c)]) + 1 for d in res["dimensions"].values())
+               for res in settings.values())
+    fig, axes = plt.subplots(1, len(settings), figsize=(5.2 * len(settings), max(4.6, 1.2 + 0.16 * rows)),
+                             squeeze=False)
     for ax, (setting, res) in zip(axes[0], settings.items()):
         labels, values, lows, highs, colors = [], [], [], [], []
         for dim, d in res["dimensions"].items():
-            entries = list(d["comparisons"].items()) + [("A/A (seed 0 vs 1)", d["aa_control"]["pooled"])] \
-                if "pooled" in d["aa_control"] else list(d["comparisons"].items())
+            comps = [(n, c) for n, c in d["comparisons"].items() if _plotted(n)]
+            entries = comps + [("A/A (seed 0 vs 1)", d["aa_control"]["pooled"])] \
+                if "pooled" in d["aa_control"] else comps
             for name, c in entries:
                 tag = "" if d["measurable_on_this_model"] else " †"
                 labels.append(f"{dim}{tag}: {name}")
                 values.append(c["win_rate"])
                 lows.append(c["win_rate"] - c["ci95"][0])
                 highs.append(c["ci95"][1] - c["win_rate"])
-                colors.append(COLORS.get(name.split(" vs ")[0], "#777777") if "A/A" not in name else "#bbbbbb")
+                colors.append(RULE_COLORS.get(name.split(" vs ")[0].split("_g")[0], COLORS.get(name.split(" vs ")[0],
+                              "#777777")) if "A/A" not in name else "#bbbbbb")
         ys = list(range(len(labels)))[::-1]
         ax.errorbar(values, ys, xerr=[lows, highs], fmt="none", ecolor="#444444", capsize=2, lw=1)
         ax.scatter(values, ys, c=colors, zorder=3, s=18)
@@ -206,8 +228,68 @@ def plot_quality(quality: dict[str, Any], out: Path) -> Path | None:
     m = cfg["machine"]
     fig.text(0.01, 0.01, f"{m['cpu']} ({m['cpu_cores']} cores)", fontsize=6, color="#666666")
     fig.tight_layout(rect=(0, 0.03, 1, 0.92))
-    path = out / "quality_winrates.png"
+    path = out / filename
     fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def plot_dose(quality: dict[str, Any], out: Path) -> Path | None:
+    """The dose-response: per setting (rows), each dimension's win rate against the direct prompt and the
+    plain-model perplexity (ratio to the direct prompt's) against γ, one line per rule, 95% CIs."""
+    from benchmarks.tables import RULE_LABELS, dose_points
+
+    points = dose_points(quality)
+    if not points or not any(len(pts) > 1 for rules in points.values() for pts in rules.values()):
+        return None
+    plt = _plt()
+    settings = quality["results"]["settings"]
+    ncols = max(len(res["dimensions"]) for res in settings.values()) + 1
+    fig, axes = plt.subplots(len(points), ncols, figsize=(3.6 * ncols, 3.2 * len(points)), squeeze=False)
+    offsets = {"persona_judge": -0.03, "product": 0.0, "direct": 0.03}
+    for row, (setting, rules) in zip(axes, points.items()):
+        dims = list(settings[setting]["dimensions"])
+        for ax, dim in zip(row, dims):
+            for rule, pts in rules.items():
+                gs = [g for g in pts if not (rule == "direct" and g == 1)]
+                if not gs:
+                    continue
+                ys = [pts[g][dim][0] for g in gs]
+                err = [[pts[g][dim][0] - pts[g][dim][1] for g in gs], [pts[g][dim][2] - pts[g][dim][0] for g in gs]]
+                ax.errorbar([g + offsets[rule] for g in gs], ys, yerr=err, fmt="o-", color=RULE_COLORS[rule],
+                            capsize=2, lw=1.2, ms=4, label=RULE_LABELS[rule] + ("" if rule != "direct" else ", guided"))
+            measurable = settings[setting]["dimensions"][dim]["measurable_on_this_model"]
+            ax.axhline(0.5, color="#888888", linestyle=":")
+            ax.axhline(0.6, color="#2ca02c", linestyle="--", lw=0.8)
+            ax.set_ylim(0, 1)
+            ax.set_title(f"{setting}: {dim}{'' if measurable else ' † not measurable'}", fontsize=8)
+            ax.set_ylabel("win rate vs the direct prompt", fontsize=7)
+        ax = row[-1]
+        for rule, pts in rules.items():
+            gs = [g for g in pts if pts[g]["ppl_ratio"]]
+            ys = [pts[g]["ppl_ratio"][0] for g in gs]
+            err = [[pts[g]["ppl_ratio"][0] - pts[g]["ppl_ratio"][1] for g in gs],
+                   [pts[g]["ppl_ratio"][2] - pts[g]["ppl_ratio"][0] for g in gs]]
+            ax.errorbar([g + offsets[rule] for g in gs], ys, yerr=err, fmt="o-", color=RULE_COLORS[rule], capsize=2,
+                        lw=1.2, ms=4, label=RULE_LABELS[rule])
+        ax.axhline(1.0, color="#888888", linestyle=":")
+        ax.axhline(1.5, color="#d62728", linestyle="--", lw=0.8)
+        ax.set_yscale("log")
+        ax.set_title(f"{setting}: plain-model perplexity", fontsize=8)
+        ax.set_ylabel("perplexity ÷ direct prompt's", fontsize=7)
+        for a in row:
+            a.set_xlabel("guidance γ (1 = the rule itself)", fontsize=7)
+            a.tick_params(labelsize=7)
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    cfg = quality["config"]
+    sweep = ", ".join(f"{g:g}" for g in cfg.get("sweep_gammas") or [])
+    fig.suptitle(f"Preference strength: {cfg['model'].split(' (')[0]}, {cfg['prompts']} prompts × "
+                 f"{cfg['seeds']} seeds "
+                 f"(γ ∈ {{{sweep}}} on {cfg.get('sweep_prompts')} prompts); dotted: parity, "
+                 "dashed: the bar (60% wins, 1.5× perplexity)", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    path = out / "quality_dose.png"
+    fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
@@ -277,6 +359,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--speed", type=Path, default=RESULTS / "speed.json")
     parser.add_argument("--quality", type=Path, default=RESULTS / "quality.json")
+    parser.add_argument("--quality-rules", type=Path, default=RESULTS / "quality_rules.json")
+    parser.add_argument("--speed-rules", type=Path, default=RESULTS / "speed_rules.json")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -291,8 +375,19 @@ def main(argv: list[str] | None = None) -> list[Path]:
         print(f"no {args.quality}: run python -m benchmarks.quality first; skipping the quality plot", file=sys.stderr)
     else:
         images += [p for p in (plot_quality(quality, args.out),) if p]
+    rules = json.loads(args.quality_rules.read_text()) if args.quality_rules.is_file() else None
+    extra = ""
+    if rules is not None:
+        from benchmarks.tables import quality_rules
+
+        images += [p for p in (plot_quality(rules, args.out, "quality_rules_winrates.png"), plot_dose(rules, args.out))
+                   if p]
+        extra += "\n## Decoding rules against the direct prompt\n\n" + quality_rules(rules)
+    speed_rules = json.loads(args.speed_rules.read_text()) if args.speed_rules.is_file() else None
+    if speed_rules is not None and speed_rules.get("lengths"):
+        images += [p for p in (plot_length(speed_rules, args.out, "speed_rules_length.png"),) if p]
     summary = args.out / "summary.md"
-    summary.write_text(summary_markdown(speed, quality, images), encoding="utf-8")
+    summary.write_text(summary_markdown(speed, quality, images) + extra, encoding="utf-8")
     for path in [*images, summary]:
         print(f"wrote {path}")
     return images

@@ -23,6 +23,18 @@ lengths  Cost against the number of new tokens (--lengths, 64 ... 1024): generat
 prompts  Cost against the prompt length (--prompt-lengths, up to the context limit with a long enough list),
          --prompt-new-tokens new tokens each.
 
+Rules (``--rules product guidance``, ``--guidance 2``): the main section also runs the engine's other batched
+rules, greedy, one batched forward per token: ``product_greedy`` (the weighted product Σ w_i log p_i, no
+reference row), and per γ ``persona_judge_greedy_l4_lockstep_gγ`` (Persona-judge over guided personas),
+``product_greedy_gγ`` and ``direct_gγ`` (the direct prompt guided), each with the reference prompt (the
+conversation with no preference) as one more row of the batch. ``--length-rules`` adds ``product`` and
+``persona_judge_lockstep_gγ`` (the first γ) to the lengths section.
+
+Loops: greedy decoding with EOS ignored often falls into a loop on long answers. Every run keeps its token ids;
+the main section and every lengths checkpoint report the repeated 4-gram share (benchmarks/metrics.py
+``loop_report``: the share of n-grams already seen earlier) over the answer and over its last stretch, and flag
+``looping`` when that stretch is at least half repeats, so a speed figure at a long length says what was decoded.
+
 Naive estimates: in greedy mode the naive path emits the same tokens as the engine and runs a known sequence of
 no-cache forwards (its lengths follow from the engine's iteration history), so its time is estimated as the
 sum of measured single-forward latencies (a quadratic fit over a grid of sequence lengths, timed in this run).
@@ -50,6 +62,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.metrics import loop_report
 from benchmarks.common import (
     RESULTS,
     BenchModel,
@@ -101,6 +114,8 @@ class Run:
     marks: list[tuple[int, float, int, int]] = field(default_factory=list)
     """(tokens emitted, seconds, forward calls, positions) along the run, every MARK_EVERY tokens and at the end."""
     token_ids: list[int] = field(default_factory=list, repr=False)
+    rows: int = 0
+    """Batch rows over all forwards (hook count): rows per forward = rows / calls."""
     forward_lengths: list[int] = field(default_factory=list, repr=False)
     generation: Any = field(default=None, repr=False, compare=False)
     """Persona-judge runs: the engine's Generation (its iteration history gives the naive path's schedule)."""
@@ -170,6 +185,18 @@ class Bench:
         direct = encode_chat(tok, persona_messages(conversation, PREFERENCES))
         return personas, direct
 
+    def reference(self, question: int, context_tokens: int = 0) -> torch.Tensor:
+        """The reference prompt of guidance: the conversation with no preference (the chat model's)."""
+        if self.bm.tokenizer is None:
+            g = torch.Generator().manual_seed(1000 + question)
+            return torch.randint(3, self.vocab, (12 + context_tokens,), generator=g)
+        from langchain_persona_judge.personas import persona_messages
+        from langchain_persona_judge.runtime import encode_chat
+
+        tok = self.bm.tokenizer
+        conversation = [{"role": "user", "content": QUESTIONS[question % len(QUESTIONS)]}]
+        return encode_chat(tok, persona_messages(conversation, []))
+
     def _random_prompts(self, question: int, context_tokens: int) -> tuple[list[torch.Tensor], torch.Tensor]:
         g = torch.Generator().manual_seed(1000 + question)
         conv = torch.randint(3, self.vocab, (12 + context_tokens,), generator=g)
@@ -217,16 +244,23 @@ class Bench:
         assert tokens == n, f"generate emitted {tokens} tokens, not {n}"
         return Run(setting, tokens, seconds, self.counter.calls, self.counter.positions, mem.peak_mib,
                    marker.first or seconds, prompt_tokens=len(prompt), marks=marker.close(tokens, seconds),
-                   token_ids=out[0, ids.shape[1]:].tolist())
+                   token_ids=out[0, ids.shape[1]:].tolist(), rows=self.counter.rows)
 
     def persona_judge(self, prompts: list[torch.Tensor], n: int, lookahead: int, sample: bool, checkpoints: list[int],
                       seed: int = 0, setting: str | None = None, draft_confidence: float = 0.0,
-                      schedule: str = "speculative") -> Run:
+                      schedule: str = "speculative", combine: str = "judge", guidance: float = 1.0,
+                      reference: torch.Tensor | None = None) -> Run:
+        """The engine on ``prompts``: Persona-judge (``combine="judge"``) or the weighted product, guided
+        against ``reference`` when ``guidance != 1`` (both of those batched: ``schedule`` must be lockstep)."""
         options: dict[str, Any] = {"do_sample": False}
         if sample:
             options = {"do_sample": True, "seed": seed, **SAMPLING}
         options["draft_confidence"] = draft_confidence
         options["schedule"] = schedule
+        options["combine"] = combine
+        if guidance != 1.0:
+            options["guidance"] = guidance
+            options["reference"] = reference
         self.counter.reset()
         with MemoryMeter(self.device) as mem:
             start = now(self.device)
@@ -241,10 +275,13 @@ class Bench:
         assert len(gen.token_ids) == n, f"Persona-judge emitted {len(gen.token_ids)} tokens, not {n}"
         assert gen.stats.forward_calls == self.counter.calls, "the engine's forward count disagrees with the hook's"
         name = setting or setting_name(lookahead, sample, schedule)
+        judged = combine == "judge" and len(prompts) > 1  # the product (and one persona) drafts nothing
         return Run(name, n, seconds, self.counter.calls, self.counter.positions, mem.peak_mib, marker.first or seconds,
-                   prompt_tokens=len(prompts[0]), acceptance_rate=gen.stats.acceptance_rate,
-                   tokens_per_iteration=gen.stats.tokens_per_iteration, marks=marker.close(n, seconds),
-                   token_ids=list(gen.token_ids), generation=gen)
+                   prompt_tokens=len(prompts[0]),
+                   acceptance_rate=gen.stats.acceptance_rate if judged else None,
+                   tokens_per_iteration=gen.stats.tokens_per_iteration if judged else None,
+                   marks=marker.close(n, seconds),
+                   token_ids=list(gen.token_ids), generation=gen, rows=self.counter.rows)
 
     def naive(self, prompts: list[torch.Tensor], n: int, lookahead: int, checkpoints: list[int]) -> Run:
         self.counter.reset()
@@ -284,6 +321,10 @@ def summarise(runs: list[Run], base_tps: float | None) -> dict[str, Any]:
         "speed_ratio_vs_generate": round(tps / base_tps, 4) if base_tps else None,
         "forward_calls_per_token": round(sum(r.calls for r in runs) / tokens, 4),
         "positions_per_token": round(sum(r.positions for r in runs) / tokens, 3),
+        "rows_per_forward": round(sum(r.rows for r in runs) / max(1, sum(r.calls for r in runs)), 3),
+        "repeated_ngram_share": round(statistics.fmean(loop_report(r.token_ids)["repeated_ngram_share"]
+                                                       for r in runs), 4),
+        "looping_runs": sum(loop_report(r.token_ids)["looping"] for r in runs),
         "acceptance_rate": None,
         "tokens_per_iteration": None,
         "peak_mib": round(max(r.peak_mib for r in runs), 1),
@@ -396,9 +437,11 @@ def setting_name(lookahead: int, sample: bool, schedule: str = "speculative", dr
 
 
 SUITE = dict(lookahead=[1, 2, 4, 8], draft_confidence=[0.5], schedule=list(SCHEDULES), sampling=True, questions=2, repeats=1, max_new_tokens=128,
+             rules=["product", "guidance"], guidance=[2.0], length_rules=False,
              sections=["main", "lengths", "prompts"], lengths=[64, 256, 512, 1024], naive_max=64,
              prompt_lengths=[256, 1024], prompt_new_tokens=32)
 QUICK = dict(lookahead=[2, 4], draft_confidence=[0.5], schedule=list(SCHEDULES), sampling=True, questions=1, repeats=1, max_new_tokens=16,
+             rules=["product", "guidance"], guidance=[2.0], length_rules=True,
              sections=["main", "lengths", "prompts"], lengths=[8, 16, 32], naive_max=16,
              prompt_lengths=[64, 160], prompt_new_tokens=8)
 
@@ -424,6 +467,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--schedule", nargs="+", choices=list(SCHEDULES), default=None,
                         help="engine schedules to run (default both): speculative (the paper's: λ drafter forwards, "
                              "then one judge forward) and lockstep (every persona in one batched forward per token)")
+    parser.add_argument("--rules", nargs="*", choices=["product", "guidance"], default=None,
+                        help="main section: also run the weighted product and/or guided rules (greedy, one batched "
+                             "forward per token; --suite: both)")
+    parser.add_argument("--guidance", type=float, nargs="+", default=None, metavar="γ",
+                        help="guidance strengths for --rules guidance (default 2)")
+    parser.add_argument("--length-rules", action="store_true", default=None,
+                        help="lengths section: also decode the product and guided Persona-judge (first γ) to "
+                             "max(--lengths) tokens")
     parser.add_argument("--prepack", choices=["auto", "on", "off"], default="auto",
                         help="oneDNN-packed linear weights (load_model's prepack; auto: on for fp32 CPU models)")
     parser.add_argument("--sampling", action="store_true", default=None,
@@ -441,6 +492,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     preset = QUICK if args.quick else SUITE if args.suite else dict(
         lookahead=[4], draft_confidence=[0.5], schedule=list(SCHEDULES), sampling=False, questions=3, repeats=2, max_new_tokens=128, sections=["main"],
+        rules=[], guidance=[2.0], length_rules=False,
         lengths=[64, 256, 512, 1024], naive_max=64, prompt_lengths=[256, 1024], prompt_new_tokens=32)
     for key, value in preset.items():
         if getattr(args, key) is None:
@@ -517,28 +569,64 @@ def warm_up(bench: Bench) -> None:
     bench.naive(personas, 2, 2, [2])
 
 
+def rule_settings(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
+    """--rules: the product (greedy) and, per --guidance γ, guided Persona-judge (λ=4, lockstep), the guided
+    product and the guided direct prompt: (setting name, engine spec)."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    lam = 4 if 4 in args.lookahead else max(args.lookahead)
+    if "product" in args.rules:
+        out.append(("product_greedy", {"prompts": "personas", "combine": "product"}))
+    if "guidance" in args.rules:
+        for g in args.guidance:
+            out.append((f"{setting_name(lam, False, 'lockstep')}_g{g:g}",
+                        {"prompts": "personas", "lookahead": lam, "guidance": g}))
+            if "product" in args.rules:
+                out.append((f"product_greedy_g{g:g}", {"prompts": "personas", "combine": "product", "guidance": g}))
+            out.append((f"direct_g{g:g}", {"prompts": "direct", "guidance": g}))
+    return out
+
+
 def main_order(args: argparse.Namespace) -> list[tuple[str, Any]]:
-    """The main section's settings: (name, None) for generate and direct, (name, (λ, sample, dc, schedule))."""
+    """The main section's settings: (name, None) for generate and direct, else (name, engine spec)."""
     order: list[tuple[str, Any]] = [("generate", None), ("direct", None)]
+
+    def spec(lam: int, sample: bool, conf: float, schedule: str) -> dict[str, Any]:
+        return {"prompts": "personas", "lookahead": lam, "sample": sample, "draft_confidence": conf,
+                "schedule": schedule}
+
     for schedule in args.schedule:
         for lam in args.lookahead:
-            order.append((setting_name(lam, False, schedule), (lam, False, 0.0, schedule)))
+            order.append((setting_name(lam, False, schedule), spec(lam, False, 0.0, schedule)))
     # draft_confidence saves the speculative schedule's wasted drafts (lockstep wastes none), and only with
     # several drafts per iteration: λ = 4 (the headline) and above.
     if "speculative" in args.schedule:
         for lam in [lam for lam in args.lookahead if lam >= 4] or [max(args.lookahead)]:
             for conf in args.draft_confidence:
-                order.append((setting_name(lam, False, "speculative", conf), (lam, False, conf, "speculative")))
+                order.append((setting_name(lam, False, "speculative", conf), spec(lam, False, conf, "speculative")))
     if args.sampling:
         for lam in args.lookahead:
-            order.append((setting_name(lam, True), (lam, True, 0.0, "speculative")))
+            order.append((setting_name(lam, True), spec(lam, True, 0.0, "speculative")))
         if "lockstep" in args.schedule:
             lam = 4 if 4 in args.lookahead else max(args.lookahead)
-            order.append((setting_name(lam, True, "lockstep"), (lam, True, 0.0, "lockstep")))
-    # The headline settings (generate, greedy λ=4 under each schedule) run adjacent.
-    headline = {setting_name(4, False, schedule) for schedule in args.schedule}
+            order.append((setting_name(lam, True, "lockstep"), spec(lam, True, 0.0, "lockstep")))
+    order += rule_settings(args)
+    # The headline settings (generate, greedy λ=4 under each schedule, the rules) run adjacent.
+    headline = {setting_name(4, False, schedule) for schedule in args.schedule} | {n for n, _ in rule_settings(args)}
     order.sort(key=lambda item: 0 if item[0] == "generate" else 1 if item[0] in headline else 2)
     return order
+
+
+def run_spec(bench: Bench, name: str, spec: dict[str, Any], q: int, n: int, checkpoints: list[int],
+             seed: int = 0) -> Run:
+    """One engine run of a main-order (or lengths) spec on question ``q``."""
+    personas, direct = bench.prompts(q)
+    guidance = spec.get("guidance", 1.0)
+    return bench.persona_judge(
+        personas if spec["prompts"] == "personas" else [direct], n, spec.get("lookahead", 4),
+        spec.get("sample", False), checkpoints, seed=seed, setting=name,
+        draft_confidence=spec.get("draft_confidence", 0.0),
+        schedule=spec.get("schedule", "lockstep"), combine=spec.get("combine", "judge"), guidance=guidance,
+        reference=bench.reference(q) if guidance != 1.0 else None)
 
 
 def main_steps(bench: Bench, args: argparse.Namespace, results: Results) -> list[Step]:
@@ -557,8 +645,7 @@ def main_steps(bench: Bench, args: argparse.Namespace, results: Results) -> list
                     elif name == "direct":
                         run = bench.generate(direct, n, [n], setting="direct")
                     else:
-                        run = bench.persona_judge(personas, n, spec[0], spec[1], [n], seed=1000 + q + 100 * repeat,
-                                                  setting=name, draft_confidence=spec[2], schedule=spec[3])
+                        run = run_spec(bench, name, spec, q, n, [n], seed=1000 + q + 100 * repeat)
                     run.question, run.repeat = q, repeat
                     results.main.append(run)
                 steps.append((f"main {name} q{q} r{repeat}", job))
@@ -579,10 +666,19 @@ def lengths_steps(bench: Bench, args: argparse.Namespace, results: Results) -> l
             results.lengths[kind] = bench.persona_judge(personas, top, lam, False, checkpoints)
         elif kind == "persona_judge_lockstep":
             results.lengths[kind] = bench.persona_judge(personas, top, lam, False, checkpoints, schedule="lockstep")
+        elif kind in rules:
+            results.lengths[kind] = run_spec(bench, kind, rules[kind], 0, top, checkpoints)
         else:
             results.lengths[kind] = bench.naive(personas, naive_max, lam, checkpoints)
 
-    kinds = ["generate", "persona_judge", "naive_paper"]
+    rules: dict[str, dict[str, Any]] = {}
+    if args.length_rules:
+        if "product" in args.rules:
+            rules["product"] = {"prompts": "personas", "combine": "product"}
+        if "guidance" in args.rules and args.guidance:
+            rules[f"persona_judge_lockstep_g{args.guidance[0]:g}"] = {"prompts": "personas", "lookahead": lam,
+                                                                     "guidance": args.guidance[0]}
+    kinds = ["generate", "persona_judge", *rules, "naive_paper"]
     if "lockstep" in args.schedule:
         kinds.insert(2, "persona_judge_lockstep")
     return [(f"lengths {kind} {naive_max if kind == 'naive_paper' else top} tokens",
@@ -697,7 +793,10 @@ def main_section(bench: Bench, args: argparse.Namespace, runs: list[Run]) -> dic
         settings[name] = summary
     return {
         "max_new_tokens": args.max_new_tokens, "questions": QUESTIONS[: args.questions], "repeats": args.repeats,
-        "lookahead": args.lookahead,
+        "lookahead": args.lookahead, "rules": args.rules, "guidance": args.guidance,
+        "runs": [{"setting": r.setting, "question": r.question, "repeat": r.repeat, "tokens": r.tokens,
+                  "seconds": round(r.seconds, 3), "loop": loop_report(r.token_ids), "token_ids": r.token_ids}
+                 for r in runs],
         "kv_cache_mib_per_sequence": round(kv_cache_mib(bench.model, args.max_new_tokens + 64), 2),
         "settings": settings,
     }
@@ -725,9 +824,15 @@ def lengths_section(bench: Bench, args: argparse.Namespace, results: Results, co
     curve = naive_curve(pj_run.generation, plens, max(args.lengths), lam, coef)
     ours = {key: run for key, run in runs.items() if key != "naive_paper"}
     series: dict[str, list[dict[str, Any]]] = {key: [] for key in [*ours, "naive_paper"]}
+    previous = 0
     for n in sorted(args.lengths):
         for key, run in ours.items():
-            series[key].append(point(n, run.at(n), True))
+            # What had been decoded by then: a loop in the stretch since the previous checkpoint shows here.
+            loop = loop_report(run.token_ids[:n], window=n - previous)
+            series[key].append(point(n, run.at(n), True, repeated_ngram_share=loop["repeated_ngram_share"],
+                                     window_repeated_ngram_share=loop["tail_repeated_ngram_share"],
+                                     looping=loop["looping"]))
+        previous = n
         if n <= nv_run.tokens:
             series["naive_paper"].append(point(n, nv_run.at(n), True, peak_mib=round(nv_run.peak_mib, 1)))
         else:
@@ -738,12 +843,17 @@ def lengths_section(bench: Bench, args: argparse.Namespace, results: Results, co
     return {
         "lookahead": lam, "question": QUESTIONS[0], "prompt_tokens": plens, "series": series,
         "naive_measured_up_to": nv_run.tokens, "estimate_check": estimate_check(nv_run, pj_run, coef),
+        "token_ids": {key: run.token_ids for key, run in ours.items()},
+        "rows_per_forward": {key: round(run.rows / max(1, run.calls), 3) for key, run in runs.items()},
         "curves": {**{key: run.marks for key, run in ours.items()}, "naive_paper_measured": nv_run.marks,
                    "naive_paper_estimated": [(t, round(s, 4), c, p) for t, s, c, p in curve]},
         "note": ("generate and Persona-judge (persona_judge: the paper's speculative schedule; persona_judge_lockstep: "
-                 "the lockstep schedule) decode max(lengths) tokens once; the cost at a shorter length is the "
+                 "the lockstep schedule; product and persona_judge_lockstep_gγ with --length-rules) decode "
+                 "max(lengths) tokens once, greedy, EOS ignored; the cost at a shorter length is the "
                  "time and forward count when that many tokens had been emitted. The naive paper path is measured "
-                 f"up to {nv_run.tokens} new tokens and estimated beyond from the single-forward latency fit."),
+                 f"up to {nv_run.tokens} new tokens and estimated beyond from the single-forward latency fit. "
+                 "window_repeated_ngram_share: the share of the 4-grams since the previous checkpoint already seen "
+                 "earlier in the answer; looping: at least half (the answer had fallen into a loop)."),
     }
 
 
@@ -843,14 +953,16 @@ def print_report(report: dict[str, Any]) -> None:
     if "main" in report:
         sec = report["main"]
         print(f"\n[main] {sec['max_new_tokens']} new tokens, {len(sec['questions'])} questions x {sec['repeats']} repeats")
-        print(f"{'setting':28} {'tok/s':>7} {'vs generate':>11} {'(pair min-max)':>15} {'fwd/tok':>8} {'pos/tok':>8} "
-              f"{'accept':>7} {'tok/iter':>8} {'peak MiB':>9}")
+        print(f"{'setting':38} {'tok/s':>7} {'vs generate':>11} {'(pair min-max)':>15} {'fwd/tok':>8} {'rows/fwd':>8} "
+              f"{'pos/tok':>8} {'accept':>7} {'tok/iter':>8} {'peak MiB':>9} {'rep 4-gr':>8} {'loops':>5}")
         for name, s in sec["settings"].items():
             acc = f"{s['acceptance_rate']:.1%}" if s["acceptance_rate"] is not None else "-"
             tpi = f"{s['tokens_per_iteration']:.2f}" if s["tokens_per_iteration"] is not None else "-"
             lo, hi = s["pair_ratio_min_max"]
-            print(f"{name:28} {s['tokens_per_s']:7.2f} {s['speed_ratio_vs_generate']:10.3f}x {f'{lo:.2f}-{hi:.2f}':>15} "
-                  f"{s['forward_calls_per_token']:8.3f} {s['positions_per_token']:8.2f} {acc:>7} {tpi:>8} {s['peak_mib']:9.1f}")
+            print(f"{name:38} {s['tokens_per_s']:7.2f} {s['speed_ratio_vs_generate']:10.3f}x "
+                  f"{f'{lo:.2f}-{hi:.2f}':>15} "
+                  f"{s['forward_calls_per_token']:8.3f} {s['rows_per_forward']:8.2f} {s['positions_per_token']:8.2f} "
+                  f"{acc:>7} {tpi:>8} {s['peak_mib']:9.1f} {s['repeated_ngram_share']:8.0%} {s['looping_runs']:5d}")
     if "lengths" in report:
         sec = report["lengths"]
         print(f"\n[lengths] greedy λ={sec['lookahead']}, prompt {sec['prompt_tokens']} tokens; "
@@ -865,6 +977,12 @@ def print_report(report: dict[str, Any]) -> None:
             print(f"{g['new_tokens']:10d} {g['tokens_per_s']:15.2f} {o['tokens_per_s']:11.2f} {lk_tps} "
                   f"{format(nv['tokens_per_s'], '.3f') + star:>12} {nv['seconds'] / o['seconds']:10.1f}x "
                   f"{g['positions_per_token']:12.2f} {o['positions_per_token']:13.2f} {nv['positions_per_token']:14.1f}")
+        for key, pts in sec["series"].items():
+            if key == "naive_paper":
+                continue
+            print(f"  {key:34} tok/s " + "  ".join(f"{p['new_tokens']}: {p['tokens_per_s']:.1f}" for p in pts)
+                  + " | repeated 4-grams since the previous checkpoint "
+                  + "  ".join(f"{p['window_repeated_ngram_share']:.0%}{' LOOP' if p['looping'] else ''}" for p in pts))
         c = sec["estimate_check"]
         print(f"naive estimate check at {c['new_tokens']} tokens: estimated {c['estimated_s']:.1f} s, measured "
               f"{c['measured_s']:.1f} s (x{c['estimate_over_measured']:.2f}); same tokens as the engine: "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -341,7 +342,219 @@ def test_plots_and_summary_from_speed_results(quick_speed, tmp_path):
     from benchmarks import plots
 
     _, out = quick_speed
-    images = plots.main(["--speed", str(out), "--quality", str(tmp_path / "missing.json"), "--out", str(tmp_path)])
+    missing = str(tmp_path / "missing.json")
+    images = plots.main(["--speed", str(out), "--quality", missing, "--quality-rules", missing,
+                         "--speed-rules", missing, "--out", str(tmp_path)])
     assert {p.name for p in images} == {"speed_lambda.png", "speed_length.png", "speed_prompt.png"}
     assert all(p.stat().st_size > 10_000 for p in images)
     assert "tokens/s" in (tmp_path / "summary.md").read_text()
+
+
+# -- fluency, loops, decoding rules and tables -------------------------------------------------------------
+
+
+def test_answer_nll_matches_a_token_by_token_computation():
+    from tests.helpers import full_logits
+
+    model = tiny_llama(seed=5, sharpness=3.0)
+    prompt, answer = [1, 2, 3, 4, 5], [7, 7, 2, 9, 30, 0]
+    nll = metrics.answer_nll(model, prompt, answer)
+    # Directly: re-read the growing sequence for every answer token and take its log-probability.
+    expected = []
+    for k, token in enumerate(answer):
+        logits = full_logits(model, prompt + answer[:k])[-1]
+        expected.append(-float(torch.log_softmax(logits, -1)[token]))
+    assert nll == pytest.approx(sum(expected) / len(expected), rel=1e-5)
+    assert math.exp(nll) > 1.0
+    assert math.isnan(metrics.answer_nll(model, prompt, []))
+
+
+def test_loop_detector_flags_loops_and_not_ordinary_text():
+    assert metrics.repeated_ngram_share([1, 2, 3]) == 0.0  # shorter than n
+    assert metrics.repeated_ngram_share(list(range(50))) == 0.0
+    loop = [1, 2, 3, 4, 5] * 20
+    # After the first cycle (5 + 3 tokens) every 4-gram is a repeat.
+    assert metrics.repeated_ngram_share(loop) == pytest.approx((len(loop) - 3 - 5) / (len(loop) - 3))
+    text = list(range(100)) + [1, 2, 3, 4, 5, 6] * 10
+    report = metrics.loop_report(text, window=60)
+    assert report["looping"] and report["tail_repeated_ngram_share"] > 0.9 and report["tail_tokens"] == 60
+    fresh = metrics.loop_report(list(range(200)), window=50)
+    assert not fresh["looping"] and fresh["repeated_ngram_share"] == 0.0
+    # A tail that repeats what came much earlier (not itself) still counts as a loop.
+    assert metrics.loop_report(list(range(40)) + list(range(40)), window=40)["looping"]
+
+
+def test_conditions_and_the_sweep_plan():
+    from benchmarks import quality
+
+    assert quality.condition_spec("persona_judge_g1.5") == {"prompts": "personas", "combine": "judge",
+                                                             "guidance": 1.5, "rule": "persona_judge"}
+    assert quality.condition_spec("product")["combine"] == "product"
+    assert quality.condition_spec("direct_g2") == {"prompts": "direct", "combine": "judge", "guidance": 2.0,
+                                                   "rule": "direct"}
+    assert quality.condition_name("product", 1.0) == "product" and quality.condition_name("direct", 3) == "direct_g3"
+    prompts = [{"id": f"q{i}", "prompt": "x"} for i in range(6)]
+    texts = {d: d for d in DIMENSIONS}
+    jobs = quality.plan_jobs(prompts, ["simple+friendly", "concise+friendly"], [], 2, 128, texts, [2.0], [1.5, 3], 3)
+    groups = [g for g, _ in itertools.groupby(jobs, key=lambda j: j["group"])]
+    # Sweep groups are spread among the main ones (one after every second prompt), so a budget keeps prefixes.
+    assert groups == ["q0", "q1", "q0/sweep", "q2", "q3", "q1/sweep", "q4", "q5", "q2/sweep"]
+    main = [j for j in jobs if j["group"] == "q0" and j["seed"] == 0]
+    assert [j["condition"] for j in main if j["setting"] == "simple+friendly"] == [
+        "direct", "persona_judge", "product", "persona_judge_g2", "product_g2", "direct_g2"]
+    sweep = {j["condition"] for j in jobs if j["group"].endswith("/sweep")}
+    assert sweep == {f"{r}_g{g}" for r in ("persona_judge", "product", "direct") for g in ("1.5", "3")}
+    # Every condition of a prompt and seed shares its engine seed.
+    assert len({j["engine_seed"] for j in jobs if j["prompt_id"] == "q1" and j["seed"] == 1}) == 1
+
+
+def _rules_records(rng, prompts=24):
+    """Synthetic scored records: direct and the rules; 'product_g2' is shorter and friendlier than direct but
+    more perplexing; 'persona_judge' is the direct prompt's equal; 'direct_g2' is strong but often repetitive."""
+    records = []
+    setting = "concise+friendly"
+    # (mean length, mean informality, mean plain-model NLL, one response in `fail_every` fails a guard)
+    laws = {"none": (120, 0.02, 1.2, 0), "direct": (80, 0.05, 1.5, 12), "persona_judge": (80, 0.05, 1.5, 12),
+            "product_g2": (40, 0.12, 1.8, 0), "direct_g2": (40, 0.12, 1.6, 2)}
+    for p in range(prompts):
+        for seed in range(2):
+            for cond, (length, friendly, nll, fail_every) in laws.items():
+                fails = bool(fail_every) and (2 * p + seed) % fail_every == 0
+                r = _record(f"q{p}", seed, None if cond == "none" else setting, cond, rng.normal(length, 8),
+                            rng.normal(friendly, 0.01), guards=["repetitive"] if fails else None)
+                r["plain_nll"] = float(rng.normal(nll, 0.1))
+                records.append(r)
+    return records, setting
+
+
+def test_rules_analysis_reports_no_guard_rates_joint_wins_fluency_and_the_bar():
+    from benchmarks import quality
+
+    records, setting = _rules_records(np.random.default_rng(7))
+    res = quality.analyse(records, [setting], n_boot=300)["settings"][setting]
+    concise = res["dimensions"]["concise"]["comparisons"]
+    assert {"product_g2 vs direct", "product_g2 vs none", "direct_g2 vs direct",
+            "persona_judge vs direct"} <= set(concise)
+    # Without the guards, the repetitive guided direct prompt wins more than with them.
+    assert concise["direct_g2 vs direct"]["no_guards"]["win_rate"] > concise["direct_g2 vs direct"]["win_rate"] + 0.1
+    both = res["both"]["product_g2 vs direct"]
+    assert both["wins_all"]["share"] > 0.8 and both["loses_all"]["share"] < 0.05
+    assert res["both"]["persona_judge vs direct"]["wins_all"]["share"] < 0.3
+    flu = res["fluency"]
+    assert flu["product_g2"]["ratio_vs_direct"] == pytest.approx(math.exp(0.3), rel=0.05)
+    lo, hi = flu["product_g2"]["ratio_vs_direct_ci95"]
+    assert lo < flu["product_g2"]["ratio_vs_direct"] < hi
+    crit = res["criteria"]
+    assert crit["product_g2"]["wins_measurable_met"] and crit["product_g2"]["guards_met"]
+    assert crit["product_g2"]["perplexity_met"] and crit["product_g2"]["met"]  # exp(0.3) = 1.35 <= 1.5
+    assert not crit["direct_g2"]["guards_met"] and not crit["direct_g2"]["met"]
+    assert not crit["persona_judge"]["wins_measurable_met"]
+
+
+def _rules_report(tmp_path):
+    from benchmarks import quality
+
+    records, setting = _rules_records(np.random.default_rng(8), prompts=12)
+    analysis = quality.analyse(records, [setting], n_boot=200)
+    config = {"prompts": 12, "prompts_available": 100, "seeds": 2, "max_new_tokens": 128, "sweep_gammas": [],
+              "sweep_prompts": 0, "model": "test model", "machine": {"cpu": "cpu", "cpu_cores": 2}}
+    report = {"config": config, "results": analysis, "records": records, "notes": []}
+    path = tmp_path / "quality_rules.json"
+    path.write_text(json.dumps(report))
+    return report, path
+
+
+def test_table_renderer_and_markdown_markers(tmp_path):
+    from benchmarks import tables
+
+    report, path = _rules_report(tmp_path)
+    md = tables.quality_rules(report)
+    assert "**concise+friendly**" in md and "| product, γ=2 | 12 |" in md
+    row = next(line for line in md.splitlines() if line.startswith("| product, γ=2 |"))
+    dims = report["results"]["settings"]["concise+friendly"]["dimensions"]
+    c = dims["concise"]["comparisons"]["product_g2 vs direct"]
+    assert f"{c['win_rate']:.0%} [{c['ci95'][0]:.0%}, {c['ci95'][1]:.0%}]" in row and row.endswith("| **met** |")
+    assert "no (wins, guards)" in next(line for line in md.splitlines() if line.startswith("| direct prompt, γ=2 |"))
+    assert "| concise+friendly | concise |" in tables.quality_measurable(report)
+    assert "| product | 2 | 12 |" in tables.quality_dose(report)
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- table:quality_measurable quality_rules.json -->\nstale\n<!-- /table -->\nafter\n")
+    assert tables.update_markdown(readme) == ["quality_measurable"]
+    text = readme.read_text()
+    assert "stale" not in text and text.startswith("intro\n") and text.endswith("<!-- /table -->\nafter\n")
+    assert tables.quality_measurable(report) in text
+    tables.update_markdown(readme)
+    assert readme.read_text() == text  # idempotent
+
+
+def test_dose_plot_from_a_rules_report(tmp_path):
+    pytest.importorskip("matplotlib")
+    from benchmarks import plots
+
+    _, path = _rules_report(tmp_path)
+    images = plots.main(["--speed", str(tmp_path / "none.json"), "--quality", str(tmp_path / "none.json"),
+                         "--quality-rules", str(path), "--speed-rules", str(tmp_path / "none.json"),
+                         "--out", str(tmp_path)])
+    assert {p.name for p in images} == {"quality_rules_winrates.png", "quality_dose.png"}
+    assert "Decoding rules against the direct prompt" in (tmp_path / "summary.md").read_text()
+
+
+def test_speed_reports_the_rules_rows_and_loops(quick_speed):
+    report, out = quick_speed
+    settings = json.loads(out.read_text())["main"]["settings"]
+    rows = {name: settings[name]["rows_per_forward"] for name in (
+        "generate", "persona_judge_greedy_l4_lockstep", "product_greedy", "persona_judge_greedy_l4_lockstep_g2",
+        "product_greedy_g2", "direct_g2")}
+    # One row per persona, plus the reference prompt's under guidance; one batched forward per token.
+    assert rows == {"generate": 1.0, "persona_judge_greedy_l4_lockstep": 2.0, "product_greedy": 2.0,
+                    "persona_judge_greedy_l4_lockstep_g2": 3.0, "product_greedy_g2": 3.0, "direct_g2": 2.0}
+    assert all(settings[name]["forward_calls_per_token"] == 1.0 for name in rows)
+    assert settings["product_greedy"]["acceptance_rate"] is None
+    assert all(0 <= s["repeated_ngram_share"] <= 1 for s in settings.values())
+    saved = json.loads(out.read_text())
+    assert all(len(r["token_ids"]) == saved["main"]["max_new_tokens"] for r in saved["main"]["runs"])
+    lengths = saved["lengths"]
+    assert {"product", "persona_judge_lockstep_g2"} <= set(lengths["series"])
+    for key, ids in lengths["token_ids"].items():
+        last = lengths["series"][key][-1]
+        assert len(ids) == 32 and last["repeated_ngram_share"] == metrics.loop_report(ids)["repeated_ngram_share"]
+        assert isinstance(last["looping"], bool)
+    from benchmarks import tables
+
+    assert "| product_greedy_g2 |" in tables.speed_rules(saved)
+    assert "| persona_judge_lockstep_g2 |" in tables.speed_lengths(saved)
+
+
+def test_quality_resume_decodes_only_what_is_missing(tmp_path, monkeypatch):
+    for module in ("textstat_rs", "vaderSentiment", "emoji"):
+        pytest.importorskip(module)
+    from benchmarks import quality
+
+    shared = tmp_path / "shared"
+    (shared / "bench").mkdir(parents=True)
+    (shared / "reference").mkdir()
+    (shared / "bench" / "prompts.jsonl").write_text(
+        "".join(json.dumps({"id": f"q{i}", "prompt": f"Why is thing {i} so?"}) + "\n" for i in range(4)))
+    (shared / "reference" / "preferences.json").write_text(json.dumps(
+        {"psoups": {d.psoups: f"Be {name}." for name, d in DIMENSIONS.items()}}))
+    decoded: list[tuple] = []
+
+    def fake_run(job):
+        decoded.append((job["prompt_id"], job["seed"], job["setting"], job["condition"]))
+        return {**{k: v for k, v in job.items() if k not in ("preferences", "max_new_tokens")},
+                "text": f"An answer about thing {job['prompt_id']} with some words in it, seed {job['seed']}.",
+                "tokens": 12, "token_ids": list(range(12)), "plain_nll": 1.0 + 0.1 * job["seed"]}
+
+    monkeypatch.setattr(quality, "run_job", fake_run)
+    monkeypatch.setattr(quality, "_init_worker", lambda *a: None)
+    out = tmp_path / "q.json"
+    common = ["--shared", str(shared), "--settings", "concise+friendly", "--paper-settings", "--gammas", "2",
+              "--workers", "1", "--max-minutes", "0", "--bootstrap", "100", "--out", str(out)]
+    quality.main(["--prompts", "2", *common])
+    first = len(decoded)
+    assert first == 2 * 2 * (1 + 6)  # prompts x seeds x (none + the six conditions)
+    report = quality.main(["--prompts", "3", "--resume", str(out), *common])
+    assert {d[0] for d in decoded[first:]} == {"q2"} and len(decoded) - first == first // 2
+    assert report["config"]["prompts"] == 3 and len(report["records"]) == len(decoded)
+    assert report["config"]["resumed_from"] == str(out)
+    assert [r["prompt_id"] for r in report["records"]][:2] == ["q0", "q0"]  # in plan order
