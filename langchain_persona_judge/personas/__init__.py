@@ -27,6 +27,7 @@ from .templates import (
     Message,
     PreferenceTemplate,
     persona_messages,
+    reference_messages,
     render_preferences,
 )
 
@@ -51,6 +52,7 @@ __all__ = [
     "load_registry",
     "parse_registry_text",
     "persona_messages",
+    "reference_messages",
     "render_preferences",
     "resolve_preference",
 ]

@@ -132,3 +132,26 @@ def persona_messages(
     system = "\n\n".join(str(m["content"]) for m in messages if m["role"] == "system")
     rest = [dict(m) for m in messages if m["role"] != "system"]
     return [{"role": "system", "content": render_preferences(layout, preferences, system, template)}, *rest]
+
+
+def reference_messages(
+    messages: Sequence[Message],
+    negative: str | None = None,
+    *,
+    layout: Layout = "system",
+    template: PreferenceTemplate | None = None,
+) -> list[Message]:
+    """The conversation that guidance measures each persona against: the personas' own frame, with the
+    ``negative`` preference (or none) where theirs would be.
+
+    In the ``system`` layout the system turn is rendered by the same template as the personas' (so with no
+    system message of the user's it opens "You are a helpful AI assistant." like theirs, not with the chat
+    template's own default), and only the preference differs.
+    """
+    if layout == "system":
+        system = "\n\n".join(str(m["content"]) for m in messages if m["role"] == "system")
+        rest = [dict(m) for m in messages if m["role"] != "system"]
+        content = render_preferences(layout, [negative] if negative else [], system, template)
+        return [{"role": "system", "content": content}, *rest]
+    return persona_messages(messages, [negative] if negative else [], layout=layout, template=template)
+

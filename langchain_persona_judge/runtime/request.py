@@ -26,6 +26,7 @@ from ..personas import (
     compose,
     load_registry,
     persona_messages,
+    reference_messages,
     resolve_preference,
 )
 from .chat_template import encode_chat
@@ -194,8 +195,8 @@ def build_request(
                                         template_kwargs)
     reference = None
     if options.needs_reference:
-        negative = [personas.negative_preference] if personas.negative_preference else []
-        messages = persona_messages(conversation, negative, layout=personas.layout, template=personas.template)
+        messages = reference_messages(conversation, personas.negative_preference, layout=personas.layout,
+                                      template=personas.template)
         reference = encode_chat(tokenizer, messages, **(template_kwargs or {}))
     options = resolve_options(options, model)
     constraint, options = constrain(model, tokenizer, output, prompts, options)

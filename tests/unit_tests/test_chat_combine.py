@@ -152,3 +152,15 @@ def test_compare_shows_the_rule_beside_the_others(
     assert code == 0
     headings = [line for line in out.splitlines() if line.startswith("=== ")]
     assert len(headings) == 4 and "product, γ=2, weights uniform" in headings[-1]
+
+
+def test_the_reference_keeps_the_personas_frame(model: Any, tokenizer: Any, runs: list[dict[str, Any]]) -> None:
+    """With no system message the personas' turn opens with the preference template's default; the reference
+    must too (not with the chat template's own default system prompt), so that only the preference differs."""
+    make(model, tokenizer, guidance=2.0).invoke("What is rain?")
+    [run] = runs
+    reference = tokenizer.decode(run["reference"])
+    personas = [tokenizer.decode(p) for p in run["prompts"]]
+    assert "You are a helpful AI assistant." in reference
+    assert all(p.replace(preference + "\n", "") == reference or p.replace("\n" + preference, "") == reference
+               for p, preference in zip(personas, PREFERENCES))
