@@ -1,0 +1,583 @@
+"""Learning a user's preferences from a few choices: simulated users, PReF's active questions against random ones.
+
+    nice -n 10 .venv/bin/python -m benchmarks.learning              # the default run (about 30 minutes on 2 cores)
+    .venv/bin/python -m benchmarks.learning --quick                 # a smoke test (2 prompts per split)
+    .venv/bin/python -m benchmarks.learning --reanalyse             # the figures again from the cached texts
+
+Run it from the repository root, as a module. Results: benchmarks/results/learning.json; the candidate answers,
+their features and the decoded answers are cached in benchmarks/results/learning_candidates.json (a rerun with the
+same settings reuses them; --fresh starts over).
+
+1. **Candidates** (generated once, cached): for each prompt of ../shared/bench/prompts.jsonl, one plain answer and
+   answers decoded under basis poles (a contrasting pair of one dimension, cycling through the dimensions, and one
+   more pole), sampled (temperature 0.7, top-p 0.95, repetition penalty 1.2) to --max-tokens.
+2. **Features**: φ of every candidate over the built-in basis (20 personas), one batched pass per answer
+   (``PersonaScorer``); the time and token positions it took give the scoring cost.
+3. **Simulated users**: a hidden preference on one or two of the shared benchmark's measurable dimensions
+   (simple = Flesch reading ease, concise = word count, friendly = informality rate; metrics, margins and guards
+   from benchmarks/metrics.py). A user compares two answers on each of their dimensions (``metrics.compare``: a
+   margin, guards) and prefers the one that wins on average ("no preference" on a draw), then flips a strict
+   choice with probability --noise (10%). Each user answers --questions questions asked by a
+   ``PreferenceLearner`` over the learning prompts' candidates, once with PReF's rule (active) and once with
+   random questions, from the same seed.
+4. **Figures** after 5, 10 and 20 choices: how often the strongest weight leans to the user's pole (top-1; for
+   two-dimension users also both of the two strongest dimensions); held-out pairwise accuracy and ROC AUC (the
+   held-out prompts' candidate pairs on which the noise-free user has a strict preference, scored by
+   ``w · (φ(a) − φ(b))``); with 95% bootstrap CIs over users.
+5. **Decoding with the profile**: for each user type, the first user's 10-choice active profile decodes each
+   evaluation prompt (``ChatPersonaJudge(profile=...)``, the same sampling), against the plain answer on the user's
+   own dimensions (win = the mean per-dimension outcome; win rate with a 95% bootstrap CI over prompts).
+6. **Cost per choice**: scoring two ~100-token answers to a new question over the 20-persona basis, timed on
+   this CPU (one torch thread), with a fresh scorer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.common import RESULTS, machine_info, shared_dir
+from benchmarks.metrics import DIMENSIONS, compare, guard_failures, win_rate
+from langchain_persona_judge.profiles import ModelIdentity
+
+USER_TYPES: list[tuple[str, ...]] = [
+    ("simple",), ("concise",), ("friendly",), ("simple", "concise"), ("simple", "friendly"), ("concise", "friendly"),
+]
+POLES: dict[str, set[str]] = {"simple": {"elementary"}, "concise": {"concise"}, "friendly": {"friendly"}}
+"""The basis pole each metric dimension stands for (strict)."""
+LENIENT_POLES: dict[str, set[str]] = {
+    "simple": {"elementary"}, "concise": {"concise"}, "friendly": {"friendly", "casual", "humor", "enthusiastic"},
+}
+"""Poles whose texts also ask for what the metric counts (informality: casual, humorous, enthusiastic)."""
+CHECKPOINTS = (5, 10, 20)
+DECODE_AFTER = 10
+"""The profile that decodes is the one after this many choices (or after every choice of a shorter run)."""
+SAMPLING = {"temperature": 0.7, "top_p": 0.95, "repetition_penalty": 1.2}
+CACHE = RESULTS / "learning_candidates.json"
+L2_SWEEP = (0.03, 0.1, 0.3, 1.0)
+"""Other L2 strengths the simulation is rerun with (the figures after 10 choices): how much the default matters."""
+
+
+# -- inputs -----------------------------------------------------------------------------------------------
+
+
+def load_prompts(shared: Path) -> list[dict[str, str]]:
+    with open(shared / "bench" / "prompts.jsonl", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def split_prompts(prompts: list[dict[str, str]], learn: int, held_out: int, evaluate: int,
+                  seed: int) -> dict[str, list[dict[str, str]]]:
+    """Disjoint prompt sets, drawn at random with ``seed``: learning pool, held-out pairs, decoding evaluation."""
+    order = np.random.default_rng(seed).permutation(len(prompts))
+    picked = [prompts[i] for i in order[: learn + held_out + evaluate]]
+    return {"learn": picked[:learn], "held_out": picked[learn:learn + held_out],
+            "evaluate": picked[learn + held_out:learn + held_out + evaluate]}
+
+
+def candidate_personas(index: int, pairs: list[tuple[str, str, str]], rng: np.random.Generator) -> list[str | None]:
+    """Plain, then the two poles of dimension ``index`` (cycling), then one pole of another dimension."""
+    _, first, second = pairs[index % len(pairs)]
+    _, a, b = pairs[(index + len(pairs) // 2) % len(pairs)]
+    return [None, first, second, a if rng.random() < 0.5 else b]
+
+
+# -- stage 1 and 2: candidates and their features (cached) ----------------------------------------------------
+
+
+def load_cache(path: Path, config: dict[str, Any]) -> dict[str, Any]:
+    if path.is_file():
+        cache = json.loads(path.read_text(encoding="utf-8"))
+        if cache.get("config") == config:
+            return cache
+        print(f"[cache] {path} was made with other settings; starting over", flush=True)
+    return {"config": config, "candidates": {}, "features": {}, "plain_eval": {}, "decoded": {}}
+
+
+def save_cache(path: Path, cache: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(cache, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(path)
+
+
+def make_candidates(learner: Any, prompts: list[dict[str, str]], cache: dict[str, Any], path: Path,
+                    seed: int) -> None:
+    pairs = learner.basis.pairs()
+    for index, prompt in enumerate(prompts):
+        if prompt["id"] in cache["candidates"]:
+            continue
+        rng = np.random.default_rng([seed, index])
+        personas = candidate_personas(index, pairs, rng)
+        started = time.perf_counter()
+        answers = learner.generate(prompt["prompt"], personas)
+        seconds = time.perf_counter() - started
+        cache["candidates"][prompt["id"]] = [{"persona": p, "text": t, "complete": c}
+                                             for p, (t, c) in zip(personas, answers)]
+        print(f"[candidates] {prompt['id']} {len(answers)} answers in {seconds:.1f} s", flush=True)
+        save_cache(path, cache)
+
+
+def score_candidates(scorer: Any, prompts: list[dict[str, str]], cache: dict[str, Any], path: Path,
+                     max_tokens: int) -> None:
+    key = scorer.basis.identity
+    table = cache["features"].setdefault(key, {})
+    for prompt in prompts:
+        if "complete" in table.get(prompt["id"], {}):
+            continue
+        texts, complete = usable(cache["candidates"][prompt["id"]], scorer, max_tokens)
+        forwards, positions = scorer.forwards, scorer.positions
+        started = time.perf_counter()
+        features = scorer.features(prompt["prompt"], texts, complete)
+        seconds = time.perf_counter() - started
+        tokens = [len(scorer.response_ids(t, c)) for t, c in zip(texts, complete)]
+        table[prompt["id"]] = {"texts": texts, "complete": complete, "features": features.tolist(),
+                               "seconds": seconds, "positions": scorer.positions - positions,
+                               "forwards": scorer.forwards - forwards, "response_tokens": tokens}
+        print(f"[features] {prompt['id']} {len(texts)} answers ({sum(tokens)} tokens) in {seconds:.1f} s", flush=True)
+        save_cache(path, cache)
+
+
+def usable(candidates: list[dict[str, Any]], scorer: Any, max_tokens: int) -> tuple[list[str], list[bool]]:
+    """Distinct, non-empty texts (in order), and whether each ended by itself. Candidates cached before the
+    finish reason was recorded: complete when they are shorter than the token limit."""
+    seen: dict[str, bool] = {}
+    for c in candidates:
+        if c["text"].strip() and c["text"] not in seen:
+            done = c.get("complete")
+            seen[c["text"]] = done if done is not None else len(scorer.response_ids(c["text"], False)) < max_tokens - 1
+    return list(seen), list(seen.values())
+
+
+# -- stage 3: simulated users ----------------------------------------------------------------------------------
+
+
+def metric_table(texts: list[str], question: str) -> dict[str, list[tuple[float, bool]]]:
+    fails = [bool(guard_failures(t, question)) for t in texts]
+    return {dim: [(DIMENSIONS[dim].score(t), f) for t, f in zip(texts, fails)] for dim in POLES}
+
+
+def outcome(scores: dict[str, list[tuple[float, bool]]], dims: tuple[str, ...], i: int, j: int) -> float:
+    """The noise-free user's outcome of answer i against answer j: the mean of the per-dimension outcomes
+    (1 win, 0.5 draw, 0 loss) rounded to a strict choice unless exactly a draw."""
+    mean = float(np.mean([outcome_on(scores[d][i], scores[d][j], d) for d in dims]))
+    return 1.0 if mean > 0.5 else 0.0 if mean < 0.5 else 0.5
+
+
+def outcome_on(a: tuple[float, bool], b: tuple[float, bool], dim: str) -> float:
+    """A's outcome against B on one dimension: 1, 0.5 or 0 (the margin; a guard failure loses)."""
+    return compare(a[0], b[0], a[1], b[1], DIMENSIONS[dim])
+
+
+class SimulatedUser:
+    def __init__(self, dims: tuple[str, ...], seed: int, noise: float,
+                 metrics: dict[str, dict[str, dict[str, list[tuple[float, bool]]]]]) -> None:
+        self.dims = dims
+        self.rng = np.random.default_rng(seed)
+        self.noise = noise
+        self.metrics = metrics  # prompt -> text -> ... (see choose)
+
+    def choose(self, prompt: str, first: str, second: str) -> str:
+        table = self.metrics[prompt]
+        texts = table["texts"]
+        value = outcome(table["scores"], self.dims, texts.index(first), texts.index(second))
+        if value != 0.5 and self.rng.random() < self.noise:
+            value = 1.0 - value
+        return {1.0: "1", 0.0: "2", 0.5: "="}[value]
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """ROC AUC (Mann–Whitney, ties counted half)."""
+    positive, negative = scores[labels == 1], scores[labels == 0]
+    if not len(positive) or not len(negative):
+        return float("nan")
+    greater = (positive[:, None] > negative[None, :]).mean()
+    equal = (positive[:, None] == negative[None, :]).mean()
+    return float(greater + 0.5 * equal)
+
+
+def held_out_pairs(features: dict[str, Any], metrics: dict[str, Any], prompts: list[dict[str, str]],
+                   dims: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Feature differences and noise-free outcomes of every held-out pair with a strict preference."""
+    rows, labels = [], []
+    for prompt in prompts:
+        entry = features[prompt["id"]]
+        phi = np.asarray(entry["features"])
+        scores = metrics[prompt["prompt"]]["scores"]
+        for i in range(len(phi)):
+            for j in range(i + 1, len(phi)):
+                value = outcome(scores, dims, i, j)
+                if value != 0.5:
+                    rows.append(phi[i] - phi[j])
+                    labels.append(value)
+    return np.asarray(rows), np.asarray(labels)
+
+
+def evaluate_profile(profile: Any, dims: tuple[str, ...], pairs: tuple[np.ndarray, np.ndarray],
+                     full_fit_pole: str | None = None) -> dict[str, Any]:
+    weights = profile.vector
+    top = profile.top(2)
+    leaning = [profile.pole_of(n, w) for n, w in top]
+    dims_ranked = [d for d in profile.dimensions() if d["poles"][1] is not None]
+    lean_dims = [d["poles"][0] if d["score"] > 0 else d["poles"][1] for d in dims_ranked[:2]]
+    strict = set().union(*(POLES[d] for d in dims))
+    lenient = set().union(*(LENIENT_POLES[d] for d in dims))
+    differences, labels = pairs
+    margins = differences @ weights if len(differences) else np.zeros(0)
+    correct = np.where(margins == 0, 0.5, (margins > 0) == (labels == 1)).astype(float)
+    both = np.concatenate([margins, -margins])
+    both_labels = np.concatenate([labels, 1 - labels])
+    return {
+        "top_pole": bool(leaning and leaning[0] in strict),
+        "top_pole_lenient": bool(leaning and leaning[0] in lenient),
+        "top_pole_as_full_fit": bool(leaning and leaning[0] == full_fit_pole),
+        "top_dimension": bool(lean_dims and lean_dims[0] in strict),
+        "both_poles": bool(len(dims) == 2 and len(lean_dims) == 2 and all(
+            any(p in POLES[d] for p in lean_dims) for d in dims)),
+        "accuracy": float(correct.mean()) if len(correct) else float("nan"),
+        "auc": roc_auc(both, both_labels),
+        "top": [(n, round(w, 4)) for n, w in profile.top(3)],
+    }
+
+
+def full_fit_pole(scorer: Any, table: dict[str, Any], metrics: dict[str, Any], splits: dict[str, Any],
+                  dims: tuple[str, ...], l2: float) -> str | None:
+    """The pole the strongest weight leans to when the profile is fitted to every strict noise-free choice of the
+    learning and held-out prompts: what this basis on this model can say about the user, with ample data."""
+    from langchain_persona_judge.profiles import PreferenceProfile, fit_bradley_terry
+
+    differences, labels = held_out_pairs(table, metrics, splits["learn"] + splits["held_out"], dims)
+    if not len(labels):
+        return None
+    fit = fit_bradley_terry(differences, labels, l2=l2)
+    profile = PreferenceProfile(scorer.basis, fit.weights, ModelIdentity.of(scorer.handle))
+    return profile.pole_of(*profile.top(1)[0]) if profile.top(1) else None
+
+
+def ceiling(table: dict[str, Any], metrics: dict[str, Any], splits: dict[str, Any], l2: float) -> dict[str, Any]:
+    """Held-out AUC of a profile fitted to every strict, noise-free choice of the learning prompts' candidates: how
+    well this basis on this model can predict each user type with ample clean data (what ten choices approach)."""
+    from langchain_persona_judge.profiles import fit_bradley_terry
+
+    out = {}
+    for dims in USER_TYPES:
+        differences, labels = held_out_pairs(table, metrics, splits["learn"], dims)
+        held, held_labels = held_out_pairs(table, metrics, splits["held_out"], dims)
+        margins = held @ fit_bradley_terry(differences, labels, l2=l2).weights
+        out["+".join(dims)] = {"training_pairs": int(len(labels)), "held_out_pairs": int(len(held_labels)),
+                               "auc": round(roc_auc(np.concatenate([margins, -margins]),
+                                                    np.concatenate([held_labels, 1 - held_labels])), 4)}
+    out["mean_auc"] = round(float(np.mean([v["auc"] for v in out.values()])), 4)
+    return out
+
+
+def simulate(scorer: Any, cache: dict[str, Any], splits: dict[str, list[dict[str, str]]], metrics: dict[str, Any],
+             users_per_type: int, questions: int, noise: float, l2: float, seed: int) -> list[dict[str, Any]]:
+    from langchain_persona_judge.profiles import PreferenceLearner
+
+    table = cache["features"][scorer.basis.identity]
+    records = []
+    for type_index, dims in enumerate(USER_TYPES):
+        pairs = held_out_pairs(table, metrics, splits["held_out"], dims)
+        full_pole = full_fit_pole(scorer, table, metrics, splits, dims, l2)
+        for number in range(users_per_type):
+            user_seed = seed * 1000 + type_index * 100 + number
+            record: dict[str, Any] = {"dims": list(dims), "seed": user_seed, "held_out_pairs": int(len(pairs[1])),
+                                      "full_fit_pole": full_pole}
+            for strategy in ("active", "random"):
+                learner = PreferenceLearner(scorer, prompts=[], strategy=strategy, l2=l2, seed=user_seed)
+                for prompt in splits["learn"]:
+                    entry = table[prompt["id"]]
+                    learner.add_candidates(prompt["prompt"], entry["texts"], features=np.asarray(entry["features"]),
+                                           complete=entry["complete"])
+                user = SimulatedUser(dims, user_seed, noise, metrics)
+                checkpoints = {}
+                for asked in range(1, questions + 1):
+                    question = learner.next_question()
+                    learner.record(question, user.choose(question.prompt, *question.answers))
+                    if asked in CHECKPOINTS:
+                        checkpoints[asked] = evaluate_profile(learner.profile, dims, pairs, full_pole)
+                    if strategy == "active" and asked == min(DECODE_AFTER, questions):
+                        record["decoding_profile"] = learner.profile.to_dict()
+                record[strategy] = checkpoints
+            records.append(record)
+    return records
+
+
+def _ci(values: list[float], n_boot: int = 2000, seed: int = 0) -> list[float]:
+    data = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
+    if not len(data):
+        return [float("nan")] * 3
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, len(data), (n_boot, len(data)))].mean(axis=1)
+    low, high = np.quantile(means, [0.025, 0.975])
+    return [round(float(data.mean()), 4), round(float(low), 4), round(float(high), 4)]
+
+
+def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for strategy in ("active", "random"):
+        per = {}
+        for asked in CHECKPOINTS:
+            rows = [r[strategy][asked] for r in records if asked in r[strategy]]
+            if not rows:
+                continue
+            two = [row for row, r in zip(rows, records) if len(r["dims"]) == 2]
+            per[str(asked)] = {
+                "users": len(rows),
+                "top_pole": _ci([float(x["top_pole"]) for x in rows]),
+                "top_pole_lenient": _ci([float(x["top_pole_lenient"]) for x in rows]),
+                "top_pole_as_full_fit": _ci([float(x["top_pole_as_full_fit"]) for x in rows]),
+                "top_dimension": _ci([float(x["top_dimension"]) for x in rows]),
+                "both_poles_two_dim_users": _ci([float(x["both_poles"]) for x in two]),
+                "held_out_accuracy": _ci([x["accuracy"] for x in rows]),
+                "held_out_auc": _ci([x["auc"] for x in rows]),
+            }
+        out[strategy] = per
+    by_type: dict[str, Any] = {}
+    for dims in USER_TYPES:
+        name = "+".join(dims)
+        rows = [r for r in records if tuple(r["dims"]) == dims]
+        by_type[name] = {
+            strategy: {str(a): {"top_pole": _ci([float(r[strategy][a]["top_pole"]) for r in rows]),
+                                "top_pole_as_full_fit": _ci([float(r[strategy][a]["top_pole_as_full_fit"])
+                                                             for r in rows]),
+                                "held_out_auc": _ci([r[strategy][a]["auc"] for r in rows])}
+                       for a in CHECKPOINTS if rows and a in rows[0][strategy]}
+            for strategy in ("active", "random")
+        }
+        by_type[name]["full_fit_pole"] = rows[0]["full_fit_pole"] if rows else None
+    out["by_user_type"] = by_type
+    paired = {}
+    for asked in CHECKPOINTS:
+        diffs = [r["active"][asked]["auc"] - r["random"][asked]["auc"] for r in records
+                 if asked in r["active"] and not math.isnan(r["active"][asked]["auc"] - r["random"][asked]["auc"])]
+        tops = [float(r["active"][asked]["top_pole"]) - float(r["random"][asked]["top_pole"]) for r in records
+                if asked in r["active"]]
+        paired[str(asked)] = {"auc_active_minus_random": _ci(diffs), "top_pole_active_minus_random": _ci(tops)}
+    out["active_minus_random"] = paired
+    return out
+
+
+# -- stage 5: decoding with the learned profile -------------------------------------------------------------------
+
+
+def decode_with_profiles(records: list[dict[str, Any]], splits: dict[str, list[dict[str, str]]],
+                         cache: dict[str, Any], path: Path, learner: Any, max_tokens: int, seed: int) -> None:
+    from langchain_persona_judge import ChatPersonaJudge
+    from langchain_persona_judge.profiles import PreferenceProfile
+
+    handle = learner.scorer.handle
+    for index, prompt in enumerate(splits["evaluate"]):
+        if prompt["id"] not in cache["plain_eval"]:
+            [(text, _)] = learner.generate(prompt["prompt"], [None])
+            cache["plain_eval"][prompt["id"]] = text
+            save_cache(path, cache)
+    for dims in USER_TYPES:
+        name = "+".join(dims)
+        record = next(r for r in records if tuple(r["dims"]) == dims)
+        profile = PreferenceProfile.from_dict(record["decoding_profile"])
+        llm = ChatPersonaJudge(hf_model=handle.model, tokenizer=handle.tokenizer, profile=profile,
+                               max_tokens=max_tokens, **SAMPLING)
+        decoded = cache["decoded"].setdefault(name, {})
+        for index, prompt in enumerate(splits["evaluate"]):
+            if prompt["id"] in decoded:
+                continue
+            started = time.perf_counter()
+            message = llm.invoke(prompt["prompt"], seed=seed + index)
+            decoded[prompt["id"]] = {"text": message.content, "seconds": time.perf_counter() - started,
+                                     "profile": message.response_metadata.get("profile")}
+            print(f"[decode] {name} {prompt['id']} in {decoded[prompt['id']]['seconds']:.1f} s", flush=True)
+            save_cache(path, cache)
+
+
+def decoding_win_rates(cache: dict[str, Any], splits: dict[str, list[dict[str, str]]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    pooled = []
+    for dims in USER_TYPES:
+        name = "+".join(dims)
+        decoded = cache["decoded"].get(name, {})
+        matrices = []
+        for prompt in splits["evaluate"]:
+            if prompt["id"] not in decoded:
+                continue
+            texts = [decoded[prompt["id"]]["text"], cache["plain_eval"][prompt["id"]]]
+            scores = metric_table(texts, prompt["prompt"])
+            mean = float(np.mean([outcome_on(scores[d][0], scores[d][1], d) for d in dims]))
+            matrices.append(np.array([[mean]]))
+        if matrices:
+            rate = win_rate(matrices)
+            out[name] = rate.to_dict()
+            pooled.extend(matrices)
+    if pooled:
+        out["all_user_types"] = win_rate(pooled).to_dict()
+    return out
+
+
+# -- stage 6: cost per choice ----------------------------------------------------------------------------------------
+
+
+def cost_per_choice(cache: dict[str, Any], scorer_model: Any, tokens: int = 100, repeats: int = 2) -> dict[str, Any]:
+    """Seconds to score two ``tokens``-token answers to a new question over the built-in basis (fresh scorer)."""
+    from langchain_persona_judge.profiles import PersonaScorer
+
+    texts = [c["text"] for entries in cache["candidates"].values() for c in entries if c["text"].strip()]
+    tokenizer = scorer_model.tokenizer
+    pool = tokenizer(" ".join(texts), add_special_tokens=False)["input_ids"]
+    answers = [tokenizer.decode(pool[i * tokens:(i + 1) * tokens]) for i in range(2 * repeats)]
+    seconds = []
+    positions = 0
+    for r in range(repeats):
+        scorer = PersonaScorer(scorer_model)
+        started = time.perf_counter()
+        scorer.features(f"Question number {r}: what should I know about this?", answers[2 * r:2 * r + 2])
+        seconds.append(time.perf_counter() - started)
+        positions = scorer.positions
+    return {"seconds": [round(s, 2) for s in seconds], "median_seconds": round(float(np.median(seconds)), 2),
+            "answer_tokens": tokens, "basis": len(scorer.basis), "rows": len(scorer.basis) + 1,
+            "positions_per_choice": positions, "positions_per_second": round(positions / float(np.median(seconds)))}
+
+
+# -- main ------------------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--learn-prompts", type=int, default=14, help="prompts whose candidates are asked (14)")
+    parser.add_argument("--held-out-prompts", type=int, default=6, help="prompts for held-out pairs (6)")
+    parser.add_argument("--eval-prompts", type=int, default=6, help="prompts decoded with each profile (6)")
+    parser.add_argument("--users-per-type", type=int, default=10, help=f"simulated users per type ({len(USER_TYPES)} "
+                        "types; default 10)")
+    parser.add_argument("--questions", type=int, default=20, help="choices per user (20)")
+    parser.add_argument("--noise", type=float, default=0.1, help="label noise (0.1)")
+    parser.add_argument("--l2", type=float, default=None, help="the fit's L2 strength (default: the package's)")
+    parser.add_argument("--max-tokens", type=int, default=80, help="candidate and decoded answer length (80)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shared", default=None, help="the project's shared/ folder (default ../shared)")
+    parser.add_argument("--quick", action="store_true", help="a smoke test: 2 prompts per split, 2 users per type")
+    parser.add_argument("--reanalyse", action="store_true", help="no decoding: figures from the cache only")
+    parser.add_argument("--fresh", action="store_true", help="ignore the cache")
+    parser.add_argument("--no-decode", action="store_true", help="skip decoding with the profiles (stage 5)")
+    parser.add_argument("--cache", type=Path, default=None, help=f"default {CACHE}")
+    parser.add_argument("--out", type=Path, default=None, help="default benchmarks/results/learning.json")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.learn_prompts, args.held_out_prompts, args.eval_prompts = 2, 2, 1
+        args.users_per_type, args.questions, args.max_tokens = 2, 5, 24
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    from langchain_persona_judge.profiles import L2, PersonaScorer, PreferenceLearner
+
+    started = time.perf_counter()
+    l2 = L2 if args.l2 is None else args.l2
+    quick = "_quick" if args.quick else ""
+    cache_path = args.cache or CACHE.with_name(f"learning_candidates{quick}.json")
+    out_path = args.out or RESULTS / f"learning{quick}.json"
+    splits = split_prompts(load_prompts(shared_dir(args.shared)), args.learn_prompts, args.held_out_prompts,
+                           args.eval_prompts, args.seed)
+    config = {"splits": {k: [p["id"] for p in v] for k, v in splits.items()}, "max_tokens": args.max_tokens,
+              "sampling": SAMPLING, "seed": args.seed}
+    cache = {"config": config, "candidates": {}, "features": {}, "plain_eval": {}, "decoded": {}} if args.fresh \
+        else load_cache(cache_path, config)
+    scorer = PersonaScorer(None)
+    learner = PreferenceLearner(scorer, prompts=[], max_tokens=args.max_tokens, seed=args.seed, **SAMPLING)
+    pool = splits["learn"] + splits["held_out"]
+    timings: dict[str, float] = {}
+    if not args.reanalyse:
+        mark = time.perf_counter()
+        make_candidates(learner, pool, cache, cache_path, args.seed)
+        timings["candidates_s"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        score_candidates(scorer, pool, cache, cache_path, args.max_tokens)
+        timings["features_s"] = time.perf_counter() - mark
+    table = cache["features"][scorer.basis.identity]
+    metrics = {}
+    for prompt in pool:
+        texts = table[prompt["id"]]["texts"]
+        metrics[prompt["prompt"]] = {"texts": texts, "scores": metric_table(texts, prompt["prompt"])}
+    mark = time.perf_counter()
+    records = simulate(scorer, cache, splits, metrics, args.users_per_type, args.questions, args.noise, l2, args.seed)
+    timings["simulation_s"] = time.perf_counter() - mark
+    summary = summarise(records)
+    summary["ceiling_full_fit"] = ceiling(table, metrics, splits, l2)
+    sensitivity = {}
+    for other in [] if args.quick else [v for v in L2_SWEEP if v != l2]:
+        rows = summarise(simulate(scorer, cache, splits, metrics, args.users_per_type, args.questions, args.noise,
+                                  other, args.seed))
+        sensitivity[str(other)] = {s: {k: rows[s]["10"][k] for k in ("top_pole", "held_out_auc")}
+                                   for s in ("active", "random")}
+    decoding = {}
+    if not args.no_decode:
+        if not args.reanalyse:
+            mark = time.perf_counter()
+            decode_with_profiles(records, splits, cache, cache_path, learner, args.max_tokens, args.seed)
+            timings["decoding_s"] = time.perf_counter() - mark
+        decoding = decoding_win_rates(cache, splits)
+    previous = json.loads(out_path.read_text(encoding="utf-8")) if args.reanalyse and out_path.is_file() else {}
+    cost = previous.get("cost_per_choice", {})
+    if not args.reanalyse:
+        cost = cost_per_choice(cache, scorer.handle, tokens=24 if args.quick else 100)
+    timings = {**previous.get("timings", {}), **timings}
+    scoring = [v for v in table.values()]
+    per_answer = [v["seconds"] / len(v["texts"]) for v in scoring]
+    report = {
+        "config": {**config, "users": len(records), "user_types": ["+".join(t) for t in USER_TYPES],
+                   "questions": args.questions, "noise": args.noise, "l2": l2, "basis": list(scorer.basis.names),
+                   "model": scorer.handle.display, "prompts": {k: len(v) for k, v in splits.items()}},
+        "machine": machine_info("cpu", 1),
+        "learning": summary,
+        "l2_sensitivity_after_10": sensitivity,
+        "decoding_win_rate_vs_plain": decoding,
+        "cost_per_choice": cost,
+        "scoring_in_run": {"answers": sum(len(v["texts"]) for v in scoring),
+                           "seconds_per_answer_median": round(float(np.median(per_answer)), 2) if per_answer else None,
+                           "mean_answer_tokens": round(float(np.mean([t for v in scoring
+                                                                       for t in v["response_tokens"]])), 1)},
+        "timings": {k: round(v, 1) for k, v in timings.items()},
+        "wall_minutes": round((time.perf_counter() - started) / 60, 1),
+        "users": records,
+    }
+    decoders = {}
+    for record in records:  # the profiles that decoded (the first user of each type), as weights only
+        profile = record.pop("decoding_profile", None)
+        name = "+".join(record["dims"])
+        if profile is not None and name not in decoders:
+            decoders[name] = {p["name"]: round(p["weight"], 4) for p in profile["basis"]["personas"]}
+    report["decoding_profiles"] = decoders
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
+    print_report(report)
+    print(f"\nwrote {out_path}", flush=True)
+    return report
+
+
+def print_report(report: dict[str, Any]) -> None:
+    learning = report["learning"]
+    print("\nchoices  strategy  top pole (strict)        top pole (lenient)       held-out acc            AUC")
+    for asked in map(str, CHECKPOINTS):
+        for strategy in ("active", "random"):
+            row = learning[strategy].get(asked)
+            if row:
+                cells = [f"{v[0]:.2f} [{v[1]:.2f}, {v[2]:.2f}]" for v in (
+                    row["top_pole"], row["top_pole_lenient"], row["held_out_accuracy"], row["held_out_auc"])]
+                print(f"{asked:>7}  {strategy:8s}  " + "  ".join(f"{c:22s}" for c in cells))
+    for name, rate in report["decoding_win_rate_vs_plain"].items():
+        print(f"profile-decoded vs plain, {name}: {rate['win_rate']:.2f} {rate['ci95']}")
+    if report["cost_per_choice"]:
+        print(f"cost per choice: {report['cost_per_choice']}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

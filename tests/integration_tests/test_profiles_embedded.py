@@ -1,0 +1,51 @@
+"""The whole profile loop on the embedded model: ask, choose, learn, save, load, rank, decode with the profile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from langchain_persona_judge import ChatPersonaJudge, PreferenceLearner, PreferenceProfile, learn_from_texts
+
+pytestmark = pytest.mark.embedded
+
+
+def test_learn_a_profile_from_a_few_choices_and_decode_with_it(embedded: Any, tmp_path: Path) -> None:
+    llm = ChatPersonaJudge(temperature=0, max_tokens=24, repetition_penalty=1.2)  # shares the embedded weights
+    learner = PreferenceLearner(llm, prompts=["Why do cats purr?", "What is rain?", "How do I start running?"],
+                                max_tokens=40, seed=0)
+    assert learner.scorer.handle.model is embedded[0]  # not loaded a second time
+
+    # A user who prefers the shorter answer, three times.
+    for number in range(3):
+        question = learner.next_question()
+        assert question.answers[0] != question.answers[1] and all(a.strip() for a in question.answers)
+        assert question.personas[0] is not None and question.personas[1] is not None  # contrasting poles
+        shorter = 1 if len(question.answers[0]) <= len(question.answers[1]) else 2
+        profile = learner.record(question, shorter)
+        if number == 0:  # one choice: the fit ranks the chosen answer above the other
+            chosen, rejected = question.answers[shorter - 1], question.answers[2 - shorter]
+            assert profile.reward(question.prompt, chosen) > profile.reward(question.prompt, rejected)
+    assert profile.evidence["comparisons"] == 3 and len(profile.weights) == 20
+    assert profile.top(1) and all(abs(w) > 0 for _, w in profile.top(3))
+
+    # Saved and read back: the same profile, the same rewards.
+    path = profile.save(tmp_path / "me.yaml")
+    loaded = PreferenceProfile.load(path)
+    answers = ["Rain is water falling from clouds.", "Rain forms when water vapour condenses into droplets that "
+               "grow heavy enough to fall; it is part of the water cycle that moves water around the planet."]
+    assert loaded.rewards("What is rain?", answers) == pytest.approx(profile.rewards("What is rain?", answers))
+
+    # Decoding with it: its strongest poles become weighted personas, reported in the metadata.
+    message = ChatPersonaJudge(profile=path, temperature=0, max_tokens=24).invoke("How do I boil an egg?")
+    assert message.content.strip()
+    report = message.response_metadata["profile"]
+    assert [p["name"] for p in report["personas"]] == [n for n, _ in loaded.top(len(report["personas"]))]
+    assert message.response_metadata["persona_judge"]["combine"] == "product"
+
+    # Writing: a text in the user's voice gives weights over the same basis.
+    written = learn_from_texts([("How was your weekend?", "Hey! It was awesome, we went hiking and I loved it!")],
+                               model=llm)
+    assert written.basis == loaded.basis and written.evidence["texts"] == 1
