@@ -28,7 +28,7 @@ L2 = 0.1
 """The default L2 strength of the choice fit (the prior precision of each weight). Features are mean per-token
 log-ratios (typically 0.05–0.5 apart between two answers), so this prior allows reward differences of a few
 units: strong preferences. Stronger penalties keep the Hessian near ``l2 I`` for the first ten choices, and the
-active rule then keeps asking about the pairs that are merely far apart (benchmarks/README.md, learning)."""
+active rule then keeps asking about the pairs that are merely far apart (README, "Learn my preferences")."""
 WRITING_L2 = 1.0
 """The default L2 strength of the writing step."""
 
