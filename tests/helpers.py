@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
+import numpy as np
 import torch
+from scipy import stats as scipy_stats
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from langchain_persona_judge.decoding.reference import naive_generate
@@ -142,3 +146,16 @@ class PersonaJudgeStandardCapabilities:
     @property
     def supports_model_override(self) -> bool:
         return True
+
+
+def chi_square_pvalue(counts: Counter, probs: np.ndarray, total: int) -> float:
+    """Pearson chi-square of observed counts against ``probs``; bins with expected < 5 are pooled."""
+    expected = probs * total
+    big = expected >= 5
+    observed = np.array([counts.get(i, 0) for i in range(len(probs))], dtype=float)
+    obs = np.append(observed[big], observed[~big].sum())
+    exp = np.append(expected[big], expected[~big].sum())
+    if exp[-1] == 0:
+        obs, exp = obs[:-1], exp[:-1]
+    return float(scipy_stats.chisquare(obs, exp * obs.sum() / exp.sum()).pvalue)
+

@@ -35,6 +35,8 @@ from typing import Any, Literal
 import torch
 from torch.nn import functional as F
 
+from .base import eos_ids
+
 Roles = Literal["alternate", "swap_once"]
 
 
@@ -77,18 +79,6 @@ def norm_logits(logits: torch.Tensor, temperature: float, top_k: int | None, top
     return F.softmax(logits, dim=-1)
 
 
-def _eos_ids(model: Any, eos_token_id: int | Iterable[int] | None) -> frozenset[int]:
-    if eos_token_id is None:
-        eos_token_id = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        if eos_token_id is None:
-            eos_token_id = getattr(model.config, "eos_token_id", None)
-    if eos_token_id is None:
-        return frozenset()
-    if isinstance(eos_token_id, int):
-        return frozenset([eos_token_id])
-    return frozenset(int(t) for t in eos_token_id)
-
-
 @torch.inference_mode()
 def naive_generate(
     model: Any,
@@ -116,7 +106,7 @@ def naive_generate(
     if roles not in ("alternate", "swap_once"):
         raise ValueError(f"roles={roles!r}: use 'alternate' or 'swap_once'")
     device = model.device
-    eos = _eos_ids(model, eos_token_id)
+    eos = eos_ids(model, eos_token_id)
     generator = None
     if do_sample:
         generator = torch.Generator(device=device)

@@ -8,28 +8,18 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from scipy import stats as scipy_stats
 
 from langchain_persona_judge import DecodingOptions, generate
 from langchain_persona_judge.decoding import combine
 from langchain_persona_judge.decoding.acceptance import build_processors, build_warpers, process, to_probs
-from tests.helpers import full_logits, tiny_llama
+from tests.helpers import chi_square_pvalue, full_logits, tiny_llama
 
 PROMPTS = [[1, 2, 3, 4], [5, 6, 7]]
 REFERENCE = [9, 10]
 
 
 def _pvalue(counts: Counter, probs: np.ndarray) -> float:
-    """Pearson chi-square of counts against ``probs``, bins with expected < 5 pooled."""
-    total = sum(counts.values())
-    expected = probs * total
-    big = expected >= 5
-    observed = np.array([counts.get(i, 0) for i in range(len(probs))], dtype=float)
-    obs = np.append(observed[big], observed[~big].sum())
-    exp = np.append(expected[big], expected[~big].sum())
-    if exp[-1] == 0:
-        obs, exp = obs[:-1], exp[:-1]
-    return float(scipy_stats.chisquare(obs, exp * obs.sum() / exp.sum()).pvalue)
+    return chi_square_pvalue(counts, probs, sum(counts.values()))
 
 
 def _first_tokens(model, runs: int, **options) -> Counter:

@@ -7,11 +7,10 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from scipy import stats as scipy_stats
 
 from langchain_persona_judge.engine import SCHEDULES, DecodingOptions, PersonaJudgeDecoder, generate, stream
 from langchain_persona_judge.decoding.acceptance import build_warpers, to_probs
-from tests.helpers import full_logits, naive_greedy, tiny_llama
+from tests.helpers import chi_square_pvalue, full_logits, naive_greedy, tiny_llama
 
 PROMPT_PAIRS = [
     ([1, 2, 3, 4], [5, 6, 7]),
@@ -20,16 +19,7 @@ PROMPT_PAIRS = [
 ]
 
 
-def _chi_square_pvalue(counts: Counter, probs: np.ndarray, total: int) -> float:
-    """Pearson chi-square of observed counts against ``probs``; bins with expected < 5 are pooled."""
-    expected = probs * total
-    big = expected >= 5
-    observed = np.array([counts.get(i, 0) for i in range(len(probs))], dtype=float)
-    obs = np.append(observed[big], observed[~big].sum())
-    exp = np.append(expected[big], expected[~big].sum())
-    if exp[-1] == 0:
-        obs, exp = obs[:-1], exp[:-1]
-    return float(scipy_stats.chisquare(obs, exp * obs.sum() / exp.sum()).pvalue)
+_chi_square_pvalue = chi_square_pvalue
 
 
 def _tv(counts: Counter, probs: np.ndarray, total: int) -> float:
