@@ -87,12 +87,15 @@ class BatchedDecoder(Decoder):
         assert self._logits is not None
         return self._logits
 
+    def _processed_batch(self) -> torch.Tensor:
+        """Every row's next-token logits, with the repetition controls applied (every row shares the answer)."""
+        logits = self._advance_batch()
+        return self._process(logits, [self.token_ids] * logits.shape[0]) if self.processors else logits
+
     def _persona_scores(self, rows: list[int]) -> torch.Tensor:
         """The next-token scores of persona ``rows``: repetition controls applied, then guided against the
         reference row when the rule reads one (``guidance``), else the raw logits."""
-        logits = self._advance_batch()
-        if self.processors:
-            logits = self._process(logits, [self.token_ids] * logits.shape[0])
+        logits = self._processed_batch()
         chosen = logits[rows]
         if self.reference is None:
             return chosen

@@ -28,9 +28,7 @@ class ProductDecoder(BatchedDecoder):
     @torch.inference_mode()
     def _iterate(self) -> list[int]:
         """1. read every row, 2. combine, 3. mask and draw, 4. emit."""
-        logits = self._advance_batch()
-        if self.processors:
-            logits = self._process(logits, [self.token_ids] * logits.shape[0])
+        logits = self._processed_batch()
         reference = logits[self.n_personas] if self.reference is not None else None
         scores = combine.product(logits[: self.n_personas], self.weights, reference, self.options.guidance)
         scores = self._apply(scores.unsqueeze(0), [self._mask()])
