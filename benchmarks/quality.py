@@ -89,13 +89,13 @@ DEFAULT_MAX_MINUTES = 6.0  # `make bench` passes what its time budget leaves (se
 _STATE: dict[str, Any] = {}
 
 
-def _init_worker(model: str | None, threads: int) -> None:
+def _init_worker(model: str | None, threads: int, device: str = "cpu") -> None:
     import torch
 
     torch.set_num_threads(threads)
     from langchain_persona_judge import load_model
 
-    _STATE["model"], _STATE["tokenizer"] = load_model(model, device="cpu")
+    _STATE["model"], _STATE["tokenizer"] = load_model(model, device=device)
 
 
 _CONDITION = re.compile(r"^(persona_judge|product|direct)_g(-?[\d.]+)$")
@@ -216,6 +216,7 @@ def plan_jobs(prompts: list[dict[str, str]], settings: list[str], paper_settings
 
 
 def generate_all(jobs: list[dict[str, Any]], model: str | None, workers: int, threads: int,
+                 device: str = "cpu",
                  max_seconds: float | None = None, min_prompts: int = 2) -> tuple[list[dict[str, Any]], bool]:
     """Decode every job; returns (records, whether the time budget stopped it before the last prompts).
 
@@ -237,7 +238,7 @@ def generate_all(jobs: list[dict[str, Any]], model: str | None, workers: int, th
     start = time.perf_counter()
     started = 0
     stopped = False
-    pool = worker_pool(model, workers, threads)
+    pool = worker_pool(model, workers, threads, device)
     inflight: set[Any] = set()
 
     def fits(extra_jobs: int) -> bool:
@@ -273,15 +274,15 @@ def generate_all(jobs: list[dict[str, Any]], model: str | None, workers: int, th
     return records, stopped
 
 
-def worker_pool(model: str | None, workers: int, threads: int) -> Executor:
+def worker_pool(model: str | None, workers: int, threads: int, device: str = "cpu") -> Executor:
     """``workers`` spawned processes with the model loaded, or (``workers <= 1``) one thread of this process."""
     import multiprocessing
     from concurrent.futures import ThreadPoolExecutor
 
     if workers <= 1:
-        return ThreadPoolExecutor(1, initializer=_init_worker, initargs=(model, threads))
+        return ThreadPoolExecutor(1, initializer=_init_worker, initargs=(model, threads, device))
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_worker, initargs=(model, threads))
+                               initializer=_init_worker, initargs=(model, threads, device))
 
 
 # -- scoring and statistics --------------------------------------------------------------------------------
@@ -375,6 +376,7 @@ def analyse_dimension(groups: dict[str, dict[str, list[dict[str, Any]]]], dim_na
         wr = win_rate([outcome_matrix(_scored(groups[a][p], dim_name), _scored(groups[b][p], dim_name), dim)
                        for p in shared], n_boot=n_boot)
         entry = wr.to_dict()
+        entry["prompts"] = len(shared)
         entry["verdict"] = _verdict(wr.ci_low, wr.ci_high)
         raw = win_rate([outcome_matrix(_scored(groups[a][p], dim_name, False), _scored(groups[b][p], dim_name, False),
                                        dim) for p in shared], n_boot=n_boot)
@@ -575,6 +577,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default 128 (shared/bench/README.md: >= 128)")
     parser.add_argument("--workers", type=int, default=2, help="decoding processes (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
+    parser.add_argument("--only", nargs="+", default=None, metavar="CONDITION",
+                        help="decode only these planned conditions (e.g. to extend the ones that matter to more "
+                             "prompts with --resume); each comparison is scored on the prompts both sides have")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device of the decoding processes (default cpu; 'cuda' runs every worker on the GPU)")
     parser.add_argument("--model", default=None, help="model id/path/.gguf (default: the embedded SmolLM2)")
     parser.add_argument("--shared", default=None, help="the project's shared/ folder (default ../shared)")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default 2000)")
@@ -641,6 +648,12 @@ def generate_records(args: argparse.Namespace, started: float) -> tuple[list[dic
     settings = args.settings
     jobs = plan_jobs(prompts, settings, args.paper_settings, args.seeds, args.max_new_tokens, texts, args.gammas,
                      args.sweep_gammas, args.sweep_prompts)
+    if args.only:
+        unknown = sorted(set(args.only) - {j["condition"] for j in jobs})
+        if unknown:
+            raise SystemExit(f"--only {' '.join(unknown)}: not a planned condition; planned: "
+                             f"{', '.join(dict.fromkeys(j['condition'] for j in jobs))}")
+        jobs = [j for j in jobs if j["condition"] in args.only]
     budget = f", starting no new prompt after ~{args.max_minutes:g} min" if args.max_minutes else ""
     print(f"quality: up to {len(prompts)} of {len(all_prompts)} prompts{budget}; {args.seeds} seeds, settings {settings} "
           f"(paper's condition in {args.paper_settings}), {args.max_new_tokens} new tokens: {len(jobs)} responses "
@@ -649,16 +662,18 @@ def generate_records(args: argparse.Namespace, started: float) -> tuple[list[dic
     key = lambda r: (r["prompt_id"], r["seed"], r["setting"], r["condition"])  # noqa: E731
     kept: list[dict[str, Any]] = []
     previous_s = 0.0
+    previous_machines: list[dict[str, Any]] = []
     if args.resume:
         saved = json.loads(args.resume.read_text(encoding="utf-8"))
         kept = [{k: v for k, v in r.items() if k not in ("metrics", "guards")} for r in saved["records"]]
         previous_s = saved["config"].get("generation_s_total", saved["config"].get("generation_s", 0.0))
+        previous_machines = saved["config"].get("machines") or [saved["config"]["machine"]]
         done = {key(r) for r in kept}
         print(f"quality: resuming {args.resume}: {len(done)} responses kept", file=sys.stderr, flush=True)
         jobs_left = [j for j in jobs if key(j) not in done]
     else:
         jobs_left = jobs
-    new, stopped = generate_all(jobs_left, args.model, args.workers, args.threads, max_seconds) if jobs_left \
+    new, stopped = generate_all(jobs_left, args.model, args.workers, args.threads, args.device, max_seconds) if jobs_left \
         else ([], False)
     order = {key(j): i for i, j in enumerate(jobs)}
     records = sorted(kept + new, key=lambda r: order.get(key(r), len(order)))
@@ -680,7 +695,9 @@ def generate_records(args: argparse.Namespace, started: float) -> tuple[list[dic
         "sampling": {"main": MAIN_SAMPLING, "paper": PAPER_SAMPLING},
         "preference_texts": {d: texts[d] for s in settings for d in SETTINGS[s]},
         "model": args.model or "SmolLM2-135M-Instruct (embedded)",
-        "machine": machine_info("cpu", args.threads), "workers": args.workers,
+        "machine": machine_info(args.device, args.threads), "workers": args.workers,
+        # Every machine that decoded some of these records (a resumed run may add a CPU run to a GPU one).
+        "machines": [*previous_machines, machine_info(args.device, args.threads)] if jobs_left else previous_machines,
         "generation_s": round(time.perf_counter() - started, 1),
         "generation_s_total": round(previous_s + time.perf_counter() - started, 1),
         "resumed_from": str(args.resume) if args.resume else None,
