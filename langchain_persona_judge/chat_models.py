@@ -382,6 +382,9 @@ class ChatPersonaJudge(BaseChatModel):
     """``cpu``, ``cuda``, ``cuda:N`` or ``auto``; default ``$PERSONA_JUDGE_DEVICE``, else None (CUDA if any)."""
     dtype: str | None = None
     """Weights dtype name (``float32``, ``bfloat16``...); None: fp32 on CPU, checkpoint dtype on GPU."""
+    backend: Literal["auto", "transformers", "llamacpp"] = "auto"
+    """What runs the model: ``llamacpp`` (a GGUF file, quantised, fast on CPU; the ``llamacpp`` extra),
+    ``transformers``, or ``auto`` (llama.cpp for a GGUF model on a CPU when installed, else transformers)."""
     streaming: bool = False
     """Stream internally in ``invoke`` too (callbacks get tokens as they come)."""
     return_trace: bool = True
@@ -470,6 +473,7 @@ class ChatPersonaJudge(BaseChatModel):
             "seed": self.seed,
             "stop": self.stop,
             "dtype": self.dtype,
+            "backend": self.backend,
         }
 
     def _get_llm_string(self, stop: list[str] | None = None, **kwargs: Any) -> str:
@@ -508,7 +512,7 @@ class ChatPersonaJudge(BaseChatModel):
             if self.tokenizer is None:
                 raise ValueError("hf_model was given without tokenizer; pass both (tokenizer=...).")
             return self.hf_model, self.tokenizer
-        return REGISTRY.load(name, self.device, self.dtype)
+        return REGISTRY.load(name, self.device, self.dtype, self.backend)
 
     def load(self) -> ChatPersonaJudge:
         """Load the weights now (calls load them lazily) and return this model; shared with every other

@@ -31,7 +31,27 @@ def embedded():
     """
     from langchain_persona_judge import shared_model
 
-    return shared_model(None, device="cpu")
+    return shared_model(None, device="cpu", backend="transformers")
+
+
+def llama_cpp_or_skip() -> None:
+    """Skip when llama-cpp-python is missing, unless ``PERSONA_JUDGE_REQUIRE_LLAMACPP=1`` (``make test`` sets
+    it, so that CI exercises the llama.cpp backend rather than skipping it), where that is a failure."""
+    from langchain_persona_judge.decoding.backends.llamacpp import INSTALL_HINT, llama_cpp_available
+
+    if not llama_cpp_available():
+        if os.environ.get("PERSONA_JUDGE_REQUIRE_LLAMACPP") == "1":
+            pytest.fail(f"PERSONA_JUDGE_REQUIRE_LLAMACPP=1 but {INSTALL_HINT}")
+        pytest.skip(INSTALL_HINT)
+
+
+@pytest.fixture(scope="session")
+def embedded_llamacpp():
+    """The embedded GGUF run by llama.cpp (one thread), loaded once per session."""
+    llama_cpp_or_skip()
+    from langchain_persona_judge import shared_model
+
+    return shared_model(None, device="cpu", backend="llamacpp")
 
 
 @pytest.fixture(scope="session")

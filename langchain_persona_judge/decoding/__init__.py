@@ -1,4 +1,4 @@
-"""The decoding rules: Persona-judge over a causal LM's personas, pure torch + transformers.
+"""The decoding rules: Persona-judge over a causal LM's personas, on a transformers or llama.cpp backend.
 
 Layer L1: imports only :mod:`langchain_persona_judge.errors` and :mod:`~langchain_persona_judge.defaults` from
 the package, never LangChain, the persona registry or the runtime.
@@ -12,6 +12,7 @@ the package, never LangChain, the persona registry or the runtime.
 ``batch``                 what the batched rules share: every persona (+ reference) as a row of one batch
 ``lockstep``              Persona-judge with every persona in one batched forward per emitted token
 ``product``               the weighted product of the personas' distributions, one batched forward per token
+``backends``              the model interface the rules talk to: transformers (``hf``), llama.cpp (``llamacpp``)
 ``cpu_kernels``           prepacked linear weights for multi-row forwards on a CPU
 ``reference``             the paper's algorithm with no cache: the oracle for tests and benchmarks
 ========================  =====================================================================================
@@ -27,10 +28,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel
 
 from .. import defaults
 from ..errors import DecodingError
+from .backends import BACKENDS, ModelBackend, as_backend, backend_name
 from .base import Decoder, TokenStream, context_limit
 from .cpu_kernels import is_prepacked, prepack_linear_weights, unpack_linear_weights
 from .lockstep import LockstepDecoder
@@ -61,19 +62,18 @@ def decoder_class(options: DecodingOptions) -> type[Decoder]:
     return DECODERS[options.schedule]
 
 
-def preferred_schedule(model: PreTrainedModel) -> Schedule:
+def preferred_schedule(model: Any) -> Schedule:
     """``lockstep`` where a forward of a few rows costs about one of a single row, else ``speculative``.
 
-    That holds on an accelerator (one row cannot fill it) and on a CPU whose fp32 linear weights are prepacked
-    (:mod:`.cpu_kernels`); with PyTorch's default CPU kernels extra rows cost much more, and the speculative
-    schedule's one-row drafter forwards come out cheaper (figures: ``benchmarks/README.md``).
+    On transformers that holds on an accelerator (one row cannot fill it) and on a CPU whose fp32 linear weights
+    are prepacked (:mod:`.cpu_kernels`); with PyTorch's default CPU kernels extra rows cost much more, and the
+    speculative schedule's one-row drafter forwards come out cheaper. Each backend says
+    (:meth:`.backends.ModelBackend.prefers_lockstep`; figures: ``benchmarks/README.md``).
     """
-    if model.device.type != "cpu":
-        return "lockstep"
-    return "lockstep" if is_prepacked(model) else "speculative"
+    return "lockstep" if as_backend(model).prefers_lockstep() else "speculative"
 
 
-def resolve_options(options: DecodingOptions, model: PreTrainedModel) -> DecodingOptions:
+def resolve_options(options: DecodingOptions, model: Any) -> DecodingOptions:
     """``options`` with ``schedule="auto"`` and ``draft_confidence=None`` decided for ``model``."""
     if options.schedule != "auto" and options.draft_confidence is not None:
         return options
@@ -89,7 +89,7 @@ def resolve_options(options: DecodingOptions, model: PreTrainedModel) -> Decodin
 
 
 def make_decoder(
-    model: PreTrainedModel,
+    model: Any,
     prompts: Sequence[torch.Tensor],
     options: DecodingOptions,
     constraint: TokenConstraint | None = None,
@@ -111,7 +111,7 @@ def _options(options: DecodingOptions | None, kwargs: dict[str, Any]) -> Decodin
 
 
 def stream(
-    model: PreTrainedModel,
+    model: Any,
     prompts: Sequence[torch.Tensor],
     *,
     options: DecodingOptions | None = None,
@@ -131,7 +131,7 @@ def stream(
 
 
 def generate(
-    model: PreTrainedModel,
+    model: Any,
     prompts: Sequence[torch.Tensor],
     *,
     options: DecodingOptions | None = None,
@@ -149,6 +149,7 @@ def generate(
 __all__ = [
     "COMBINE_RULES",
     "DECODERS",
+    "BACKENDS",
     "SCHEDULES",
     "Combine",
     "Decoder",
@@ -158,6 +159,7 @@ __all__ = [
     "FinishReason",
     "Generation",
     "LockstepDecoder",
+    "ModelBackend",
     "PersonaJudgeDecoder",
     "ProductDecoder",
     "Schedule",
@@ -166,6 +168,8 @@ __all__ = [
     "TokenKind",
     "TokenStream",
     "TraceEntry",
+    "as_backend",
+    "backend_name",
     "context_limit",
     "decoder_class",
     "generate",

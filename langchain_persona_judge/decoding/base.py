@@ -4,7 +4,8 @@ A schedule is one subclass of :class:`Decoder` that implements :meth:`Decoder._i
 returning the tokens it emits). Everything else lives here, once:
 
 1. **input checks**: prompts, constraint, the token budget the context leaves;
-2. **model calls**: how the installed transformers takes a cache and ``logits_to_keep``, the finite check;
+2. **model calls**: through the model's backend (:mod:`.backends`: transformers or llama.cpp), which counts
+   forwards and refuses non-finite logits; repetition controls on what it returns;
 3. **masks**: a constraint's mask, applied to the drafter's and the judge's logits alike;
 4. **roles and budget**: who drafts and who judges in iteration ``k``, how many drafts it may make;
 5. **emit**: append a token, trace where it came from, finish at EOS or the budget;
@@ -13,26 +14,16 @@ returning the tokens it emits). Everything else lives here, once:
 
 from __future__ import annotations
 
-import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel
 
 from ..errors import DecodingError
 from .acceptance import build_processors, build_warpers, process
+from .backends import ForwardSignature, ModelBackend, TransformersBackend, as_backend, check_finite, context_limit
 from .options import DecodingOptions, FinishReason, Generation, DecodingStats, TokenConstraint, TokenKind, TraceEntry
-
-
-def context_limit(model: PreTrainedModel) -> int | None:
-    """The model's context length in tokens, when its config says."""
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-        value = getattr(model.config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 def as_prompt(tokens: Any, index: int) -> torch.Tensor:
@@ -54,42 +45,14 @@ def as_prompt(tokens: Any, index: int) -> torch.Tensor:
     return tokens.long()
 
 
-def eos_ids(model: PreTrainedModel, eos_token_id: int | Iterable[int] | None) -> frozenset[int]:
-    """The token ids that end decoding: the option's, else the generation config's, else the model config's."""
+def eos_ids(model: Any, eos_token_id: int | Iterable[int] | None) -> frozenset[int]:
+    """The token ids that end decoding: the option's, else the model's own (its generation config's, else its
+    config's; a llama.cpp model's vocabulary's)."""
     if eos_token_id is None:
-        gen_cfg = getattr(model, "generation_config", None)
-        eos_token_id = getattr(gen_cfg, "eos_token_id", None)
-        if eos_token_id is None:
-            eos_token_id = getattr(model.config, "eos_token_id", None)
-    if eos_token_id is None:
-        return frozenset()
+        return as_backend(model).eos_token_ids
     if isinstance(eos_token_id, int):
         return frozenset([eos_token_id])
     return frozenset(int(t) for t in eos_token_id)
-
-
-class ForwardSignature:
-    """How this model's ``forward`` takes what decoding passes, probed once per decode.
-
-    transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name warns, and is to go in 5.40, where
-    passing it would silently decode without a cache); we pass whichever name the model declares.
-    """
-
-    def __init__(self, model: PreTrainedModel) -> None:
-        parameters = inspect.signature(model.forward).parameters
-        self.cache_argument = "cache" if "cache" in parameters else "past_key_values"
-        self.keeps_logits = "logits_to_keep" in parameters
-        self.takes_positions = "position_ids" in parameters
-
-
-def check_finite(logits: torch.Tensor) -> torch.Tensor:
-    """``logits`` unchanged, or a DecodingError when a row is NaN or has no finite entry."""
-    if not torch.isfinite(logits).any(dim=-1).all() or torch.isnan(logits).any():
-        raise DecodingError(
-            "The model produced NaN or all-infinite logits; check the model's dtype (try dtype=torch.float32) "
-            "and weights."
-        )
-    return logits
 
 
 class Decoder(ABC):
@@ -103,7 +66,7 @@ class Decoder(ABC):
 
     def __init__(
         self,
-        model: PreTrainedModel,
+        model: Any,
         prompts: Sequence[torch.Tensor],
         options: DecodingOptions,
         constraint: TokenConstraint | None = None,
@@ -116,9 +79,11 @@ class Decoder(ABC):
         if constraint is not None and not isinstance(constraint, TokenConstraint):
             raise TypeError("constraint must have allowed(), advance(token_id) and rollback(count) methods.")
         self.model = model
+        self.backend: ModelBackend = as_backend(model)
+        """What runs the forwards (:mod:`.backends`): transformers, or llama.cpp."""
         self.options = options
         self.constraint = constraint
-        self.device = model.device
+        self.device = self.backend.device
         self.prompts: list[list[int]] = [as_prompt(p, i).tolist() for i, p in enumerate(prompts)]
         if options.needs_reference and reference is None:
             raise ValueError(
@@ -148,7 +113,6 @@ class Decoder(ABC):
                 self.generator.seed()
             else:
                 self.generator.manual_seed(options.seed)
-        self.forward_signature = ForwardSignature(model)
         self.token_ids: list[int] = []
         self.finish_reason: FinishReason | None = None
         self.stats = DecodingStats()
@@ -159,7 +123,7 @@ class Decoder(ABC):
         return len(self.prompts)
 
     def _budget(self) -> int:
-        limit = context_limit(self.model)
+        limit = self.backend.context_length
         longest = max(len(p) for p in [*self.prompts, *([self.reference] if self.reference else [])])
         if limit is None:
             return self.options.max_new_tokens
@@ -170,20 +134,12 @@ class Decoder(ABC):
             )
         return min(self.options.max_new_tokens, limit - longest)
 
-    # -- 2. model calls ---------------------------------------------------------------------------------
+    # -- 2. model calls (the backend runs them) -----------------------------------------------------------
 
-    def _call_model(self, ids: torch.Tensor, cache: Any, keep: int, **extra: Any) -> torch.Tensor:
-        """One forward over ``ids`` (rows x new tokens) with ``cache``; logits of the last ``keep`` positions.
-
-        Counts the forward and its positions, and refuses non-finite logits.
-        """
-        kwargs: dict[str, Any] = {"input_ids": ids, self.forward_signature.cache_argument: cache, "use_cache": True}
-        if self.forward_signature.keeps_logits:
-            kwargs["logits_to_keep"] = keep
-        logits = self.model(**kwargs, **extra).logits[:, -keep:]
-        self.stats.forward_calls += 1
-        self.stats.positions += ids.numel()
-        return check_finite(logits)
+    @property
+    def forward_signature(self) -> ForwardSignature | None:
+        """How the transformers model takes a cache (None on another backend)."""
+        return self.backend.signature if isinstance(self.backend, TransformersBackend) else None
 
     def _process(self, logits: torch.Tensor, contexts: list[list[int]]) -> torch.Tensor:
         """Repetition controls on each row, after that row's answer tokens (see :func:`.acceptance.process`)."""
@@ -198,7 +154,7 @@ class Decoder(ABC):
         mask = self.constraint.allowed()
         if mask is None:
             return None
-        vocab = self.model.config.vocab_size if hasattr(self.model.config, "vocab_size") else mask.numel()
+        vocab = self.backend.vocab_size
         mask = mask.to(device=self.device, dtype=torch.bool).flatten()
         if mask.numel() < vocab:  # the model's vocabulary is often padded past the tokenizer's
             mask = torch.cat([mask, mask.new_zeros(vocab - mask.numel())])
@@ -311,3 +267,4 @@ class TokenStream(Iterator[int]):
 
 
 __all__ = ["Decoder", "ForwardSignature", "TokenStream", "as_prompt", "check_finite", "context_limit", "eos_ids"]
+# ForwardSignature, check_finite and context_limit live in .backends now; kept importable from here.

@@ -1,17 +1,16 @@
 """What the batched rules share: every persona (and the reference prompt, when the rule reads one) as one row
-of a left-padded batch, advanced together by one forward per emitted token.
+of the backend's :class:`~.backends.LockstepBatch`, advanced together by one forward per emitted token.
 
-Left padding keeps every row's last token in the last column, so one new column serves all rows; each row counts
-positions from its own first real token. :class:`~.lockstep.LockstepDecoder` (Persona-judge) and
+:class:`~.lockstep.LockstepDecoder` (Persona-judge) and
 :class:`~.product.ProductDecoder` (the weighted product) build on this.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
-from transformers import DynamicCache, PreTrainedModel
 
 from . import combine
 from .base import Decoder
@@ -29,16 +28,16 @@ class BatchRow:
     @property
     def cached(self) -> int:
         """Positions of the batch cache (the same for every row: left padding included); 0 once released."""
-        return self._decoder._batch_cache.get_seq_length()
+        return self._decoder._batch.length
 
 
 class BatchedDecoder(Decoder):
     """Rows ``0..K-1`` are the personas, row ``K`` the reference prompt (when the rule reads one); one batched
-    ``DynamicCache`` holds them all."""
+    batch of the backend holds them all."""
 
     def __init__(
         self,
-        model: PreTrainedModel,
+        model: Any,
         prompts: Sequence[torch.Tensor],
         options: DecodingOptions,
         constraint: TokenConstraint | None = None,
@@ -46,15 +45,7 @@ class BatchedDecoder(Decoder):
     ) -> None:
         super().__init__(model, prompts, options, constraint, reference)
         rows = [*self.prompts, *([self.reference] if self.reference is not None else [])]
-        lengths = [len(p) for p in rows]
-        width = max(lengths)
-        self._ids = torch.zeros(len(rows), width, dtype=torch.long)
-        self._attention = torch.zeros(len(rows), width + self.max_new_tokens, dtype=torch.long, device=self.device)
-        for row, prompt in enumerate(rows):
-            self._ids[row, width - lengths[row] :] = torch.tensor(prompt)
-            self._attention[row, width - lengths[row] :] = 1
-        self._columns = width
-        self._batch_cache = DynamicCache(config=model.config)
+        self._batch = self.backend.batch(rows, self.max_new_tokens, self.stats)
         self._logits: torch.Tensor | None = None
         """Next-token logits of every row, once the prompts are read."""
         self._unfed: int | None = None
@@ -65,26 +56,13 @@ class BatchedDecoder(Decoder):
         """Each persona's row of the batch cache."""
         return [BatchRow(self, row) for row in range(self.n_personas)]
 
-    def _batch_forward(self, ids: torch.Tensor, columns: int) -> None:
-        """Feed ``ids`` (rows x new columns) to the batch cache; keep every row's next-token logits."""
-        self._columns += columns
-        attention = self._attention[:, : self._columns]
-        extra = {"attention_mask": attention}
-        if self.forward_signature.takes_positions:
-            # Each row counts positions from its own first real token, whatever its padding.
-            extra["position_ids"] = (attention.cumsum(-1) - 1).clamp(min=0)[:, -columns:]
-        self._logits = self._call_model(ids.to(self.device), self._batch_cache, 1, **extra)[:, -1]
-
     def _advance_batch(self) -> torch.Tensor:
         """The logits of every row for the next position: read the prompts first, or feed the last token."""
         if self._logits is None:
-            self._columns = 0
-            self._batch_forward(self._ids, self._ids.shape[1])
+            self._logits = self._batch.prefill()
         elif self._unfed is not None:
-            ids = torch.full((self._ids.shape[0], 1), self._unfed, dtype=torch.long)
+            self._logits = self._batch.step(self._unfed)
             self._unfed = None
-            self._batch_forward(ids, 1)
-        assert self._logits is not None
         return self._logits
 
     def _processed_batch(self) -> torch.Tensor:
@@ -109,7 +87,7 @@ class BatchedDecoder(Decoder):
             self._unfed = token
 
     def release(self) -> None:
-        self._batch_cache = DynamicCache(config=self.model.config)
+        self._batch.release()
         self._logits = None
 
 

@@ -1,6 +1,6 @@
 """The paper's schedule of Persona-judge decoding: λ drafter forwards, then one judge forward.
 
-One model in memory, one ``DynamicCache`` per persona. Each iteration, persona ``k`` drafts up to ``lookahead``
+One model in memory, one cache per persona (a sequence of the backend's :class:`~.backends.Sequences`). Each iteration, persona ``k`` drafts up to ``lookahead``
 tokens from its own prompt, and persona ``k + 1`` judges them all in one forward over its own prompt; accepted
 drafts plus one residual or bonus token are emitted, both caches are cropped back to what was emitted, and the
 roles rotate. Every emitted token is distributed exactly as the judge's (tempered, truncated) distribution at
@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from typing import Any
+
 import torch
-from transformers import DynamicCache, PreTrainedModel
 
 from .acceptance import Verdict, greedy_verdict, sample_verdict, to_probs
 from .base import Decoder
@@ -25,25 +26,35 @@ from .options import DecodingOptions, TokenConstraint, TokenKind
 
 
 class PersonaCache:
-    """One persona's prompt and its own KV cache."""
+    """One persona's prompt and its sequence of the backend's caches."""
 
-    def __init__(self, prompt: list[int], model: PreTrainedModel) -> None:
+    def __init__(self, prompt: list[int], sequences: Any, index: int) -> None:
         self.prompt = prompt
-        self.cache = DynamicCache(config=model.config)
+        self.sequences = sequences
+        self.index = index
 
     @property
     def cached(self) -> int:
-        return self.cache.get_seq_length()
+        return self.sequences.length(self.index)
+
+    @property
+    def cache(self) -> Any:
+        """The transformers ``DynamicCache`` of this persona (transformers backend only; tests, diagnostics)."""
+        return self.sequences.caches[self.index]
 
     def pending(self, emitted: list[int]) -> list[int]:
         """Tokens of this persona's sequence (prompt + emitted) not yet in its cache."""
         cached, plen = self.cached, len(self.prompt)
         return self.prompt[cached:] + emitted if cached < plen else emitted[cached - plen :]
 
+    def forward(self, tokens: list[int], keep: int) -> torch.Tensor:
+        """Feed ``tokens`` to this persona's cache; the logits of the last ``keep`` positions."""
+        return self.sequences.forward(self.index, tokens, keep)
+
     def rollback(self, keep_speculative: int, speculative: int) -> None:
         """Drop the drafts the judge did not accept from this cache."""
         if speculative > keep_speculative:
-            self.cache.crop(keep_speculative - speculative)
+            self.sequences.crop(self.index, self.cached - (speculative - keep_speculative))
 
 
 class SpeculativeDecoder(Decoder):
@@ -56,19 +67,16 @@ class SpeculativeDecoder(Decoder):
 
     def __init__(
         self,
-        model: PreTrainedModel,
+        model: Any,
         prompts: Sequence[torch.Tensor],
         options: DecodingOptions,
         constraint: TokenConstraint | None = None,
         reference: torch.Tensor | None = None,
     ) -> None:
         super().__init__(model, prompts, options, constraint, reference)
-        self.personas = [PersonaCache(prompt, model) for prompt in self.prompts]
-
-    def _forward(self, persona: PersonaCache, tokens: list[int], keep: int) -> torch.Tensor:
-        """Feed ``tokens`` to ``persona``'s cache; return the logits of the last ``keep`` positions."""
-        ids = torch.tensor([tokens], dtype=torch.long, device=self.device)
-        return self._call_model(ids, persona.cache, keep)[0]
+        capacity = self.max_new_tokens + self.options.lookahead + 1  # emitted tokens, then the drafts past them
+        self._sequences = self.backend.sequences([len(p) for p in self.prompts], capacity, self.stats)
+        self.personas = [PersonaCache(prompt, self._sequences, i) for i, prompt in enumerate(self.prompts)]
 
     def _draft(
         self, drafter: PersonaCache, count: int
@@ -84,7 +92,7 @@ class SpeculativeDecoder(Decoder):
         for i in range(count):
             feed = drafter.pending(self.token_ids) if i == 0 else [drafts[-1]]
             masks.append(self._mask())
-            logits = self._process(self._forward(drafter, feed, keep=1), [self.token_ids + drafts])
+            logits = self._process(drafter.forward(feed, keep=1), [self.token_ids + drafts])
             logits = self._apply(logits, masks[-1:])
             if self.generator is None:
                 token = int(logits[-1].argmax())
@@ -106,7 +114,7 @@ class SpeculativeDecoder(Decoder):
 
     def _judge(self, judge: PersonaCache, drafts: list[int], dists: list[torch.Tensor], masks) -> Verdict:
         """The judge reads every draft in one forward and accepts a prefix of them."""
-        logits = self._forward(judge, judge.pending(self.token_ids) + drafts, keep=len(drafts) + 1)
+        logits = judge.forward(judge.pending(self.token_ids) + drafts, keep=len(drafts) + 1)
         logits = self._apply(self._process(logits, [self.token_ids + drafts[:i] for i in range(len(drafts) + 1)]), masks)
         draft_ids = torch.tensor(drafts, dtype=torch.long, device=self.device)
         if self.generator is None:
@@ -151,8 +159,7 @@ class SpeculativeDecoder(Decoder):
         return out
 
     def release(self) -> None:
-        for persona in self.personas:
-            persona.cache = DynamicCache(config=self.model.config)
+        self._sequences.release()
 
 
 PersonaJudgeDecoder = SpeculativeDecoder

@@ -80,20 +80,32 @@ def resolve_model(model: Any = None, *, device: str | None = None, dtype: str | 
         return model
     if model is None or isinstance(model, (str, os.PathLike)):
         name = None if model is None else str(model)
-        loaded, tokenizer = shared_model(name, device=device, dtype=dtype)
+        # Scoring reads every position's log-probabilities through transformers' forward.
+        loaded, tokenizer = shared_model(name, device=device, dtype=dtype, backend="transformers")
         return ModelHandle(loaded, tokenizer, name, display_name(name))
     if isinstance(model, tuple) and len(model) == 2:
         loaded, tokenizer = model
         if not callable(getattr(tokenizer, "__call__", None)) or not hasattr(loaded, "config"):
             raise ProfileError("model=(model, tokenizer): pass a loaded transformers causal LM and its tokenizer.")
+        if hasattr(loaded, "fingerprint_parts"):
+            raise ProfileError(
+                "Learning a profile scores answers on the transformers backend; this is a llama.cpp model. Pass "
+                "model= its GGUF path (loaded with transformers for scoring); the learned profile then decodes on "
+                "either backend."
+            )
         return ModelHandle(loaded, tokenizer, None, display_name(None, loaded))
     if hasattr(model, "hf_model") and hasattr(model, "model_name"):  # a ChatPersonaJudge (duck-typed: layer L3)
         if model.hf_model is not None:
             if model.tokenizer is None:
                 raise ProfileError("The chat model has hf_model but no tokenizer; pass both.")
+            if hasattr(model.hf_model, "fingerprint_parts"):
+                raise ProfileError(
+                    "Learning a profile scores answers on the transformers backend; this chat model runs llama.cpp. "
+                    "Pass model= its GGUF path instead (the learned profile then decodes on either backend)."
+                )
             return ModelHandle(model.hf_model, model.tokenizer, None, display_name(None, model.hf_model))
         name = model.model_name
-        loaded, tokenizer = shared_model(name, device=model.device, dtype=model.dtype)
+        loaded, tokenizer = shared_model(name, device=model.device, dtype=model.dtype, backend="transformers")
         return ModelHandle(loaded, tokenizer, name, display_name(name))
     raise ProfileError(
         f"model={type(model).__name__}: pass None (the embedded model), a Hugging Face id or path, a loaded "
@@ -112,11 +124,16 @@ def model_fingerprint(model: Any) -> str:
         known = _fingerprints.get(model)
     if known is not None:
         return known
-    config = model.config
-    shape = {key: getattr(config, key, None) for key in (
-        "model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")}
-    with torch.inference_mode():
-        rows = model.get_input_embeddings().weight[:64].detach().to("cpu", torch.bfloat16).contiguous()
+    if hasattr(model, "fingerprint_parts"):  # a llama.cpp model: the same identity from its GGUF
+        shape, rows = model.fingerprint_parts()
+        rows = rows.to(torch.bfloat16).contiguous()
+    else:
+        config = model.config
+        shape = {key: getattr(config, key, None) for key in (
+            "model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+            "intermediate_size")}
+        with torch.inference_mode():
+            rows = model.get_input_embeddings().weight[:64].detach().to("cpu", torch.bfloat16).contiguous()
     digest = hashlib.sha256(json.dumps(shape, sort_keys=True).encode())
     digest.update(rows.view(torch.int16).numpy().tobytes())
     value = digest.hexdigest()[:16]

@@ -20,12 +20,22 @@ from __future__ import annotations
 from .admission import AdmissionQueue
 from .bridge import iterate_in_thread
 from .chat_template import encode_chat, render_chat
-from .loading import EMBEDDED_NAME, ModelLoadError, cache_dir, embedded_model_path, load_model, resolve_model_path
+from .loading import (
+    BACKEND_CHOICES,
+    EMBEDDED_NAME,
+    ModelLoadError,
+    cache_dir,
+    embedded_model_path,
+    load_model,
+    resolve_backend,
+    resolve_model_path,
+)
 from .models import REGISTRY, ModelRegistry, admission_queue, display_name, release_model, shared_model
 from .request import OutputGrammar, PersonaSettings, Request, Truncation, build_request
 from .run import RequestRun
 
 __all__ = [
+    "BACKEND_CHOICES",
     "EMBEDDED_NAME",
     "REGISTRY",
     "AdmissionQueue",
@@ -46,6 +56,7 @@ __all__ = [
     "load_model",
     "release_model",
     "render_chat",
+    "resolve_backend",
     "resolve_model_path",
     "shared_model",
 ]

@@ -1,7 +1,10 @@
 """Loading causal LMs: Hugging Face ids, local folders, GGUF files, and the embedded default model.
 
-A GGUF file is de-quantised by transformers (slow), so the result is saved once as a regular checkpoint under
-the cache folder and later loads read that, much faster (figures: ``benchmarks/README.md``).
+Two backends run a model (:mod:`langchain_persona_judge.decoding.backends`): **transformers** reads anything
+(a GGUF file is de-quantised by transformers, slow, so the result is saved once as a regular checkpoint under the
+cache folder and later loads read that) and **llama.cpp** runs a GGUF file as it is, quantised, about 2.5-3×
+faster on a CPU (figures: ``benchmarks/README.md``). ``backend="auto"`` picks llama.cpp for a GGUF model on a CPU
+when ``llama-cpp-python`` is installed, transformers otherwise.
 """
 
 from __future__ import annotations
@@ -125,6 +128,88 @@ def convert_gguf(gguf: Path) -> Path:
     return target
 
 
+BACKEND_CHOICES = ("auto", "transformers", "llamacpp")
+
+
+def gguf_file(name: str | os.PathLike[str] | None) -> Path | None:
+    """The GGUF file ``name`` designates (None: the embedded model's), or None when it is not one."""
+    if name is None:
+        return embedded_model_path()
+    path = Path(str(name)).expanduser()
+    if str(name).endswith(".gguf"):
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file {path} does not exist; check the path.")
+        return path
+    if path.is_dir() and not (path / "config.json").is_file():
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return ggufs[0]
+    return None
+
+
+def _on_cpu(device: str | torch.device | None) -> bool:
+    if device is None or str(device) == "auto":
+        return not torch.cuda.is_available()
+    return str(device).startswith("cpu")
+
+
+def resolve_backend(
+    backend: str | None,
+    name: str | os.PathLike[str] | None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> str:
+    """``transformers`` or ``llamacpp``: what ``backend`` (``auto`` by default) means for this model, device and
+    dtype (a dtype asks for transformers: llama.cpp runs the GGUF's own weights)."""
+    from ..decoding.backends.llamacpp import INSTALL_HINT, llama_cpp_available
+
+    backend = backend or "auto"
+    if backend not in BACKEND_CHOICES:
+        raise ModelLoadError(f"backend={backend!r} is not one of {', '.join(BACKEND_CHOICES)}.")
+    if backend == "transformers":
+        return backend
+    gguf = gguf_file(name)
+    if backend == "llamacpp":
+        if gguf is None:
+            raise ModelLoadError(
+                f"backend='llamacpp' runs a .gguf file, and {name!r} is not one; pass a .gguf path (or leave "
+                "model unset for the embedded GGUF), or use backend='transformers'."
+            )
+        if not _on_cpu(device):
+            raise ModelLoadError(
+                f"backend='llamacpp' runs on the CPU here (device={device!r} asked for another); use device='cpu' "
+                "or backend='transformers'."
+            )
+        if not llama_cpp_available():
+            raise ModelLoadError(INSTALL_HINT)
+        return backend
+    if dtype is not None:
+        return "transformers"
+    return "llamacpp" if gguf is not None and _on_cpu(device) and llama_cpp_available() else "transformers"
+
+
+def gguf_tokenizer(gguf: Path) -> Any:
+    """The transformers tokenizer of a GGUF file (the same vocabulary llama.cpp reads), cached beside its
+    conversion: from the converted checkpoint when there is one, else read from the GGUF once and saved."""
+    from transformers import AutoTokenizer
+
+    converted = _converted_path(gguf)
+    if (converted / "config.json").is_file():
+        return AutoTokenizer.from_pretrained(converted)
+    saved = converted.with_name(converted.name + ".tokenizer")
+    if (saved / "tokenizer_config.json").is_file():
+        return AutoTokenizer.from_pretrained(saved)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    try:
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=saved.name + ".", dir=saved.parent))
+        tokenizer.save_pretrained(staging)
+        staging.rename(saved)
+    except OSError:
+        pass
+    return tokenizer
+
+
 def resolve_model_path(name: str | os.PathLike[str] | None) -> str:
     """Turn the user's ``model`` value into something ``from_pretrained`` reads quickly."""
     if name is None:
@@ -183,6 +268,8 @@ def load_model(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     prepack: bool | None = None,
+    backend: str | None = "auto",
+    n_threads: int | None = None,
 ) -> tuple[Any, Any]:
     """Load a causal LM and its tokenizer.
 
@@ -196,11 +283,28 @@ def load_model(
             judge's) run faster on a CPU, at the cost of a second copy of those weights
             (see :mod:`langchain_persona_judge.decoding.cpu_kernels`). None (auto, overridable with
             ``$PERSONA_JUDGE_PREPACK=0/1``) packs float32 CPU models whose linear weights take at most 2 GiB.
+            Transformers backend only.
+        backend: ``"auto"`` (llama.cpp for a GGUF model on a CPU when ``llama-cpp-python`` is installed, else
+            transformers), ``"transformers"`` or ``"llamacpp"`` (a ``.gguf`` file, run quantised by llama.cpp).
+        n_threads: llama.cpp's CPU threads (default: torch's thread count). llama.cpp backend only.
 
     Returns:
-        ``(model, tokenizer)``, the model in eval mode.
+        ``(model, tokenizer)``: a transformers model in eval mode, or a
+        :class:`~langchain_persona_judge.decoding.backends.llamacpp.LlamaCppModel`.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if resolve_backend(backend, name, device, dtype if not prepack else "prepacked") == "llamacpp":
+        if dtype is not None or prepack:
+            raise ModelLoadError(
+                "dtype= and prepack= apply to the transformers backend; llama.cpp runs the GGUF's own quantised "
+                "weights. Drop them, or pass backend='transformers'."
+            )
+        from ..decoding.backends.llamacpp import load_llamacpp
+
+        gguf = gguf_file(name)
+        assert gguf is not None
+        return load_llamacpp(gguf, n_threads=n_threads), gguf_tokenizer(gguf)
 
     path = resolve_model_path(name)
     extra, target = _device_kwargs(device)

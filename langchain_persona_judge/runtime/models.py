@@ -2,7 +2,7 @@
 
 One lifetime rule for everything kept per model:
 
-* **Weights loaded by name** (``shared_model``) are loaded once per ``(name, device, dtype)`` and held by the
+* **Weights loaded by name** (``shared_model``) are loaded once per ``(name, device, dtype, backend)`` and held by the
   registry until :func:`release_model` (or the process ends): every ``ChatPersonaJudge`` that names the same
   model shares one copy.
 * **State kept per model** (its admission queue) is keyed by the model *object* in a weak-keyed map, never by
@@ -20,13 +20,13 @@ from typing import Any
 import torch
 
 from .admission import AdmissionQueue
-from .loading import EMBEDDED_NAME, load_model
+from .loading import EMBEDDED_NAME, load_model, resolve_backend
 
-ModelKey = tuple[str | None, str, str | None]
+ModelKey = tuple[str | None, str, str | None, str]
 
 
 class ModelRegistry:
-    """Shared weights by ``(name, device, dtype)``, and one admission queue per in-memory model."""
+    """Shared weights by ``(name, device, dtype, backend)``, and one admission queue per in-memory model."""
 
     def __init__(self) -> None:
         self._loaded: dict[ModelKey, tuple[Any, Any]] = {}
@@ -34,24 +34,30 @@ class ModelRegistry:
         self._lock = threading.Lock()
 
     @staticmethod
-    def key(name: str | None, device: str | None, dtype: str | None) -> ModelKey:
+    def key(name: str | None, device: str | None, dtype: str | None, backend: str | None = "auto") -> ModelKey:
         if device is None:  # the default load_model takes, so that None and "cpu" share one copy on a CPU
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        return (None if name is None else str(name), str(device), None if dtype is None else str(dtype))
+        # "auto" resolved, so that auto and the backend it picks share one copy.
+        resolved = resolve_backend(backend, name, device, dtype)
+        return (None if name is None else str(name), str(device), None if dtype is None else str(dtype), resolved)
 
-    def load(self, name: str | None = None, device: str | None = None, dtype: str | None = None) -> tuple[Any, Any]:
+    def load(
+        self, name: str | None = None, device: str | None = None, dtype: str | None = None, backend: str | None = "auto"
+    ) -> tuple[Any, Any]:
         """``(model, tokenizer)`` of ``name`` on ``device``, loaded on first use and shared afterwards."""
-        key = self.key(name, device, dtype)
+        key = self.key(name, device, dtype, backend)
         with self._lock:
             if key not in self._loaded:
-                self._loaded[key] = load_model(key[0], device=key[1], dtype=key[2])
+                self._loaded[key] = load_model(key[0], device=key[1], dtype=key[2], backend=key[3])
             return self._loaded[key]
 
-    def release(self, name: str | None = None, device: str | None = None, dtype: str | None = None) -> bool:
+    def release(
+        self, name: str | None = None, device: str | None = None, dtype: str | None = None, backend: str | None = "auto"
+    ) -> bool:
         """Drop the registry's reference to a shared model; True if it held one. Callers that still hold the
         model keep it (and its queue) alive; the next ``load`` of that key loads afresh."""
         with self._lock:
-            return self._loaded.pop(self.key(name, device, dtype), None) is not None
+            return self._loaded.pop(self.key(name, device, dtype, backend), None) is not None
 
     def loaded(self) -> list[ModelKey]:
         """The keys of the models held now."""
@@ -77,19 +83,21 @@ REGISTRY = ModelRegistry()
 
 
 def shared_model(
-    name: str | None = None, *, device: str | None = None, dtype: str | None = None
+    name: str | None = None, *, device: str | None = None, dtype: str | None = None, backend: str | None = "auto"
 ) -> tuple[Any, Any]:
     """``(model, tokenizer)`` shared process-wide: what every ``ChatPersonaJudge(model=name)`` uses.
 
     ``name`` None is the embedded SmolLM2-135M-Instruct. Unlike :func:`~.loading.load_model`, which loads a new
-    copy on every call, this loads once per ``(name, device, dtype)``.
+    copy on every call, this loads once per ``(name, device, dtype, backend)``.
     """
-    return REGISTRY.load(name, device, dtype)
+    return REGISTRY.load(name, device, dtype, backend)
 
 
-def release_model(name: str | None = None, *, device: str | None = None, dtype: str | None = None) -> bool:
+def release_model(
+    name: str | None = None, *, device: str | None = None, dtype: str | None = None, backend: str | None = "auto"
+) -> bool:
     """Drop the shared copy of a model (see :class:`ModelRegistry`); True if one was held."""
-    return REGISTRY.release(name, device, dtype)
+    return REGISTRY.release(name, device, dtype, backend)
 
 
 def admission_queue(model: Any) -> AdmissionQueue:

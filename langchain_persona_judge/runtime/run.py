@@ -139,6 +139,7 @@ class RequestRun:
             stats["no_repeat_ngram_size"] = request.options.no_repeat_ngram_size
         return {
             "model_name": request.model_name,
+            "backend": decoding.backend_name(request.model),
             "finish_reason": self.finish_reason,
             "preferences": request.preferences,
             "composition": request.composition,

@@ -102,9 +102,9 @@ def test_close_frees_the_batch_cache():
     next(tokens)
     next(tokens)
     decoder = tokens.decoder
-    assert isinstance(decoder, LockstepDecoder) and decoder._batch_cache.get_seq_length() > 0
+    assert isinstance(decoder, LockstepDecoder) and decoder.personas[0].cached > 0
     tokens.close()
-    assert decoder._batch_cache.get_seq_length() == 0
+    assert decoder.personas[0].cached == 0
     with pytest.raises(StopIteration):
         next(tokens)
 

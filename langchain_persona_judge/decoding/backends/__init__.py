@@ -1,0 +1,47 @@
+"""Model backends: what runs the forwards under the decoding rules (see :mod:`.base`).
+
+``transformers`` (:mod:`.hf`) runs any ``PreTrainedModel``; ``llamacpp`` (:mod:`.llamacpp`) runs a GGUF file
+through llama.cpp (``pip install 'langchain-persona-judge[llamacpp]'``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import LockstepBatch, ModelBackend, Sequences, check_finite
+from .hf import ForwardSignature, TransformersBackend, context_limit
+
+BACKENDS = ("transformers", "llamacpp")
+"""The backends' names, as ``backend=`` takes them (besides ``"auto"``)."""
+
+
+def as_backend(model: Any) -> ModelBackend:
+    """``model`` as the decoding rules see it: a :class:`ModelBackend` is used as it is (a llama.cpp model is
+    one), anything else is taken for a transformers causal LM."""
+    if isinstance(model, ModelBackend):
+        return model
+    if not (hasattr(model, "config") and callable(model)):
+        raise TypeError(
+            f"model is a {type(model).__name__}; pass a transformers causal LM (AutoModelForCausalLM) or a model "
+            "from load_model(..., backend='llamacpp')."
+        )
+    return TransformersBackend(model)
+
+
+def backend_name(model: Any) -> str:
+    """The name of the backend that runs ``model``."""
+    return model.name if isinstance(model, ModelBackend) else TransformersBackend.name
+
+
+__all__ = [
+    "BACKENDS",
+    "ForwardSignature",
+    "LockstepBatch",
+    "ModelBackend",
+    "Sequences",
+    "TransformersBackend",
+    "as_backend",
+    "backend_name",
+    "check_finite",
+    "context_limit",
+]

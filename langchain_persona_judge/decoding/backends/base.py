@@ -1,0 +1,129 @@
+"""The model interface the decoding rules talk to.
+
+A decoding rule needs three things from a model, whatever runs it:
+
+* **sequences with their own caches** (the speculative schedule): feed tokens to one sequence and get the
+  logits of its last ``keep`` positions; crop a sequence back to a prefix after a rejection;
+* **a batch advanced in lockstep** (the lockstep schedule, the weighted product, guidance): read every row's
+  prompt, then feed one shared token to every row per step and get every row's next-token logits;
+* a few facts: the logits' width (the vocabulary), the context length, the end-of-sequence ids, the device.
+
+:class:`ModelBackend` is that interface; :mod:`.hf` implements it over a transformers model (per-sequence
+``DynamicCache``\\ s, a left-padded batch cache) and :mod:`.llamacpp` over a llama.cpp context (one sequence id
+per row of one context, ``llama_memory_seq_rm`` to crop). A third backend is one more file that subclasses these
+three classes and one branch of :func:`~langchain_persona_judge.decoding.backends.as_backend`.
+
+Every backend counts its forwards and positions into the :class:`~..options.DecodingStats` it is given, and
+refuses non-finite logits (:func:`check_finite`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import torch
+
+from ...errors import DecodingError
+from ..options import DecodingStats
+
+
+def check_finite(logits: torch.Tensor) -> torch.Tensor:
+    """``logits`` unchanged, or a DecodingError when a row is NaN or has no finite entry."""
+    if not torch.isfinite(logits).any(dim=-1).all() or torch.isnan(logits).any():
+        raise DecodingError(
+            "The model produced NaN or all-infinite logits; check the model's dtype (try dtype=torch.float32) "
+            "and weights."
+        )
+    return logits
+
+
+class Sequences(ABC):
+    """``count`` sequences, each with its own cache (positions ``0..length(seq) - 1``)."""
+
+    def __init__(self, stats: DecodingStats) -> None:
+        self.stats = stats
+
+    @abstractmethod
+    def length(self, seq: int) -> int:
+        """Positions held in ``seq``'s cache (0 once released)."""
+
+    @abstractmethod
+    def forward(self, seq: int, tokens: list[int], keep: int) -> torch.Tensor:
+        """Feed ``tokens`` to ``seq`` after what it holds; the logits of the last ``keep`` positions,
+        ``(keep, vocab)``, float."""
+
+    @abstractmethod
+    def crop(self, seq: int, length: int) -> None:
+        """Keep only the first ``length`` positions of ``seq``."""
+
+    @abstractmethod
+    def release(self) -> None:
+        """Free every sequence's cache."""
+
+
+class LockstepBatch(ABC):
+    """Rows (token prompts) advanced together: after :meth:`prefill`, each :meth:`step` feeds one token to
+    every row."""
+
+    def __init__(self, rows: list[list[int]], stats: DecodingStats) -> None:
+        self.rows = rows
+        self.stats = stats
+
+    @abstractmethod
+    def prefill(self) -> torch.Tensor:
+        """Read every row's prompt; every row's next-token logits, ``(rows, vocab)``, float."""
+
+    @abstractmethod
+    def step(self, token: int) -> torch.Tensor:
+        """Feed ``token`` to every row; every row's next-token logits."""
+
+    @property
+    @abstractmethod
+    def length(self) -> int:
+        """Positions held per row (left padding included where the backend pads); 0 once released."""
+
+    @abstractmethod
+    def release(self) -> None:
+        """Free the batch's cache."""
+
+
+class ModelBackend(ABC):
+    """One loaded model, as the decoding rules see it."""
+
+    name: ClassVar[str] = ""
+    """The backend's name, as ``backend=`` takes it and ``response_metadata["backend"]`` reports it."""
+
+    device: torch.device
+    """Where logits come from (and where the decoder's random generator lives)."""
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int:
+        """The logits' width."""
+
+    @property
+    @abstractmethod
+    def context_length(self) -> int | None:
+        """The model's context length in tokens, when known."""
+
+    @property
+    @abstractmethod
+    def eos_token_ids(self) -> frozenset[int]:
+        """The model's own end-of-sequence ids (used when the options name none)."""
+
+    @abstractmethod
+    def sequences(self, prompt_lengths: list[int], capacity: int, stats: DecodingStats) -> Sequences:
+        """Empty sequences with their own caches, one per prompt; each will hold its prompt and up to
+        ``capacity`` more positions (emitted tokens and drafts)."""
+
+    @abstractmethod
+    def batch(self, rows: list[list[int]], capacity: int, stats: DecodingStats) -> LockstepBatch:
+        """A lockstep batch of ``rows`` that will take up to ``capacity`` steps."""
+
+    def prefers_lockstep(self) -> bool:
+        """Whether ``schedule="auto"`` should pick lockstep over speculative on this backend."""
+        return False
+
+
+__all__ = ["LockstepBatch", "ModelBackend", "Sequences", "check_finite"]

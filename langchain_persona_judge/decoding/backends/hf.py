@@ -1,0 +1,156 @@
+"""The transformers backend: a ``PreTrainedModel``, one ``DynamicCache`` per sequence, a left-padded batch cache.
+
+Left padding keeps every row's last token in the batch's last column, so one new column serves all rows; each
+row counts positions from its own first real token.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+from ..options import DecodingStats
+from .base import LockstepBatch, ModelBackend, Sequences, check_finite
+
+
+class ForwardSignature:
+    """How this model's ``forward`` takes what decoding passes, probed once per model.
+
+    transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old name warns, and is to go in 5.40, where
+    passing it would silently decode without a cache); we pass whichever name the model declares.
+    """
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        parameters = inspect.signature(model.forward).parameters
+        self.cache_argument = "cache" if "cache" in parameters else "past_key_values"
+        self.keeps_logits = "logits_to_keep" in parameters
+        self.takes_positions = "position_ids" in parameters
+
+
+def context_limit(model: Any) -> int | None:
+    """The model's context length in tokens, when its config says."""
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(model.config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+class TransformersBackend(ModelBackend):
+    """A transformers causal LM (``model``), unchanged; any device and dtype."""
+
+    name = "transformers"
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.model = model
+        self.device = model.device
+        self.signature = ForwardSignature(model)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(getattr(self.model.config, "vocab_size", 0) or self.model.get_output_embeddings().weight.shape[0])
+
+    @property
+    def context_length(self) -> int | None:
+        return context_limit(self.model)
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        if eos is None:
+            eos = getattr(self.model.config, "eos_token_id", None)
+        if eos is None:
+            return frozenset()
+        return frozenset([eos]) if isinstance(eos, int) else frozenset(int(t) for t in eos)
+
+    def new_cache(self) -> DynamicCache:
+        return DynamicCache(config=self.model.config)
+
+    def call(self, ids: torch.Tensor, cache: Any, keep: int, stats: DecodingStats, **extra: Any) -> torch.Tensor:
+        """One forward over ``ids`` (rows x new tokens) with ``cache``; logits of the last ``keep`` positions."""
+        kwargs: dict[str, Any] = {"input_ids": ids, self.signature.cache_argument: cache, "use_cache": True}
+        if self.signature.keeps_logits:
+            kwargs["logits_to_keep"] = keep
+        logits = self.model(**kwargs, **extra).logits[:, -keep:]
+        stats.forward_calls += 1
+        stats.positions += ids.numel()
+        return check_finite(logits)
+
+    def sequences(self, prompt_lengths: list[int], capacity: int, stats: DecodingStats) -> TransformersSequences:
+        return TransformersSequences(self, len(prompt_lengths), stats)
+
+    def batch(self, rows: list[list[int]], capacity: int, stats: DecodingStats) -> TransformersBatch:
+        return TransformersBatch(self, rows, capacity, stats)
+
+    def prefers_lockstep(self) -> bool:
+        # Where a few rows cost about one: an accelerator, or a CPU with prepacked fp32 weights.
+        from ..cpu_kernels import is_prepacked
+
+        return self.device.type != "cpu" or is_prepacked(self.model)
+
+
+class TransformersSequences(Sequences):
+    def __init__(self, backend: TransformersBackend, count: int, stats: DecodingStats) -> None:
+        super().__init__(stats)
+        self.backend = backend
+        self.caches = [backend.new_cache() for _ in range(count)]
+
+    def length(self, seq: int) -> int:
+        return self.caches[seq].get_seq_length()
+
+    def forward(self, seq: int, tokens: list[int], keep: int) -> torch.Tensor:
+        ids = torch.tensor([tokens], dtype=torch.long, device=self.backend.device)
+        return self.backend.call(ids, self.caches[seq], keep, self.stats)[0]
+
+    def crop(self, seq: int, length: int) -> None:
+        drop = self.length(seq) - length
+        if drop > 0:  # a negative count drops that many (5.x takes no absolute length)
+            self.caches[seq].crop(-drop)
+
+    def release(self) -> None:
+        self.caches = [self.backend.new_cache() for _ in self.caches]
+
+
+class TransformersBatch(LockstepBatch):
+    """Rows left-padded to the longest; one batched ``DynamicCache``."""
+
+    def __init__(self, backend: TransformersBackend, rows: list[list[int]], capacity: int, stats: DecodingStats):
+        super().__init__(rows, stats)
+        self.backend = backend
+        lengths = [len(p) for p in rows]
+        width = max(lengths)
+        self._ids = torch.zeros(len(rows), width, dtype=torch.long)
+        self._attention = torch.zeros(len(rows), width + capacity, dtype=torch.long, device=backend.device)
+        for row, prompt in enumerate(rows):
+            self._ids[row, width - lengths[row] :] = torch.tensor(prompt)
+            self._attention[row, width - lengths[row] :] = 1
+        self._columns = 0
+        self.cache = backend.new_cache()
+
+    def _forward(self, ids: torch.Tensor, columns: int) -> torch.Tensor:
+        self._columns += columns
+        attention = self._attention[:, : self._columns]
+        extra = {"attention_mask": attention}
+        if self.backend.signature.takes_positions:
+            # Each row counts positions from its own first real token, whatever its padding.
+            extra["position_ids"] = (attention.cumsum(-1) - 1).clamp(min=0)[:, -columns:]
+        return self.backend.call(ids.to(self.backend.device), self.cache, 1, self.stats, **extra)[:, -1]
+
+    def prefill(self) -> torch.Tensor:
+        return self._forward(self._ids, self._ids.shape[1])
+
+    def step(self, token: int) -> torch.Tensor:
+        return self._forward(torch.full((self._ids.shape[0], 1), token, dtype=torch.long), 1)
+
+    @property
+    def length(self) -> int:
+        return self.cache.get_seq_length()
+
+    def release(self) -> None:
+        self.cache = self.backend.new_cache()
+
+
+__all__ = ["ForwardSignature", "TransformersBackend", "context_limit"]
