@@ -1,4 +1,4 @@
-"""The chat app's storage: users, their conversations and messages.
+"""The chat app's storage: users, their conversations and messages, their preference profiles.
 
 One interface (:class:`Store`, every method scoped to a user where a user owns the data) with two
 implementations that share their SQL:
@@ -44,6 +44,10 @@ class ConversationGone(Exception):
     """A message was written to a conversation that no longer exists (deleted meanwhile)."""
 
 
+class _NotWritten(Exception):
+    """Raised inside a transaction to roll it back: a condition checked in it did not hold."""
+
+
 # The schema, in the SQL both databases take; the only differences are the column types in TYPES.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -68,7 +72,31 @@ CREATE TABLE IF NOT EXISTS messages (
     created_at {real} NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_by_session ON messages (session_id, id);
+CREATE TABLE IF NOT EXISTS profiles (
+    user_id TEXT PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,
+    profile TEXT NOT NULL,
+    choices INTEGER NOT NULL DEFAULT 0,
+    revision TEXT NOT NULL,
+    updated_at {real} NOT NULL
+);
+CREATE TABLE IF NOT EXISTS comparisons (
+    id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    prompt TEXT NOT NULL,
+    answer_a TEXT NOT NULL,
+    answer_b TEXT NOT NULL,
+    data TEXT NOT NULL DEFAULT '{{}}',
+    choice TEXT CHECK (choice IN ('a', 'b', 'none')),
+    created_at {real} NOT NULL,
+    chosen_at {real}
+);
+CREATE INDEX IF NOT EXISTS comparisons_by_user ON comparisons (user_id, created_at);
 """
+# profiles: one row per user who has a profile: the profile file (the CLI's JSON, PreferenceProfile.to_dict), how
+# many picks it holds, and a revision (a fresh random id at every write, never reused, so that a writer can tell
+# whether it changed since it read it). comparisons: the pairs of answers shown for a pick, with what the pick
+# needs (the personas each was decoded under, their features, whether each ended by itself) in `data`, and the
+# pick once made; a pick names one of these, never answer text sent by the client.
 # After SCHEMA (an older SQLite file gets its sessions.user_id column first).
 USER_INDEX = "CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions (user_id, created_at)"
 
@@ -131,6 +159,41 @@ class Store(ABC):
     @abstractmethod
     async def delete_session(self, user_id: str, session_id: str) -> bool:
         """Forget the user's conversation and its messages; False when there was none."""
+
+    # -- preference profiles (one per user) and the comparisons shown to learn them
+
+    @abstractmethod
+    async def get_profile(self, user_id: str) -> dict[str, Any] | None:
+        """``{"profile", "choices", "revision", "updated_at"}`` of the user's profile (``profile``: the profile
+        file's JSON text), or None when the user has none."""
+
+    @abstractmethod
+    async def save_profile(self, user_id: str, profile: str, *, choices: int, expected_revision: str | None,
+                           replace: bool = False, comparison_id: str | None = None,
+                           choice: str | None = None) -> dict[str, Any] | None:
+        """Write the user's profile in one transaction that holds the user's row: only if its revision is still
+        ``expected_revision`` (None: the user has no profile yet), unless ``replace``; and, with ``comparison_id``,
+        mark that comparison (the user's, not yet answered) as answered with ``choice``. The new record, or None
+        when the revision changed meanwhile or the comparison is not the user's or already answered (nothing is
+        written then)."""
+
+    @abstractmethod
+    async def delete_profile(self, user_id: str) -> bool:
+        """Forget the user's profile and comparisons; whether there was a profile."""
+
+    @abstractmethod
+    async def add_comparison(self, user_id: str, prompt: str, answer_a: str, answer_b: str, data: dict[str, Any],
+                             *, keep: int) -> dict[str, Any]:
+        """Store a comparison shown to the user ``{"id", "created_at"}``; keep only the user's ``keep`` newest."""
+
+    @abstractmethod
+    async def comparison(self, user_id: str, comparison_id: str) -> dict[str, Any] | None:
+        """``{"id", "prompt", "answer_a", "answer_b", "data", "choice", "created_at", "chosen_at"}`` of the
+        user's comparison, or None (unknown, or another user's)."""
+
+    @abstractmethod
+    async def recent_prompts(self, user_id: str, limit: int) -> list[str]:
+        """The prompts of the user's ``limit`` newest comparisons, newest first."""
 
     @abstractmethod
     def close(self) -> None:
@@ -283,6 +346,81 @@ class SQLStore(Store):
     def _delete_session(self, user_id: str, session_id: str) -> bool:
         return self._execute("DELETE FROM sessions WHERE id = ? AND user_id = ?", (session_id, user_id)) > 0
 
+    def _get_profile(self, user_id: str) -> dict[str, Any] | None:
+        row = self._one("SELECT profile, choices, revision, updated_at FROM profiles WHERE user_id = ?", (user_id,))
+        if row is not None:
+            row["choices"] = int(row["choices"])
+        return row
+
+    def _save_profile(self, user_id: str, profile: str, choices: int, expected_revision: str | None, replace: bool,
+                      comparison_id: str | None, choice: str | None) -> dict[str, Any] | None:
+        db = self._db()
+        now = time.time()
+        with self._transaction(db, user_id):
+            current = self._one("SELECT revision FROM profiles WHERE user_id = ?", (user_id,))
+            if not replace and (None if current is None else current["revision"]) != expected_revision:
+                return None
+            if comparison_id is not None:
+                marked = self._execute(
+                    "UPDATE comparisons SET choice = ?, chosen_at = ? WHERE id = ? AND user_id = ? AND choice IS NULL",
+                    (choice, now, comparison_id, user_id),
+                )
+                if marked != 1:
+                    raise _NotWritten  # rolls the transaction back
+            record = {"profile": profile, "choices": int(choices), "revision": uuid.uuid4().hex, "updated_at": now}
+            self._execute(
+                "INSERT INTO profiles (user_id, profile, choices, revision, updated_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (user_id) DO UPDATE SET profile = excluded.profile, choices = excluded.choices, "
+                "revision = excluded.revision, updated_at = excluded.updated_at",
+                (user_id, profile, record["choices"], record["revision"], now),
+            )
+        return record
+
+    def _save_profile_or_none(self, *args: Any) -> dict[str, Any] | None:
+        try:
+            return self._save_profile(*args)
+        except _NotWritten:
+            return None
+
+    def _delete_profile(self, user_id: str) -> bool:
+        db = self._db()
+        with self._transaction(db, user_id):
+            had = self._execute("DELETE FROM profiles WHERE user_id = ?", (user_id,)) > 0
+            self._execute("DELETE FROM comparisons WHERE user_id = ?", (user_id,))
+        return had
+
+    def _add_comparison(self, user_id: str, prompt: str, answer_a: str, answer_b: str, data: dict[str, Any],
+                        keep: int) -> dict[str, Any]:
+        db = self._db()
+        row = {"id": uuid.uuid4().hex, "created_at": time.time()}
+        with self._transaction(db, user_id):
+            self._execute(
+                "INSERT INTO comparisons (id, user_id, prompt, answer_a, answer_b, data, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (row["id"], user_id, prompt, answer_a, answer_b, json.dumps(data), row["created_at"]),
+            )
+            self._execute(
+                "DELETE FROM comparisons WHERE user_id = ? AND id NOT IN (SELECT id FROM comparisons WHERE "
+                "user_id = ? ORDER BY created_at DESC, id DESC LIMIT ?)",
+                (user_id, user_id, max(1, int(keep))),
+            )
+        return row
+
+    def _comparison(self, user_id: str, comparison_id: str) -> dict[str, Any] | None:
+        row = self._one(
+            "SELECT id, prompt, answer_a, answer_b, data, choice, created_at, chosen_at FROM comparisons "
+            "WHERE id = ? AND user_id = ?",
+            (comparison_id, user_id),
+        )
+        if row is not None:
+            row["data"] = json.loads(row["data"])
+        return row
+
+    def _recent_prompts(self, user_id: str, limit: int) -> list[str]:
+        rows = self._rows("SELECT prompt FROM comparisons WHERE user_id = ? ORDER BY created_at DESC, id DESC "
+                          "LIMIT ?", (user_id, max(0, int(limit))))
+        return [r["prompt"] for r in rows]
+
     # -- the interface
 
     async def create_user(self, token_hash: str, max_users: int) -> dict[str, Any] | None:
@@ -317,6 +455,28 @@ class SQLStore(Store):
 
     async def delete_session(self, user_id: str, session_id: str) -> bool:
         return await self._run(self._delete_session, user_id, session_id)
+
+    async def get_profile(self, user_id: str) -> dict[str, Any] | None:
+        return await self._run(self._get_profile, user_id)
+
+    async def save_profile(self, user_id: str, profile: str, *, choices: int, expected_revision: str | None,
+                           replace: bool = False, comparison_id: str | None = None,
+                           choice: str | None = None) -> dict[str, Any] | None:
+        return await self._run(self._save_profile_or_none, user_id, profile, choices, expected_revision, replace,
+                               comparison_id, choice)
+
+    async def delete_profile(self, user_id: str) -> bool:
+        return await self._run(self._delete_profile, user_id)
+
+    async def add_comparison(self, user_id: str, prompt: str, answer_a: str, answer_b: str, data: dict[str, Any],
+                             *, keep: int) -> dict[str, Any]:
+        return await self._run(self._add_comparison, user_id, prompt, answer_a, answer_b, data, keep)
+
+    async def comparison(self, user_id: str, comparison_id: str) -> dict[str, Any] | None:
+        return await self._run(self._comparison, user_id, comparison_id)
+
+    async def recent_prompts(self, user_id: str, limit: int) -> list[str]:
+        return await self._run(self._recent_prompts, user_id, limit)
 
 
 class SQLiteStore(SQLStore):

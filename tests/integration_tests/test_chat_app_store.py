@@ -285,3 +285,104 @@ def test_two_app_processes_share_one_postgres_database(postgres: PostgresServer,
     finally:
         for s in servers:
             s.stop()
+
+
+# -- preference profiles and comparisons, on both ------------------------------------------------------------
+
+
+async def test_a_profile_is_stored_per_user_and_written_only_at_the_revision_read(store: Store) -> None:
+    a = (await store.create_user("a" * 64, 10))["id"]
+    b = (await store.create_user("b" * 64, 10))["id"]
+    assert await store.get_profile(a) is None
+    # No profile yet: written only when the writer expected none.
+    assert await store.save_profile(a, '{"v": 1}', choices=1, expected_revision="nope") is None
+    first = await store.save_profile(a, '{"v": 1}', choices=1, expected_revision=None)
+    assert first is not None and first["choices"] == 1
+    assert await store.get_profile(a) == {"profile": '{"v": 1}', "choices": 1, "revision": first["revision"],
+                                          "updated_at": pytest.approx(first["updated_at"])}
+    assert await store.get_profile(b) is None  # B has none of A's
+    # A writer that read an older revision (another process wrote meanwhile) writes nothing.
+    second = await store.save_profile(a, '{"v": 2}', choices=2, expected_revision=first["revision"])
+    assert second is not None and second["revision"] != first["revision"]
+    assert await store.save_profile(a, '{"v": 3}', choices=3, expected_revision=first["revision"]) is None
+    assert await store.save_profile(a, '{"v": 3}', choices=3, expected_revision=None) is None
+    assert (await store.get_profile(a))["profile"] == '{"v": 2}'
+    # An import replaces whatever is there.
+    imported = await store.save_profile(a, '{"v": "imported"}', choices=7, expected_revision=None, replace=True)
+    assert imported is not None and (await store.get_profile(a))["choices"] == 7
+    # Reset: the profile and the comparisons go; a new profile gets a revision never used before.
+    await store.add_comparison(a, "Q?", "one", "two", {}, keep=10)
+    assert await store.delete_profile(a) is True
+    assert await store.get_profile(a) is None and await store.recent_prompts(a, 10) == []
+    assert await store.delete_profile(a) is False
+    again = await store.save_profile(a, '{"v": 1}', choices=1, expected_revision=None)
+    assert again is not None and again["revision"] not in {first["revision"], second["revision"],
+                                                           imported["revision"]}
+
+
+async def test_a_pick_names_a_stored_comparison_of_the_same_user_and_counts_once(store: Store) -> None:
+    a = (await store.create_user("a" * 64, 10))["id"]
+    b = (await store.create_user("b" * 64, 10))["id"]
+    data = {"personas": ["concise", "informative"], "features": [[0.1, -0.2], [0.3, 0.4]], "complete": [True, False]}
+    made = await store.add_comparison(a, "Why do cats purr?", "Answer one.", "Answer two.", data, keep=10)
+    assert len(made["id"]) == 32
+    stored = await store.comparison(a, made["id"])
+    assert stored is not None and stored["data"] == data and stored["choice"] is None
+    assert (stored["prompt"], stored["answer_a"], stored["answer_b"]) == ("Why do cats purr?", "Answer one.",
+                                                                          "Answer two.")
+    assert await store.comparison(b, made["id"]) is None  # another user's comparison is unknown to B
+    # B cannot answer A's comparison, and nothing of B's profile is written by trying.
+    assert await store.save_profile(b, "{}", choices=1, expected_revision=None, comparison_id=made["id"],
+                                    choice="a") is None
+    assert await store.get_profile(b) is None and (await store.comparison(a, made["id"]))["choice"] is None
+    # A answers it once: the profile and the pick are written together.
+    record = await store.save_profile(a, '{"p": 1}', choices=1, expected_revision=None, comparison_id=made["id"],
+                                      choice="b")
+    assert record is not None
+    answered = await store.comparison(a, made["id"])
+    assert answered["choice"] == "b" and answered["chosen_at"] is not None
+    # A second pick of the same comparison writes nothing, not even the profile.
+    assert await store.save_profile(a, '{"p": 2}', choices=2, expected_revision=record["revision"],
+                                    comparison_id=made["id"], choice="a") is None
+    assert (await store.get_profile(a))["profile"] == '{"p": 1}'
+    assert (await store.comparison(a, made["id"]))["choice"] == "b"
+
+
+async def test_comparisons_are_bounded_per_user_and_hostile_ids_are_plain_values(store: Store) -> None:
+    a = (await store.create_user("a" * 64, 10))["id"]
+    b = (await store.create_user("b" * 64, 10))["id"]
+    made = [await store.add_comparison(a, f"Q{i}", "x", "y", {}, keep=3) for i in range(5)]
+    await store.add_comparison(b, "B's", "x", "y", {}, keep=3)
+    assert await store.recent_prompts(a, 10) == ["Q4", "Q3", "Q2"]  # only the newest three are kept
+    assert await store.comparison(a, made[0]["id"]) is None and await store.comparison(a, made[4]["id"])
+    assert await store.recent_prompts(b, 10) == ["B's"]  # another user's are their own
+    for hostile in HOSTILE:
+        assert await store.comparison(a, hostile) is None
+        assert await store.comparison(hostile, made[4]["id"]) is None
+        assert await store.get_profile(hostile) is None
+        assert await store.delete_profile(hostile) is False
+        assert await store.save_profile(a, "{}", choices=1, expected_revision=None, comparison_id=hostile,
+                                        choice="a") is None
+    weird = "x'); DROP TABLE profiles; --"
+    record = await store.save_profile(a, weird, choices=1, expected_revision=None)
+    assert record is not None and (await store.get_profile(a))["profile"] == weird
+    assert len(await store.recent_prompts(a, 10)) == 3
+
+
+async def test_a_profile_written_through_one_pool_is_read_through_another(backend: Any) -> None:
+    first, second = backend(), backend()  # two app processes on one database
+    try:
+        a = (await first.create_user("a" * 64, 10))["id"]
+        made = await first.add_comparison(a, "Q?", "one", "two", {"k": 1}, keep=10)
+        assert (await second.comparison(a, made["id"]))["data"] == {"k": 1}
+        record = await second.save_profile(a, '{"p": 1}', choices=1, expected_revision=None,
+                                           comparison_id=made["id"], choice="none")
+        assert (await first.get_profile(a))["revision"] == record["revision"]
+        # Both try to write on top of the same revision at once: exactly one succeeds.
+        results = await asyncio.gather(*(s.save_profile(a, f'{{"by": {i}}}', choices=2,
+                                                        expected_revision=record["revision"])
+                                         for i, s in enumerate([first, second] * 4)))
+        assert sum(r is not None for r in results) == 1
+    finally:
+        first.close()
+        second.close()
