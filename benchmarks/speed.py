@@ -4,6 +4,8 @@
     .venv/bin/python -m benchmarks.speed --suite    # everything `make bench` reports
     .venv/bin/python -m benchmarks.speed --quick    # tiny sizes, to check that it runs
     .venv/bin/python -m benchmarks.speed --device cuda   # on a GPU (random-init stand-in weights, see --random-init)
+    .venv/bin/python -m benchmarks.speed --backend transformers llamacpp   # every rule on each backend
+                                                      # (benchmarks/backends.py; its own options)
 
 Run it from the repository root, as a module. How long each takes: benchmarks/README.md.
 
@@ -518,6 +520,11 @@ class Results:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--backend" in argv:  # every rule on each backend, side by side: benchmarks/backends.py
+        from benchmarks import backends
+
+        return backends.main(argv)
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():

@@ -15,7 +15,7 @@ with 95% CIs, without guards, both preferences at once, guard failures, plain-mo
 ``quality_measurable`` (direct vs none and the A/A control: which dimensions are measurable),
 ``quality_dose`` (win rate and perplexity against γ), ``speed_rules`` (the main section: tokens/s against
 ``generate``, forward calls, batch rows, loops) and ``speed_lengths`` (tokens/s at each length, and whether the
-answer had fallen into a loop by then).
+answer had fallen into a loop by then), ``backends`` (every rule on each backend: benchmarks/backends.py).
 """
 
 from __future__ import annotations
@@ -251,7 +251,40 @@ def speed_lengths(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+BACKEND_LABELS = {
+    "generate": "`model.generate` (direct prompt)", "native": "llama.cpp's own `Llama.generate` (direct prompt)",
+    "direct": "direct prompt (engine)", "speculative": "Persona-judge, speculative",
+    "lockstep": "Persona-judge, lockstep", "product": "product (Σ w log p)",
+    "judge_g2": "Persona-judge, γ=2 (+ reference row)", "product_g1.5": "product, γ=1.5 (+ reference row)",
+}
+
+
+def backends(report: dict[str, Any]) -> str:
+    """Every rule on each backend (benchmarks/backends.py): tokens/s, ratios, rows per token, loops."""
+    cfg, table = report["config"], report["table"]
+    lines = [f"| rule ({cfg['max_new_tokens']} tokens, greedy, λ=4) | backend | tokens/s | × own direct prompt | "
+             "× llama.cpp direct | forwards / token | rows / token | answers looping |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for row in table.values():
+        lines.append(
+            f"| {BACKEND_LABELS.get(row['condition'], row['condition'])} | {row['backend']} | "
+            f"{row['tokens_per_s']:.1f} | {row.get('vs_' + row['backend'] + '_direct', float('nan')):.2f}× | "
+            f"{row.get('vs_llamacpp_native', float('nan')):.2f}× | {row['forwards_per_token']:.2f} | "
+            f"{row['rows_per_token']:.2f} | {_pct(row['looping_share'])} |")
+    crit = report.get("criteria", {})
+    m = cfg["machine"]
+    lines.append(
+        f"\n{len(cfg['questions'])} questions × {cfg['repeats']} repeats, interleaved (A B … B A), EOS ignored; "
+        f"{m['cpu']}, {cfg['threads']} thread(s), load average at the end {m.get('load_average')}. Persona-judge "
+        f"(its faster schedule) on llama.cpp: **{crit.get('persona_judge_llamacpp_vs_transformers', float('nan')):.2f}×** "
+        f"Persona-judge on transformers, **{crit.get('persona_judge_llamacpp_vs_native_direct', float('nan')):.2f}×** "
+        "llama.cpp decoding the direct prompt. Rows / token: token positions the model computed per emitted token "
+        "(prompts included).")
+    return "\n".join(lines) + "\n"
+
+
 TABLES: dict[str, Callable[[dict[str, Any]], str]] = {
+    "backends": backends,
     "quality_rules": quality_rules,
     "quality_measurable": quality_measurable,
     "quality_dose": quality_dose,

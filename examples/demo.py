@@ -60,7 +60,9 @@ def main() -> None:
         print(
             f"\n\n[{tokens} tokens in {elapsed:.1f} s, {tokens / max(elapsed, 1e-9):.1f} tok/s; "
             f"acceptance {stats.get('acceptance_rate', 0):.0%}, "
-            f"{stats.get('tokens_per_iteration', 0):.2f} tokens per draft/judge iteration]\n",
+            f"{stats.get('tokens_per_iteration', 0):.2f} tokens per draft/judge iteration; "
+            f"{last.response_metadata.get('backend', '?') if last is not None else '?'} backend, "
+            f"{stats.get('schedule', '?')} schedule]\n",
             flush=True,
         )
 

@@ -194,6 +194,9 @@ class ChatPersonaJudge(BaseChatModel):
             ``cpu``, ``cuda``, ``auto``; unset: ``$PERSONA_JUDGE_DEVICE``, else CUDA when available.
         dtype: Optional[str]
             e.g. ``float32``, ``bfloat16``; unset: fp32 on CPU, the checkpoint's dtype on GPU.
+        backend: str
+            ``auto`` (llama.cpp for a GGUF model on a CPU when ``llama-cpp-python`` is installed, else
+            transformers), ``transformers`` or ``llamacpp``; ``response_metadata["backend"]`` names the one used.
 
     Instantiate:
         .. code-block:: python

@@ -208,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: CUDA when available)")
     model.add_argument("--dtype", help="weights dtype, e.g. float32 or bfloat16 (default: fp32 on CPU)")
+    model.add_argument("--backend", choices=["auto", "transformers", "llamacpp"], default="auto",
+                       help="what runs the model: llamacpp (a GGUF file, quantised, fast on CPU), transformers, or "
+                            "auto (llama.cpp for a GGUF model on a CPU when installed; default)")
 
     output = parser.add_argument_group("output")
     output.add_argument(
@@ -314,6 +317,7 @@ def _make_llm(
         model=args.model,
         device=args.device,
         dtype=args.dtype,
+        backend=args.backend,
         preferences=preferences,
         registry=args.registry,
         composition=composition or args.composition,

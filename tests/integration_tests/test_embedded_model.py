@@ -29,7 +29,7 @@ def test_loads_from_the_conversion_cache(embedded, capsys):
     assert (loading.cache_dir() / "converted").as_posix() in converted
     config = loading.Path(converted) / "config.json"
     stamp = config.stat().st_mtime_ns
-    model, tokenizer = load_model(device="cpu")
+    model, tokenizer = load_model(device="cpu", backend="transformers")
     assert "Converting" not in capsys.readouterr().err  # no second conversion
     assert config.stat().st_mtime_ns == stamp
     assert model.config.model_type == "llama" and model.dtype == torch.float32
@@ -37,7 +37,7 @@ def test_loads_from_the_conversion_cache(embedded, capsys):
     assert not model.training
     # A float32 CPU model gets oneDNN-packed linear layers (auto), which a caller can turn off.
     assert is_prepacked(model) == prepack_supported()
-    plain, _ = load_model(device="cpu", prepack=False)
+    plain, _ = load_model(device="cpu", prepack=False, backend="transformers")
     assert not is_prepacked(plain)
 
 
