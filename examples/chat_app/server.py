@@ -1,5 +1,6 @@
 """A small chat server for ChatPersonaJudge, for many people: accounts, streaming answers (server-sent events),
-conversations in SQLite or PostgreSQL, and each answer's per-token provenance.
+conversations in SQLite or PostgreSQL, each answer's per-token provenance, and a preference profile learned from
+each user's picks between two answers.
 
 Run it (from the repository root):
 
@@ -33,6 +34,8 @@ and open http://127.0.0.1:8000/. Configuration (environment variables):
     CHAT_TORCH_THREADS   torch intra-op threads per generation (default: CPU cores // MAX_CONCURRENT, at least 1:
                          on a few cores, concurrent generations with many threads each mostly wait for each other)
     CHAT_PRELOAD         load the model at start-up (default 1) so the first answer does not wait for it
+    CHAT_PROFILE_MAX_TOKENS  length of each of the two answers a comparison shows (default 48)
+    CHAT_PROFILE_EVERY   the page offers a comparison after every Nth answer (default 5; 0: only on demand)
     LOG_LEVEL            log level (default warning); errors are logged with their details, clients get none
 
 HTTP API (JSON unless said otherwise). Every /api/ endpoint but POST /api/users needs
@@ -57,6 +60,18 @@ user's conversation or generation: 404, exactly as an unknown one):
                                         cancelled/error) and whether its decoding thread is still running
     GET  /api/stats                     running/queued generations, decoding threads busy, the admission queue,
                                         totals, and the caller's answers in flight
+    GET  /api/profile                   the caller's preference profile: weights [{name, weight}], top poles,
+                                        number of choices, description
+    DELETE /api/profile                 reset it (the profile and the comparisons)
+    POST /api/profile/comparisons       {"prompt"?} -> {"id", "prompt", "answer_a", "answer_b"}: two answers decoded
+                                        under contrasting personas (the learner's rule); 429 like a message
+    POST /api/profile/comparisons/{id}/choice  {"choice": "a" | "b" | "none"} -> the updated profile
+    GET  /api/profile/export            the profile file, as `persona-judge learn` writes it (?format=yaml|json)
+    PUT  /api/profile/import            a profile file (the body: YAML or JSON); 422 malformed, 409 another model
+                                        or basis
+
+A message that picks no persona and no free-text preference is decoded with the caller's profile, when they have
+one (``ChatPersonaJudge(profile=...)``; its ``done`` event and stored metadata say so under ``profile``).
 
 Admission: the library's own queue (``ChatPersonaJudge(max_concurrency=MAX_CONCURRENT, max_queue=MAX_QUEUE)``,
 one FIFO queue per model) decides which generations decode and which wait; a generation is ``queued`` until
@@ -99,7 +114,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
@@ -107,6 +122,7 @@ from pydantic import BaseModel, Field, StringConstraints, field_validator
 
 from langchain_persona_judge import QueueFullError
 
+from .profiles import Profiles
 from .provenance import provenance
 from .security import Guard, allowed_hosts, bearer_token, hash_token, new_token, page_csp, token_matches
 from .storage import ConversationGone, Store, default_db_path, open_store
@@ -183,6 +199,10 @@ class Settings:
     model: str | None = None
     torch_threads: int | None = None  # None: leave torch's setting alone
     preload: bool = True
+    profile_max_tokens: int = 48
+    """Length of each of the two answers a comparison shows (short: generating and scoring them takes seconds)."""
+    profile_every: int = 5
+    """The page offers a comparison after every this many answers (0: only when asked)."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -209,6 +229,8 @@ class Settings:
             model=os.environ.get("CHAT_MODEL") or None,
             torch_threads=threads,
             preload=_env_flag("CHAT_PRELOAD", True),
+            profile_max_tokens=_env_int("CHAT_PROFILE_MAX_TOKENS", 48, 1),
+            profile_every=_env_int("CHAT_PROFILE_EVERY", 5, 0),
         )
         settings.max_tokens_cap = max(settings.max_tokens_cap, settings.max_tokens)
         return settings
@@ -358,10 +380,33 @@ class MessageIn(BaseModel):
 
 @dataclass(frozen=True)
 class Plan:
-    """What a validated message is decoded with: the preference texts, in persona order, and their labels."""
+    """What a validated message is decoded with: the preference texts, in persona order, and their labels; or,
+    when it picks none, the caller's learned profile (``profile``: its poles and description as weighted personas,
+    ``labels`` theirs)."""
 
     preferences: list[str]
     labels: list[str]
+    profile: Any = None
+    profile_texts: tuple[str, ...] = ()
+    profile_note: str | None = None
+    """Why the caller's profile was not used (learned with another model), when it was not."""
+
+
+class ComparisonIn(BaseModel):
+    prompt: str | None = Field(default=None, max_length=1000)
+    """The question to answer twice; none or blank: one from the built-in pool."""
+
+    @field_validator("prompt")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        if value is not None and "\x00" in value:
+            raise ValueError("must not contain a NUL character")
+        return value
+
+
+class ChoiceIn(BaseModel):
+    choice: Literal["a", "b", "none"]
+    """The first answer, the second, or no preference."""
 
 
 @dataclass(frozen=True)
@@ -399,8 +444,13 @@ class ChatService:
         self._tokenizer: Any = None
         self._session_locks: dict[str, list[Any]] = {}  # session id -> [lock, users]
         self._tasks: set[asyncio.Task[None]] = set()
-        self._active = 0  # generations accepted and not finished
-        self._in_flight: dict[str, int] = {}  # user id -> generations accepted and not finished
+        self._active = 0  # generations (and comparisons being made) accepted and not finished
+        self._in_flight: dict[str, int] = {}  # user id -> the same, per user
+        self.comparisons_running = 0
+        self.profiles = Profiles(
+            self.store, self.llm, self.executor, self.job, max_tokens=settings.profile_max_tokens,
+            repetition_penalty=settings.repetition_penalty, max_description_chars=PREFERENCE_CHARS,
+        )
 
     async def preload(self) -> None:
         """Load the weights (and warm the first forward) before the first request."""
@@ -475,6 +525,20 @@ class ChatService:
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             )
 
+    @asynccontextmanager
+    async def job(self, user: User) -> AsyncIterator[None]:
+        """Admit and count one comparison being made (two answers decoded, then scored) like one answer: 429 when
+        the caller or the model is at its limit (checked and counted synchronously, as for a message)."""
+        self.refuse_if_full(user)
+        self._active += 1
+        self._in_flight[user.id] = self._in_flight.get(user.id, 0) + 1
+        self.comparisons_running += 1
+        try:
+            yield
+        finally:
+            self.comparisons_running -= 1
+            self._release(user.id)
+
     # -- personas
 
     def personas(self) -> list[dict[str, Any]]:
@@ -515,6 +579,18 @@ class ChatService:
             seen.setdefault(text, label)
         return Plan(list(seen), list(seen.values()))
 
+    async def plan_with_profile(self, user: User, plan: Plan) -> Plan:
+        """A message that picks no persona and no preference is decoded with the caller's profile, if any."""
+        if plan.preferences:
+            return plan
+        profile, note = await self.profiles.for_decoding(user.id)
+        if profile is None:
+            return Plan([], [], profile_note=note)
+        decoding = profile.decoding_plan()
+        labels = [getattr(p, "name", None) or str(p) for p in decoding.preferences]
+        texts = tuple(getattr(p, "description", None) or str(p) for p in decoding.preferences)
+        return Plan([], labels, profile=profile, profile_texts=texts)
+
     # -- generations
 
     def stats(self, user: User) -> dict[str, Any]:
@@ -525,6 +601,7 @@ class ChatService:
             "running": states.count("running"),
             "queued": states.count("queued"),
             "decoding_threads": self.executor.live,
+            "comparisons": self.comparisons_running,
             "admission": self.admission(),
             **self.totals,
             "uptime_s": round(time.time() - self.started_at, 1),
@@ -555,12 +632,15 @@ class ChatService:
         return gen
 
     def _finished(self, gen: Generation) -> None:
+        self._release(gen.user_id)
+
+    def _release(self, user_id: str) -> None:
         self._active -= 1
-        left = self._in_flight.get(gen.user_id, 1) - 1
+        left = self._in_flight.get(user_id, 1) - 1
         if left > 0:
-            self._in_flight[gen.user_id] = left
+            self._in_flight[user_id] = left
         else:
-            self._in_flight.pop(gen.user_id, None)
+            self._in_flight.pop(user_id, None)
 
     def cancel(self, gen: Generation, reason: str, *, force: bool = False) -> None:
         """Stop a generation. One that has finished decoding is left to store its answer, unless ``force``."""
@@ -646,7 +726,12 @@ class ChatService:
         usage = final.get("usage_metadata") or {}
         gen.output_tokens = int(usage.get("output_tokens", gen.pieces))
         meta.update(self._timings(gen), finish_reason=metadata.get("finish_reason"), usage=usage,
-                    persona_judge=metadata.get("persona_judge"), preferences_used=plan.preferences)
+                    persona_judge=metadata.get("persona_judge"),
+                    preferences_used=plan.preferences or list(plan.profile_texts))
+        if plan.profile is not None:  # what the profile added: its poles with their weights, its description
+            meta["profile"] = metadata.get("profile") or {}
+        elif plan.profile_note:
+            meta["profile_not_used"] = plan.profile_note
         trace = final.get("trace")
         if trace and self._tokenizer is not None:
             labels = plan.labels or ["no preference"]
@@ -718,6 +803,8 @@ class ChatService:
             options["combine"] = body.combine
         if body.seed is not None:
             options["seed"] = body.seed
+        if plan.profile is not None:
+            options["profile"] = plan.profile
         final: dict[str, Any] = {}
         stream = self.llm.astream(context, **options)
         try:
@@ -735,7 +822,8 @@ class ChatService:
                     final["usage_metadata"] = dict(chunk.usage_metadata)
                 if chunk.response_metadata.get("finish_reason"):
                     final["response_metadata"] = {
-                        k: chunk.response_metadata.get(k) for k in ("finish_reason", "persona_judge", "model_name")
+                        k: chunk.response_metadata.get(k)
+                        for k in ("finish_reason", "persona_judge", "model_name", "profile")
                     }
                     final["trace"] = chunk.response_metadata.get("trace")
         finally:
@@ -884,6 +972,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "max_in_flight": settings.max_in_flight,
             "model": service.llm.display_name,
             "user_id": user.id,
+            "profile_every": settings.profile_every,
+            "profile_max_tokens": settings.profile_max_tokens,
         }
 
     @app.get("/api/personas")
@@ -924,7 +1014,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if body.max_tokens is not None and body.max_tokens > settings.max_tokens_cap:
             raise HTTPException(422, f"max_tokens={body.max_tokens} is over this server's cap of "
                                      f"{settings.max_tokens_cap} (CHAT_MAX_TOKENS_CAP).")
-        plan = service.plan(body)
+        plan = await service.plan_with_profile(user, service.plan(body))
         service.refuse_if_full(user)
         gen = service.start(user, session_id, body, plan)
         return StreamingResponse(
@@ -943,6 +1033,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/api/stats")
     async def stats(user: Caller) -> JSONResponse:
         return JSONResponse(service.stats(user))
+
+    # -- the caller's preference profile
+
+    @app.get("/api/profile")
+    async def get_profile(user: Caller) -> dict[str, Any]:
+        return await service.profiles.get(user.id)
+
+    @app.delete("/api/profile")
+    async def reset_profile(user: Caller) -> dict[str, Any]:
+        return await service.profiles.reset(user.id)
+
+    @app.post("/api/profile/comparisons", status_code=201)
+    async def new_comparison(user: Caller, body: ComparisonIn | None = None) -> dict[str, Any]:
+        return await service.profiles.propose(user, None if body is None else body.prompt)
+
+    @app.post("/api/profile/comparisons/{comparison_id}/choice")
+    async def choose(comparison_id: str, body: ChoiceIn, user: Caller) -> dict[str, Any]:
+        return await service.profiles.choose(user, comparison_id, body.choice)
+
+    @app.get("/api/profile/export")
+    async def export_profile(user: Caller,
+                             fmt: Annotated[Literal["yaml", "json"], Query(alias="format")] = "yaml") -> Response:
+        text, name = await service.profiles.export(user.id, fmt)
+        media = "application/json" if fmt == "json" else "application/yaml"
+        return Response(text, media_type=f"{media}; charset=utf-8",
+                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+    @app.put("/api/profile/import")
+    async def import_profile(request: Request, user: Caller) -> dict[str, Any]:
+        return await service.profiles.import_(user.id, await request.body())
 
     return app
 
