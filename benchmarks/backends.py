@@ -19,6 +19,10 @@ preference in one system prompt, plain decoding), Persona-judge on the ``specula
 schedule, ``product`` (Σ w_i log p_i), ``judge_g2`` (Persona-judge over guided personas, γ=2, lockstep, plus the
 reference row) and ``product_g1.5``. Every run emits exactly --max-new-tokens tokens (EOS ignored), greedy.
 
+After the runs, ``decode_ms``: one forward's milliseconds as it adds n = 1, 2, 3, 5 tokens to one sequence (the
+speculative judge's read) or one token to each of n sequences (a lockstep step), on each backend — what a second
+persona costs there.
+
 Per condition: tokens/s, its ratio to each backend's direct prompt and to llama.cpp's native direct decoding,
 forward calls and token positions ("rows") per emitted token, and whether the answer had fallen into a loop.
 Results: benchmarks/results/backends.json (``--out``); ``benchmarks/tables.py`` renders the README's table.
@@ -37,6 +41,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import RESULTS, machine_info
+from langchain_persona_judge.decoding.options import DecodingStats
 from benchmarks.metrics import loop_report
 from benchmarks.speed import PREFERENCES, QUESTIONS
 
@@ -113,6 +118,62 @@ def run_once(backend: str, condition: str, models: dict[str, Any], prompts: dict
     return {"backend": backend, "condition": condition, "seconds": seconds, "tokens": len(tokens),
             "token_ids": tokens, "forward_calls": stats["forward_calls"], "positions": stats["positions"],
             "loop": loop_report(tokens)}
+
+
+def decode_costs(models: dict[str, Any], prompt: list[int], sizes: tuple[int, ...] = (1, 2, 3, 5), reps: int = 9
+                 ) -> dict[str, Any]:
+    """Milliseconds of one forward that adds ``n`` tokens to a ``len(prompt)``-token context, logits at every new
+    position (best of ``reps``): as ``n`` positions of one sequence (the speculative judge) and as one position in
+    each of ``n`` sequences (a lockstep step). What a second persona costs on each backend follows from these."""
+    out: dict[str, Any] = {}
+    stats = DecodingStats()
+    if "llamacpp" in models:
+        llama = models["llamacpp"]
+        context = llama.context(max(sizes), (len(prompt) + 8) * max(sizes))
+        for seq in range(max(sizes)):
+            context.decode([(t, i, seq, i == len(prompt) - 1) for i, t in enumerate(prompt)], stats)
+        base = len(prompt)
+        rows: dict[str, Any] = {}
+        for n in sizes:
+            for kind in ("tokens", "sequences"):
+                best = float("inf")
+                for _ in range(reps):
+                    items = ([(500, base + i, 0, True) for i in range(n)] if kind == "tokens" else
+                             [(500, base, s, True) for s in range(n)])
+                    start = time.perf_counter()
+                    context.decode(items, stats)
+                    best = min(best, time.perf_counter() - start)
+                    for s in ({0} if kind == "tokens" else range(n)):
+                        context.crop(s, base)
+                rows[f"{n} {kind}"] = round(best * 1000, 2)
+        context.close()
+        out["llamacpp"] = rows
+    if "transformers" in models:
+        from transformers import DynamicCache
+
+        from langchain_persona_judge.decoding.backends import ForwardSignature
+
+        model = models["transformers"]
+        name = ForwardSignature(model).cache_argument  # past_key_values before transformers 5.24, cache after
+        rows = {}
+        with torch.inference_mode():
+            for n in sizes:
+                for kind in ("tokens", "sequences"):
+                    width = 1 if kind == "sequences" else n
+                    batch = n if kind == "sequences" else 1
+                    ids = torch.tensor([prompt] * batch)
+                    cache = DynamicCache(config=model.config)
+                    model(input_ids=ids, **{name: cache}, use_cache=True, logits_to_keep=1)
+                    best = float("inf")
+                    for _ in range(reps):
+                        new = torch.full((batch, width), 500)
+                        start = time.perf_counter()
+                        model(input_ids=new, **{name: cache}, use_cache=True, logits_to_keep=width)
+                        best = min(best, time.perf_counter() - start)
+                        cache.crop(-width)
+                    rows[f"{n} {kind}"] = round(best * 1000, 2)
+        out["transformers"] = rows
+    return out
 
 
 def plan(backends: list[str]) -> list[tuple[str, str]]:
@@ -202,6 +263,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"  {backend:12s} {condition:13s} {run['tokens'] / run['seconds']:7.1f} tok/s", file=sys.stderr,
                   flush=True)
     summary = summarise(runs)
+    costs = decode_costs(models, prompts_for(tokenizer, questions[0])["personas"][0].tolist())
     report = {
         "benchmark": "backends",
         "config": {"max_new_tokens": args.max_new_tokens, "questions": questions, "repeats": args.repeats,
@@ -209,6 +271,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    "model": "SmolLM2-135M-Instruct Q4_1 GGUF (embedded)", "threads": args.threads,
                    "machine": machine_info("cpu", args.threads), "seconds": round(time.perf_counter() - started, 1)},
         **summary,
+        "decode_ms": costs,
         "runs": runs,
     }
     out = args.out or RESULTS / ("backends_quick.json" if args.quick else "backends.json")
@@ -219,6 +282,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"{key:28s} {row['tokens_per_s']:8.1f} {row.get('vs_' + row['backend'] + '_direct', float('nan')):14.2f} "
               f"{row.get('vs_llamacpp_native', float('nan')):13.2f} {row['rows_per_token']:9.2f} "
               f"{row['looping_share']:.0%}")
+    print(f"\nms per forward adding n tokens (one sequence) or one token to each of n sequences: {costs}")
     print(f"\ncriteria: {summary['criteria']}\nwritten to {out}")
     return report
 

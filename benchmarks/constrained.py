@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.quick:
         args.tokens, args.questions = 32, 2
-    model, tokenizer = shared_model(None, device="cpu")
+    model, tokenizer = shared_model(None, device="cpu", backend="transformers")
     result: dict[str, Any] = {"model": "SmolLM2-135M-Instruct", "device": "cpu", "threads": args.threads,
                               "tokens": args.tokens, "personas": len(PREFERENCES), "lookahead": 4}
     with _threads(args.threads):

@@ -89,13 +89,14 @@ DEFAULT_MAX_MINUTES = 6.0  # `make bench` passes what its time budget leaves (se
 _STATE: dict[str, Any] = {}
 
 
-def _init_worker(model: str | None, threads: int, device: str = "cpu") -> None:
+def _init_worker(model: str | None, threads: int, device: str = "cpu", backend: str = "transformers") -> None:
     import torch
 
     torch.set_num_threads(threads)
     from langchain_persona_judge import load_model
 
-    _STATE["model"], _STATE["tokenizer"] = load_model(model, device=device)
+    # transformers: every saved record was decoded on it, and the perplexity reads its forward.
+    _STATE["model"], _STATE["tokenizer"] = load_model(model, device=device, backend=backend)
 
 
 _CONDITION = re.compile(r"^(persona_judge|product|direct)_g(-?[\d.]+)$")

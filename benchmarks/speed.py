@@ -411,8 +411,8 @@ def cached_reload_seconds(runs: int = 3) -> dict[str, Any]:
     code = (
         "import time; t0 = time.perf_counter();"
         "from langchain_persona_judge import load_model; t1 = time.perf_counter();"
-        "load_model(device='cpu'); t2 = time.perf_counter();"
-        "load_model(device='cpu'); t3 = time.perf_counter();"
+        "load_model(device='cpu', backend='transformers'); t2 = time.perf_counter();"
+        "load_model(device='cpu', backend='transformers'); t3 = time.perf_counter();"
         "print(t2 - t1, t3 - t2, t2 - t0)"
     )
     samples = []

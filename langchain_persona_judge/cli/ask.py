@@ -405,6 +405,7 @@ class Answer:
     stats: dict[str, Any] = field(default_factory=dict)
     preferences: list[str] = field(default_factory=list)
     model: str | None = None
+    backend: str | None = None
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
@@ -415,6 +416,7 @@ class Answer:
             "stats": self.stats,
             "preferences": self.preferences,
             "model": self.model,
+            "backend": self.backend,
             "seconds": round(self.seconds, 3),
         }
 
@@ -436,6 +438,7 @@ def _answer(llm: ChatPersonaJudge, messages: list[BaseMessage], out: IO[str] | N
             answer.finish_reason = meta.get("finish_reason")
             answer.preferences = list(meta.get("preferences", []))
             answer.model = meta.get("model_name")
+            answer.backend = meta.get("backend")
     answer.seconds = time.perf_counter() - start
     return answer
 

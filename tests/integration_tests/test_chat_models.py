@@ -1,4 +1,6 @@
-"""Behavioural tests of ChatPersonaJudge on the real embedded SmolLM2-135M-Instruct (greedy, short answers).
+"""Behavioural tests of ChatPersonaJudge on the real embedded SmolLM2-135M-Instruct (greedy, short answers), on
+the transformers backend (they compare with transformers' own `generate`; the standard suites and
+test_llamacpp_embedded.py run the default, llama.cpp).
 
 The weights are loaded once per process and shared by every ChatPersonaJudge here and in test_standard.py.
 Nothing here hard-codes what the model says: answers are compared with each other, with the emitted token
@@ -33,7 +35,7 @@ QUESTION = "Why is the sky blue?"
 
 @pytest.fixture(scope="module")
 def llm() -> ChatPersonaJudge:
-    return ChatPersonaJudge(preferences=PREFERENCES, temperature=0, max_tokens=24)
+    return ChatPersonaJudge(backend="transformers", preferences=PREFERENCES, temperature=0, max_tokens=24)
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +158,7 @@ def test_stop_string_cuts_the_answer(llm: ChatPersonaJudge, answer: SimpleNamesp
     assert result.response_metadata["finish_reason"] == "stop"
     assert result.usage_metadata["output_tokens"] < answer.result.usage_metadata["output_tokens"]
 
-    field_stop = ChatPersonaJudge(preferences=PREFERENCES, temperature=0, max_tokens=24, stop=[stop])
+    field_stop = ChatPersonaJudge(backend="transformers", preferences=PREFERENCES, temperature=0, max_tokens=24, stop=[stop])
     chunks = list(field_stop.stream(QUESTION))
     assert "".join(c.content for c in chunks) == expected
     assert chunks[-1].response_metadata["finish_reason"] == "stop"
@@ -164,19 +166,19 @@ def test_stop_string_cuts_the_answer(llm: ChatPersonaJudge, answer: SimpleNamesp
 
 def test_one_preference_and_none_are_plain_greedy_decoding(weights: SimpleNamespace) -> None:
     preference = "Answer like a pirate."
-    single = ChatPersonaJudge(preferences=[preference], temperature=0, max_tokens=12).invoke(QUESTION)
+    single = ChatPersonaJudge(backend="transformers", preferences=[preference], temperature=0, max_tokens=12).invoke(QUESTION)
     system = render_preferences("system", [preference])
     assert preference in system
     expected = hf_greedy(weights, [{"role": "system", "content": system}, {"role": "user", "content": QUESTION}], 12)
     assert trace_ids(single) == expected
 
-    plain = ChatPersonaJudge(temperature=0, max_tokens=12).invoke(QUESTION)
+    plain = ChatPersonaJudge(backend="transformers", temperature=0, max_tokens=12).invoke(QUESTION)
     assert trace_ids(plain) == hf_greedy(weights, [{"role": "user", "content": QUESTION}], 12)
     assert plain.content == weights.tokenizer.decode(trace_ids(plain), skip_special_tokens=True)
 
 
 async def test_ainvoke_keeps_the_event_loop_free() -> None:
-    llm = ChatPersonaJudge(preferences=PREFERENCES, temperature=0, max_tokens=8)
+    llm = ChatPersonaJudge(backend="transformers", preferences=PREFERENCES, temperature=0, max_tokens=8)
     ticks = 0
     running = True
 
@@ -198,7 +200,7 @@ async def test_ainvoke_keeps_the_event_loop_free() -> None:
 
 
 def test_threads_sharing_the_model_get_the_sequential_answers() -> None:
-    llm = ChatPersonaJudge(preferences=PREFERENCES, temperature=0, max_tokens=10)
+    llm = ChatPersonaJudge(backend="transformers", preferences=PREFERENCES, temperature=0, max_tokens=10)
     questions = ["Why is the sky blue?", "Name three fruits."]
     sequential = [llm.invoke(q).content for q in questions]
     assert sequential[0] != sequential[1]
@@ -213,7 +215,7 @@ def test_threads_sharing_the_model_get_the_sequential_answers() -> None:
 
 
 def test_breaking_out_of_a_stream_stops_decoding(engine_runs: list[SimpleNamespace]) -> None:
-    llm = ChatPersonaJudge(preferences=PREFERENCES, temperature=0, max_tokens=200)
+    llm = ChatPersonaJudge(backend="transformers", preferences=PREFERENCES, temperature=0, max_tokens=200)
     for chunk in llm.stream(QUESTION):
         assert chunk.content
         break
