@@ -160,6 +160,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     reference = reference_prompt(tokenizer, job["question"])
     sampling = PAPER_SAMPLING if job["condition"] == "paper" else MAIN_SAMPLING
     rule: dict[str, Any] = {"combine": spec["combine"], "guidance": spec["guidance"]}
+    if job.get("repetition_penalty"):
+        rule["repetition_penalty"] = job["repetition_penalty"]
     start = time.perf_counter()
     gen = generate(model, prompts, max_new_tokens=job["max_new_tokens"], lookahead=LOOKAHEAD, do_sample=True,
                    seed=job["engine_seed"], reference=reference if spec["guidance"] != 1 else None, **rule,
@@ -578,6 +580,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default 128 (shared/bench/README.md: >= 128)")
     parser.add_argument("--workers", type=int, default=2, help="decoding processes (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
+    parser.add_argument("--repetition-penalty", type=float, default=None, metavar="P",
+                        help="transformers' repetition penalty on every condition (default none; the chat model's "
+                             "demo and app use 1.2)")
     parser.add_argument("--only", nargs="+", default=None, metavar="CONDITION",
                         help="decode only these planned conditions (e.g. to extend the ones that matter to more "
                              "prompts with --resume); each comparison is scored on the prompts both sides have")
@@ -655,6 +660,8 @@ def generate_records(args: argparse.Namespace, started: float) -> tuple[list[dic
             raise SystemExit(f"--only {' '.join(unknown)}: not a planned condition; planned: "
                              f"{', '.join(dict.fromkeys(j['condition'] for j in jobs))}")
         jobs = [j for j in jobs if j["condition"] in args.only]
+    if args.repetition_penalty:
+        jobs = [{**j, "repetition_penalty": args.repetition_penalty} for j in jobs]
     budget = f", starting no new prompt after ~{args.max_minutes:g} min" if args.max_minutes else ""
     print(f"quality: up to {len(prompts)} of {len(all_prompts)} prompts{budget}; {args.seeds} seeds, settings {settings} "
           f"(paper's condition in {args.paper_settings}), {args.max_new_tokens} new tokens: {len(jobs)} responses "
@@ -666,6 +673,9 @@ def generate_records(args: argparse.Namespace, started: float) -> tuple[list[dic
     previous_machines: list[dict[str, Any]] = []
     if args.resume:
         saved = json.loads(args.resume.read_text(encoding="utf-8"))
+        if saved["config"].get("repetition_penalty") != args.repetition_penalty:
+            raise SystemExit(f"--resume {args.resume}: decoded with repetition_penalty="
+                             f"{saved['config'].get('repetition_penalty')}, not {args.repetition_penalty}")
         kept = [{k: v for k, v in r.items() if k not in ("metrics", "guards")} for r in saved["records"]]
         previous_s = saved["config"].get("generation_s_total", saved["config"].get("generation_s", 0.0))
         previous_machines = saved["config"].get("machines") or [saved["config"]["machine"]]
@@ -692,7 +702,7 @@ def generate_records(args: argparse.Namespace, started: float) -> tuple[list[dic
         "reference_prompt": ("guidance's reference and the perplexity's plain model read the conversation with no "
                              "preference as the chat model builds it: persona_messages(conversation, []), i.e. "
                              "the chat template's default system prompt"),
-        "repetition_penalty": None,
+        "repetition_penalty": args.repetition_penalty,
         "sampling": {"main": MAIN_SAMPLING, "paper": PAPER_SAMPLING},
         "preference_texts": {d: texts[d] for s in settings for d in SETTINGS[s]},
         "model": args.model or "SmolLM2-135M-Instruct (embedded)",

@@ -283,8 +283,25 @@ def backends(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def backend_costs(report: dict[str, Any]) -> str:
+    """One forward's milliseconds as it adds n tokens to one sequence or one token to each of n sequences."""
+    costs = report.get("decode_ms", {})
+    sizes = sorted({int(k.split()[0]) for rows in costs.values() for k in rows})
+    lines = ["| backend | layout | " + " | ".join(f"n = {n}" for n in sizes) + " |",
+             "|---|---|" + "---:|" * len(sizes)]
+    for backend, rows in costs.items():
+        for kind, label in (("tokens", "n tokens of one sequence"), ("sequences", "1 token in each of n sequences")):
+            one = rows.get(f"1 {kind}")
+            cells = [f"{rows[f'{n} {kind}']:.1f} ms ({rows[f'{n} {kind}'] / one:.1f}×)" if one else "–" for n in sizes]
+            lines.append(f"| {backend} | {label} | " + " | ".join(cells) + " |")
+    lines.append("\nms per forward (× the one-token forward), logits at every new position, after a "
+                 "question's prompt.")
+    return "\n".join(lines) + "\n"
+
+
 TABLES: dict[str, Callable[[dict[str, Any]], str]] = {
     "backends": backends,
+    "backend_costs": backend_costs,
     "quality_rules": quality_rules,
     "quality_measurable": quality_measurable,
     "quality_dose": quality_dose,

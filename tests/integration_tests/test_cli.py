@@ -59,10 +59,9 @@ def test_json_from_stdin(capsys: pytest.CaptureFixture[str], monkeypatch: pytest
     assert data["usage"]["total_tokens"] == data["usage"]["input_tokens"] + data["usage"]["output_tokens"]
     assert 0.0 <= data["stats"]["acceptance_rate"] <= 1.0
     assert data["stats"]["personas"] == 2
-    # auto: on llama.cpp (the embedded GGUF's default backend here) the speculative schedule; on transformers'
-    # prepacked fp32 weights, lockstep
+    # auto: lockstep, on llama.cpp (the embedded GGUF's default backend here) as on transformers' prepacked weights
     assert data["backend"] in ("llamacpp", "transformers")
-    assert data["stats"]["schedule"] == ("speculative" if data["backend"] == "llamacpp" else "lockstep")
+    assert data["stats"]["schedule"] == "lockstep"
     assert data["preferences"] == ["Be concise.", "Be playful and funny."]
 
 
