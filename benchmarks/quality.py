@@ -406,7 +406,8 @@ def analyse_dimension(groups: dict[str, dict[str, list[dict[str, Any]]]], dim_na
              for cond, pp in groups.items()}
     return {
         "metric": dim.metric, "better": "higher" if dim.higher_is_better else "lower", "margin": dim.margin,
-        "measurable_on_this_model": bool(direct_none and direct_none["ci95"][0] > 0.5),
+        # None when the run has no "none" condition to tell (a run restricted with --only)
+        "measurable_on_this_model": None if direct_none is None else bool(direct_none["ci95"][0] > 0.5),
         "comparisons": comps, "aa_control": aa, "metric_mean": means,
     }, half_widths
 
@@ -494,7 +495,7 @@ def setting_criteria(groups: dict[str, dict[str, list[dict[str, Any]]]], res: di
         ppl = res["fluency"].get(cond, {}).get("ratio_vs_direct")
         guard_ok = fails <= CRITERIA["guard_ratio"] * direct_fails + 1e-12
         ppl_ok = ppl is not None and ppl <= CRITERIA["perplexity_ratio"]
-        measurable = [v["met"] for v in dims.values() if v["measurable"]]
+        measurable = [v["met"] for v in dims.values() if v["measurable"] is not False]
         out[cond] = {
             "dimensions": dims, "guard_failure_rate": round(fails, 4),
             "direct_guard_failure_rate": round(direct_fails, 4), "guards_met": guard_ok,
@@ -755,7 +756,7 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"  {'dimension':12} {'comparison':32} {'win rate':>9} {'95% CI':>15} {'tie':>6}  {'no guards':>9}  "
               "verdict")
         for dim_name, d in res["dimensions"].items():
-            tag = "" if d["measurable_on_this_model"] else "  (not measurable on this model: direct does not beat none)"
+            tag = "  (not measurable on this model: direct does not beat none)" if d["measurable_on_this_model"] is False else ""
             print(f"  {dim_name:12} ({d['metric']}, {d['better']} is better, margin {d['margin']}){tag}")
             for name, c in d["comparisons"].items():
                 lo, hi = c["ci95"]

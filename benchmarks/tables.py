@@ -73,7 +73,7 @@ def quality_rules(report: dict[str, Any]) -> str:
                         if name.endswith(" vs direct")}, key=_gamma_key)
         head = ["vs the direct prompt", "prompts"]
         for dim, d in dims.items():
-            head.append(f"{dim}{'' if d['measurable_on_this_model'] else ' ' + DIM_MARK} (no guards)")
+            head.append(f"{dim}{' ' + DIM_MARK if d['measurable_on_this_model'] is False else ''} (no guards)")
         head += ["both at once (no guards)", "guard failures", "perplexity (× direct)", "bar"]
         out.append(f"**{setting}**\n")
         out.append("| " + " | ".join(head) + " |")
