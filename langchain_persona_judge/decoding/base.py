@@ -103,7 +103,7 @@ class Decoder(ABC):
                 "pass one weight per persona."
             )
         self.processors = build_processors(options.repetition_penalty, options.no_repeat_ngram_size)
-        self.eos = eos_ids(model, options.eos_token_id)
+        self.eos = eos_ids(self.backend, options.eos_token_id)
         self.warpers = build_warpers(options.temperature, options.top_k, options.top_p)
         self.draft_confidence = options.draft_confidence or 0.0
         self.generator: torch.Generator | None = None
