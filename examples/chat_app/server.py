@@ -487,7 +487,8 @@ class ChatService:
             from langchain_persona_judge import shared_model
             from langchain_persona_judge.runtime import admission_queue
 
-            model, tokenizer = shared_model(self.llm.model_name, device=self.llm.device, dtype=self.llm.dtype)
+            model, tokenizer = shared_model(self.llm.model_name, device=self.llm.device, dtype=self.llm.dtype,
+                                            backend=self.llm.backend)
             self._tokenizer = tokenizer
             self._admission = admission_queue(model)
 
