@@ -109,5 +109,8 @@ def test_the_demo_answers_do_not_loop(backend: str) -> None:
         plain = llm.invoke(demo.QUESTION, repetition_penalty=1.0).response_metadata["trace"]
         unpenalised.append(_repeated_ngram_share([entry["token_id"] for entry in plain]))
     assert max(shares) < 0.05, shares
-    # without the penalty the answers repeat themselves (so the test can fail): 14-22% of their 4-grams
-    assert max(unpenalised) > 0.1, f"without the penalty the demo repeats itself: {unpenalised}"
+    if backend == "transformers":
+        # The control (so the test can fail): without the penalty this answer repeats 22% of its 4-grams. On
+        # llama.cpp the unpenalised answers depend on the build's kernels (2-14% repeats across two builds
+        # here), so there the check is the penalised answers' alone.
+        assert max(unpenalised) > 0.1, f"without the penalty the demo repeats itself: {unpenalised}"
