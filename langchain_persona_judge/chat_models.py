@@ -309,13 +309,15 @@ class ChatPersonaJudge(BaseChatModel):
             {'model_name': 'SmolLM2-135M-Instruct',
              'finish_reason': 'length',
              'model_provider': 'persona_judge',
+             'backend': 'llamacpp',
              'preferences': ['Explain it to a ten-year-old.', 'Be playful and funny.'],
              'composition': 'split',
              'persona_prompts': [['Explain it to a ten-year-old.'], ['Be playful and funny.']],
-             'persona_judge': {'iterations': 17, 'drafted': 52, 'accepted': 47, 'forward_calls': 64,
-                               'positions': 202, 'emitted': 64, 'acceptance_rate': 0.9038,
-                               'tokens_per_iteration': 3.7647, 'forward_calls_per_token': 1.0,
-                               'personas': 2, 'lookahead': 4, 'schedule': 'lockstep', 'draft_confidence': 0.0},
+             'persona_judge': {'iterations': 20, 'drafted': 55, 'accepted': 44, 'forward_calls': 64,
+                               'positions': 197, 'emitted': 64, 'acceptance_rate': 0.8,
+                               'tokens_per_iteration': 3.2, 'forward_calls_per_token': 1.0,
+                               'personas': 2, 'lookahead': 4, 'schedule': 'lockstep', 'draft_confidence': 0.0,
+                               'combine': 'judge', 'weights': None, 'guidance': 1.0},
              'trace': [{'token_id': 504, 'drafter': 0, 'judge': 1, 'kind': 'accepted', 'iteration': 0}, ...]}
 
         The per-token trace (which persona drafted and judged each token, and whether it was an accepted
