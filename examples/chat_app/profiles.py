@@ -34,8 +34,8 @@ import random
 import re
 import tempfile
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ from fastapi import HTTPException
 from langchain_persona_judge import QueueFullError
 from langchain_persona_judge.profiles import DEFAULT_PROMPTS, PreferenceProfile, ProfileError
 
+from .locks import KeyedLocks
 from .storage import Store
 
 log = logging.getLogger("examples.chat_app")
@@ -96,7 +97,7 @@ class Profiles:
         self.repetition_penalty = repetition_penalty
         self.max_description_chars = max_description_chars
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
-        self._locks: dict[str, list[Any]] = {}  # user id -> [lock, holders and waiters]
+        self._locks = KeyedLocks()  # one per user id
         self._basis: Any = None
         self._handle: Any = None
 
@@ -105,20 +106,9 @@ class Profiles:
     async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.executor, functools.partial(fn, *args))
 
-    @asynccontextmanager
-    async def _user(self, user_id: str) -> AsyncIterator[None]:
+    def _user(self, user_id: str) -> AbstractAsyncContextManager[None]:
         """One profile operation at a time per user in this process (the learner is not thread-safe)."""
-        entry = self._locks.get(user_id)
-        if entry is None:
-            entry = self._locks[user_id] = [asyncio.Lock(), 0]
-        entry[1] += 1
-        try:
-            async with entry[0]:
-                yield
-        finally:
-            entry[1] -= 1
-            if entry[1] == 0:
-                del self._locks[user_id]
+        return self._locks.hold(user_id)
 
     def basis(self) -> Any:
         """The app's basis: the library's built-in one (registry personas tagged ``basis``)."""

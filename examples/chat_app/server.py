@@ -109,7 +109,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -122,6 +122,7 @@ from pydantic import BaseModel, Field, StringConstraints, field_validator
 
 from langchain_persona_judge import QueueFullError
 
+from .locks import KeyedLocks
 from .profiles import Profiles
 from .provenance import provenance
 from .security import Guard, allowed_hosts, bearer_token, hash_token, new_token, page_csp, token_matches
@@ -442,7 +443,7 @@ class ChatService:
         self.totals = {"completed": 0, "cancelled": 0, "errors": 0, "refused": 0, "output_tokens": 0}
         self._admission: Any = None  # the model's admission queue, once its weights are loaded
         self._tokenizer: Any = None
-        self._session_locks: dict[str, list[Any]] = {}  # session id -> [lock, users]
+        self._session_locks = KeyedLocks()  # one per conversation id
         self._tasks: set[asyncio.Task[None]] = set()
         self._active = 0  # generations (and comparisons being made) accepted and not finished
         self._in_flight: dict[str, int] = {}  # user id -> the same, per user
@@ -661,20 +662,9 @@ class ChatService:
                 count += 1
         return count
 
-    @asynccontextmanager
-    async def _turn(self, session_id: str) -> AsyncIterator[None]:
+    def _turn(self, session_id: str) -> AbstractAsyncContextManager[None]:
         """One answer at a time per conversation, in arrival order: the next message sees the previous answer."""
-        entry = self._session_locks.get(session_id)
-        if entry is None:
-            entry = self._session_locks[session_id] = [asyncio.Lock(), 0]
-        entry[1] += 1
-        try:
-            async with entry[0]:
-                yield
-        finally:
-            entry[1] -= 1
-            if entry[1] == 0:
-                del self._session_locks[session_id]
+        return self._session_locks.hold(session_id)
 
     async def _context(self, gen: Generation) -> list[BaseMessage]:
         """The conversation the model sees: users' messages and complete answers, the last CHAT_HISTORY + 1."""
