@@ -21,6 +21,7 @@ the reason, only when no chromium can be found.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib
 import importlib.util
 import json
@@ -68,6 +69,33 @@ def _reset_admission_queue() -> None:
     from langchain_persona_judge.runtime import admission_queue
 
     admission_queue(shared_model()[0]).configure(None, None)
+
+
+BAD_TOKENS: dict[str, dict[str, str] | None] = {
+    "missing": {},
+    "empty": {"Authorization": ""},
+    "not bearer": {"Authorization": "Basic dXNlcjpwYXNz"},
+    "bearer, nothing after": {"Authorization": "Bearer "},
+    "unknown token": {"Authorization": "Bearer " + "A" * 43},
+    "malformed token": {"Authorization": "Bearer not a token!"},
+    "the hash, not the token": None,  # the stored SHA-256 of the account's token, presented as a token
+}
+"""Authorization headers that must get a 401, by case (the account-specific one: :func:`bad_token_headers`)."""
+
+
+def bad_token_headers(case: str, token: str) -> dict[str, str]:
+    """The headers of a BAD_TOKENS case, for the account whose token is ``token``."""
+    headers = BAD_TOKENS[case]
+    if headers is None:
+        return {"Authorization": "Bearer " + hashlib.sha256(token.encode()).hexdigest()}
+    return headers
+
+
+async def sign_up_two(c: Any) -> tuple[str, dict[str, str], dict[str, str]]:
+    """Two new accounts: (A's token, A's auth headers, B's auth headers)."""
+    a = (await c.post("/api/users")).json()
+    b = (await c.post("/api/users")).json()
+    return a["token"], {"Authorization": f"Bearer {a['token']}"}, {"Authorization": f"Bearer {b['token']}"}
 
 
 def parse_sse(text: str) -> list[tuple[str, dict[str, Any]]]:

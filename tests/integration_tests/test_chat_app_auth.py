@@ -18,11 +18,14 @@ import httpx
 import pytest
 
 from tests.integration_tests.test_chat_app import (
+    BAD_TOKENS,
     PERSONAS,
     TEST_HOST,
     _reset_admission_queue,
     _server_module,
+    bad_token_headers,
     parse_sse,
+    sign_up_two,
 )
 
 pytestmark = pytest.mark.embedded
@@ -40,15 +43,6 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/api/generations/{g}", None),
 ]
 WITH_IDS = [e for e in ENDPOINTS if "{" in e[1]]
-BAD_TOKENS = {
-    "missing": {},
-    "empty": {"Authorization": ""},
-    "not bearer": {"Authorization": "Basic dXNlcjpwYXNz"},
-    "bearer, nothing after": {"Authorization": "Bearer "},
-    "unknown token": {"Authorization": "Bearer " + "A" * 43},
-    "malformed token": {"Authorization": "Bearer not a token!"},
-    "the hash, not the token": {},  # filled in by the fixture: the stored SHA-256 presented as a token
-}
 
 
 class World:
@@ -83,19 +77,12 @@ async def ready(world: World) -> World:
     if world.session:
         return world
     async with world.client() as c:
-        a = (await c.post("/api/users")).json()
-        b = (await c.post("/api/users")).json()
-        world.token_a = a["token"]
-        world.a = {"Authorization": f"Bearer {a['token']}"}
-        world.b = {"Authorization": f"Bearer {b['token']}"}
+        world.token_a, world.a, world.b = await sign_up_two(c)
         world.session = (await c.post("/api/sessions", headers=world.a)).json()["id"]
         events = parse_sse((await c.post(f"/api/sessions/{world.session}/messages", headers=world.a,
                                          json={"content": "Hi", "personas": PERSONAS, "max_tokens": 2})).text)
         assert events[-1][0] == "done", events
         world.generation = events[-1][1]["generation_id"]
-    BAD_TOKENS["the hash, not the token"] = {
-        "Authorization": "Bearer " + hashlib.sha256(world.token_a.encode()).hexdigest()
-    }
     return world
 
 
@@ -119,7 +106,7 @@ async def test_no_or_bad_token_is_401_and_changes_nothing(ready: World, method: 
     world = ready
     async with world.client() as c:
         before = await _a_state(c, world)
-        response = await c.request(method, _url(path, world), json=body, headers=BAD_TOKENS[bad])
+        response = await c.request(method, _url(path, world), json=body, headers=bad_token_headers(bad, world.token_a))
         assert response.status_code == 401, (bad, response.status_code, response.text)
         assert response.headers["www-authenticate"] == "Bearer"
         assert "Bearer" in response.json()["detail"]

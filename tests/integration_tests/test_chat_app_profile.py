@@ -15,7 +15,6 @@ seconds each on the embedded model on CPU.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import math
 import time
@@ -28,13 +27,16 @@ import pytest
 import yaml
 
 from tests.integration_tests.test_chat_app import (
+    BAD_TOKENS,
     CHROMIUM_ARGS,
     TEST_HOST,
     LiveServer,
     _chromium,
     _reset_admission_queue,
     _server_module,
+    bad_token_headers,
     parse_sse,
+    sign_up_two,
 )
 
 pytestmark = pytest.mark.embedded
@@ -48,15 +50,6 @@ ENDPOINTS: list[tuple[str, str, Any]] = [  # (method, path, body); {c}: a compar
     ("GET", "/api/profile/export", None),
     ("PUT", "/api/profile/import", "format: persona-judge-profile\n"),
 ]
-BAD_TOKENS: dict[str, dict[str, str]] = {
-    "missing": {},
-    "empty": {"Authorization": ""},
-    "not bearer": {"Authorization": "Basic dXNlcjpwYXNz"},
-    "bearer, nothing after": {"Authorization": "Bearer "},
-    "unknown token": {"Authorization": "Bearer " + "A" * 43},
-    "malformed token": {"Authorization": "Bearer not a token!"},
-    "the hash, not the token": {},  # filled in by the fixture: A's stored SHA-256 presented as a token
-}
 
 
 def _request(c: httpx.AsyncClient, method: str, url: str, body: Any, headers: dict[str, str]) -> Any:
@@ -117,20 +110,13 @@ async def ready(world: World, handle: Any) -> World:
     if world.comparison:
         return world
     async with world.client() as c:
-        a = (await c.post("/api/users")).json()
-        b = (await c.post("/api/users")).json()
-        world.token_a = a["token"]
-        world.a = {"Authorization": f"Bearer {a['token']}"}
-        world.b = {"Authorization": f"Bearer {b['token']}"}
+        world.token_a, world.a, world.b = await sign_up_two(c)
         imported = await c.put("/api/profile/import", headers=world.a,
                                content=profile_file(handle, {"concise": 0.5, "friendly": -0.25}).encode())
         assert imported.status_code == 200, imported.text
         made = await c.post("/api/profile/comparisons", headers=world.a, json={"prompt": "Why do cats purr?"})
         assert made.status_code == 201, made.text
         world.comparison = made.json()["id"]
-    BAD_TOKENS["the hash, not the token"] = {
-        "Authorization": "Bearer " + hashlib.sha256(world.token_a.encode()).hexdigest()
-    }
     return world
 
 
@@ -155,7 +141,8 @@ async def test_no_or_bad_token_is_401_and_changes_nothing(ready: World, method: 
     world = ready
     async with world.client() as c:
         before = await _a_state(c, world)
-        response = await _request(c, method, path.format(c=world.comparison), body, BAD_TOKENS[bad])
+        headers = bad_token_headers(bad, world.token_a)
+        response = await _request(c, method, path.format(c=world.comparison), body, headers)
         assert response.status_code == 401, (bad, response.status_code, response.text)
         assert response.headers["www-authenticate"] == "Bearer"
         assert "Bearer" in response.json()["detail"]
