@@ -212,19 +212,13 @@ def gguf_tokenizer(gguf: Path) -> Any:
 
 def resolve_model_path(name: str | os.PathLike[str] | None) -> str:
     """Turn the user's ``model`` value into something ``from_pretrained`` reads quickly."""
-    if name is None:
-        return str(convert_gguf(embedded_model_path()))
+    gguf = gguf_file(name)  # the embedded model, a .gguf path, or a folder holding exactly one
+    if gguf is not None:
+        return str(convert_gguf(gguf))
     text = str(name)
     path = Path(text).expanduser()
-    if text.endswith(".gguf"):
-        if not path.is_file():
-            raise ModelLoadError(f"GGUF file {path} does not exist; check the path.")
-        return str(convert_gguf(path))
     if path.exists():
         if path.is_dir() and not (path / "config.json").is_file():
-            ggufs = sorted(path.glob("*.gguf"))
-            if len(ggufs) == 1:
-                return str(convert_gguf(ggufs[0]))
             raise ModelLoadError(
                 f"{path} has no config.json; pass a folder saved with save_pretrained, or a .gguf file."
             )
