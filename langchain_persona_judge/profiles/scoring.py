@@ -12,7 +12,9 @@ decoding puts it (:func:`~langchain_persona_judge.personas.persona_messages`), a
 One response costs one batched pass: ``K + 1`` left-padded rows (the ``K`` basis personas and the plain
 conversation), each the conversation's prompt and then the response's tokens; only the response positions'
 logits are kept, ``chunk`` tokens at a time. The prompt rows are read once per conversation and their cache is
-cut back after each response, so several responses to one question share that read.
+cut back after each response, so several responses to one question share that read. What differs between the
+rows (each persona's system turn: the tokens before the part every row ends with) does not depend on the
+question: its cache is kept from one question to the next, so a new question reads only its own tokens.
 
 From the same logits :meth:`PersonaScorer.writing_statistics` takes what learning from a user's own writing
 needs: the score and the Fisher information, at zero, of the log-linear model ``log p_w(v) = log p_0(v) +
@@ -21,6 +23,7 @@ needs: the score and the Fisher information, at zero, of the log-linear model ``
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -146,6 +149,32 @@ def model_fingerprint(model: Any) -> str:
 
 
 @dataclass
+class _Heads:
+    """The rows' own beginnings (left-padded), read once: the cache a question's shared tokens continue."""
+
+    heads: list[tuple[int, ...]]
+    attention: torch.Tensor
+    """(rows, width): 1 at each row's tokens, 0 at its left padding."""
+    lengths: torch.Tensor
+    """(rows,): tokens of each head."""
+    cache: Any
+    """The heads' cache, never extended itself: each read continues a copy."""
+    last: torch.Tensor
+    """(rows, 1, V): the logits at each head's last token (what the first response token is scored by when the
+    rows share no tokens at the end)."""
+
+
+def shared_ending(rows: Sequence[Sequence[int]]) -> int:
+    """How many tokens every row ends with (the conversation after the system turn), leaving each row at least
+    one token of its own."""
+    limit = min(len(r) for r in rows) - 1
+    count = 0
+    while count < limit and len({r[len(r) - 1 - count] for r in rows}) == 1:
+        count += 1
+    return count
+
+
+@dataclass
 class WritingStatistics:
     """Sums over a text's tokens, at ``w = 0``, of the log-linear model's score and Fisher information."""
 
@@ -188,6 +217,9 @@ class PersonaScorer:
         self.positions = 0
         """Token positions fed to the model so far (rows × tokens; a cost counter)."""
         self._lock = threading.Lock()
+        self._reading = threading.Lock()
+        """Held while the model reads: one read at a time uses (and may replace) the heads' cache."""
+        self._heads: _Heads | None = None
         self._rows: OrderedDict[str, list[list[int]]] = OrderedDict()
         self._features: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
         eos = eos_ids(self.handle.model, None)
@@ -325,27 +357,53 @@ class PersonaScorer:
                 f"holds {limit}; shorten the response or the conversation."
             )
         signature = ForwardSignature(model)
-        n_rows = len(rows)
-        lengths = torch.tensor([len(r) for r in rows])
-        ids = torch.zeros(n_rows, width, dtype=torch.long)
-        prefix_attention = torch.zeros(n_rows, width, dtype=torch.long)
-        for index, row in enumerate(rows):
-            ids[index, width - len(row):] = torch.tensor(row)
-            prefix_attention[index, width - len(row):] = 1
-        prefix_positions = (prefix_attention.cumsum(-1) - 1).clamp(min=0)
         out = []
-        with admission_queue(model).admit():
-            cache = DynamicCache(config=model.config)
-            first = self._forward(ids, prefix_attention, prefix_positions, cache, 1, signature)
+        with admission_queue(model).admit(), self._reading:
+            first, cache, lengths, attention = self._read_prompt(rows, signature)
             for number, response in enumerate(responses):
                 if number:
                     if getattr(cache, "is_croppable", True):
-                        cache.crop(width - cache.get_seq_length())  # negative: tokens to remove
+                        cache.crop(attention.shape[1] - cache.get_seq_length())  # negative: tokens to remove
                     else:  # a cache that cannot be cut back (sliding windows): read the prompt again
-                        cache = DynamicCache(config=model.config)
-                        self._forward(ids, prefix_attention, prefix_positions, cache, 1, signature)
-                out.append(self._continue(first, response, lengths, prefix_attention, cache, signature, moments))
+                        first, cache, lengths, attention = self._read_prompt(rows, signature)
+                out.append(self._continue(first, response, lengths, attention, cache, signature, moments))
         return out
+
+    def _read_prompt(self, rows: list[list[int]], signature: ForwardSignature
+                     ) -> tuple[torch.Tensor, Any, torch.Tensor, torch.Tensor]:
+        """Reads the prompt rows: the logits at their last token (rows, 1, V), their cache, lengths and attention
+        mask. The rows' heads (all but the tokens every row ends with) come from the kept cache when they are the
+        ones read before; then only the shared ending is read, once for all rows."""
+        shared = shared_ending(rows)
+        heads = [tuple(row[: len(row) - shared]) for row in rows]
+        kept = self._heads
+        if kept is None or kept.heads != heads:
+            kept = self._read_heads(heads, signature)
+            # A cache that cannot be cut back is read afresh for every response: keeping it saves nothing.
+            self._heads = kept if getattr(kept.cache, "is_croppable", True) else None
+        cache = copy.deepcopy(kept.cache)
+        if not shared:
+            return kept.last, cache, kept.lengths, kept.attention
+        n_rows = len(rows)
+        ending = torch.tensor(rows[0][len(rows[0]) - shared:])
+        attention = torch.cat([kept.attention, torch.ones(n_rows, shared, dtype=torch.long)], dim=1)
+        positions = kept.lengths.view(-1, 1) + torch.arange(shared).view(1, -1)
+        first = self._forward(ending.view(1, -1).expand(n_rows, -1), attention, positions, cache, 1, signature)
+        return first, cache, kept.lengths + shared, attention
+
+    def _read_heads(self, heads: list[tuple[int, ...]], signature: ForwardSignature) -> _Heads:
+        model = self.handle.model
+        n_rows = len(heads)
+        width = max(len(h) for h in heads)
+        ids = torch.zeros(n_rows, width, dtype=torch.long)
+        attention = torch.zeros(n_rows, width, dtype=torch.long)
+        for index, head in enumerate(heads):
+            ids[index, width - len(head):] = torch.tensor(head)
+            attention[index, width - len(head):] = 1
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=model.config)
+        last = self._forward(ids, attention, positions, cache, 1, signature)
+        return _Heads(heads, attention, attention.sum(-1), cache, last)
 
     def _continue(self, first: torch.Tensor, response: list[int], lengths: torch.Tensor,
                   prefix_attention: torch.Tensor, cache: Any, signature: ForwardSignature,
@@ -407,4 +465,5 @@ __all__ = [
     "WritingStatistics",
     "model_fingerprint",
     "resolve_model",
+    "shared_ending",
 ]

@@ -37,6 +37,7 @@ from langchain_persona_judge.profiles import (
     resolve_basis,
     writing_weights,
 )
+from langchain_persona_judge.profiles.scoring import shared_ending
 from langchain_persona_judge.runtime import encode_chat
 from tests.helpers import full_logits, tiny_llama
 
@@ -96,15 +97,48 @@ def test_features_match_a_direct_unbatched_computation(model: Any, tokenizer: An
 def test_one_batched_forward_per_chunk_and_the_prompt_read_once(model: Any, tokenizer: Any) -> None:
     scorer = PersonaScorer((model, tokenizer), BASIS, chunk=1000)
     scorer.features(PROMPT, ANSWERS)
-    # One forward reads the K+1 prompts, then one per response (each response fits one chunk).
-    assert scorer.forwards == 1 + len(ANSWERS)
+    # Two forwards read the K+1 prompts (the personas' own heads, then the ending they share), then one per
+    # response (each response fits one chunk).
+    assert scorer.forwards == 2 + len(ANSWERS)
     rows = scorer.prompt_rows(PROMPT)
     assert len(rows) == len(BASIS) + 1
     width = max(map(len, rows))
     tokens = sum(len(scorer.response_ids(a)) - 1 for a in ANSWERS)  # a response's last token is never fed
     assert scorer.positions == (len(BASIS) + 1) * (width + tokens)
     scorer.features(PROMPT, ANSWERS[::-1])  # cached: no forward
-    assert scorer.forwards == 1 + len(ANSWERS)
+    assert scorer.forwards == 2 + len(ANSWERS)
+
+
+def test_a_new_question_reads_only_what_the_rows_share(model: Any, tokenizer: Any) -> None:
+    """The personas' heads (their system turns) are read once per scorer: a second question costs its shared
+    ending and the answers, and scores exactly as on a fresh scorer."""
+    question = "How do plants make food from light, and why do leaves change colour in autumn?"
+    warm = PersonaScorer((model, tokenizer), BASIS, chunk=1000)
+    warm.features(PROMPT, ANSWERS[:1])
+    forwards, positions = warm.forwards, warm.positions
+    features = warm.features(question, ANSWERS)
+    rows = warm.prompt_rows(question)
+    shared = shared_ending(rows)
+    assert 0 < shared < min(map(len, rows))
+    assert all(row[-shared:] == rows[0][-shared:] for row in rows)
+    assert len({tuple(row[:-shared]) for row in rows}) == len(rows)  # each head is the persona's own
+    tokens = sum(len(warm.response_ids(a)) - 1 for a in ANSWERS)
+    assert warm.forwards - forwards == 1 + len(ANSWERS)
+    assert warm.positions - positions == len(rows) * (shared + tokens)
+    fresh = PersonaScorer((model, tokenizer), BASIS, chunk=1000)
+    np.testing.assert_allclose(features, fresh.features(question, ANSWERS), atol=1e-5)
+    # Another system turn of the user's own changes every head: read afresh, and still exact.
+    conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": question}]
+    before = warm.positions
+    again = warm.features(conversation, ANSWERS)
+    assert warm.positions - before == len(rows) * (max(map(len, warm.prompt_rows(conversation))) + tokens)
+    np.testing.assert_allclose(again, fresh.features(conversation, ANSWERS), atol=1e-5)
+
+
+def test_shared_ending_leaves_every_row_a_token_of_its_own() -> None:
+    assert shared_ending([[1, 2, 9, 9], [3, 9, 9], [4, 5, 6, 9, 9]]) == 2
+    assert shared_ending([[9, 9], [9, 9, 9]]) == 1  # the shorter row keeps its first token
+    assert shared_ending([[1, 2], [3, 4]]) == 0
 
 
 def test_a_response_scored_alone_or_after_others_is_the_same(model: Any, tokenizer: Any) -> None:
