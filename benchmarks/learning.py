@@ -24,11 +24,15 @@ same settings reuses them; --fresh starts over).
    two-dimension users also both of the two strongest dimensions); held-out pairwise accuracy and ROC AUC (the
    held-out prompts' candidate pairs on which the noise-free user has a strict preference, scored by
    ``w · (φ(a) − φ(b))``); with 95% bootstrap CIs over users.
+   And PReF's own use of the reward, best-of-N: of each held-out prompt's candidates (the plain answer and three
+   persona-decoded ones) the one ``w · φ`` ranks first, against the plain answer on the user's dimensions.
 5. **Decoding with the profile**: for each user type, the first user's 10-choice active profile decodes each
    evaluation prompt (``ChatPersonaJudge(profile=...)``, the same sampling), against the plain answer on the user's
    own dimensions (win = the mean per-dimension outcome; win rate with a 95% bootstrap CI over prompts).
 6. **Cost per choice**: scoring two ~100-token answers to a new question over the 20-persona basis, timed on
-   this CPU (one torch thread), with a fresh scorer.
+   this CPU with one torch thread and with every core: on a fresh scorer (cold: it also reads each persona's
+   system turn) and on one that has scored a question before (warm: every later question of a learning
+   session). ``--cost-only`` measures just this and updates it in the results file.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -221,8 +226,32 @@ def held_out_pairs(features: dict[str, Any], metrics: dict[str, Any], prompts: l
     return np.asarray(rows), np.asarray(labels)
 
 
+def best_of_n_sets(cache: dict[str, Any], table: dict[str, Any], metrics: dict[str, Any],
+                   prompts: list[dict[str, str]]) -> list[tuple[np.ndarray, Any, int]]:
+    """Per held-out prompt: its candidates' features, their metric scores, and which one is the plain answer."""
+    out = []
+    for prompt in prompts:
+        entry = table[prompt["id"]]
+        plain = [c["text"] for c in cache["candidates"][prompt["id"]] if c["persona"] is None]
+        if plain and plain[0] in entry["texts"]:
+            out.append((np.asarray(entry["features"]), metrics[prompt["prompt"]]["scores"],
+                        entry["texts"].index(plain[0])))
+    return out
+
+
+def best_of_n(weights: np.ndarray, dims: tuple[str, ...], sets: list[tuple[np.ndarray, Any, int]]) -> float:
+    """PReF's use of a learned reward: of each held-out prompt's candidates (the plain answer among them), take
+    the one ``w · φ`` ranks first; its mean outcome against the plain answer on the user's dimensions (a pick of
+    the plain answer itself is a draw)."""
+    if not sets:
+        return float("nan")
+    return float(np.mean([outcome(scores, dims, int(np.argmax(phi @ weights)), plain)
+                          for phi, scores, plain in sets]))
+
+
 def evaluate_profile(profile: Any, dims: tuple[str, ...], pairs: tuple[np.ndarray, np.ndarray],
-                     full_fit_pole: str | None = None) -> dict[str, Any]:
+                     full_fit_pole: str | None = None,
+                     sets: list[tuple[np.ndarray, Any, int]] | None = None) -> dict[str, Any]:
     weights = profile.vector
     top = profile.top(2)
     leaning = [profile.pole_of(n, w) for n, w in top]
@@ -244,6 +273,7 @@ def evaluate_profile(profile: Any, dims: tuple[str, ...], pairs: tuple[np.ndarra
             any(p in POLES[d] for p in lean_dims) for d in dims)),
         "accuracy": float(correct.mean()) if len(correct) else float("nan"),
         "auc": roc_auc(both, both_labels),
+        "best_of_n_vs_plain": best_of_n(weights, dims, sets or []),
         "top": [(n, round(w, 4)) for n, w in profile.top(3)],
     }
 
@@ -284,6 +314,7 @@ def simulate(scorer: Any, cache: dict[str, Any], splits: dict[str, list[dict[str
     from langchain_persona_judge.profiles import PreferenceLearner
 
     table = cache["features"][scorer.basis.identity]
+    sets = best_of_n_sets(cache, table, metrics, splits["held_out"])
     records = []
     for type_index, dims in enumerate(USER_TYPES):
         pairs = held_out_pairs(table, metrics, splits["held_out"], dims)
@@ -304,7 +335,7 @@ def simulate(scorer: Any, cache: dict[str, Any], splits: dict[str, list[dict[str
                     question = learner.next_question()
                     learner.record(question, user.choose(question.prompt, *question.answers))
                     if asked in CHECKPOINTS:
-                        checkpoints[asked] = evaluate_profile(learner.profile, dims, pairs, full_pole)
+                        checkpoints[asked] = evaluate_profile(learner.profile, dims, pairs, full_pole, sets)
                     if strategy == "active" and asked == min(DECODE_AFTER, questions):
                         record["decoding_profile"] = learner.profile.to_dict()
                 record[strategy] = checkpoints
@@ -340,6 +371,7 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
                 "both_poles_two_dim_users": _ci([float(x["both_poles"]) for x in two]),
                 "held_out_accuracy": _ci([x["accuracy"] for x in rows]),
                 "held_out_auc": _ci([x["auc"] for x in rows]),
+                "best_of_n_vs_plain": _ci([x.get("best_of_n_vs_plain", float("nan")) for x in rows]),
             }
         out[strategy] = per
     by_type: dict[str, Any] = {}
@@ -350,7 +382,9 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
             strategy: {str(a): {"top_pole": _ci([float(r[strategy][a]["top_pole"]) for r in rows]),
                                 "top_pole_as_full_fit": _ci([float(r[strategy][a]["top_pole_as_full_fit"])
                                                              for r in rows]),
-                                "held_out_auc": _ci([r[strategy][a]["auc"] for r in rows])}
+                                "held_out_auc": _ci([r[strategy][a]["auc"] for r in rows]),
+                                "best_of_n_vs_plain": _ci([r[strategy][a].get("best_of_n_vs_plain", float("nan"))
+                                                           for r in rows])}
                        for a in CHECKPOINTS if rows and a in rows[0][strategy]}
             for strategy in ("active", "random")
         }
@@ -425,25 +459,66 @@ def decoding_win_rates(cache: dict[str, Any], splits: dict[str, list[dict[str, s
 # -- stage 6: cost per choice ----------------------------------------------------------------------------------------
 
 
-def cost_per_choice(cache: dict[str, Any], scorer_model: Any, tokens: int = 100, repeats: int = 2) -> dict[str, Any]:
-    """Seconds to score two ``tokens``-token answers to a new question over the built-in basis (fresh scorer)."""
+def cost_per_choice(cache: dict[str, Any], scorer_model: Any, tokens: int = 100, questions: int = 3,
+                    threads: tuple[int, ...] | None = None, bfloat16: bool = True) -> dict[str, Any]:
+    """Seconds to score two ``tokens``-token answers to a new question over the built-in basis, per torch thread
+    count (default: one, and every core): on a fresh scorer (``cold``: it reads the personas' system turns too)
+    and on one that has scored another question before (``warm``: what each question of a learning session
+    costs after the first; the median over ``questions - 1`` questions). With ``bfloat16``, the same with every
+    core on the model loaded in bfloat16, and how far its features are from the fp32 ones (the largest absolute
+    difference, against their mean size, and how often the two answers' feature differences keep their sign)."""
     from langchain_persona_judge.profiles import PersonaScorer
 
     texts = [c["text"] for entries in cache["candidates"].values() for c in entries if c["text"].strip()]
     tokenizer = scorer_model.tokenizer
     pool = tokenizer(" ".join(texts), add_special_tokens=False)["input_ids"]
-    answers = [tokenizer.decode(pool[i * tokens:(i + 1) * tokens]) for i in range(2 * repeats)]
-    seconds = []
-    positions = 0
-    for r in range(repeats):
-        scorer = PersonaScorer(scorer_model)
-        started = time.perf_counter()
-        scorer.features(f"Question number {r}: what should I know about this?", answers[2 * r:2 * r + 2])
-        seconds.append(time.perf_counter() - started)
-        positions = scorer.positions
-    return {"seconds": [round(s, 2) for s in seconds], "median_seconds": round(float(np.median(seconds)), 2),
-            "answer_tokens": tokens, "basis": len(scorer.basis), "rows": len(scorer.basis) + 1,
-            "positions_per_choice": positions, "positions_per_second": round(positions / float(np.median(seconds)))}
+    answers = [tokenizer.decode(pool[i * tokens:(i + 1) * tokens]) for i in range(2 * questions)]
+    cores = os.cpu_count() or 1
+    before = torch.get_num_threads()
+    out: dict[str, Any] = {"answer_tokens": tokens, "machine_cores": cores}
+    try:
+        for count in threads or tuple(dict.fromkeys((1, cores))):
+            torch.set_num_threads(count)
+            scorer = PersonaScorer(scorer_model)
+            seconds, positions = [], []
+            for q in range(questions):
+                mark, started = scorer.positions, time.perf_counter()
+                scorer.features(f"Question number {q}: what should I know about this?", answers[2 * q:2 * q + 2])
+                seconds.append(time.perf_counter() - started)
+                positions.append(scorer.positions - mark)
+            warm = float(np.median(seconds[1:])) if questions > 1 else None
+            out[f"threads_{count}"] = {
+                "cold_seconds": round(seconds[0], 2), "cold_positions": positions[0],
+                "warm_seconds": None if warm is None else round(warm, 2),
+                "warm_positions": positions[-1] if questions > 1 else None,
+                "positions_per_second": round(sum(positions) / sum(seconds)),
+            }
+        out.update(basis=len(scorer.basis), rows=len(scorer.basis) + 1)
+        if bfloat16:  # the same on the model loaded in bfloat16 (ChatPersonaJudge(dtype="bfloat16")), every core
+            from langchain_persona_judge.profiles.scoring import resolve_model
+
+            torch.set_num_threads(cores)
+            exact = np.concatenate([scorer.features(f"Question number {q}: what should I know about this?",
+                                                    answers[2 * q:2 * q + 2]) for q in range(questions)])
+            half = PersonaScorer(resolve_model(None, dtype="bfloat16"))
+            seconds, rough = [], []
+            for q in range(questions):
+                started = time.perf_counter()
+                rough.append(half.features(f"Question number {q}: what should I know about this?",
+                                           answers[2 * q:2 * q + 2]))
+                seconds.append(time.perf_counter() - started)
+            rough_all = np.concatenate(rough)
+            out["bfloat16"] = {
+                "threads": cores, "cold_seconds": round(seconds[0], 2),
+                "warm_seconds": round(float(np.median(seconds[1:])), 2) if questions > 1 else None,
+                "max_abs_feature_error": round(float(np.abs(rough_all - exact).max()), 4),
+                "feature_scale": round(float(np.abs(exact).mean()), 4),
+                "difference_sign_agreement": round(float(np.mean(
+                    np.sign(rough_all[0::2] - rough_all[1::2]) == np.sign(exact[0::2] - exact[1::2]))), 3),
+            }
+    finally:
+        torch.set_num_threads(before)
+    return out
 
 
 # -- main ------------------------------------------------------------------------------------------------------------
@@ -466,6 +541,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--reanalyse", action="store_true", help="no decoding: figures from the cache only")
     parser.add_argument("--fresh", action="store_true", help="ignore the cache")
     parser.add_argument("--no-decode", action="store_true", help="skip decoding with the profiles (stage 5)")
+    parser.add_argument("--cost-only", action="store_true",
+                        help="measure only the cost per choice (stage 6) and update it in the results file")
     parser.add_argument("--cache", type=Path, default=None, help=f"default {CACHE}")
     parser.add_argument("--out", type=Path, default=None, help="default benchmarks/results/learning.json")
     args = parser.parse_args(argv)
@@ -491,6 +568,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "sampling": SAMPLING, "seed": args.seed}
     cache = {"config": config, "candidates": {}, "features": {}, "plain_eval": {}, "decoded": {}} if args.fresh \
         else load_cache(cache_path, config)
+    if args.cost_only:
+        return update_cost(out_path, cost_per_choice(cache, PersonaScorer(None).handle,
+                                                     tokens=24 if args.quick else 100))
     scorer = PersonaScorer(None)
     learner = PreferenceLearner(scorer, prompts=[], max_tokens=args.max_tokens, seed=args.seed, **SAMPLING)
     pool = splits["learn"] + splits["held_out"]
@@ -563,15 +643,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return report
 
 
+def update_cost(out_path: Path, cost: dict[str, Any]) -> dict[str, Any]:
+    """Writes a new cost per choice into an existing results file (the rest of it unchanged)."""
+    report = json.loads(out_path.read_text(encoding="utf-8")) if out_path.is_file() else {}
+    report["cost_per_choice"] = cost
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
+    print(f"cost per choice: {json.dumps(cost)}\nwrote {out_path}", flush=True)
+    return report
+
+
 def print_report(report: dict[str, Any]) -> None:
     learning = report["learning"]
-    print("\nchoices  strategy  top pole (strict)        top pole (lenient)       held-out acc            AUC")
+    print("\nchoices  strategy  top pole (strict)        top pole (lenient)       held-out acc            AUC"
+          "                     best-of-N vs plain")
     for asked in map(str, CHECKPOINTS):
         for strategy in ("active", "random"):
             row = learning[strategy].get(asked)
             if row:
                 cells = [f"{v[0]:.2f} [{v[1]:.2f}, {v[2]:.2f}]" for v in (
-                    row["top_pole"], row["top_pole_lenient"], row["held_out_accuracy"], row["held_out_auc"])]
+                    row["top_pole"], row["top_pole_lenient"], row["held_out_accuracy"], row["held_out_auc"],
+                    row["best_of_n_vs_plain"])]
                 print(f"{asked:>7}  {strategy:8s}  " + "  ".join(f"{c:22s}" for c in cells))
     for name, rate in report["decoding_win_rate_vs_plain"].items():
         print(f"profile-decoded vs plain, {name}: {rate['win_rate']:.2f} {rate['ci95']}")
