@@ -3,6 +3,7 @@
     .venv/bin/python -m benchmarks.backends                  # greedy, λ=4, 128 tokens, one thread (~6 minutes)
     .venv/bin/python -m benchmarks.speed --backend transformers llamacpp   # the same (speed.py delegates here)
     .venv/bin/python -m benchmarks.backends --quick          # a smoke test
+    .venv/bin/python -m benchmarks.backends --requantize q4_0   # llama.cpp on the GGUF re-quantised to Q4_0
 
 Run it from the repository root, as a module. For each question and repeat, back to back (the order reverses on
 every other pass, so a linear drift of the machine's speed cancels in the means), on the embedded
@@ -58,6 +59,28 @@ def engine_options(condition: str) -> dict[str, Any]:
         "judge_g2": {"schedule": "lockstep", "guidance": 2.0},
         "product_g1.5": {"combine": "product", "guidance": 1.5},
     }[condition]
+
+
+REQUANTIZE = {"q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0"}
+"""Weight types ``--requantize`` makes (with llama.cpp's own quantiser)."""
+
+
+def requantize(source: Path, kind: str) -> Path:
+    """A copy of ``source`` re-quantised to ``kind`` by llama.cpp (cached in the temp folder)."""
+    import tempfile
+
+    import llama_cpp
+
+    target = Path(tempfile.gettempdir()) / f"persona-judge-{source.stem}-{kind}.gguf"
+    if not target.is_file():
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = getattr(llama_cpp, REQUANTIZE[kind])
+        params.allow_requantize = True
+        partial = target.with_suffix(".partial")
+        if llama_cpp.llama_model_quantize(str(source).encode(), str(partial).encode(), params) != 0:
+            raise SystemExit(f"llama.cpp could not re-quantise {source} to {kind}")
+        partial.replace(target)
+    return target
 
 
 def prompts_for(tokenizer: Any, question: str) -> dict[str, Any]:
@@ -230,6 +253,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="16 tokens, one question, one repeat")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--requantize", choices=sorted(REQUANTIZE), default=None,
+                        help="llama.cpp runs a copy of the embedded GGUF re-quantised to this type (transformers "
+                             "still runs the embedded weights): what the weight format does to the costs")
     args = parser.parse_args(argv)
     if args.quick:
         args.max_new_tokens, args.questions, args.repeats = 16, 1, 1
@@ -241,9 +267,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tokenizer = None
     if "transformers" in args.backend:
         models["transformers"], tokenizer = load_model(None, device="cpu", backend="transformers")
+    gguf = embedded_model_path() if args.requantize is None else requantize(embedded_model_path(), args.requantize)
     if "llamacpp" in args.backend:
-        models["llamacpp"], tokenizer = load_model(None, device="cpu", backend="llamacpp", n_threads=args.threads)
-        models["native"] = Native(str(embedded_model_path()), args.threads)
+        models["llamacpp"], tokenizer = load_model(None if args.requantize is None else str(gguf), device="cpu",
+                                                   backend="llamacpp", n_threads=args.threads)
+        models["native"] = Native(str(gguf), args.threads)
     steps = plan(args.backend)
     questions = QUESTIONS[: args.questions]
     # warm-up: one short run of everything
@@ -269,12 +297,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "config": {"max_new_tokens": args.max_new_tokens, "questions": questions, "repeats": args.repeats,
                    "lookahead": 4, "greedy": True, "eos_ignored": True, "preferences": PREFERENCES,
                    "model": "SmolLM2-135M-Instruct Q4_1 GGUF (embedded)", "threads": args.threads,
+                   "llamacpp_weights": "Q4_1 (as embedded)" if args.requantize is None else
+                   f"{args.requantize.upper()} (the embedded Q4_1 re-quantised; transformers: the embedded weights)",
                    "machine": machine_info("cpu", args.threads), "seconds": round(time.perf_counter() - started, 1)},
         **summary,
         "decode_ms": costs,
         "runs": runs,
     }
-    out = args.out or RESULTS / ("backends_quick.json" if args.quick else "backends.json")
+    suffix = ("_quick" if args.quick else "") + (f"_{args.requantize}" if args.requantize else "")
+    out = args.out or RESULTS / f"backends{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
     print(f"\n{'condition':28s} {'tok/s':>8s} {'vs own direct':>14s} {'vs llama.cpp':>13s} {'rows/tok':>9s} loops")
