@@ -558,3 +558,21 @@ def test_quality_resume_decodes_only_what_is_missing(tmp_path, monkeypatch):
     assert report["config"]["prompts"] == 3 and len(report["records"]) == len(decoded)
     assert report["config"]["resumed_from"] == str(out)
     assert [r["prompt_id"] for r in report["records"]][:2] == ["q0", "q0"]  # in plan order
+
+
+def test_best_of_n_takes_the_rewards_pick_against_the_plain_answer() -> None:
+    from benchmarks.learning import best_of_n, metric_table
+
+    question = "How do I keep a plant alive?"
+    plain = ("Water it when the top of the soil feels dry, give it bright indirect light, and feed it once a "
+             "month in spring and summer.")
+    longest = (plain + " Check the leaves each week for pests, wipe off any dust, turn the pot so every side gets "
+               "light, and move it to a bigger pot when roots grow out of the holes at the bottom.")
+    texts = [plain, "Water it when the soil is dry.", longest]
+    sets = [(np.eye(3), metric_table(texts, question), 0)]  # feature j marks answer j
+    assert best_of_n(np.array([0.0, 1.0, 0.0]), ("concise",), sets) == 1.0  # the short answer: a win
+    assert best_of_n(np.array([0.0, 0.0, 1.0]), ("concise",), sets) == 0.0  # the longest one: a loss
+    assert best_of_n(np.array([1.0, 0.0, 0.0]), ("concise",), sets) == 0.5  # the plain answer itself: a draw
+    # two prompts average; no prompt with a plain answer: undefined, not a silent 0
+    assert best_of_n(np.array([0.0, 1.0, 0.0]), ("concise",), sets * 2) == 1.0
+    assert math.isnan(best_of_n(np.zeros(3), ("concise",), []))
