@@ -3,6 +3,7 @@
     nice -n 10 .venv/bin/python -m benchmarks.learning              # the default run (about 30 minutes on 2 cores)
     .venv/bin/python -m benchmarks.learning --quick                 # a smoke test (2 prompts per split)
     .venv/bin/python -m benchmarks.learning --reanalyse             # the figures again from the cached texts
+    .venv/bin/python -m benchmarks.learning --guidance 1.5 --out benchmarks/results/learning_guidance.json
 
 Run it from the repository root, as a module. Results: benchmarks/results/learning.json; the candidate answers,
 their features and the decoded answers are cached in benchmarks/results/learning_candidates.json (a rerun with the
@@ -29,6 +30,7 @@ same settings reuses them; --fresh starts over).
 5. **Decoding with the profile**: for each user type, the first user's 10-choice active profile decodes each
    evaluation prompt (``ChatPersonaJudge(profile=...)``, the same sampling), against the plain answer on the user's
    own dimensions (win = the mean per-dimension outcome; win rate with a 95% bootstrap CI over prompts).
+   ``--guidance γ`` decodes with guidance on top of the profile (cached apart; use ``--out`` for its figures).
 6. **Cost per choice**: scoring two ~100-token answers to a new question over the 20-persona basis, timed on
    this CPU with one torch thread and with every core: on a fresh scorer (cold: it also reads each persona's
    system turn) and on one that has scored a question before (warm: every later question of a learning
@@ -404,8 +406,14 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
 # -- stage 5: decoding with the learned profile -------------------------------------------------------------------
 
 
+def decoded_key(name: str, guidance: float) -> str:
+    """Where a user type's profile-decoded answers are cached: by name, and by γ when guidance is on."""
+    return name if guidance == 1.0 else f"{name}|guidance={guidance:g}"
+
+
 def decode_with_profiles(records: list[dict[str, Any]], splits: dict[str, list[dict[str, str]]],
-                         cache: dict[str, Any], path: Path, learner: Any, max_tokens: int, seed: int) -> None:
+                         cache: dict[str, Any], path: Path, learner: Any, max_tokens: int, seed: int,
+                         guidance: float = 1.0) -> None:
     from langchain_persona_judge import ChatPersonaJudge
     from langchain_persona_judge.profiles import PreferenceProfile
 
@@ -420,8 +428,8 @@ def decode_with_profiles(records: list[dict[str, Any]], splits: dict[str, list[d
         record = next(r for r in records if tuple(r["dims"]) == dims)
         profile = PreferenceProfile.from_dict(record["decoding_profile"])
         llm = ChatPersonaJudge(hf_model=handle.model, tokenizer=handle.tokenizer, profile=profile,
-                               max_tokens=max_tokens, **SAMPLING)
-        decoded = cache["decoded"].setdefault(name, {})
+                               max_tokens=max_tokens, guidance=guidance, **SAMPLING)
+        decoded = cache["decoded"].setdefault(decoded_key(name, guidance), {})
         for index, prompt in enumerate(splits["evaluate"]):
             if prompt["id"] in decoded:
                 continue
@@ -433,12 +441,13 @@ def decode_with_profiles(records: list[dict[str, Any]], splits: dict[str, list[d
             save_cache(path, cache)
 
 
-def decoding_win_rates(cache: dict[str, Any], splits: dict[str, list[dict[str, str]]]) -> dict[str, Any]:
+def decoding_win_rates(cache: dict[str, Any], splits: dict[str, list[dict[str, str]]], guidance: float = 1.0
+                       ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     pooled = []
     for dims in USER_TYPES:
         name = "+".join(dims)
-        decoded = cache["decoded"].get(name, {})
+        decoded = cache["decoded"].get(decoded_key(name, guidance), {})
         matrices = []
         for prompt in splits["evaluate"]:
             if prompt["id"] not in decoded:
@@ -541,6 +550,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--reanalyse", action="store_true", help="no decoding: figures from the cache only")
     parser.add_argument("--fresh", action="store_true", help="ignore the cache")
     parser.add_argument("--no-decode", action="store_true", help="skip decoding with the profiles (stage 5)")
+    parser.add_argument("--guidance", type=float, default=1.0,
+                        help="decode with the profiles at this guidance strength γ (stage 5; default 1: none)")
     parser.add_argument("--cost-only", action="store_true",
                         help="measure only the cost per choice (stage 6) and update it in the results file")
     parser.add_argument("--cache", type=Path, default=None, help=f"default {CACHE}")
@@ -602,9 +613,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.no_decode:
         if not args.reanalyse:
             mark = time.perf_counter()
-            decode_with_profiles(records, splits, cache, cache_path, learner, args.max_tokens, args.seed)
+            decode_with_profiles(records, splits, cache, cache_path, learner, args.max_tokens, args.seed,
+                                 args.guidance)
             timings["decoding_s"] = time.perf_counter() - mark
-        decoding = decoding_win_rates(cache, splits)
+        decoding = decoding_win_rates(cache, splits, args.guidance)
     previous = json.loads(out_path.read_text(encoding="utf-8")) if args.reanalyse and out_path.is_file() else {}
     cost = previous.get("cost_per_choice", {})
     if not args.reanalyse:
@@ -614,6 +626,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     per_answer = [v["seconds"] / len(v["texts"]) for v in scoring]
     report = {
         "config": {**config, "users": len(records), "user_types": ["+".join(t) for t in USER_TYPES],
+                   "decoding_guidance": args.guidance,
                    "questions": args.questions, "noise": args.noise, "l2": l2, "basis": list(scorer.basis.names),
                    "model": scorer.handle.display, "prompts": {k: len(v) for k, v in splits.items()}},
         "machine": machine_info("cpu", 1),
