@@ -40,8 +40,9 @@ import torch
 from transformers import DynamicCache
 
 from ..decoding import context_limit
-from ..decoding.base import ForwardSignature, check_finite, eos_ids
-from ..errors import ProfileError
+from ..decoding.backends import NON_FINITE
+from ..decoding.base import ForwardSignature, eos_ids
+from ..errors import DecodingError, ProfileError
 from ..personas import Layout, PersonaRegistry, persona_messages
 from ..runtime import admission_queue, display_name, encode_chat, shared_model
 from .basis import Basis, resolve_basis
@@ -339,7 +340,9 @@ class PersonaScorer:
             kwargs["logits_to_keep"] = keep
         self.forwards += 1
         self.positions += ids.numel()
-        return check_finite(model(**kwargs).logits[:, -keep:])
+        # Not checked here: a NaN or an infinity anywhere in a row makes its log-softmax NaN, which the check of
+        # the scored tokens' log-probabilities catches (``_continue``) at a fraction of a full isfinite pass.
+        return model(**kwargs).logits[:, -keep:]
 
     @torch.inference_mode()
     def _run(
@@ -418,6 +421,8 @@ class PersonaScorer:
             targets = target[start : start + block.shape[1]]
             logp = torch.log_softmax(block.float(), dim=-1)
             logps.append(logp.gather(2, targets.to(logp.device).view(1, -1, 1).expand(n_rows, -1, 1))[..., 0])
+            if torch.isnan(logps[-1]).any():
+                raise DecodingError(NON_FINITE)
             if stats is not None:
                 stats.add(logp, logps[-1])
             fed = start + block.shape[1]  # response tokens scored so far; the cache holds all but the last

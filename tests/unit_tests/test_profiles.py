@@ -37,6 +37,7 @@ from langchain_persona_judge.profiles import (
     resolve_basis,
     writing_weights,
 )
+from langchain_persona_judge.errors import DecodingError
 from langchain_persona_judge.profiles.scoring import shared_ending
 from langchain_persona_judge.runtime import encode_chat
 from tests.helpers import full_logits, tiny_llama
@@ -133,6 +134,18 @@ def test_a_new_question_reads_only_what_the_rows_share(model: Any, tokenizer: An
     again = warm.features(conversation, ANSWERS)
     assert warm.positions - before == len(rows) * (max(map(len, warm.prompt_rows(conversation))) + tokens)
     np.testing.assert_allclose(again, fresh.features(conversation, ANSWERS), atol=1e-5)
+
+
+@pytest.mark.parametrize("poison", ["nan", "inf"])
+def test_non_finite_logits_raise_instead_of_a_silent_nan_feature(tokenizer: Any, poison: str) -> None:
+    broken = tiny_llama(seed=3, vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id)
+    with torch.no_grad():
+        broken.lm_head.weight[5].fill_(float(poison))  # one vocabulary row: every position's logits hold it
+    scorer = PersonaScorer((broken, tokenizer), BASIS)
+    with pytest.raises(DecodingError, match="NaN or all-infinite logits"):
+        scorer.features(PROMPT, ANSWERS[:1])
+    with pytest.raises(DecodingError, match="NaN or all-infinite logits"):
+        scorer.writing_statistics(PROMPT, ANSWERS[0])
 
 
 def test_shared_ending_leaves_every_row_a_token_of_its_own() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import LockstepBatch, ModelBackend, Sequences, check_finite
+from .base import NON_FINITE, LockstepBatch, ModelBackend, Sequences, check_finite
 from .hf import ForwardSignature, TransformersBackend, context_limit
 
 BACKENDS = ("transformers", "llamacpp")
@@ -35,6 +35,7 @@ def backend_name(model: Any) -> str:
 
 __all__ = [
     "BACKENDS",
+    "NON_FINITE",
     "ForwardSignature",
     "LockstepBatch",
     "ModelBackend",

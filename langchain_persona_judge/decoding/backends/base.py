@@ -28,13 +28,15 @@ from ...errors import DecodingError
 from ..options import DecodingStats
 
 
+NON_FINITE = (
+    "The model produced NaN or all-infinite logits; check the model's dtype (try dtype=torch.float32) and weights."
+)
+
+
 def check_finite(logits: torch.Tensor) -> torch.Tensor:
     """``logits`` unchanged, or a DecodingError when a row is NaN or has no finite entry."""
     if not torch.isfinite(logits).any(dim=-1).all() or torch.isnan(logits).any():
-        raise DecodingError(
-            "The model produced NaN or all-infinite logits; check the model's dtype (try dtype=torch.float32) "
-            "and weights."
-        )
+        raise DecodingError(NON_FINITE)
     return logits
 
 
@@ -126,4 +128,4 @@ class ModelBackend(ABC):
         return False
 
 
-__all__ = ["LockstepBatch", "ModelBackend", "Sequences", "check_finite"]
+__all__ = ["NON_FINITE", "LockstepBatch", "ModelBackend", "Sequences", "check_finite"]
