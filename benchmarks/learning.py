@@ -473,15 +473,34 @@ def cost_per_choice(cache: dict[str, Any], scorer_model: Any, tokens: int = 100,
     """Seconds to score two ``tokens``-token answers to a new question over the built-in basis, per torch thread
     count (default: one, and every core): on a fresh scorer (``cold``: it reads the personas' system turns too)
     and on one that has scored another question before (``warm``: what each question of a learning session
-    costs after the first; the median over ``questions - 1`` questions). With ``bfloat16``, the same with every
-    core on the model loaded in bfloat16, and how far its features are from the fp32 ones (the largest absolute
-    difference, against their mean size, and how often the two answers' feature differences keep their sign)."""
+    costs after the first; the median over ``questions - 1`` questions). With ``bfloat16``, the same with the
+    last thread count on the model loaded in bfloat16, and how far its features are from the fp32 ones (the
+    largest absolute difference, against their mean size, and how often the two answers' feature differences
+    keep their sign)."""
     from langchain_persona_judge.profiles import PersonaScorer
 
     texts = [c["text"] for entries in cache["candidates"].values() for c in entries if c["text"].strip()]
     tokenizer = scorer_model.tokenizer
     pool = tokenizer(" ".join(texts), add_special_tokens=False)["input_ids"]
+    if len(pool) < 2 * questions * tokens:
+        raise SystemExit(f"The candidate cache holds {len(pool)} answer tokens, fewer than the {2 * questions * tokens} "
+                         "the cost measurement reads; run the benchmark once without --cost-only first.")
     answers = [tokenizer.decode(pool[i * tokens:(i + 1) * tokens]) for i in range(2 * questions)]
+
+    def score_questions(scorer: Any) -> tuple[list[float], list[int], np.ndarray]:
+        """Seconds and token positions of each question's two answers on ``scorer``, and their features."""
+        seconds, positions, features = [], [], []
+        for q in range(questions):
+            mark, started = scorer.positions, time.perf_counter()
+            features.append(scorer.features(f"Question number {q}: what should I know about this?",
+                                            answers[2 * q:2 * q + 2]))
+            seconds.append(time.perf_counter() - started)
+            positions.append(scorer.positions - mark)
+        return seconds, positions, np.concatenate(features)
+
+    def warm(values: list[Any]) -> Any:
+        return round(float(np.median(values[1:])), 2) if questions > 1 else None
+
     cores = os.cpu_count() or 1
     before = torch.get_num_threads()
     out: dict[str, Any] = {"answer_tokens": tokens, "machine_cores": cores}
@@ -489,41 +508,24 @@ def cost_per_choice(cache: dict[str, Any], scorer_model: Any, tokens: int = 100,
         for count in threads or tuple(dict.fromkeys((1, cores))):
             torch.set_num_threads(count)
             scorer = PersonaScorer(scorer_model)
-            seconds, positions = [], []
-            for q in range(questions):
-                mark, started = scorer.positions, time.perf_counter()
-                scorer.features(f"Question number {q}: what should I know about this?", answers[2 * q:2 * q + 2])
-                seconds.append(time.perf_counter() - started)
-                positions.append(scorer.positions - mark)
-            warm = float(np.median(seconds[1:])) if questions > 1 else None
+            seconds, positions, exact = score_questions(scorer)
             out[f"threads_{count}"] = {
                 "cold_seconds": round(seconds[0], 2), "cold_positions": positions[0],
-                "warm_seconds": None if warm is None else round(warm, 2),
-                "warm_positions": positions[-1] if questions > 1 else None,
+                "warm_seconds": warm(seconds), "warm_positions": positions[-1] if questions > 1 else None,
                 "positions_per_second": round(sum(positions) / sum(seconds)),
             }
         out.update(basis=len(scorer.basis), rows=len(scorer.basis) + 1)
-        if bfloat16:  # the same on the model loaded in bfloat16 (ChatPersonaJudge(dtype="bfloat16")), every core
+        if bfloat16:  # the model loaded in bfloat16 (ChatPersonaJudge(dtype="bfloat16")), the last thread count
             from langchain_persona_judge.profiles.scoring import resolve_model
 
-            torch.set_num_threads(cores)
-            exact = np.concatenate([scorer.features(f"Question number {q}: what should I know about this?",
-                                                    answers[2 * q:2 * q + 2]) for q in range(questions)])
-            half = PersonaScorer(resolve_model(None, dtype="bfloat16"))
-            seconds, rough = [], []
-            for q in range(questions):
-                started = time.perf_counter()
-                rough.append(half.features(f"Question number {q}: what should I know about this?",
-                                           answers[2 * q:2 * q + 2]))
-                seconds.append(time.perf_counter() - started)
-            rough_all = np.concatenate(rough)
+            seconds, _, rough = score_questions(PersonaScorer(resolve_model(None, dtype="bfloat16")))
             out["bfloat16"] = {
-                "threads": cores, "cold_seconds": round(seconds[0], 2),
-                "warm_seconds": round(float(np.median(seconds[1:])), 2) if questions > 1 else None,
-                "max_abs_feature_error": round(float(np.abs(rough_all - exact).max()), 4),
+                "threads": torch.get_num_threads(), "cold_seconds": round(seconds[0], 2),
+                "warm_seconds": warm(seconds),
+                "max_abs_feature_error": round(float(np.abs(rough - exact).max()), 4),
                 "feature_scale": round(float(np.abs(exact).mean()), 4),
                 "difference_sign_agreement": round(float(np.mean(
-                    np.sign(rough_all[0::2] - rough_all[1::2]) == np.sign(exact[0::2] - exact[1::2]))), 3),
+                    np.sign(rough[0::2] - rough[1::2]) == np.sign(exact[0::2] - exact[1::2]))), 3),
             }
     finally:
         torch.set_num_threads(before)
