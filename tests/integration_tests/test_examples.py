@@ -1,12 +1,13 @@
 """Every example in ``examples/`` runs on the embedded model, exits 0 and prints what its docstring promises.
 
 The examples read their answer length from PERSONA_JUDGE_EXAMPLE_MAX_TOKENS; the tests shrink it so the
-four scripts finish in about a minute and a half on two shared CPU cores.
+five scripts finish in about a minute and a half on two shared CPU cores.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import os
 import re
 import subprocess
@@ -27,6 +28,9 @@ EXPECTED: dict[str, tuple[list[str], int]] = {
     "stream_terminal.py": (["stats:", "acceptance rate:", "forward passes:", "finish reason:"], 1),
     "async_stream.py": (["astream:", "ainvoke x2 (asyncio.gather):", "acceptance rate"], 3),
     "batch.py": (["bind(preferences=...) + batch:", "configurable_fields + batch with per-input config:"], 4),
+    "learn_preferences.py": (["learn_profile (4 choices), strongest poles:", "learn_from_texts (2 texts), strongest poles:",
+                              "profile_from_description: weights all zero = True", "profile.rank (best first):",
+                              "profile added: {'personas': [{'name':"], 1),
 }
 
 
@@ -50,21 +54,37 @@ def test_example_has_a_docstring_that_says_how_to_run_it(name: str) -> None:
     assert doc and f"examples/{name}" in doc and "PERSONA_JUDGE_EXAMPLE_MAX_TOKENS" in doc
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_example_runs(name: str) -> None:
+@functools.lru_cache(maxsize=None)
+def _run(name: str) -> subprocess.CompletedProcess[str]:
+    """The example's run (once per session, whichever test reads it first)."""
     env = {**os.environ, "PERSONA_JUDGE_EXAMPLE_MAX_TOKENS": MAX_TOKENS}
     # One torch thread per script unless told otherwise: on a few shared cores extra threads mostly wait
     # for each other, and the run time becomes erratic.
     env.setdefault("OMP_NUM_THREADS", "1")
-    done = subprocess.run(
-        [sys.executable, str(EXAMPLES / name)], capture_output=True, text=True, timeout=300, env=env
-    )
+    return subprocess.run([sys.executable, str(EXAMPLES / name)], capture_output=True, text=True, timeout=300,
+                          env=env)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_example_runs(name: str) -> None:
+    done = _run(name)
     assert done.returncode == 0, done.stderr[-3000:]
     labels, count = EXPECTED[name]
     for label in labels:
         assert label in done.stdout, f"{label!r} missing from:\n{done.stdout}"
     answers = _answers(name, done.stdout)
     assert len(answers) == count and all(a.strip() for a in answers), done.stdout
+
+
+def test_learned_reward_ranks_the_answer_the_user_would_pick_first() -> None:
+    """The user of examples/learn_preferences.py always chose the short, plain answer: the learned reward puts
+    the plain answer to a new question above the technical one, by a margin."""
+    done = _run("learn_preferences.py")
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranked = done.stdout.split("profile.rank (best first):\n", 1)[1].splitlines()[:2]
+    (first, best), (second, worst) = (line.split(maxsplit=1) for line in ranked)
+    assert best.startswith("Leaves lose their green") and worst.startswith("Chlorophyll degradation"), ranked
+    assert float(first) > float(second) + 1.0, ranked
 
 
 def test_demo_runs() -> None:
