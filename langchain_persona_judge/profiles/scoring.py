@@ -384,7 +384,8 @@ class PersonaScorer:
             kept = self._read_heads(heads, signature)
             # A cache that cannot be cut back is read afresh for every response: keeping it saves nothing.
             self._heads = kept if getattr(kept.cache, "is_croppable", True) else None
-        cache = copy.deepcopy(kept.cache)
+        # The kept cache is continued on a copy; one read just for this prompt is continued as it is.
+        cache = copy.deepcopy(kept.cache) if kept is self._heads else kept.cache
         if not shared:
             return kept.last, cache, kept.lengths, kept.attention
         n_rows = len(rows)

@@ -136,6 +136,25 @@ def test_a_new_question_reads_only_what_the_rows_share(model: Any, tokenizer: An
     np.testing.assert_allclose(again, fresh.features(conversation, ANSWERS), atol=1e-5)
 
 
+def test_a_cache_that_cannot_be_cut_back_is_read_afresh_and_scores_the_same(
+    model: Any, tokenizer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformers import DynamicCache
+
+    from langchain_persona_judge.profiles import scoring
+
+    exact = PersonaScorer((model, tokenizer), BASIS).features(PROMPT, ANSWERS)
+
+    class Uncroppable(DynamicCache):  # as a sliding-window cache says of itself
+        is_croppable = False
+
+    monkeypatch.setattr(scoring, "DynamicCache", Uncroppable)
+    scorer = PersonaScorer((model, tokenizer), BASIS, chunk=1000)
+    np.testing.assert_allclose(scorer.features(PROMPT, ANSWERS), exact, atol=1e-5)
+    assert scorer._heads is None  # nothing kept: every response read its prompt again
+    assert scorer.forwards == len(ANSWERS) * 3  # heads, shared ending, response
+
+
 @pytest.mark.parametrize("poison", ["nan", "inf"])
 def test_non_finite_logits_raise_instead_of_a_silent_nan_feature(tokenizer: Any, poison: str) -> None:
     broken = tiny_llama(seed=3, vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id)
