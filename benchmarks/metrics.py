@@ -233,6 +233,9 @@ class WinRate:
     losses: float
     comparisons: int
     prompts: int
+    partial: float = 0.0
+    """Share of outcomes strictly between 0 and 1 other than a 0.5 tie (e.g. a mean over two dimensions, 0.75):
+    neither a win, a tie nor a loss, so ``wins + ties + losses + partial == 1``."""
 
     @property
     def contains_half(self) -> bool:
@@ -249,13 +252,16 @@ class WinRate:
             "win": round(self.wins, 4),
             "tie": round(self.ties, 4),
             "loss": round(self.losses, 4),
+            **({"partial": round(self.partial, 4)} if self.partial else {}),
             "comparisons": self.comparisons,
             "prompts": self.prompts,
         }
 
 
 def win_rate(matrices: Sequence[np.ndarray], n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> WinRate:
-    """Win rate ``(wins + ties/2) / comparisons`` over per-prompt outcome matrices, with a bootstrap CI.
+    """Win rate (the mean outcome: ``(wins + ties/2) / comparisons`` for 1/0.5/0 outcomes) over per-prompt outcome
+    matrices, with a bootstrap CI. ``wins``, ``ties`` and ``losses`` count outcomes of exactly 1, 0.5 and 0; any
+    other (fractional) outcome is ``partial``, never a loss.
 
     Each resample draws prompts with replacement, then, within each drawn prompt, the rows (A's seeds) and
     columns (B's seeds) of its matrix with replacement; the CI is the percentile interval.
@@ -265,7 +271,7 @@ def win_rate(matrices: Sequence[np.ndarray], n_boot: int = 2000, seed: int = 0, 
         return WinRate(float("nan"), float("nan"), float("nan"), 0.0, 0.0, 0.0, 0, 0)
     flat = np.concatenate([m.ravel() for m in mats])
     point = float(flat.mean())
-    wins, ties = float((flat == 1).mean()), float((flat == 0.5).mean())
+    wins, ties, losses = float((flat == 1).mean()), float((flat == 0.5).mean()), float((flat == 0).mean())
     rng = np.random.default_rng(seed)
     n = len(mats)
     if len({m.shape for m in mats}) == 1:  # the usual case: vectorised
@@ -287,7 +293,8 @@ def win_rate(matrices: Sequence[np.ndarray], n_boot: int = 2000, seed: int = 0, 
             stats[b] = total / count
     alpha = (1 - level) / 2
     low, high = np.quantile(stats, [alpha, 1 - alpha])
-    return WinRate(point, float(low), float(high), wins, ties, 1 - wins - ties, int(flat.size), n)
+    return WinRate(point, float(low), float(high), wins, ties, losses, int(flat.size), n,
+                   partial=float(((flat != 0) & (flat != 0.5) & (flat != 1)).mean()))
 
 
 # -- fluency and loops -------------------------------------------------------------------------------------

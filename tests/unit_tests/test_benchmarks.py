@@ -116,6 +116,16 @@ def test_win_rate_extremes_and_ties():
     assert mixed.win_rate == 0.5 and mixed.wins == 0.25 and mixed.ties == 0.5 and mixed.losses == 0.25
 
 
+def test_win_rate_counts_fractional_outcomes_as_neither_win_tie_nor_loss():
+    # Planted: a two-dimension user's outcome is the mean of its per-dimension outcomes, so 0.75 and 0.25 occur.
+    # Outcomes 1, 0.75, 0.5, 0.25, 0, 0: one strict win, one tie, two strict losses, two partial outcomes.
+    rate = win_rate([np.array([[v]]) for v in (1.0, 0.75, 0.5, 0.25, 0.0, 0.0)], n_boot=100)
+    assert rate.win_rate == pytest.approx(2.5 / 6)
+    assert (rate.wins, rate.ties, rate.losses, rate.partial) == pytest.approx((1 / 6, 1 / 6, 2 / 6, 2 / 6))
+    assert rate.to_dict()["loss"] == round(2 / 6, 4) and rate.to_dict()["partial"] == round(2 / 6, 4)
+    assert "partial" not in win_rate([np.array([[1.0, 0.0]])], n_boot=10).to_dict()
+
+
 def test_bootstrap_ci_is_reproducible_covers_the_truth_and_narrows_with_more_prompts():
     rng = np.random.default_rng(0)
     small = [rng.choice([0.0, 0.5, 1.0], size=(2, 2)) for _ in range(20)]
