@@ -32,7 +32,6 @@ Results: benchmarks/results/backends.json (``--out``); ``benchmarks/tables.py`` 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -41,10 +40,9 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import RESULTS, machine_info
+from benchmarks.common import LOOKAHEAD, PREFERENCES, QUESTIONS, RESULTS, machine_info, write_results
 from langchain_persona_judge.decoding.options import DecodingStats
 from benchmarks.metrics import loop_report
-from benchmarks.speed import PREFERENCES, QUESTIONS
 
 CONDITIONS = ["direct", "speculative", "lockstep", "product", "judge_g2", "product_g1.5"]
 """Engine conditions, run on every backend."""
@@ -133,7 +131,7 @@ def run_once(backend: str, condition: str, models: dict[str, Any], prompts: dict
         personas = prompts["direct"] if condition == "direct" else prompts["personas"]
         if options.get("guidance", 1.0) != 1.0:
             options["reference"] = prompts["reference"]
-        gen = generate(models[backend], personas, max_new_tokens=n, do_sample=False, lookahead=4,
+        gen = generate(models[backend], personas, max_new_tokens=n, do_sample=False, lookahead=LOOKAHEAD,
                        eos_token_id=[], **options)
         tokens = gen.token_ids
         stats = {"forward_calls": gen.stats.forward_calls, "positions": gen.stats.positions}
@@ -295,7 +293,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = {
         "benchmark": "backends",
         "config": {"max_new_tokens": args.max_new_tokens, "questions": questions, "repeats": args.repeats,
-                   "lookahead": 4, "greedy": True, "eos_ignored": True, "preferences": PREFERENCES,
+                   "lookahead": LOOKAHEAD, "greedy": True, "eos_ignored": True, "preferences": PREFERENCES,
                    "model": "SmolLM2-135M-Instruct Q4_1 GGUF (embedded)", "threads": args.threads,
                    "llamacpp_weights": "Q4_1 (as embedded)" if args.requantize is None else
                    f"{args.requantize.upper()} (the embedded Q4_1 re-quantised; transformers: the embedded weights)",
@@ -306,8 +304,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     suffix = ("_quick" if args.quick else "") + (f"_{args.requantize}" if args.requantize else "")
     out = args.out or RESULTS / f"backends{suffix}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
+    write_results(out, report, module="benchmarks.backends", argv=argv, backend=args.backend, threads=args.threads)
     print(f"\n{'condition':28s} {'tok/s':>8s} {'vs own direct':>14s} {'vs llama.cpp':>13s} {'rows/tok':>9s} loops")
     for key, row in summary["table"].items():
         print(f"{key:28s} {row['tokens_per_s']:8.1f} {row.get('vs_' + row['backend'] + '_direct', float('nan')):14.2f} "

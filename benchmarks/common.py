@@ -1,10 +1,16 @@
-"""Helpers shared by the benchmark scripts: model loading (embedded or random-init), hooks, memory, machine info."""
+"""What the benchmark scripts share: their constants (questions, preferences, sampling, λ), model loading (embedded
+or random-init), hooks, memory, machine info, and the one writer of results files (:func:`write_results`), which
+records the machine, library versions, backend, commit and command line with every result."""
 
 from __future__ import annotations
 
 import ctypes
+import datetime
+import json
 import os
 import platform
+import shlex
+import subprocess
 import sys
 import threading
 import time
@@ -17,6 +23,26 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 SHARED_ENV = "PERSONA_JUDGE_SHARED"
+
+# -- constants shared by the benchmarks ----------------------------------------------------------------------
+
+QUESTIONS = [
+    "Why is the sky blue?",
+    "How do vaccines train the immune system?",
+    "What should I pack for a weekend hiking trip?",
+]
+"""The speed and backend benchmarks' questions."""
+PREFERENCES = [
+    "Explain it so that a ten-year-old understands, with simple words.",
+    "Be playful and funny, like a friendly storyteller.",
+]
+"""The speed and backend benchmarks' two preferences."""
+SAMPLING = {"temperature": 0.7, "top_p": 0.95}
+"""The sampled runs' settings (speed; the quality benchmark's main setting)."""
+LEARNING_SAMPLING = {**SAMPLING, "repetition_penalty": 1.2}
+"""The learning benchmark's candidates and decoded answers: the chat model's repetition penalty on top."""
+LOOKAHEAD = 4
+"""λ wherever a benchmark does not sweep it."""
 
 
 def shared_dir(override: str | os.PathLike[str] | None = None) -> Path:
@@ -265,3 +291,68 @@ def kv_cache_mib(model: Any, tokens: int) -> float:
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     itemsize = next(model.parameters()).element_size()
     return 2 * layers * kv_heads * head_dim * itemsize * tokens / 2**20
+
+
+# -- the results writer -------------------------------------------------------------------------------------
+
+
+def library_versions() -> dict[str, str | None]:
+    """Versions of what a figure depends on (None: not installed)."""
+    from importlib import metadata
+
+    out: dict[str, str | None] = {}
+    for name, dist in (("torch", "torch"), ("transformers", "transformers"), ("llama_cpp", "llama-cpp-python"),
+                       ("numpy", "numpy"), ("langchain_persona_judge", "langchain-persona-judge")):
+        try:
+            out[name] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_commit() -> dict[str, Any]:
+    """The repository's commit and whether its tracked files had uncommitted changes (None outside git)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": bool(dirty)}
+
+
+def command_line(module: str, argv: list[str] | None) -> str:
+    """How the run was started, as a command to paste: ``python -m benchmarks.X ARGS`` (``argv``: the script's
+    arguments; None: this process's own)."""
+    args = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    return shlex.join(["python", "-m", module, *args])
+
+
+def provenance(module: str, argv: list[str] | None, backend: str | list[str] | None, device: str = "cpu",
+               threads: int | None = None) -> dict[str, Any]:
+    """What a results file records about how it was made: the command, backend(s), machine (CPU model, cores,
+    load), library versions, commit and time."""
+    return {
+        "command": command_line(module, argv),
+        "backend": backend,
+        "machine": machine_info(device, threads),
+        "libraries": library_versions(),
+        "git": git_commit(),
+        "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def write_results(path: Path, report: dict[str, Any], *, module: str, argv: list[str] | None,
+                  backend: str | list[str] | None, device: str = "cpu", threads: int | None = None,
+                  indent: int | None = 1, default: Any = None) -> Path:
+    """Writes ``report`` as JSON to ``path`` (atomically: a temporary file, then a rename) with a ``provenance``
+    entry (:func:`provenance`) in front. Every benchmark writes its results through this."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {"provenance": provenance(module, argv, backend, device, threads),
+            **{k: v for k, v in report.items() if k != "provenance"}}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(body, indent=indent, ensure_ascii=False, default=default) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path

@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import RESULTS
+from benchmarks.common import LOOKAHEAD, RESULTS, write_results
 from langchain_persona_judge import decoding as engine
 from langchain_persona_judge import shared_model
 from langchain_persona_judge.grammar import Grammar, GrammarConstraint, constraint_for
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.tokens, args.questions = 32, 2
     model, tokenizer = shared_model(None, device="cpu", backend="transformers")
     result: dict[str, Any] = {"model": "SmolLM2-135M-Instruct", "device": "cpu", "threads": args.threads,
-                              "tokens": args.tokens, "personas": len(PREFERENCES), "lookahead": 4}
+                              "tokens": args.tokens, "personas": len(PREFERENCES), "lookahead": LOOKAHEAD}
     with _threads(args.threads):
         if "overhead" in args.sections:
             result["overhead"] = overhead(model, tokenizer, QUESTIONS[: args.questions], args.tokens)
@@ -285,8 +285,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if row:
                     print(f"{name:11s} {row['tokenizer_setup_s']:12.2f} {1000 * row['compile_s']:11.1f} "
                           f"{row['mask_us_mean']:13.1f} {row['mask_us_max']:8.0f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False), "utf-8")
+    write_results(args.out, result, module="benchmarks.constrained", argv=argv, backend="transformers",
+                  threads=args.threads, indent=2)
     print(f"\nwrote {args.out}")
     return result
 

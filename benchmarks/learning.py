@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import RESULTS, machine_info, shared_dir
+from benchmarks.common import LEARNING_SAMPLING, RESULTS, machine_info, shared_dir, write_results
 from benchmarks.learning_stats import (UserScores, clustered_win_rate, matrix_mean, mean_over_users,
                                        paired_difference, roc_auc)
 from benchmarks.metrics import DIMENSIONS, compare, guard_failures
@@ -72,7 +72,7 @@ LENIENT_POLES: dict[str, set[str]] = {
 CHECKPOINTS = (5, 10, 20)
 DECODE_AFTER = 10
 """The profile that decodes is the one after this many choices (or after every choice of a shorter run)."""
-SAMPLING = {"temperature": 0.7, "top_p": 0.95, "repetition_penalty": 1.2}
+SAMPLING = LEARNING_SAMPLING
 CACHE = RESULTS / "learning_candidates.json"
 L2_SWEEP = (0.03, 0.1, 0.3, 1.0)
 """Other L2 strengths the simulation is rerun with (the figures after 10 choices): how much the default matters."""
@@ -631,7 +631,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cache = {"config": config, "candidates": {}, "features": {}, "plain_eval": {}, "decoded": {}} if args.fresh \
         else load_cache(cache_path, config)
     if args.cost_only:
-        return update_cost(out_path, cost_per_choice(cache, PersonaScorer(None).handle,
+        return update_cost(out_path, argv, cost_per_choice(cache, PersonaScorer(None).handle,
                                                      tokens=24 if args.quick else 100))
     scorer = PersonaScorer(None)
     learner = PreferenceLearner(scorer, prompts=[], max_tokens=args.max_tokens, seed=args.seed, **SAMPLING)
@@ -708,19 +708,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if profile is not None and name not in decoders:
             decoders[name] = {p["name"]: round(p["weight"], 4) for p in profile["basis"]["personas"]}
     report["decoding_profiles"] = decoders
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
+    if args.reanalyse and previous:  # the figures are recomputed here; the texts were decoded where they were
+        report["decoded_on"] = previous.get("decoded_on", previous.get("machine"))
+    write_results(out_path, report, module="benchmarks.learning", argv=argv, backend="transformers", threads=1)
     print_report(report)
     print(f"\nwrote {out_path}", flush=True)
     return report
 
 
-def update_cost(out_path: Path, cost: dict[str, Any]) -> dict[str, Any]:
+def update_cost(out_path: Path, argv: list[str] | None, cost: dict[str, Any]) -> dict[str, Any]:
     """Writes a new cost per choice into an existing results file (the rest of it unchanged)."""
     report = json.loads(out_path.read_text(encoding="utf-8")) if out_path.is_file() else {}
     report["cost_per_choice"] = cost
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
+    write_results(out_path, report, module="benchmarks.learning", argv=argv, backend="transformers")
     print(f"cost per choice: {json.dumps(cost)}\nwrote {out_path}", flush=True)
     return report
 

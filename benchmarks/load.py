@@ -827,8 +827,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--temperature must be in [0, 2]")
     report = asyncio.run(run(args))
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(report, indent=2) + "\n")
+        from benchmarks.common import write_results
+
+        write_results(args.output, report, module="benchmarks.load", argv=argv, backend="the chat app server's (auto)",
+                      indent=2)
     if args.json:
         print(json.dumps(report))
     else:

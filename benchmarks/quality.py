@@ -59,7 +59,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import RESULTS, machine_info, shared_dir
+from benchmarks.common import LOOKAHEAD, RESULTS, SAMPLING, machine_info, shared_dir, write_results
 from benchmarks.metrics import DIMENSIONS, aa_matrix, answer_nll, compare, guard_failures, outcome_matrix, win_rate
 
 SETTINGS: dict[str, list[str]] = {
@@ -70,9 +70,8 @@ SETTINGS: dict[str, list[str]] = {
     "simple+concise+friendly": ["simple", "concise", "friendly"],
 }
 DEFAULT_SETTINGS = ["simple+friendly", "concise+friendly"]
-MAIN_SAMPLING = {"temperature": 0.7, "top_p": 0.95}
+MAIN_SAMPLING = SAMPLING
 PAPER_SAMPLING = {"temperature": 0.9, "top_k": 20, "top_p": 0.9}
-LOOKAHEAD = 4
 RULES = ("persona_judge", "product", "direct")
 """The rules a γ applies to: Persona-judge over guided personas, the guided product, the guided direct prompt."""
 DEFAULT_GAMMAS = [2.0]
@@ -633,14 +632,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         records, config = generate_records(args, started)
         out = args.out
         # The raw records first, so that a failure in the scoring loses no decoding (--rescore recovers them).
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"benchmark": "quality", "config": config, "records": records}, ensure_ascii=False))
+        write_results(out, {"benchmark": "quality", "config": config, "records": records}, module="benchmarks.quality",
+                      argv=argv, backend=config.get("backend", "transformers"), device=args.device,
+                      threads=args.threads, indent=None)
     score_records(records)
     analysis = analyse(records, config["settings"], n_boot=args.bootstrap)
     report = {"benchmark": "quality", "config": config, "notes": report_notes(config, analysis), "results": analysis,
               "records": records}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1, ensure_ascii=False))
+    write_results(out, report, module="benchmarks.quality", argv=argv, backend=config.get("backend", "transformers"),
+                  device=args.device, threads=args.threads)
     print_report(report)
     print(f"\nwritten to {out} ({time.perf_counter() - started:.0f} s)")
     return report

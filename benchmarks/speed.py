@@ -66,7 +66,10 @@ import torch
 
 from benchmarks.metrics import loop_report
 from benchmarks.common import (
+    PREFERENCES,
+    QUESTIONS,
     RESULTS,
+    SAMPLING,
     BenchModel,
     ForwardCounter,
     MemoryMeter,
@@ -74,26 +77,17 @@ from benchmarks.common import (
     load_bench_model,
     machine_info,
     now,
+    write_results,
 )
 from langchain_persona_judge import stream
 from langchain_persona_judge.decoding import SCHEDULES, is_prepacked
 from langchain_persona_judge.decoding.reference import engine_history, iteration_schedule, naive_generate
 
-QUESTIONS = [
-    "Why is the sky blue?",
-    "How do vaccines train the immune system?",
-    "What should I pack for a weekend hiking trip?",
-]
-PREFERENCES = [
-    "Explain it so that a ten-year-old understands, with simple words.",
-    "Be playful and funny, like a friendly storyteller.",
-]
 FILLER = (
     "Here are my notes from a long day of reading, for context. Light scatters off the molecules of the air, "
     "and shorter wavelengths scatter more. Vaccines show the immune system a harmless piece of a germ so it can "
     "learn to recognise it. A good hiking pack holds water, food, layers of clothing, a map and a first-aid kit. "
 )
-SAMPLING = {"temperature": 0.7, "top_p": 0.95}
 MARK_EVERY = 16
 
 
@@ -539,8 +533,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     run_steps(plan_steps(bench, args, results))
     report = build_report(bench, args, results, reload)
     report["elapsed_s"] = round(time.perf_counter() - started, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1, default=_json_default))
+    write_results(args.out, report, module="benchmarks.speed", argv=argv, backend="transformers",
+                  device=args.device, threads=args.threads, default=_json_default)
     print_report(report)
     print(f"\nwritten to {args.out} ({report['elapsed_s']:.0f} s)")
     return report
