@@ -94,8 +94,12 @@ def _init_worker(model: str | None, threads: int, device: str = "cpu", backend: 
     torch.set_num_threads(threads)
     from langchain_persona_judge import load_model
 
-    # transformers: every saved record was decoded on it, and the perplexity reads its forward.
-    _STATE["model"], _STATE["tokenizer"] = load_model(model, device=device, backend=backend)
+    # transformers: every record before the fresh-prompt run was decoded on it. The perplexity always reads a
+    # transformers forward (the same weights de-quantised to fp32 when llama.cpp decodes the GGUF).
+    extra = {"n_threads": threads} if backend == "llamacpp" else {}
+    _STATE["model"], _STATE["tokenizer"] = load_model(model, device=device, backend=backend, **extra)
+    _STATE["scorer"] = (_STATE["model"] if backend == "transformers" else
+                        load_model(model, device=device, backend="transformers")[0])
 
 
 _CONDITION = re.compile(r"^(persona_judge|product|direct)_g(-?[\d.]+)$")
@@ -167,7 +171,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
                    **sampling)
     seconds = time.perf_counter() - start
     text = tokenizer.decode(gen.token_ids, skip_special_tokens=True).strip()
-    nll = answer_nll(model, reference.tolist(), gen.token_ids)
+    nll = answer_nll(_STATE.get("scorer", model), reference.tolist(), gen.token_ids)
     out = {k: v for k, v in job.items() if k not in ("preferences", "max_new_tokens")}
     out.update(text=text, tokens=len(gen.token_ids), finish_reason=gen.finish_reason, seconds=round(seconds, 3),
                combine=spec["combine"], guidance=spec["guidance"], token_ids=list(gen.token_ids),
@@ -218,8 +222,8 @@ def plan_jobs(prompts: list[dict[str, str]], settings: list[str], paper_settings
 
 
 def generate_all(jobs: list[dict[str, Any]], model: str | None, workers: int, threads: int,
-                 device: str = "cpu",
-                 max_seconds: float | None = None, min_prompts: int = 2) -> tuple[list[dict[str, Any]], bool]:
+                 device: str = "cpu", max_seconds: float | None = None, min_prompts: int = 2,
+                 backend: str = "transformers") -> tuple[list[dict[str, Any]], bool]:
     """Decode every job; returns (records, whether the time budget stopped it before the last prompts).
 
     Jobs are started a prompt at a time, in order. With ``max_seconds``, a new prompt is started only while the
@@ -240,7 +244,7 @@ def generate_all(jobs: list[dict[str, Any]], model: str | None, workers: int, th
     start = time.perf_counter()
     started = 0
     stopped = False
-    pool = worker_pool(model, workers, threads, device)
+    pool = worker_pool(model, workers, threads, device, backend)
     inflight: set[Any] = set()
 
     def fits(extra_jobs: int) -> bool:
@@ -276,15 +280,16 @@ def generate_all(jobs: list[dict[str, Any]], model: str | None, workers: int, th
     return records, stopped
 
 
-def worker_pool(model: str | None, workers: int, threads: int, device: str = "cpu") -> Executor:
+def worker_pool(model: str | None, workers: int, threads: int, device: str = "cpu",
+                backend: str = "transformers") -> Executor:
     """``workers`` spawned processes with the model loaded, or (``workers <= 1``) one thread of this process."""
     import multiprocessing
     from concurrent.futures import ThreadPoolExecutor
 
     if workers <= 1:
-        return ThreadPoolExecutor(1, initializer=_init_worker, initargs=(model, threads, device))
+        return ThreadPoolExecutor(1, initializer=_init_worker, initargs=(model, threads, device, backend))
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_worker, initargs=(model, threads, device))
+                               initializer=_init_worker, initargs=(model, threads, device, backend))
 
 
 # -- scoring and statistics --------------------------------------------------------------------------------
@@ -564,6 +569,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="start no new prompt once the run would exceed this many minutes (default 6; "
                              "--full and --quick: no limit; 0: no limit)")
+    parser.add_argument("--skip-prompts", type=int, default=0, metavar="N",
+                        help="leave out the first N prompts (e.g. 60: the ones earlier runs decoded) and take "
+                             "--prompts from the rest (default 0)")
+    parser.add_argument("--backend", choices=["transformers", "llamacpp"], default="transformers",
+                        help="what decodes (default transformers; llamacpp: the GGUF as it is, with --threads "
+                             "llama.cpp threads); the perplexity is always read by a transformers forward")
     parser.add_argument("--seeds", type=int, default=2, help="seeds per prompt and condition (default 2)")
     parser.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=None,
                         help=f"default: {' '.join(DEFAULT_SETTINGS)}")
@@ -650,7 +661,8 @@ def generate_records(args: argparse.Namespace, started: float) -> tuple[list[dic
     """Decode every planned response (within the time budget): (records, the run's config)."""
     shared = shared_dir(args.shared)
     all_prompts = load_prompts(shared)
-    prompts = all_prompts[: args.prompts] if args.prompts else all_prompts
+    remaining = all_prompts[args.skip_prompts:]
+    prompts = remaining[: args.prompts] if args.prompts else remaining
     texts = load_texts(shared)
     settings = args.settings
     jobs = plan_jobs(prompts, settings, args.paper_settings, args.seeds, args.max_new_tokens, texts, args.gammas,
@@ -685,7 +697,8 @@ def generate_records(args: argparse.Namespace, started: float) -> tuple[list[dic
         jobs_left = [j for j in jobs if key(j) not in done]
     else:
         jobs_left = jobs
-    new, stopped = generate_all(jobs_left, args.model, args.workers, args.threads, args.device, max_seconds) if jobs_left \
+    new, stopped = generate_all(jobs_left, args.model, args.workers, args.threads, args.device, max_seconds,
+                                backend=args.backend) if jobs_left \
         else ([], False)
     order = {key(j): i for i, j in enumerate(jobs)}
     records = sorted(kept + new, key=lambda r: order.get(key(r), len(order)))
@@ -696,6 +709,7 @@ def generate_records(args: argparse.Namespace, started: float) -> tuple[list[dic
         "subset": len(run_ids) < len(all_prompts), "prompt_ids": run_ids,
         "seeds": args.seeds, "settings": settings, "paper_settings": args.paper_settings,
         "max_new_tokens": args.max_new_tokens, "lookahead": LOOKAHEAD,
+        "backend": args.backend, "skip_prompts": args.skip_prompts,
         "gammas": args.gammas, "sweep_gammas": args.sweep_gammas,
         "sweep_prompts": len({r["prompt_id"] for r in records if r.get("group", "").endswith("/sweep")}),
         "sweep_prompts_planned": min(args.sweep_prompts or len(prompts), len(prompts)) if args.sweep_gammas else 0,
