@@ -250,6 +250,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="16 tokens, one question, one repeat")
+    parser.add_argument("--prepack", choices=["auto", "on", "off"], default="auto",
+                        help="transformers: oneDNN-packed linear weights (load_model's prepack; auto: on for fp32 "
+                             "CPU models); off: PyTorch's default kernels for generate and the engine alike")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--requantize", choices=sorted(REQUANTIZE), default=None,
                         help="llama.cpp runs a copy of the embedded GGUF re-quantised to this type (transformers "
@@ -259,12 +262,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.max_new_tokens, args.questions, args.repeats = 16, 1, 1
     torch.set_num_threads(args.threads)
     from langchain_persona_judge import load_model
+    from langchain_persona_judge.decoding import is_prepacked
     from langchain_persona_judge.runtime import embedded_model_path
 
     models: dict[str, Any] = {}
     tokenizer = None
     if "transformers" in args.backend:
-        models["transformers"], tokenizer = load_model(None, device="cpu", backend="transformers")
+        models["transformers"], tokenizer = load_model(None, device="cpu", backend="transformers",
+                                                       prepack={"auto": None, "on": True, "off": False}[args.prepack])
     gguf = embedded_model_path() if args.requantize is None else requantize(embedded_model_path(), args.requantize)
     if "llamacpp" in args.backend:
         models["llamacpp"], tokenizer = load_model(None if args.requantize is None else str(gguf), device="cpu",
@@ -295,6 +300,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "config": {"max_new_tokens": args.max_new_tokens, "questions": questions, "repeats": args.repeats,
                    "lookahead": LOOKAHEAD, "greedy": True, "eos_ignored": True, "preferences": PREFERENCES,
                    "model": "SmolLM2-135M-Instruct Q4_1 GGUF (embedded)", "threads": args.threads,
+                   "transformers_prepacked": is_prepacked(models["transformers"]) if "transformers" in models else None,
                    "llamacpp_weights": "Q4_1 (as embedded)" if args.requantize is None else
                    f"{args.requantize.upper()} (the embedded Q4_1 re-quantised; transformers: the embedded weights)",
                    "machine": machine_info("cpu", args.threads), "seconds": round(time.perf_counter() - started, 1)},

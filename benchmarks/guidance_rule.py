@@ -1,6 +1,8 @@
 """The rule that picks the recommended guidance strength γ, fixed before the fresh-prompt run (benchmarks/README.md).
 
     .venv/bin/python -m benchmarks.guidance_rule benchmarks/results/quality_fresh.json
+    .venv/bin/python -m benchmarks.guidance_rule benchmarks/results/quality_rules.json \
+        --corrected persona_judge_g1.25 --out benchmarks/results/quality_rules_g1.25_corrected.json
 
 A γ passes when, in every setting of the run: (a) guided Persona-judge's win rate against the direct prompt
 (guards on, draws as half) exceeds 60% on each preference of the setting; (b) its answers failing a guard number
@@ -67,12 +69,47 @@ def recommend(report: dict[str, Any], candidates: tuple[float, ...] = CANDIDATES
             "checks": checks, "recommended": passing[0] if passing else None}
 
 
+def corrected_win_rates(report: dict[str, Any], name: str, family: int = 4, n_boot: int = 2000,
+                        alpha: float = 0.05) -> dict[str, Any]:
+    """``name`` against the direct prompt on every (setting, preference) pair of a quality results file, with
+    Bonferroni-corrected bootstrap CIs: each at level ``1 − alpha / family`` (the run's four comparisons: two
+    settings × two preferences), resampling prompts and seeds as the benchmark does."""
+    from benchmarks.metrics import DIMENSIONS, outcome_matrix, win_rate
+    from benchmarks.quality import SETTINGS, _by_condition, _scored
+
+    level = 1 - alpha / family
+    out: dict[str, Any] = {"condition": name, "level": round(level, 6), "family": family, "pairs": {}}
+    for setting in report["config"]["settings"]:
+        groups = _by_condition(report["records"], setting)
+        if name not in groups or "direct" not in groups:
+            continue
+        shared = sorted(set(groups[name]) & set(groups["direct"]))
+        for dim_name in SETTINGS[setting]:
+            mats = [outcome_matrix(_scored(groups[name][p], dim_name), _scored(groups["direct"][p], dim_name),
+                                   DIMENSIONS[dim_name]) for p in shared]
+            rate = win_rate(mats, n_boot=n_boot, level=level)
+            out["pairs"][f"{setting}/{dim_name}"] = {
+                "win_rate": round(rate.win_rate, 4), "ci": [round(rate.ci_low, 4), round(rate.ci_high, 4)],
+                "prompts": len(shared), "ci_above_half": rate.ci_low > 0.5}
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("results", type=Path, help="a benchmarks.quality results file")
+    parser.add_argument("--corrected", metavar="CONDITION", default=None,
+                        help="instead: CONDITION vs the direct prompt with Bonferroni-corrected CIs (family of 4)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the figures here (with provenance)")
     args = parser.parse_args(argv)
-    out = recommend(json.loads(args.results.read_text(encoding="utf-8")))
+    report = json.loads(args.results.read_text(encoding="utf-8"))
+    out = corrected_win_rates(report, args.corrected) if args.corrected else recommend(report)
+    out = {"source": str(args.results), **out}
     print(json.dumps(out, indent=1))
+    if args.out:
+        from benchmarks.common import write_results
+
+        write_results(args.out, out, module="benchmarks.guidance_rule", argv=argv,
+                      backend=report["config"].get("backend", "transformers"))
     return out
 
 
