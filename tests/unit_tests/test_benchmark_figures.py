@@ -1,0 +1,241 @@
+"""Every headline figure the docs quote matches the committed results file it comes from.
+
+Each row names a document, a results file under benchmarks/results/, and how the quoted text is written from
+that file's values (the formatting the document uses). The document's whitespace is collapsed, so a quote may
+wrap across lines. A figure that changes in its results file without the document following (or a document
+figure edited away from its file) fails here. The marked tables of benchmarks/README.md are re-rendered from
+their files and compared whole.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+@lru_cache(maxsize=None)
+def doc(name: str) -> str:
+    return " ".join((ROOT / name).read_text(encoding="utf-8").split())
+
+
+@lru_cache(maxsize=None)
+def results(name: str) -> Any:
+    return json.loads((RESULTS / name).read_text(encoding="utf-8"))
+
+
+def pct(x: float) -> str:
+    return f"{x:.0%}"
+
+
+def signed(x: float) -> str:
+    return f"{x:+.2f}".replace("-", "−")
+
+
+def ci2(v: list[float]) -> str:
+    """[point, low, high] as "0.74 [0.51, 0.88]"."""
+    return f"{v[0]:.2f} [{v[1]:.2f}, {v[2]:.2f}]"
+
+
+def ci_pct(rate: float, ci: list[float]) -> str:
+    return f"{pct(rate)} [{pct(ci[0])}, {pct(ci[1])}]"
+
+
+def learning(d: dict) -> dict:
+    return d["learning"]
+
+
+def settings(d: dict) -> dict:
+    return d["results"]["settings"]
+
+
+def vs_direct(d: dict, setting: str, dim: str, cond: str) -> dict:
+    return settings(d)[setting]["dimensions"][dim]["comparisons"][f"{cond} vs direct"]
+
+
+def tps(d: dict, key: str) -> float:
+    return d["table"][key]["tokens_per_s"]
+
+
+FIGURES: list[tuple[str, str, str, Callable[[Any], str]]] = [
+    # (id, document, results file, the quoted text written from the file)
+    # -- learning (README "Learn my preferences") --
+    ("auc_10", "README.md", "learning.json",
+     lambda d: f"ROC AUC **{ci2(learning(d)['active']['10']['held_out_auc']).replace(' [', '** [', 1)}"),
+    ("auc_users_only", "README.md", "learning.json",
+     lambda d: "[{1:.2f}, {2:.2f}] for the first figure".format(
+         *learning(d)["active"]["10"]["held_out_auc_ci_over_users_only"])),
+    ("accuracy_10", "README.md", "learning.json",
+     lambda d: f"(accuracy {ci2(learning(d)['active']['10']['held_out_accuracy'])};"),
+    ("after_20", "README.md", "learning.json",
+     lambda d: f"{learning(d)['active']['20']['held_out_auc'][0]:.2f} and "
+               f"{learning(d)['active']['20']['held_out_accuracy'][0]:.2f} after 20"),
+    ("ceiling", "README.md", "learning.json", lambda d: f"reaches {learning(d)['ceiling_full_fit']['mean_auc']:.2f}"),
+    ("active_minus_random", "README.md", "learning.json",
+     lambda d: "AUC {} [{}, {}] after 10 choices, {} after 5 and {} after 20".format(
+         *map(signed, learning(d)["active_minus_random"]["10"]["auc_active_minus_random"]),
+         signed(learning(d)["active_minus_random"]["5"]["auc_active_minus_random"][0]),
+         signed(learning(d)["active_minus_random"]["20"]["auc_active_minus_random"][0]))),
+    ("l2_one", "README.md", "learning.json",
+     lambda d: "at L2 = 1 random questions do better ({} [{}, {}])".format(
+         *map(signed, d["l2_sensitivity_after_10"]["1.0"]["auc_active_minus_random"]))),
+    ("l2_default", "README.md", "learning.json", lambda d: f"The fit's L2 strength ({d['config']['l2']:g}, the package"),
+    ("top_pole", "README.md", "learning.json",
+     lambda d: f"({pct(learning(d)['active']['10']['top_pole'][0])} after 10 choices)"),
+    ("decoding_win", "README.md", "learning.json",
+     lambda d: "on the user's own metric {} of the time".format(
+         ci_pct(d["decoding_win_rate_vs_plain"]["all_user_types"]["win_rate"],
+                d["decoding_win_rate_vs_plain"]["all_user_types"]["ci95"]))),
+    ("strict", "README.md", "learning.json",
+     lambda d: "**wins {} and loses {}** (the rest are draws, {}, and split outcomes of two-dimension users, {})".format(
+         *(pct(d["decoding_win_rate_vs_plain"]["all_user_types"][k]) for k in ("win", "loss", "tie", "partial")))),
+    ("strict_guided", "README.md", "learning_guidance.json",
+     lambda d: "with guidance γ = {:g} on top, {}, wins {}, losses {}".format(
+         d["config"]["decoding_guidance"],
+         ci_pct(d["decoding_win_rate_vs_plain"]["all_user_types"]["win_rate"],
+                d["decoding_win_rate_vs_plain"]["all_user_types"]["ci95"]),
+         pct(d["decoding_win_rate_vs_plain"]["all_user_types"]["win"]),
+         pct(d["decoding_win_rate_vs_plain"]["all_user_types"]["loss"]))),
+    ("best_of_n", "README.md", "learning.json",
+     lambda d: "the learned reward scores {} [{}, {}] against the plain answer".format(
+         *map(pct, learning(d)["active"]["10"]["best_of_n_vs_plain"]))),
+    ("users", "README.md", "learning.json",
+     lambda d: f"{d['config']['users']} simulated users"),
+    ("cost_warm", "README.md", "learning.json",
+     lambda d: f"**{d['cost_per_choice']['threads_2']['warm_seconds']:.1f} s** on this 2-core CPU"),
+    ("cost_positions", "README.md", "learning.json",
+     lambda d: "{:,} token positions a question; the first question, {:,}, takes {:.1f} s".format(
+         d["cost_per_choice"]["threads_2"]["warm_positions"], d["cost_per_choice"]["threads_2"]["cold_positions"],
+         d["cost_per_choice"]["threads_2"]["cold_seconds"])),
+    ("cost_one_core", "README.md", "learning.json",
+     lambda d: f"{d['cost_per_choice']['threads_1']['warm_seconds']:.1f} s on one core"),
+    ("cost_bf16", "README.md", "learning.json",
+     lambda d: "{:.1f} s, its features within {:.3f} of fp32's (the two answers' differences keep their sign {} of the time)".format(
+         d["cost_per_choice"]["bfloat16"]["warm_seconds"], d["cost_per_choice"]["bfloat16"]["max_abs_feature_error"],
+         pct(d["cost_per_choice"]["bfloat16"]["difference_sign_agreement"]))),
+    # -- speed (README "Speed and quality, in brief") --
+    ("lockstep_vs_generate", "README.md", "backends.json",
+     lambda d: "runs at **{:.2f}×** `generate`'s tokens/s ({:.1f} against {:.1f}), the paper's schedule at {:.2f}×".format(
+         tps(d, "transformers/lockstep") / tps(d, "transformers/generate"), tps(d, "transformers/lockstep"),
+         tps(d, "transformers/generate"), tps(d, "transformers/speculative") / tps(d, "transformers/generate"))),
+    ("row_costs", "README.md", "backends.json",
+     lambda d: "a one-row forward with the packed weights took {:.1f} ms and a two-row forward {:.1f} ms".format(
+         d["decode_ms"]["transformers"]["1 tokens"], d["decode_ms"]["transformers"]["2 sequences"])),
+    ("row_costs_bench", "benchmarks/README.md", "backends.json",
+     lambda d: "a one-row forward with the packed weights cost {:.1f} ms against {:.1f} ms for two rows and {:.1f} ms "
+               "for three".format(d["decode_ms"]["transformers"]["1 tokens"],
+                                  d["decode_ms"]["transformers"]["2 sequences"],
+                                  d["decode_ms"]["transformers"]["3 sequences"])),
+    ("make_bench_speed", "README.md", "speed.json",
+     lambda d: "measured lockstep at **{:.2f}×** and the paper's schedule at {:.2f}×".format(
+         d["criteria"]["greedy_l4_lockstep_speed_vs_generate"]["value"],
+         d["criteria"]["greedy_l4_speed_vs_generate"]["value"])),
+    ("make_bench_machine", "README.md", "speed.json",
+     lambda d: f"transformers {d['machine']['transformers'].rsplit('.', 1)[0]}, same CPU type"),
+    ("naive_measured", "README.md", "speed_naive_measured.json",
+     lambda d: "{:.0f} s against {:.0f} s, **{:.1f}×** (lockstep {:.1f}×".format(
+         d["lengths"]["series"]["naive_paper"][-1]["seconds"], d["lengths"]["series"]["persona_judge"][-1]["seconds"],
+         d["criteria"]["greedy_l4_vs_naive_at_512"]["value"],
+         d["criteria"]["greedy_l4_lockstep_vs_naive_at_512"]["value"])),
+    ("naive_64", "README.md", "speed.json",
+     lambda d: "measured up to 64 tokens ({:.1f}×)".format(
+         d["lengths"]["series"]["persona_judge"][0]["tokens_per_s"] / d["lengths"]["series"]["naive_paper"][0]["tokens_per_s"])),
+    # -- preference adherence --
+    ("pj_vs_direct", "README.md", "quality_extended.json",
+     lambda d: "({:.1%} and {:.1%}, slightly".format(vs_direct(d, "simple+friendly", "simple", "persona_judge")["win_rate"],
+                                                   vs_direct(d, "concise+friendly", "concise", "persona_judge")["win_rate"])),
+    ("not_measurable", "README.md", "quality_extended.json",
+     lambda d: "reads {:.1%} [{}, {}]".format(vs_direct(d, "concise+friendly", "friendly", "persona_judge")["win_rate"],
+                                             *map(pct, vs_direct(d, "concise+friendly", "friendly", "persona_judge")["ci95"]))),
+    ("not_measurable_bench", "benchmarks/README.md", "quality_extended.json",
+     lambda d: "(the direct prompt itself does not beat no preference on it: {:.1%} [{}, {}])".format(
+         settings(d)["concise+friendly"]["dimensions"]["friendly"]["comparisons"]["direct vs none"]["win_rate"],
+         *map(pct, settings(d)["concise+friendly"]["dimensions"]["friendly"]["comparisons"]["direct vs none"]["ci95"]))),
+    ("gamma_125", "README.md", "quality_rules.json",
+     lambda d: "simple {}, friendly {}; concise {}, friendly {}".format(
+         *(ci_pct(c["win_rate"], c["ci95"]) for c in (
+             vs_direct(d, "simple+friendly", "simple", "persona_judge_g1.25"),
+             vs_direct(d, "simple+friendly", "friendly", "persona_judge_g1.25"),
+             vs_direct(d, "concise+friendly", "concise", "persona_judge_g1.25"),
+             vs_direct(d, "concise+friendly", "friendly", "persona_judge_g1.25"))))),
+    ("gamma_125_ppl", "README.md", "quality_rules.json",
+     lambda d: "at {:.2f}× its plain-model perplexity".format(
+         settings(d)["simple+friendly"]["fluency"]["persona_judge_g1.25"]["ratio_vs_direct"])),
+    ("gamma_125_rp", "README.md", "quality_rules_rp.json",
+     lambda d: "({:.1%}, {:.1%};".format(vs_direct(d, "concise+friendly", "concise", "persona_judge_g1.25")["win_rate"],
+                                        vs_direct(d, "concise+friendly", "friendly", "persona_judge_g1.25")["win_rate"])),
+    ("corrected_no_penalty", "README.md", "quality_rules_g1.25_corrected.json",
+     lambda d: "concise [{}, {}] without the penalty".format(*map(pct, d["pairs"]["concise+friendly/concise"]["ci"]))),
+    ("corrected_penalty", "README.md", "quality_rules_rp_g1.25_corrected.json",
+     lambda d: "simple [{}, {}] and friendly [{}, {}] of simple+friendly with it".format(
+         *map(pct, d["pairs"]["simple+friendly/simple"]["ci"]), *map(pct, d["pairs"]["simple+friendly/friendly"]["ci"]))),
+    ("corrected_level", "README.md", "quality_rules_g1.25_corrected.json",
+     lambda d: f"({d['level']:.2%} CIs".replace(".00%", "%")),
+    # -- backends --
+    ("backends", "README.md", "backends.json",
+     lambda d: "llama.cpp decodes the direct prompt at {:.0f} tokens/s (its own `Llama.generate`: {:.0f}), transformers "
+               "at {:.0f}; Persona-judge (lockstep) runs at {:.0f} tokens/s on llama.cpp and {:.0f} on transformers "
+               "({:.2f}×), i.e. {:.2f}× plain llama.cpp".format(
+                   tps(d, "llamacpp/direct"), tps(d, "llamacpp/native"), tps(d, "transformers/direct"),
+                   tps(d, "llamacpp/lockstep"), tps(d, "transformers/lockstep"),
+                   tps(d, "llamacpp/lockstep") / tps(d, "transformers/lockstep"),
+                   d["criteria"]["persona_judge_llamacpp_vs_native_direct"])),
+    # -- the chat app under load --
+    ("load_ttft", "examples/chat_app/README.md", "load.json",
+     lambda d: f"p50 **{d['ttft_p50_s']:.1f} s**, p95 **{d['ttft_p95_s']:.1f} s**"),
+    ("load_tps", "examples/chat_app/README.md", "load.json",
+     lambda d: f"p50 **{d['tokens_per_s_p50']:.1f}**, p95 **{d['tokens_per_s_p95']:.1f}**"),
+    ("load_aggregate", "examples/chat_app/README.md", "load.json",
+     lambda d: f"| aggregate tokens/s | **{d['aggregate_tokens_per_s']:.1f}**"),
+    ("load_memory", "examples/chat_app/README.md", "load.json", lambda d: f"**{d['server_peak_rss_mb']:.0f} MB** RSS"),
+    ("load_counts", "examples/chat_app/README.md", "load.json",
+     lambda d: f"{d['completed']} ({d['conversations']} conversations, {d['output_tokens']} tokens; {d['wall_s']} s wall"),
+]
+
+
+@pytest.mark.parametrize("document, source, quote", [pytest.param(*row[1:], id=row[0]) for row in FIGURES])
+def test_quoted_figure_matches_its_results_file(document, source, quote):
+    expected = quote(results(source))
+    assert expected in doc(document), (
+        f"{document} should quote {expected!r}, written from benchmarks/results/{source}; the text and the file "
+        "disagree (update whichever is stale)")
+
+
+def test_a_wrong_figure_fails():
+    # The check itself: the planted text with one figure off by a hundredth is not in the README.
+    right = FIGURES[0][3](results("learning.json"))
+    wrong = re.sub(r"\d\.\d\d", lambda m: f"{float(m[0]) + 0.01:.2f}", right, count=1)
+    assert right in doc("README.md") and wrong not in doc("README.md")
+
+
+def test_marked_tables_render_from_their_results_files():
+    from benchmarks.tables import MARKER, TABLES
+
+    path = ROOT / "benchmarks" / "README.md"
+    text = path.read_text(encoding="utf-8")
+    found = list(MARKER.finditer(text))
+    assert len(found) >= 5
+    for m in found:
+        source = json.loads((path.parent / m["source"]).read_text(encoding="utf-8"))
+        assert TABLES[m["name"]](source) == m["body"], f"table {m['name']} ({m['source']}) is stale"
+
+
+PENDING = {"quality_fresh.json"}
+"""Results files the docs name as the output of a run still in progress (the fresh-prompt γ run)."""
+
+
+def test_results_files_quoted_in_the_docs_exist():
+    for name in {row[2] for row in FIGURES}:
+        assert (RESULTS / name).is_file(), name
+    for document in ("README.md", "benchmarks/README.md", "docs/design.md", "docs/usage.md",
+                     "examples/chat_app/README.md"):
+        for linked in re.findall(r"results/([\w.\-]+\.(?:json|png|md))", doc(document)):
+            assert linked in PENDING or (RESULTS / linked).is_file(), f"{document} links benchmarks/results/{linked}, which is missing"
