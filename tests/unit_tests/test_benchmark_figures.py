@@ -188,6 +188,17 @@ FIGURES: list[tuple[str, str, str, Callable[[Any], str]]] = [
                    tps(d, "llamacpp/lockstep"), tps(d, "transformers/lockstep"),
                    tps(d, "llamacpp/lockstep") / tps(d, "transformers/lockstep"),
                    d["criteria"]["persona_judge_llamacpp_vs_native_direct"])),
+    # -- docs/design.md --
+    ("design_row_costs", "docs/design.md", "backends.json",
+     lambda d: "a one-position forward took {:.1f} ms and a 5-position one {:.1f} ms (two rows: {:.1f} ms)".format(
+         d["decode_ms"]["transformers"]["1 tokens"], d["decode_ms"]["transformers"]["5 tokens"],
+         d["decode_ms"]["transformers"]["2 sequences"])),
+    ("design_reload", "docs/design.md", "speed.json",
+     lambda d: "reading that checkpoint takes {:.1f} s; the first `load_model()` of a fresh process takes {:.1f}–{:.1f} s".format(
+         d["cached_reload_s"]["load_model_again"], min(d["cached_reload_s"]["load_model_each"]),
+         max(d["cached_reload_s"]["load_model_each"]))),
+    ("design_process", "docs/design.md", "speed.json",
+     lambda d: f"a whole new process with `import torch` {d['cached_reload_s']['process_with_imports']:.1f} s"),
     # -- the chat app under load --
     ("load_ttft", "examples/chat_app/README.md", "load.json",
      lambda d: f"p50 **{d['ttft_p50_s']:.1f} s**, p95 **{d['ttft_p95_s']:.1f} s**"),
