@@ -79,7 +79,9 @@ L2_SWEEP = (0.03, 0.1, 0.3, 1.0)
 L2_NOTE = ("The fit's L2 strength is the package default (langchain_persona_judge.profiles.L2 = 0.1), which was "
            "chosen while looking at this benchmark's own prompt pool (its learning and held-out prompts), not by "
            "cross-validation on a user's own choices: the held-out figures at that value are optimistic. "
-           "l2_sensitivity_after_10 gives them at the other values of L2_SWEEP.")
+           "l2_sensitivity_after_10 gives them at the other values of L2_SWEEP, and "
+           "learning.l2_by_cross_validation with each user's L2 chosen from L2_SWEEP by leave-one-out on that "
+           "user's own choices (the questions asked stay those of the default L2).")
 STATISTICS_NOTE = ("CIs are 95% percentile bootstraps. held_out_accuracy, held_out_auc, best_of_n_vs_plain and "
                    "auc_active_minus_random resample users and the held-out prompts (two-way: every user is scored "
                    "on the same held-out prompts); top-pole shares resample users only (they depend on the learning "
@@ -332,7 +334,10 @@ def ceiling(table: dict[str, Any], metrics: dict[str, Any], splits: dict[str, An
 
 
 def simulate(scorer: Any, cache: dict[str, Any], splits: dict[str, list[dict[str, str]]], metrics: dict[str, Any],
-             users_per_type: int, questions: int, noise: float, l2: float, seed: int) -> list[dict[str, Any]]:
+             users_per_type: int, questions: int, noise: float, l2: float, seed: int,
+             cross_validate: bool = False) -> list[dict[str, Any]]:
+    """Every simulated user's run, per strategy: the figures at each checkpoint (and, with ``cross_validate``,
+    the weights refitted with the L2 strength chosen by :func:`cross_validated_l2` on the user's own choices)."""
     from langchain_persona_judge.profiles import PreferenceLearner
 
     table = cache["features"][scorer.basis.identity]
@@ -358,6 +363,10 @@ def simulate(scorer: Any, cache: dict[str, Any], splits: dict[str, list[dict[str
                     learner.record(question, user.choose(question.prompt, *question.answers))
                     if asked in CHECKPOINTS:
                         checkpoints[asked] = evaluate_profile(learner.profile, dims, pairs, full_pole, sets)
+                        if cross_validate:
+                            best, weights, scores = cross_validated_l2(learner.differences, learner.outcomes)
+                            checkpoints[asked]["cv"] = {"l2": best, "weights": [round(float(w), 6) for w in weights],
+                                                        "loo_log_likelihood": {k: round(v, 4) for k, v in scores.items()}}
                     if strategy == "active" and asked == min(DECODE_AFTER, questions):
                         record["decoding_profile"] = learner.profile.to_dict()
                 record[strategy] = checkpoints
@@ -376,14 +385,39 @@ def _ci(values: list[float], n_boot: int = 2000, seed: int = 0) -> list[float]:
     return [round(float(data.mean()), 4), round(float(low), 4), round(float(high), 4)]
 
 
+def cross_validated_l2(differences: Any, outcomes: Any, grid: tuple[float, ...] = L2_SWEEP
+                       ) -> tuple[float, np.ndarray, dict[str, float]]:
+    """The fit's L2 strength chosen on the user's own choices alone: the value of ``grid`` whose fits
+    (Bradley–Terry, as the learner's) predict each left-out choice best (mean leave-one-out log-likelihood; a
+    "no preference" outcome 0.5 counts half each way; a tie goes to the larger L2), the weights fitted with it
+    to every choice, and each candidate's score. No held-out or benchmark prompt is read."""
+    from langchain_persona_judge.profiles import fit_bradley_terry
+
+    d, y = np.asarray(differences, dtype=float), np.asarray(outcomes, dtype=float)
+    scores: dict[str, float] = {}
+    for l2 in grid:
+        total = 0.0
+        for k in range(len(y)):
+            keep = np.arange(len(y)) != k
+            z = float(d[k] @ fit_bradley_terry(d[keep], y[keep], l2=l2).weights)
+            log_p, log_q = -np.logaddexp(0.0, -z), -np.logaddexp(0.0, z)  # log σ(z), log σ(−z)
+            total += y[k] * log_p + (1 - y[k]) * log_q
+        scores[f"{l2:g}"] = total / max(1, len(y))
+    best = max(grid, key=lambda l2: (scores[f"{l2:g}"], l2))
+    return best, fit_bradley_terry(d, y, l2=best).weights, scores
+
+
 PairsByType = dict[tuple[str, ...], tuple[np.ndarray, np.ndarray, np.ndarray]]
 """Per user type: the held-out pairs' feature differences, labels and prompt indices."""
 
 
-def user_scores(record: dict[str, Any], strategy: str, asked: int, pairs: PairsByType, prompts: int) -> UserScores:
-    """A user's profile after ``asked`` choices, scored on their type's held-out pairs (prompt-tagged)."""
+def user_scores(record: dict[str, Any], strategy: str, asked: int, pairs: PairsByType, prompts: int,
+                cv: bool = False) -> UserScores:
+    """A user's profile after ``asked`` choices (``cv``: refitted with the L2 chosen on their own choices), scored
+    on their type's held-out pairs (prompt-tagged)."""
     differences, labels, tags = pairs[tuple(record["dims"])]
-    weights = np.asarray(record[strategy][asked]["weights"])
+    entry = record[strategy][asked]
+    weights = np.asarray(entry["cv"]["weights"] if cv else entry["weights"])
     margins = differences @ weights if len(differences) else np.zeros(0)
     return UserScores(margins, labels, tags, prompts)
 
@@ -449,6 +483,27 @@ def summarise(records: list[dict[str, Any]], pairs: PairsByType, prompts: int, n
         paired[str(asked)] = {"auc_active_minus_random": paired_difference(active, random_, "auc", n_boot),
                               "top_pole_active_minus_random": _ci(tops)}
     out["active_minus_random"] = paired
+    if all("cv" in r["active"].get(a, {}) for r in records for a in CHECKPOINTS if a in r["active"]):
+        out["l2_by_cross_validation"] = cv_figures(records, pairs, prompts, n_boot)
+    return out
+
+
+def cv_figures(records: list[dict[str, Any]], pairs: PairsByType, prompts: int, n_boot: int) -> dict[str, Any]:
+    """Held-out AUC with each user's L2 chosen on their own choices (leave-one-out), per checkpoint: both
+    strategies, their paired difference (two-way CIs), and how often each L2 was chosen."""
+    out: dict[str, Any] = {"grid": list(L2_SWEEP)}
+    for asked in CHECKPOINTS:
+        kept = [r for r in records if asked in r["active"]]
+        if not kept:
+            continue
+        users = {s: [user_scores(r, s, asked, pairs, prompts, cv=True) for r in kept] for s in ("active", "random")}
+        chosen = [r[s][asked]["cv"]["l2"] for r in kept for s in ("active", "random")]
+        out[str(asked)] = {
+            "active_auc": mean_over_users(users["active"], "auc", n_boot),
+            "random_auc": mean_over_users(users["random"], "auc", n_boot),
+            "auc_active_minus_random": paired_difference(users["active"], users["random"], "auc", n_boot),
+            "l2_chosen": {f"{v:g}": round(chosen.count(v) / len(chosen), 4) for v in L2_SWEEP},
+        }
     return out
 
 
@@ -650,7 +705,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         texts = table[prompt["id"]]["texts"]
         metrics[prompt["prompt"]] = {"texts": texts, "scores": metric_table(texts, prompt["prompt"])}
     mark = time.perf_counter()
-    records = simulate(scorer, cache, splits, metrics, args.users_per_type, args.questions, args.noise, l2, args.seed)
+    records = simulate(scorer, cache, splits, metrics, args.users_per_type, args.questions, args.noise, l2, args.seed,
+                       cross_validate=not args.quick)
     timings["simulation_s"] = time.perf_counter() - mark
     pairs = {dims: held_out_pairs_by_prompt(table, metrics, splits["held_out"], dims) for dims in USER_TYPES}
     held = len(splits["held_out"])

@@ -176,3 +176,33 @@ def test_decoding_win_rates_pool_user_types_by_prompt():
     assert pooled["comparisons"] == 18 and pooled["prompts"] == 3
     assert pooled["win_rate"] == pytest.approx(round((3 * 1.0 + 15 * 0.5) / 18, 4))
     assert pooled["ci95"] == [pooled["win_rate"]] * 2  # every prompt alike
+
+
+# -- L2 chosen on a user's own choices -------------------------------------------------------------------------------
+
+
+def test_cross_validated_l2_follows_how_predictable_the_choices_are():
+    rng = np.random.default_rng(0)
+    differences = rng.normal(size=(12, 3))
+    clean = (differences[:, 0] > 0).astype(float)  # the user follows feature 0 every time
+    best, weights, scores = learning.cross_validated_l2(differences * 4, clean)
+    assert best == min(learning.L2_SWEEP) and weights[0] > 0
+    assert scores[f"{min(learning.L2_SWEEP):g}"] > scores[f"{max(learning.L2_SWEEP):g}"]
+    noise = rng.integers(0, 2, 12).astype(float)  # choices unrelated to the features
+    best_noise, _, noise_scores = learning.cross_validated_l2(differences * 4, noise)
+    assert best_noise == max(learning.L2_SWEEP)
+    assert set(noise_scores) == {f"{v:g}" for v in learning.L2_SWEEP}
+
+
+def test_cross_validated_l2_scores_are_leave_one_out_log_likelihoods():
+    from langchain_persona_judge.profiles import fit_bradley_terry
+
+    d = np.array([[1.0, 0.0], [0.5, 1.0], [-1.0, 0.5], [0.2, -0.3]])
+    y = np.array([1.0, 1.0, 0.0, 0.5])
+    _, _, scores = learning.cross_validated_l2(d, y, grid=(0.3,))
+    total = 0.0
+    for k in range(4):
+        keep = [i for i in range(4) if i != k]
+        p = 1 / (1 + np.exp(-(d[k] @ fit_bradley_terry(d[keep], y[keep], l2=0.3).weights)))
+        total += y[k] * np.log(p) + (1 - y[k]) * np.log(1 - p)
+    assert scores["0.3"] == pytest.approx(total / 4)
