@@ -87,6 +87,10 @@ FIGURES: list[tuple[str, str, str, Callable[[Any], str]]] = [
     ("l2_one", "README.md", "learning.json",
      lambda d: "at L2 = 1 random questions do better ({} [{}, {}])".format(
          *map(signed, d["l2_sensitivity_after_10"]["1.0"]["auc_active_minus_random"]))),
+    ("l2_cv", "README.md", "learning.json",
+     lambda d: "gives AUC {} after 10 choices, and PReF's questions {} [{}, {}] over random ones".format(
+         ci2(learning(d)["l2_by_cross_validation"]["10"]["active_auc"]),
+         *map(signed, learning(d)["l2_by_cross_validation"]["10"]["auc_active_minus_random"]))),
     ("l2_default", "README.md", "learning.json", lambda d: f"The fit's L2 strength ({d['config']['l2']:g}, the package"),
     ("top_pole", "README.md", "learning.json",
      lambda d: f"({pct(learning(d)['active']['10']['top_pole'][0])} after 10 choices)"),
@@ -110,7 +114,8 @@ FIGURES: list[tuple[str, str, str, Callable[[Any], str]]] = [
     ("users", "README.md", "learning.json",
      lambda d: f"{d['config']['users']} simulated users"),
     ("cost_warm", "README.md", "learning.json",
-     lambda d: f"**{d['cost_per_choice']['threads_2']['warm_seconds']:.1f} s** on this 2-core CPU"),
+     lambda d: f"**{d['cost_per_choice']['threads_2']['warm_seconds']:.1f} s** on a 2-core "
+               f"{(d.get('decoded_on') or d['machine'])['cpu']}"),
     ("cost_positions", "README.md", "learning.json",
      lambda d: "{:,} token positions a question; the first question, {:,}, takes {:.1f} s".format(
          d["cost_per_choice"]["threads_2"]["warm_positions"], d["cost_per_choice"]["threads_2"]["cold_positions"],
