@@ -184,6 +184,19 @@ FIGURES: list[tuple[str, str, str, Callable[[Any], str]]] = [
          *map(pct, d["pairs"]["simple+friendly/simple"]["ci"]), *map(pct, d["pairs"]["simple+friendly/friendly"]["ci"]))),
     ("corrected_level", "README.md", "quality_rules_g1.25_corrected.json",
      lambda d: f"({d['level']:.2%} CIs".replace(".00%", "%")),
+    ("corrected_bench", "benchmarks/README.md", "quality_rules_g1.25_corrected.json",
+     lambda d: "concise {} [{}, {}] without the penalty".format(
+         pct(d["pairs"]["concise+friendly/concise"]["win_rate"]), *map(pct, d["pairs"]["concise+friendly/concise"]["ci"]))),
+    ("corrected_bench_rp", "benchmarks/README.md", "quality_rules_rp_g1.25_corrected.json",
+     lambda d: "simple {} [{}, {}] and friendly {} [{}, {}] of simple+friendly with it".format(
+         pct(d["pairs"]["simple+friendly/simple"]["win_rate"]), *map(pct, d["pairs"]["simple+friendly/simple"]["ci"]),
+         pct(d["pairs"]["simple+friendly/friendly"]["win_rate"]), *map(pct, d["pairs"]["simple+friendly/friendly"]["ci"]))),
+    ("loop_at_1024", "benchmarks/README.md", "speed_rules.json",
+     lambda d: "{} of its last window's 4-grams repeat earlier ones".format(
+         pct(d["lengths"]["series"]["persona_judge"][-1]["window_repeated_ngram_share"]))),
+    ("lockstep_ratio_bench", "benchmarks/README.md", "backends.json",
+     lambda d: "that run lockstep ran at {:.2f}× `generate`".format(
+         tps(d, "transformers/lockstep") / tps(d, "transformers/generate"))),
     # -- backends --
     ("backends", "README.md", "backends.json",
      lambda d: "llama.cpp decodes the direct prompt at {:.0f} tokens/s (its own `Llama.generate`: {:.0f}), transformers "
