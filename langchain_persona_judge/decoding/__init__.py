@@ -31,8 +31,8 @@ import torch
 
 from .. import defaults
 from ..errors import DecodingError
-from .backends import BACKENDS, ModelBackend, as_backend, backend_name
-from .base import Decoder, TokenStream, context_limit
+from .backends import BACKENDS, ModelBackend, as_backend, backend_name, context_limit
+from .base import Decoder, TokenStream
 from .cpu_kernels import is_prepacked, prepack_linear_weights, unpack_linear_weights
 from .lockstep import LockstepDecoder
 from .options import (
@@ -49,7 +49,7 @@ from .options import (
     TraceEntry,
 )
 from .product import ProductDecoder
-from .speculative import PersonaJudgeDecoder, SpeculativeDecoder
+from .speculative import SpeculativeDecoder
 
 DECODERS: dict[str, type[Decoder]] = {"speculative": SpeculativeDecoder, "lockstep": LockstepDecoder}
 """Persona-judge's schedules, by ``DecodingOptions.schedule``."""
@@ -160,7 +160,6 @@ __all__ = [
     "Generation",
     "LockstepDecoder",
     "ModelBackend",
-    "PersonaJudgeDecoder",
     "ProductDecoder",
     "Schedule",
     "SpeculativeDecoder",

@@ -22,7 +22,7 @@ import torch
 
 from ..errors import DecodingError
 from .acceptance import build_processors, build_warpers, process
-from .backends import ForwardSignature, ModelBackend, TransformersBackend, as_backend, check_finite, context_limit
+from .backends import ForwardSignature, ModelBackend, TransformersBackend, as_backend
 from .options import DecodingOptions, FinishReason, Generation, DecodingStats, TokenConstraint, TokenKind, TraceEntry
 
 
@@ -266,5 +266,4 @@ class TokenStream(Iterator[int]):
         return self.decoder.generation
 
 
-__all__ = ["Decoder", "ForwardSignature", "TokenStream", "as_prompt", "check_finite", "context_limit", "eos_ids"]
-# ForwardSignature, check_finite and context_limit live in .backends now; kept importable from here.
+__all__ = ["Decoder", "TokenStream", "as_prompt", "eos_ids"]

@@ -65,15 +65,6 @@ def test_the_public_names_are_pinned_and_all_import() -> None:
         pkg.nope  # noqa: B018
 
 
-def test_the_engine_module_still_exports_what_it_did() -> None:
-    from langchain_persona_judge import decoding, engine
-
-    assert engine.generate is decoding.generate and engine.stream is decoding.stream
-    for name in ("DecodingOptions", "DecodingStats", "Generation", "TraceEntry", "TokenConstraint", "SCHEDULES",
-                 "DecodingError", "PersonaJudgeDecoder", "TokenStream", "make_decoder", "context_limit"):
-        assert getattr(engine, name) is getattr(decoding, name)
-
-
 # Each public error, the built-ins it has always subclassed (so `except ValueError:` callers keep working).
 BUILTINS = {
     "DecodingError": (RuntimeError,),
