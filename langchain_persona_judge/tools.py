@@ -39,6 +39,7 @@ from langchain_core.outputs import ChatGenerationChunk
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .errors import InvalidArgumentError, InvalidOptionError
 from .grammar import Grammar
 
 TOOL_CALL_OPEN = "<tool_call>"
@@ -83,13 +84,13 @@ def convert_tool(tool: Any) -> dict[str, Any]:
         try:
             formatted = convert_to_openai_tool(tool)
         except (ValueError, TypeError) as exc:
-            raise ValueError(
+            raise InvalidOptionError(
                 f"Cannot use {tool!r} as a tool ({exc}); pass a LangChain tool, a function with a docstring, "
                 "a pydantic class, a TypedDict or a JSON schema with a title."
             ) from exc
     function = formatted["function"]
     if not function.get("name"):
-        raise ValueError(f"The tool {tool!r} has no name; give it one (a JSON schema needs a 'title').")
+        raise InvalidOptionError(f"The tool {tool!r} has no name; give it one (a JSON schema needs a 'title').")
     function.setdefault("parameters", {"type": "object", "properties": {}})
     return formatted
 
@@ -113,17 +114,17 @@ def normalize_tool_choice(tool_choice: Any, names: Sequence[str]) -> str | None:
     if isinstance(tool_choice, dict):
         name = (tool_choice.get("function") or {}).get("name") or tool_choice.get("name")
         if not isinstance(name, str):
-            raise TypeError(f"tool_choice={tool_choice!r} names no tool; use {{'function': {{'name': ...}}}}.")
+            raise InvalidArgumentError(f"tool_choice={tool_choice!r} names no tool; use {{'function': {{'name': ...}}}}.")
         tool_choice = name
     if not isinstance(tool_choice, str):
-        raise TypeError(f"tool_choice={tool_choice!r} is not valid; use 'auto', 'any', 'required', 'none' or a name.")
+        raise InvalidArgumentError(f"tool_choice={tool_choice!r} is not valid; use 'auto', 'any', 'required', 'none' or a name.")
     if tool_choice == "any":
         return "required"
     if tool_choice in ("auto", "required", "none"):
         return tool_choice
     if tool_choice not in names:
         bound = ", ".join(repr(n) for n in names) or "none"
-        raise ValueError(
+        raise InvalidOptionError(
             f"tool_choice={tool_choice!r} is not a bound tool; the bound tools are {bound} "
             "(or use 'auto', 'any', 'required' or 'none')."
         )
@@ -147,18 +148,18 @@ class OutputSpec(BaseModel):
     def _check(self) -> OutputSpec:
         names = tool_names(self.tools)
         if self.tool_choice not in (None, "auto", "none") and not self.tools:
-            raise ValueError(f"tool_choice={self.tool_choice!r} was given without tools; bind tools with bind_tools.")
+            raise InvalidOptionError(f"tool_choice={self.tool_choice!r} was given without tools; bind tools with bind_tools.")
         normalize_tool_choice(self.tool_choice, names)
         if self.response_format is not None:
             kind = self.response_format.get("type")
             if kind == "json_schema":
                 if not isinstance(self.response_format.get("json_schema", {}).get("schema"), dict):
-                    raise ValueError("response_format of type 'json_schema' needs json_schema={'schema': {...}}.")
+                    raise InvalidOptionError("response_format of type 'json_schema' needs json_schema={'schema': {...}}.")
             elif kind == "json_object":
                 if not isinstance(self.response_format.get("schema") or {}, dict):
-                    raise ValueError("response_format of type 'json_object' takes an optional schema={...} dict.")
+                    raise InvalidOptionError("response_format of type 'json_object' takes an optional schema={...} dict.")
             elif kind != "text":
-                raise ValueError(
+                raise InvalidOptionError(
                     f"response_format type {kind!r} is not supported; use 'json_schema', 'json_object' or 'text'."
                 )
         return self

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from .. import defaults
-from ..errors import DecodingError
+from ..errors import DecodingError, InvalidArgumentError
 from .backends import BACKENDS, ModelBackend, as_backend, backend_name, context_limit
 from .base import Decoder, TokenStream
 from .cpu_kernels import is_prepacked, prepack_linear_weights, unpack_linear_weights
@@ -104,9 +104,9 @@ def _options(options: DecodingOptions | None, kwargs: dict[str, Any]) -> Decodin
     if options is None:
         return DecodingOptions.from_kwargs(kwargs)
     if not isinstance(options, DecodingOptions):
-        raise TypeError(f"options is a {type(options).__name__}; pass a DecodingOptions (or keyword options).")
+        raise InvalidArgumentError(f"options is a {type(options).__name__}; pass a DecodingOptions (or keyword options).")
     if kwargs:
-        raise TypeError(f"Pass options= or keyword options, not both (got options= and {sorted(kwargs)}).")
+        raise InvalidArgumentError(f"Pass options= or keyword options, not both (got options= and {sorted(kwargs)}).")
     return options
 
 

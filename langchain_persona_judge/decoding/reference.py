@@ -35,6 +35,7 @@ from typing import Any, Literal
 import torch
 from torch.nn import functional as F
 
+from ..errors import InvalidInputError, InvalidOptionError
 from .base import eos_ids
 
 Roles = Literal["alternate", "swap_once"]
@@ -102,9 +103,9 @@ def naive_generate(
     """
     seqs = [p.tolist() if isinstance(p, torch.Tensor) else list(p) for p in prompts]
     if not seqs or any(not s for s in seqs):
-        raise ValueError("pass one non-empty prompt per persona")
+        raise InvalidInputError("pass one non-empty prompt per persona")
     if roles not in ("alternate", "swap_once"):
-        raise ValueError(f"roles={roles!r}: use 'alternate' or 'swap_once'")
+        raise InvalidOptionError(f"roles={roles!r}: use 'alternate' or 'swap_once'")
     device = model.device
     eos = eos_ids(model, eos_token_id)
     generator = None

@@ -74,7 +74,7 @@ def resolve_preference(spec: Any, registry: PersonaRegistry) -> ResolvedPreferen
 def compose(preferences: Sequence[ResolvedPreference], strategy: str = "split") -> list[PersonaPrompt]:
     """Group resolved preferences into persona prompts by ``strategy``; no preferences: one plain persona."""
     if strategy not in STRATEGIES:
-        raise ValueError(f"composition={strategy!r} is unknown; use one of {', '.join(STRATEGIES)}.")
+        raise PersonaError(f"composition={strategy!r} is unknown; use one of {', '.join(STRATEGIES)}.")
     if not preferences:
         return [PersonaPrompt([])]
     if strategy == "split" or len(preferences) == 1:

@@ -103,7 +103,7 @@ class Persona(BaseModel):
     @classmethod
     def _check_name(cls, value: str) -> str:
         if not NAME_PATTERN.fullmatch(value):
-            raise ValueError(
+            raise PersonaError(
                 f"persona name {value!r} must start with a letter and hold only letters, digits, '-' and '_'"
             )
         return value
@@ -112,7 +112,7 @@ class Persona(BaseModel):
     @classmethod
     def _check_description(cls, value: str | None) -> str | None:
         if value is not None and not value.strip():
-            raise ValueError("is empty; write the preference text (it is what the model is told)")
+            raise PersonaError("is empty; write the preference text (it is what the model is told)")
         return value
 
     def required_variables(self) -> set[str]:

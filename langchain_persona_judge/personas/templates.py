@@ -128,7 +128,7 @@ def persona_messages(
         turn = {"role": "user", "content": render_preferences(layout, preferences, template=template)}
         return [dict(m) for m in messages[:first]] + [turn] + [dict(m) for m in messages[first:]]
     if layout != "system":
-        raise ValueError(f"preference_layout={layout!r} is unknown; use 'system' or 'user_turn'.")
+        raise PromptTemplateError(f"preference_layout={layout!r} is unknown; use 'system' or 'user_turn'.")
     system = "\n\n".join(str(m["content"]) for m in messages if m["role"] == "system")
     rest = [dict(m) for m in messages if m["role"] != "system"]
     return [{"role": "system", "content": render_preferences(layout, preferences, system, template)}, *rest]
