@@ -48,15 +48,10 @@ from .runtime import (
     encode_chat,
     iterate_in_thread,
 )
-from .tools import (
-    OutputSpec,
-    convert_tool,
-    convert_tool_call,
-    normalize_tool_choice,
-    render_conversation,
-    tool_call_chunks,
-    tool_names,
-)
+from .output_spec import OutputSpec
+from .tool_calls import tool_call_chunks
+from .tool_rendering import render_conversation
+from .tools import convert_tool, convert_tool_call, normalize_tool_choice, tool_names
 
 if TYPE_CHECKING:
     from .styled_tool import PersonaJudgeTool
