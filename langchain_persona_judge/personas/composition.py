@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
 from ..errors import PersonaError
-from .registry import NAME_PATTERN, Persona, PersonaRegistry
+from .persona import NAME_PATTERN, Persona
+from .registry import PersonaRegistry
 
 Strategy = Literal["split", "pair", "all"]
 STRATEGIES: tuple[str, ...] = ("split", "pair", "all")
