@@ -11,6 +11,7 @@ Layer L1: imports only :mod:`langchain_persona_judge.errors` from the package; n
 ``composition``   a preference spec → its text; N preferences → persona prompts (split, pair, all)
 ``templates``     the preference template, and a persona's copy of a conversation with its preferences
 ``sandbox``       the one hardened Jinja sandbox both render in (bounded source, work, memory and output)
+``guards``        the sandbox's render-time budget: checked operators, filters, loops, output and methods
 ================  ==========================================================================================
 
 Registries and templates are untrusted input (registries are shared): a registry's fields and a ``str``

@@ -2,7 +2,7 @@
 
 A persona's fields come from a registry, which is untrusted input: its templates parse and render in the
 hardened sandbox of :mod:`.sandbox` (bounded source, work, memory and output: a persona's text is at most
-:data:`~.sandbox.MAX_TEXT` characters), and every failure is a
+:data:`~.guards.MAX_TEXT` characters), and every failure is a
 :class:`~langchain_persona_judge.errors.PersonaError` naming the persona, the problem and the fix.
 """
 
@@ -17,9 +17,9 @@ from jinja2 import TemplateSyntaxError, meta
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import PersonaError
+from .guards import MAX_TEXT
 from .sandbox import (
     MAX_SOURCE,
-    MAX_TEXT,
     compile_template,
     describe_error,
     is_refusal,
