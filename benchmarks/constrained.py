@@ -49,7 +49,9 @@ from langchain_persona_judge import shared_model
 from langchain_persona_judge.grammar import Grammar, GrammarConstraint, constraint_for
 from langchain_persona_judge.personas import persona_messages
 from langchain_persona_judge.runtime import encode_chat
-from langchain_persona_judge.tools import OutputSpec, convert_tool, render_conversation
+from langchain_persona_judge.output_spec import OutputSpec
+from langchain_persona_judge.tool_rendering import render_conversation
+from langchain_persona_judge.tools import convert_tool
 
 PREFERENCES = ["Answer in one short, formal sentence.", "Answer playfully, with a joke."]
 QUESTIONS = [

@@ -6,7 +6,8 @@ Every public name is imported lazily: ``import langchain_persona_judge`` costs n
 The layers, each importing only the ones below it (checked by ``lint-imports`` in ``make test``):
 
 * L4 ``cli`` — the ``persona-judge`` command;
-* L3 ``chat_models`` and its LangChain companions (``tools``, ``structured``, ``styled_tool``, ``prompt_templates``);
+* L3 ``chat_models`` and its LangChain companions (``tools``, ``output_spec``, ``tool_rendering``, ``tool_calls``,
+  ``structured``, ``styled_tool``, ``prompt_templates``);
 * ``profiles`` — a user's preferences learned from choices or writing (between L3 and the runtime);
 * L2 ``runtime`` — one request end to end: models, admission, chat template, request, run loop;
 * L1 ``decoding`` (the rules), ``personas`` (preferences → texts), ``grammar`` (constrained decoding);
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
         DecodingError,
         GrammarError,
         GrammarNotInstalledError,
+        InvalidArgumentError,
+        InvalidInputError,
+        InvalidOptionError,
         ModelLoadError,
         OutOfMemoryError,
         PersonaError,
@@ -95,6 +99,9 @@ _EXPORTS = {
     "DecodingError": "errors",
     "GrammarError": "errors",
     "GrammarNotInstalledError": "errors",
+    "InvalidArgumentError": "errors",
+    "InvalidInputError": "errors",
+    "InvalidOptionError": "errors",
     "ModelLoadError": "errors",
     "OutOfMemoryError": "errors",
     "PersonaError": "errors",

@@ -35,6 +35,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from . import defaults
 from .decoding import DecodingOptions
 from .defaults import DEVICE_ENV, MODEL_ENV
+from .errors import InvalidArgumentError, InvalidInputError, InvalidOptionError
 from .personas import Layout, Persona, PersonaRegistry, PreferenceTemplate, Strategy
 from .profiles import PreferenceProfile, as_profile
 from .runtime import (
@@ -47,15 +48,10 @@ from .runtime import (
     encode_chat,
     iterate_in_thread,
 )
-from .tools import (
-    OutputSpec,
-    convert_tool,
-    convert_tool_call,
-    normalize_tool_choice,
-    render_conversation,
-    tool_call_chunks,
-    tool_names,
-)
+from .output_spec import OutputSpec
+from .tool_calls import tool_call_chunks
+from .tool_rendering import render_conversation
+from .tools import convert_tool, convert_tool_call, normalize_tool_choice, tool_names
 
 if TYPE_CHECKING:
     from .styled_tool import PersonaJudgeTool
@@ -101,7 +97,7 @@ def _content_text(message: BaseMessage) -> str:
             continue  # structured blocks other models attach to AI messages carry no text for this model
         else:
             kind = block.get("type") if isinstance(block, dict) else type(block).__name__
-            raise ValueError(
+            raise InvalidInputError(
                 f"ChatPersonaJudge reads text only, but a {type(message).__name__} has a {kind!r} content block; "
                 "pass text content (a string or text blocks)."
             )
@@ -121,7 +117,7 @@ def _convert_message_to_dict(message: BaseMessage) -> dict[str, Any]:
     elif isinstance(message, ChatMessage):
         role = message.role
     else:
-        raise ValueError(f"Unsupported message type {type(message).__name__}; use System/Human/AI/Tool messages.")
+        raise InvalidInputError(f"Unsupported message type {type(message).__name__}; use System/Human/AI/Tool messages.")
     out: dict[str, Any] = {"role": role, "content": _content_text(message)}
     if message.name:
         out["name"] = message.name
@@ -136,12 +132,12 @@ def _convert_message_to_dict(message: BaseMessage) -> dict[str, Any]:
 
 def _convert_messages_to_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
     if not messages:
-        raise ValueError("No messages to answer; pass at least one message.")
+        raise InvalidInputError("No messages to answer; pass at least one message.")
     converted = [_convert_message_to_dict(m) for m in messages]
     if not any(m["role"] == "user" and m["content"].strip() for m in converted) and not any(
         m["content"].strip() or m["role"] == "tool" or m.get("tool_calls") for m in converted if m["role"] != "system"
     ):
-        raise ValueError("Every message is empty; pass a question or other text to answer.")
+        raise InvalidInputError("Every message is empty; pass a question or other text to answer.")
     return converted
 
 
@@ -424,7 +420,7 @@ class ChatPersonaJudge(BaseChatModel):
             for key in unknown:
                 close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
                 hints.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
-            raise ValueError(
+            raise InvalidOptionError(
                 f"Unknown argument(s) for ChatPersonaJudge: {', '.join(hints)}; see the class docstring for its "
                 "fields."
             )
@@ -515,7 +511,7 @@ class ChatPersonaJudge(BaseChatModel):
     def _load(self, name: str | None) -> tuple[Any, Any]:
         if self.hf_model is not None and name in (None, self.model_name):
             if self.tokenizer is None:
-                raise ValueError("hf_model was given without tokenizer; pass both (tokenizer=...).")
+                raise InvalidOptionError("hf_model was given without tokenizer; pass both (tokenizer=...).")
             return self.hf_model, self.tokenizer
         return REGISTRY.load(name, self.device, self.dtype, self.backend)
 
@@ -568,7 +564,7 @@ class ChatPersonaJudge(BaseChatModel):
         formatted = [convert_tool(tool) for tool in tools]
         choice = normalize_tool_choice(tool_choice, tool_names(formatted))
         if choice not in (None, "auto", "none") and not formatted:
-            raise ValueError(f"tool_choice={tool_choice!r} needs at least one tool.")
+            raise InvalidOptionError(f"tool_choice={tool_choice!r} needs at least one tool.")
         return super().bind(
             tools=formatted, tool_choice=choice, parallel_tool_calls=parallel_tool_calls, **kwargs
         )
@@ -661,7 +657,7 @@ class ChatPersonaJudge(BaseChatModel):
             and not k.startswith("ls_")
         ]
         if unknown:
-            raise TypeError(
+            raise InvalidArgumentError(
                 f"Unknown argument(s) {sorted(unknown)} for ChatPersonaJudge; per-call options are "
                 f"{list(_CALL_OVERRIDES) + list(_OUTPUT_KWARGS)}."
             )
@@ -673,7 +669,7 @@ class ChatPersonaJudge(BaseChatModel):
         options, preferences, plan = settings.decoding_options(), settings.preferences, None
         if settings.profile is not None:  # the profile's poles (and stated preferences) as weighted personas
             if settings.weights is not None:
-                raise ValueError("Pass weights or a profile, not both: a profile sets the personas' weights.")
+                raise InvalidOptionError("Pass weights or a profile, not both: a profile sets the personas' weights.")
             settings.profile.check_model(model)
             plan = settings.profile.decoding_plan(settings.preferences)
             preferences = plan.preferences

@@ -14,6 +14,23 @@ class PersonaJudgeError(Exception):
     """Root of every error this package raises on purpose."""
 
 
+# -- arguments, options and input (every layer) ----------------------------------------------------------
+
+
+class InvalidOptionError(PersonaJudgeError, ValueError):
+    """An option or setting with a value the library cannot use: out of range, an unknown name, a combination
+    that does not go together, or one missing that another needs (the message names the option and the fix)."""
+
+
+class InvalidArgumentError(PersonaJudgeError, TypeError):
+    """An argument of the wrong type, or an argument the call does not take."""
+
+
+class InvalidInputError(PersonaJudgeError, ValueError):
+    """Input that cannot be answered: no messages, only empty ones, a message or content block the model cannot
+    read, or prompt token ids of the wrong shape."""
+
+
 # -- decoding (L1) -----------------------------------------------------------------------------------
 
 
@@ -95,6 +112,9 @@ __all__ = [
     "DecodingError",
     "GrammarError",
     "GrammarNotInstalledError",
+    "InvalidArgumentError",
+    "InvalidInputError",
+    "InvalidOptionError",
     "ModelLoadError",
     "OutOfMemoryError",
     "PersonaError",

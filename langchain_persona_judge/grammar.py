@@ -39,7 +39,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .errors import GrammarError, GrammarNotInstalledError
+from .errors import DecodingError, GrammarError, GrammarNotInstalledError
 
 GRAMMAR_INSTALL = "pip install 'langchain-persona-judge[grammar]'"
 
@@ -241,7 +241,7 @@ class GrammarConstraint:
     def advance(self, token_id: int) -> None:
         if not self.matcher.accept_token(int(token_id)):
             # The engine only ever samples allowed tokens, so this is a bug, not a user error.
-            raise RuntimeError(f"token {token_id} does not continue the grammar at step {self.steps}")
+            raise DecodingError(f"token {token_id} does not continue the grammar at step {self.steps}")
         self.steps += 1
 
     def rollback(self, count: int) -> None:

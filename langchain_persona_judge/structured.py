@@ -27,6 +27,8 @@ from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
 
+from .errors import InvalidArgumentError, InvalidOptionError
+
 StructuredMethod = Literal["json_schema", "function_calling", "json_mode"]
 METHODS: tuple[str, ...] = ("json_schema", "function_calling", "json_mode")
 
@@ -42,11 +44,11 @@ def structured_output(
 ) -> Runnable[LanguageModelInput, Any]:
     """The runnable behind ``ChatPersonaJudge.with_structured_output``."""
     if kwargs:
-        raise TypeError(f"Unknown argument(s) {sorted(kwargs)} for with_structured_output.")
+        raise InvalidArgumentError(f"Unknown argument(s) {sorted(kwargs)} for with_structured_output.")
     if method not in METHODS:
-        raise ValueError(f"method={method!r} is not supported; use one of {list(METHODS)}.")
+        raise InvalidOptionError(f"method={method!r} is not supported; use one of {list(METHODS)}.")
     if schema is None:
-        raise ValueError("with_structured_output needs a schema: a pydantic class, a TypedDict or a JSON schema.")
+        raise InvalidOptionError("with_structured_output needs a schema: a pydantic class, a TypedDict or a JSON schema.")
     is_pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
     trace = {"ls_structured_output_format": {"kwargs": {"method": method, "strict": strict}, "schema": schema}}
     parser: OutputParserLike

@@ -13,6 +13,8 @@ import textwrap
 from collections.abc import Sequence
 from typing import IO
 
+from ..errors import InvalidOptionError
+
 EXIT_USAGE = 2
 
 
@@ -39,7 +41,7 @@ def _variables(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--var {pair!r} is not KEY=VALUE")
+            raise InvalidOptionError(f"--var {pair!r} is not KEY=VALUE")
         out[key.strip()] = value
     return out
 
@@ -53,13 +55,13 @@ def run(argv: Sequence[str], stdout: IO[str] | None = None, stderr: IO[str] | No
         registry = load_registry(args.registry)
         if args.action == "show":
             if not args.name:
-                raise ValueError("`show` needs a persona name, e.g. `persona-judge personas show expert`")
+                raise InvalidOptionError("`show` needs a persona name, e.g. `persona-judge personas show expert`")
             persona = registry.get(args.name)
             variables = _variables(args.var)
             known = registry.variables_used(args.name)
             unknown = sorted(set(variables) - known)
             if unknown:
-                raise ValueError(
+                raise InvalidOptionError(
                     f"persona {args.name!r} has no variable(s) {', '.join(unknown)}; its variables are "
                     f"{', '.join(sorted(known)) or 'none'}"
                 )

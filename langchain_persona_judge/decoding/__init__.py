@@ -30,9 +30,9 @@ from typing import Any
 import torch
 
 from .. import defaults
-from ..errors import DecodingError
-from .backends import BACKENDS, ModelBackend, as_backend, backend_name
-from .base import Decoder, TokenStream, context_limit
+from ..errors import DecodingError, InvalidArgumentError
+from .backends import BACKENDS, ModelBackend, as_backend, backend_name, context_limit
+from .base import Decoder, TokenStream
 from .cpu_kernels import is_prepacked, prepack_linear_weights, unpack_linear_weights
 from .lockstep import LockstepDecoder
 from .options import (
@@ -49,7 +49,7 @@ from .options import (
     TraceEntry,
 )
 from .product import ProductDecoder
-from .speculative import PersonaJudgeDecoder, SpeculativeDecoder
+from .speculative import SpeculativeDecoder
 
 DECODERS: dict[str, type[Decoder]] = {"speculative": SpeculativeDecoder, "lockstep": LockstepDecoder}
 """Persona-judge's schedules, by ``DecodingOptions.schedule``."""
@@ -104,9 +104,9 @@ def _options(options: DecodingOptions | None, kwargs: dict[str, Any]) -> Decodin
     if options is None:
         return DecodingOptions.from_kwargs(kwargs)
     if not isinstance(options, DecodingOptions):
-        raise TypeError(f"options is a {type(options).__name__}; pass a DecodingOptions (or keyword options).")
+        raise InvalidArgumentError(f"options is a {type(options).__name__}; pass a DecodingOptions (or keyword options).")
     if kwargs:
-        raise TypeError(f"Pass options= or keyword options, not both (got options= and {sorted(kwargs)}).")
+        raise InvalidArgumentError(f"Pass options= or keyword options, not both (got options= and {sorted(kwargs)}).")
     return options
 
 
@@ -160,7 +160,6 @@ __all__ = [
     "Generation",
     "LockstepDecoder",
     "ModelBackend",
-    "PersonaJudgeDecoder",
     "ProductDecoder",
     "Schedule",
     "SpeculativeDecoder",

@@ -20,28 +20,28 @@ from typing import Any
 
 import torch
 
-from ..errors import DecodingError
+from ..errors import ContextLengthError, DecodingError, InvalidArgumentError, InvalidInputError, InvalidOptionError
 from .acceptance import build_processors, build_warpers, process
-from .backends import ForwardSignature, ModelBackend, TransformersBackend, as_backend, check_finite, context_limit
+from .backends import ForwardSignature, ModelBackend, TransformersBackend, as_backend
 from .options import DecodingOptions, FinishReason, Generation, DecodingStats, TokenConstraint, TokenKind, TraceEntry
 
 
 def as_prompt(tokens: Any, index: int) -> torch.Tensor:
     """One persona's prompt as a 1-D LongTensor, or a clear error."""
     if not isinstance(tokens, torch.Tensor):
-        raise TypeError(
+        raise InvalidArgumentError(
             f"prompts[{index}] is a {type(tokens).__name__}; pass a 1-D torch.LongTensor of token ids "
             "(for example tokenizer.apply_chat_template(..., return_tensors='pt')[0])."
         )
     if tokens.dim() == 2 and tokens.shape[0] == 1:
         tokens = tokens[0]
     if tokens.dim() != 1 or tokens.dtype not in (torch.long, torch.int, torch.int32):
-        raise ValueError(
+        raise InvalidInputError(
             f"prompts[{index}] has shape {tuple(tokens.shape)} and dtype {tokens.dtype}; "
             "pass a 1-D tensor of integer token ids."
         )
     if tokens.numel() == 0:
-        raise ValueError(f"prompts[{index}] is empty; a persona prompt needs at least one token.")
+        raise InvalidInputError(f"prompts[{index}] is empty; a persona prompt needs at least one token.")
     return tokens.long()
 
 
@@ -73,11 +73,11 @@ class Decoder(ABC):
         reference: torch.Tensor | None = None,
     ) -> None:
         if isinstance(prompts, torch.Tensor):
-            raise TypeError("prompts must be a sequence of 1-D tensors, one per persona, not a single tensor.")
+            raise InvalidArgumentError("prompts must be a sequence of 1-D tensors, one per persona, not a single tensor.")
         if not prompts:
-            raise ValueError("prompts is empty; pass one token tensor per persona (two or more for Persona-judge).")
+            raise InvalidInputError("prompts is empty; pass one token tensor per persona (two or more for Persona-judge).")
         if constraint is not None and not isinstance(constraint, TokenConstraint):
-            raise TypeError("constraint must have allowed(), advance(token_id) and rollback(count) methods.")
+            raise InvalidArgumentError("constraint must have allowed(), advance(token_id) and rollback(count) methods.")
         self.model = model
         self.backend: ModelBackend = as_backend(model)
         """What runs the forwards (:mod:`.backends`): transformers, or llama.cpp."""
@@ -86,7 +86,7 @@ class Decoder(ABC):
         self.device = self.backend.device
         self.prompts: list[list[int]] = [as_prompt(p, i).tolist() for i, p in enumerate(prompts)]
         if options.needs_reference and reference is None:
-            raise ValueError(
+            raise InvalidInputError(
                 f"guidance={options.guidance}"
                 + (f" with weights summing to {sum(options.weights or ())}" if options.guidance == 1.0 else "")
                 + " reads a reference prompt; pass reference= (the token ids of the conversation with no "
@@ -98,7 +98,7 @@ class Decoder(ABC):
         )
         """The reference prompt's ids, when the rule reads one (see :mod:`.combine`)."""
         if options.weights is not None and len(options.weights) != len(self.prompts):
-            raise ValueError(
+            raise InvalidOptionError(
                 f"weights has {len(options.weights)} value(s) but there are {len(self.prompts)} persona prompts; "
                 "pass one weight per persona."
             )
@@ -128,9 +128,11 @@ class Decoder(ABC):
         if limit is None:
             return self.options.max_new_tokens
         if longest >= limit:
-            raise ValueError(
+            raise ContextLengthError(
                 f"A persona prompt is {longest} tokens long but the model's context holds {limit}; "
-                "shorten the conversation or the preference text."
+                "shorten the conversation or the preference text.",
+                tokens=longest,
+                limit=limit,
             )
         return min(self.options.max_new_tokens, limit - longest)
 
@@ -266,5 +268,4 @@ class TokenStream(Iterator[int]):
         return self.decoder.generation
 
 
-__all__ = ["Decoder", "ForwardSignature", "TokenStream", "as_prompt", "check_finite", "context_limit", "eos_ids"]
-# ForwardSignature, check_finite and context_limit live in .backends now; kept importable from here.
+__all__ = ["Decoder", "TokenStream", "as_prompt", "eos_ids"]

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..defaults import PREPACK_ENV
+from ..errors import InvalidOptionError, ModelLoadError
 
 AUTO_PREPACK_MAX_BYTES = 2 << 30  # "auto" packs models whose linear weights take at most 2 GiB (fp32 ~500M params)
 
@@ -90,7 +91,7 @@ def prepack_linear_weights(model: nn.Module) -> int:
     :func:`unpack_linear_weights`.
     """
     if not prepack_supported():
-        raise RuntimeError("this torch build has no oneDNN (mkldnn) linear ops; leave prepack off")
+        raise ModelLoadError("this torch build has no oneDNN (mkldnn) linear ops; leave prepack off")
     count = 0
     for module in _linears(model):
         if type(module) is nn.Linear:
@@ -135,7 +136,7 @@ def should_prepack(model: Any, prepack: bool | None) -> bool:
         return False
     if param.device.type != "cpu" or param.dtype != torch.float32 or not prepack_supported():
         if prepack is True:
-            raise ValueError(
+            raise InvalidOptionError(
                 f"prepack=True needs a float32 model on the CPU and a torch build with oneDNN; this model is "
                 f"{param.dtype} on {param.device}. Leave prepack unset (auto) or pass prepack=False."
             )

@@ -35,6 +35,7 @@ from typing import Any, Literal
 import torch
 from torch.nn import functional as F
 
+from ..errors import InvalidInputError, InvalidOptionError
 from .base import eos_ids
 
 Roles = Literal["alternate", "swap_once"]
@@ -102,101 +103,136 @@ def naive_generate(
     """
     seqs = [p.tolist() if isinstance(p, torch.Tensor) else list(p) for p in prompts]
     if not seqs or any(not s for s in seqs):
-        raise ValueError("pass one non-empty prompt per persona")
+        raise InvalidInputError("pass one non-empty prompt per persona")
     if roles not in ("alternate", "swap_once"):
-        raise ValueError(f"roles={roles!r}: use 'alternate' or 'swap_once'")
-    device = model.device
-    eos = eos_ids(model, eos_token_id)
-    generator = None
-    if do_sample:
-        generator = torch.Generator(device=device)
-        if seed is None:
-            generator.seed()
-        else:
-            generator.manual_seed(seed)
-    result = NaiveResult(token_ids=[], finish_reason="length")
-    emitted = result.token_ids
-    n = len(seqs)
+        raise InvalidOptionError(f"roles={roles!r}: use 'alternate' or 'swap_once'")
+    run = _NaiveRun(model, eos_ids(model, eos_token_id), do_sample, seed, temperature, top_k, top_p)
+    result, emitted, n = run.result, run.result.token_ids, len(seqs)
+    while True:
+        # 1. roles: who drafts and who judges in iteration k
+        d_idx, j_idx = _roles(result.iterations, n, roles)
+        # 2. draft: up to `lookahead` tokens from the drafter, one whole-prefix forward each
+        count = 0 if n == 1 else min(lookahead, max_new_tokens - len(emitted) - 1)
+        drafts, q_rows = run.draft(seqs[d_idx] + emitted, count)
+        # 3. judge: one forward over its prefix plus the drafts; the distributions at the drafts and after them
+        judge = run.logits_of(seqs[j_idx] + emitted + drafts)[-(len(drafts) + 1) :]
+        # 4. accept: the drafts the judge keeps, and the token after them (residual or bonus)
+        accepted, next_token = run.accept(judge, drafts, q_rows, paper_residual)
+        # 5. emit, up to EOS or the budget
+        run.emit(drafts, accepted, next_token, (d_idx, j_idx), max_new_tokens)
+        if on_iteration is not None:
+            on_iteration(len(emitted))
+        if result.finish_reason == "stop" or len(emitted) >= max_new_tokens:
+            return result
 
-    def logits_of(tokens: list[int]) -> torch.Tensor:
-        # The whole sequence, every time, and the logits of every position (as the paper's code does).
-        out = model(input_ids=torch.tensor([tokens], dtype=torch.long, device=device)).logits[0]
-        result.forward_calls += 1
-        result.positions += len(tokens)
-        result.forward_lengths.append(len(tokens))
+
+def _roles(k: int, n: int, roles: Roles) -> tuple[int, int]:
+    """(drafter, judge) of iteration ``k`` among ``n`` personas."""
+    if roles == "alternate":
+        return k % n, (k + 1) % n
+    return (0, 1 % n) if k == 0 else (1 % n, 0)
+
+
+class _NaiveRun:
+    """The state of one :func:`naive_generate` call and its steps: forwards, drafting, acceptance, emitting."""
+
+    def __init__(
+        self, model: Any, eos: frozenset[int], do_sample: bool, seed: int | None,
+        temperature: float, top_k: int | None, top_p: float | None,
+    ) -> None:
+        self.model = model
+        self.device = model.device
+        self.eos = eos
+        self.generator: torch.Generator | None = None
+        if do_sample:
+            self.generator = torch.Generator(device=self.device)
+            if seed is None:
+                self.generator.seed()
+            else:
+                self.generator.manual_seed(seed)
+        self.sampling = (temperature, top_k, top_p)
+        self.result = NaiveResult(token_ids=[], finish_reason="length")
+
+    def logits_of(self, tokens: list[int]) -> torch.Tensor:
+        """The whole sequence, every time, and the logits of every position (as the paper's code does)."""
+        out = self.model(input_ids=torch.tensor([tokens], dtype=torch.long, device=self.device)).logits[0]
+        self.result.forward_calls += 1
+        self.result.positions += len(tokens)
+        self.result.forward_lengths.append(len(tokens))
         return out
 
-    def dist(row: torch.Tensor) -> torch.Tensor:
-        return norm_logits(row, temperature, top_k, top_p)
+    def dist(self, row: torch.Tensor) -> torch.Tensor:
+        return norm_logits(row, *self.sampling)
 
-    while True:
-        k = result.iterations
-        if roles == "alternate":
-            d_idx, j_idx = k % n, (k + 1) % n
-        else:
-            d_idx, j_idx = (0, 1 % n) if k == 0 else (1 % n, 0)
-        remaining = max_new_tokens - len(emitted)
-        count = 0 if n == 1 else min(lookahead, remaining - 1)
+    def draft(self, prefix: list[int], count: int) -> tuple[list[int], list[torch.Tensor]]:
+        """Up to ``count`` drafter tokens after ``prefix`` (stopping at an EOS draft), and (sampling) the
+        drafter's distribution each was drawn from."""
         drafts: list[int] = []
         q_rows: list[torch.Tensor] = []
         for _ in range(count):
-            last = logits_of(seqs[d_idx] + emitted + drafts)[-1]
-            if generator is None:
+            last = self.logits_of(prefix + drafts)[-1]
+            if self.generator is None:
                 token = int(last.argmax())
             else:
-                q = dist(last)
-                token = int(torch.multinomial(q, 1, generator=generator))
+                q = self.dist(last)
+                token = int(torch.multinomial(q, 1, generator=self.generator))
                 q_rows.append(q)
             drafts.append(token)
-            if token in eos:
+            if token in self.eos:
                 break
-        judge = logits_of(seqs[j_idx] + emitted + drafts)[-(len(drafts) + 1) :]
+        return drafts, q_rows
 
+    def accept(
+        self, judge: torch.Tensor, drafts: list[int], q_rows: list[torch.Tensor], paper_residual: bool
+    ) -> tuple[int, int]:
+        """(drafts accepted, the next token): greedy, while the judge's argmax equals the draft; sampling,
+        ``u < p/q`` then a draw from ``norm(max(0, p - q))``, or from the judge after every draft."""
         accepted = 0
-        if generator is None:
+        if self.generator is None:
             choice = judge.argmax(dim=-1).tolist()
             while accepted < len(drafts) and choice[accepted] == drafts[accepted]:
                 accepted += 1
-            next_token = choice[accepted]
-        else:
-            p_rows = [dist(judge[i]) for i in range(len(drafts) + 1)]
-            for i, token in enumerate(drafts):
-                u = float(torch.rand(1, generator=generator, device=device))
-                if u * float(q_rows[i][token]) < float(p_rows[i][token]):
-                    accepted += 1
-                else:
-                    break
-            if accepted < len(drafts):
-                diff = p_rows[accepted] - q_rows[accepted]
-                if paper_residual and float(diff.sum()) <= 0:
-                    diff = -diff
-                residual = diff.clamp(min=0)
-                law = residual / residual.sum() if float(residual.sum()) > 0 else p_rows[accepted]
+            return accepted, choice[accepted]
+        p_rows = [self.dist(judge[i]) for i in range(len(drafts) + 1)]
+        for i, token in enumerate(drafts):
+            u = float(torch.rand(1, generator=self.generator, device=self.device))
+            if u * float(q_rows[i][token]) < float(p_rows[i][token]):
+                accepted += 1
             else:
-                law = p_rows[len(drafts)]
-            next_token = int(torch.multinomial(law, 1, generator=generator))
+                break
+        if accepted < len(drafts):
+            diff = p_rows[accepted] - q_rows[accepted]
+            if paper_residual and float(diff.sum()) <= 0:
+                diff = -diff
+            residual = diff.clamp(min=0)
+            law = residual / residual.sum() if float(residual.sum()) > 0 else p_rows[accepted]
+        else:
+            law = p_rows[len(drafts)]
+        return accepted, int(torch.multinomial(law, 1, generator=self.generator))
 
+    def emit(
+        self, drafts: list[int], accepted: int, next_token: int, roles: tuple[int, int], max_new_tokens: int
+    ) -> None:
+        """Count the iteration; append the accepted drafts and the next token (unless an accepted draft is EOS),
+        stopping at EOS (``stop``) or the budget (``length``)."""
+        result = self.result
         result.iterations += 1
         result.drafted += len(drafts)
         result.accepted += accepted
         new = drafts[:accepted]
         kinds = ["accepted"] * accepted
-        if not any(t in eos for t in new):
+        if not any(t in self.eos for t in new):
             new.append(next_token)
             kinds.append("bonus" if accepted == len(drafts) else "residual")
         for token, kind in zip(new, kinds):
-            if token in eos:
+            if token in self.eos:
                 result.finish_reason = "stop"
                 break
-            emitted.append(token)
-            result.trace.append((d_idx, j_idx, kind))
-            if len(emitted) >= max_new_tokens:
+            result.token_ids.append(token)
+            result.trace.append((*roles, kind))
+            if len(result.token_ids) >= max_new_tokens:
                 result.finish_reason = "length"
                 break
-        if on_iteration is not None:
-            on_iteration(len(emitted))
-        if result.finish_reason == "stop" or len(emitted) >= max_new_tokens:
-            return result
 
 
 def iteration_schedule(
@@ -211,10 +247,7 @@ def iteration_schedule(
     n = len(prompt_lengths)
     out: list[list[int]] = []
     for k, (e, d) in enumerate(zip(emitted_before, drafted)):
-        if roles == "alternate":
-            d_idx, j_idx = k % n, (k + 1) % n
-        else:
-            d_idx, j_idx = (0, 1 % n) if k == 0 else (1 % n, 0)
+        d_idx, j_idx = _roles(k, n, roles)
         out.append([prompt_lengths[d_idx] + e + i for i in range(d)] + [prompt_lengths[j_idx] + e + d])
     return out
 

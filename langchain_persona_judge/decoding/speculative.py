@@ -162,7 +162,4 @@ class SpeculativeDecoder(Decoder):
         self._sequences.release()
 
 
-PersonaJudgeDecoder = SpeculativeDecoder
-"""The name this schedule had before the lockstep one existed."""
-
-__all__ = ["PersonaCache", "PersonaJudgeDecoder", "SpeculativeDecoder"]
+__all__ = ["PersonaCache", "SpeculativeDecoder"]

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
 from ..errors import PersonaError
-from .registry import NAME_PATTERN, Persona, PersonaRegistry
+from .persona import NAME_PATTERN, Persona
+from .registry import PersonaRegistry
 
 Strategy = Literal["split", "pair", "all"]
 STRATEGIES: tuple[str, ...] = ("split", "pair", "all")
@@ -74,7 +75,7 @@ def resolve_preference(spec: Any, registry: PersonaRegistry) -> ResolvedPreferen
 def compose(preferences: Sequence[ResolvedPreference], strategy: str = "split") -> list[PersonaPrompt]:
     """Group resolved preferences into persona prompts by ``strategy``; no preferences: one plain persona."""
     if strategy not in STRATEGIES:
-        raise ValueError(f"composition={strategy!r} is unknown; use one of {', '.join(STRATEGIES)}.")
+        raise PersonaError(f"composition={strategy!r} is unknown; use one of {', '.join(STRATEGIES)}.")
     if not preferences:
         return [PersonaPrompt([])]
     if strategy == "split" or len(preferences) == 1:

@@ -10,12 +10,13 @@ memory a template may take. This environment does, so that any template finishes
   ``block`` (templates loading other templates), recursive ``for`` loops and macros calling themselves are
   refused. No constant is folded at compile time (``optimized=False``), and the operators below are
   intercepted, so nothing of the template runs before it is rendered.
-- **Render time**, against a per-render limit (:data:`MAX_TEXT` characters, plus the size of the inputs for
-  the preference template): every string, list or number a template builds (``+``, ``*``, ``%``, ``**``,
-  ``~``, a filter, a method, a macro) is refused before it would pass the limit; ``range`` holds at most
-  :data:`MAX_RANGE` items; the loops of one render run :data:`MAX_LOOP_ITERATIONS` iterations in all; output
-  (captured output included: ``{% set %}...{% endset %}``, macros, filter blocks) is counted; calls nest at
-  most :data:`MAX_CALL_DEPTH` deep; and the rendered text is at most the limit.
+- **Render time** (:mod:`.guards`), against a per-render limit (:data:`~.guards.MAX_TEXT` characters, plus the
+  size of the inputs for the preference template): every string, list or number a template builds (``+``,
+  ``*``, ``%``, ``**``, ``~``, a filter, a method, a macro) is refused before it would pass the limit; ``range``
+  holds at most :data:`~.guards.MAX_RANGE` items; the loops of one render run
+  :data:`~.guards.MAX_LOOP_ITERATIONS` iterations in all; output (captured output included:
+  ``{% set %}...{% endset %}``, macros, filter blocks) is counted; calls nest at most
+  :data:`~.guards.MAX_CALL_DEPTH` deep; and the rendered text is at most the limit.
 - The globals no persona needs are gone (``lipsum``, ``cycler``, ``joiner``, ``namespace``, ``dict``).
 
 A limit passed raises :class:`jinja2.exceptions.SecurityError` (at render) or
@@ -28,11 +29,7 @@ from __future__ import annotations
 
 import functools
 import re
-import string
-import types
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextvars import ContextVar
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -42,24 +39,29 @@ from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.visitor import NodeTransformer
 
+from .guards import (
+    BUDGET,
+    BUILTIN_METHODS,
+    MAX_CALL_DEPTH,
+    MAX_TEXT,
+    Budget,
+    binop,
+    check_format_spec,
+    check_method,
+    check_size,
+    concat,
+    current_budget,
+    emit,
+    guard_filter,
+    iterate,
+    refuse,
+    small_range,
+)
+
 MAX_SOURCE = 10_000
 """Characters of template source."""
-MAX_TEXT = 10_000
-"""Characters of a rendered persona text, and of anything a template builds beyond the size of its inputs."""
 MAX_NESTING = 48
 """Depth of the parsed template (statements and expressions nested in one another)."""
-MAX_RANGE = 1_000
-"""Items of ``range(...)``."""
-MAX_LOOP_ITERATIONS = 10_000
-"""``for`` iterations in one render, all loops together."""
-MAX_OUTPUT_FACTOR = 4
-"""Text written by one render, captured output included, as a multiple of the limit."""
-MAX_CALL_DEPTH = 24
-"""Nested calls (macros calling macros, ``caller()``...)."""
-MAX_INT_BITS = 4_096
-"""Bits of an integer built with ``*`` or ``**`` (about 1 200 digits)."""
-MAX_ROUND_DIGITS = 100
-"""``|round(precision)``."""
 
 _REFUSED_TAGS: dict[type[nodes.Node], str] = {
     nodes.Extends: "extends",
@@ -68,10 +70,6 @@ _REFUSED_TAGS: dict[type[nodes.Node], str] = {
     nodes.FromImport: "from ... import",
     nodes.Block: "block",
 }
-
-
-def _refuse(message: str) -> SecurityError:
-    return SecurityError(f"the template went past a limit: {message}")
 
 
 def _refused(message: str, line: int, name: str | None) -> TemplateSyntaxError:
@@ -98,295 +96,6 @@ class InlineTemplate(str):
         self = super().__new__(cls, text)
         self.origin = origin
         return self
-
-
-# -- per-render budget ----------------------------------------------------------------------------------
-
-
-@dataclass
-class _Budget:
-    limit: int
-    """Largest text (or list, by weight) the template may build, and the longest output."""
-    loops: int = MAX_LOOP_ITERATIONS
-    output: int = 0
-    depth: int = 0
-
-
-_BUDGET: ContextVar[_Budget | None] = ContextVar("persona_template_budget", default=None)
-
-
-def _budget() -> _Budget:
-    # Outside render_template (constant folding at compile time, a bare Template.render) every check still
-    # applies, against the default limit.
-    return _BUDGET.get() or _Budget(MAX_TEXT)
-
-
-def weight(value: Any, cap: int) -> int:
-    """Size of a value: characters of a text, items of a container plus the weight of each (recursively);
-    counting stops past ``cap``, so the cost is O(cap)."""
-    total = 0
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, (str, bytes, bytearray, range)):
-            total += len(item)
-        elif isinstance(item, (list, tuple, set, frozenset)):
-            total += len(item)
-            if total <= cap:
-                stack.extend(item)
-        elif isinstance(item, dict):
-            total += len(item)
-            if total <= cap:
-                stack.extend(item.keys())
-                stack.extend(item.values())
-        else:
-            total += 1
-        if total > cap:
-            return cap + 1
-    return total
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_size(value: Any, what: str) -> Any:
-    """``value`` if it is within the render's limit; generators are wrapped to count what they yield."""
-    limit = _budget().limit
-    if isinstance(value, (Iterator, types.GeneratorType)) and not isinstance(value, (str, bytes)):
-        return _counted(value, limit, what)
-    if _is_int(value) and value.bit_length() > MAX_INT_BITS:
-        raise _refuse(f"{what} built an integer of {value.bit_length()} bits (limit {MAX_INT_BITS})")
-    if weight(value, limit) > limit:
-        raise _refuse(f"{what} built a value larger than {limit} characters or items")
-    return value
-
-
-def _counted(items: Iterable[Any], limit: int, what: str) -> Iterator[Any]:
-    total = 0
-    for item in items:
-        total += weight(item, limit)
-        if total > limit:
-            raise _refuse(f"{what} produced more than {limit} characters or items")
-        yield item
-
-
-# -- operators --------------------------------------------------------------------------------------------
-
-_SEQUENCES = (str, bytes, list, tuple)
-_PRINTF = re.compile(r"%(?:\([^)]*\))?[#0\- +]*(\*|\d+)?(?:\.(\*|\d+))?")
-_SPEC_NUMBER = re.compile(r"\d+")
-
-
-def _check_printf(fmt: str | bytes, limit: int) -> None:
-    text = fmt.decode("latin-1") if isinstance(fmt, bytes) else fmt
-    for match in _PRINTF.finditer(text):
-        for number in match.groups():
-            if number == "*":
-                raise _refuse("a `*` width or precision in a % format (write the number)")
-            if number is not None and int(number) > limit:
-                raise _refuse(f"a % format width or precision of {number} (limit {limit})")
-
-
-def _check_format_spec(fmt: str, limit: int) -> None:
-    try:
-        fields = list(string.Formatter().parse(fmt))
-    except ValueError:
-        return  # str.format raises the same error
-    for _, _, spec, _ in fields:
-        if not spec:
-            continue
-        if "{" in spec:
-            raise _refuse("a nested {} in a format spec (write the width)")
-        for number in _SPEC_NUMBER.findall(spec):
-            if len(number) > 6 or int(number) > limit:
-                raise _refuse(f"a format width or precision of {number} (limit {limit})")
-
-
-def _binop(operator: str, left: Any, right: Any) -> Any:
-    limit = _budget().limit
-    if operator == "**":
-        if _is_int(left) and _is_int(right) and right > 0 and abs(left) > 1:
-            if left.bit_length() * right > MAX_INT_BITS:
-                raise _refuse(f"`**` would build an integer of about {left.bit_length() * right} bits "
-                              f"(limit {MAX_INT_BITS})")
-        return left**right
-    if operator == "*":
-        if _is_int(left) and _is_int(right):
-            if left.bit_length() + right.bit_length() > MAX_INT_BITS:
-                raise _refuse(f"`*` would build an integer of more than {MAX_INT_BITS} bits")
-        elif isinstance(left, _SEQUENCES) or isinstance(right, _SEQUENCES):
-            sequence, count = (left, right) if isinstance(left, _SEQUENCES) else (right, left)
-            count = count if isinstance(count, int) else 0  # str * str: Python raises TypeError
-            if count > 0 and weight(sequence, limit) * count > limit:
-                raise _refuse(f"`*` would repeat a value to more than {limit} characters or items")
-        return _check_size(left * right, "`*`")
-    if operator == "+":
-        if isinstance(left, _SEQUENCES) and isinstance(right, _SEQUENCES):
-            if weight(left, limit) + weight(right, limit) > limit:
-                raise _refuse(f"`+` would build a value larger than {limit} characters or items")
-        return _check_size(left + right, "`+`")
-    if operator == "%":
-        if isinstance(left, (str, bytes)):
-            _check_printf(left, limit)
-        return _check_size(left % right, "`%`")
-    raise AssertionError(operator)  # only the operators above are intercepted
-
-
-def _concat(parts: list[Any]) -> str:
-    texts = [str(p) for p in parts]
-    limit = _budget().limit
-    if sum(len(t) for t in texts) > limit:
-        raise _refuse(f"`~` would build a text longer than {limit} characters")
-    return "".join(texts)
-
-
-def _emit(value: Any) -> Any:
-    budget = _budget()
-    budget.output += len(str(value))
-    if budget.output > MAX_OUTPUT_FACTOR * budget.limit:
-        raise _refuse(f"the template wrote more than {MAX_OUTPUT_FACTOR * budget.limit} characters")
-    return value
-
-
-def _iterate(items: Iterable[Any]) -> Iterator[Any]:
-    budget = _budget()
-    for item in items:
-        budget.loops -= 1
-        if budget.loops < 0:
-            raise _refuse(f"its loops ran more than {MAX_LOOP_ITERATIONS} iterations")
-        yield item
-
-
-def _small_range(*args: int) -> range:
-    rng = range(*args)
-    if len(rng) > MAX_RANGE:
-        raise _refuse(f"range() of {len(rng)} items (limit {MAX_RANGE})")
-    return rng
-
-
-# -- filters -------------------------------------------------------------------------------------------
-
-
-def _check_center(value: Any, width: int = 80) -> None:
-    if _is_int(width) and width > _budget().limit:
-        raise _refuse(f"center({width}) (limit {_budget().limit})")
-
-
-def _check_indent(s: Any, width: Any = 4, first: bool = False, blank: bool = False) -> None:
-    text = str(s)
-    per_line = len(width) if isinstance(width, str) else width if _is_int(width) else 0
-    if len(text) + (text.count("\n") + 1) * per_line > _budget().limit:
-        raise _refuse(f"indent() would build a text longer than {_budget().limit} characters")
-
-
-def _check_wordwrap(s: Any, width: int = 79, break_long_words: bool = True, wrapstring: str | None = None,
-                    break_on_hyphens: bool = True) -> None:
-    text = str(s)
-    lines = len(text) // max(int(width) if _is_int(width) else 1, 1) + text.count("\n") + 1
-    if len(text) + lines * len(wrapstring if isinstance(wrapstring, str) else "\n") > _budget().limit:
-        raise _refuse(f"wordwrap() would build a text longer than {_budget().limit} characters")
-
-
-def _check_replace(s: Any, old: Any, new: Any, count: int | None = None) -> None:
-    text, old, new = str(s), str(old), str(new)
-    hits = (text.count(old) if old else len(text) + 1) if count is None or count < 0 else min(count, len(text) + 1)
-    if len(text) + hits * (len(new) - len(old)) > _budget().limit:
-        raise _refuse(f"replace() would build a text longer than {_budget().limit} characters")
-
-
-def _check_count(name: str) -> Callable[..., None]:
-    def check(value: Any, count: Any, fill_with: Any = None) -> None:
-        if _is_int(count) and count > MAX_RANGE:
-            raise _refuse(f"{name}({count}) (limit {MAX_RANGE})")
-
-    return check
-
-
-def _check_sum(iterable: Any, attribute: Any = None, start: Any = 0) -> None:
-    if not isinstance(start, (int, float)):
-        raise _refuse("sum() of anything but numbers (join texts with |join)")
-
-
-def _check_round(value: Any, precision: int = 0, method: str = "common") -> None:
-    if _is_int(precision) and abs(precision) > MAX_ROUND_DIGITS:
-        raise _refuse(f"round({precision}) (limit {MAX_ROUND_DIGITS} digits)")
-
-
-def _check_format(value: Any, *args: Any, **kwargs: Any) -> None:
-    _check_printf(str(value), _budget().limit)
-
-
-_FILTER_CHECKS: dict[str, Callable[..., None]] = {
-    "center": _check_center,
-    "indent": _check_indent,
-    "wordwrap": _check_wordwrap,
-    "replace": _check_replace,
-    "batch": _check_count("batch"),
-    "slice": _check_count("slice"),
-    "sum": _check_sum,
-    "round": _check_round,
-    "format": _check_format,
-}
-
-
-def _guard_join(original: Callable[..., str]) -> Callable[..., str]:
-    @functools.wraps(original)
-    def join(eval_ctx: Any, value: Iterable[Any], d: str = "", attribute: Any = None) -> str:
-        items = list(_counted(value, _budget().limit, "join()"))
-        size = sum(len(str(i)) for i in items) + len(str(d)) * max(len(items) - 1, 0)
-        if attribute is None and size > _budget().limit:
-            raise _refuse(f"join() would build a text longer than {_budget().limit} characters")
-        return _check_size(original(eval_ctx, items, d, attribute), "join()")
-
-    return join
-
-
-def _guard_filter(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
-    if name == "join":
-        return _guard_join(original)
-    check = _FILTER_CHECKS.get(name)
-    lead = 1 if getattr(original, "jinja_pass_arg", None) is not None else 0
-
-    @functools.wraps(original)  # keeps jinja_pass_arg: Jinja passes the context/environment as before
-    def guarded(*args: Any, **kwargs: Any) -> Any:
-        if check is not None:
-            check(*args[lead:], **kwargs)
-        return _check_size(original(*args, **kwargs), f"|{name}")
-
-    return guarded
-
-
-# -- methods called from templates -------------------------------------------------------------------------
-
-_BUILTIN_METHODS = (types.BuiltinMethodType, types.MethodWrapperType)
-
-
-def _check_method(method: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[Any, ...]:
-    """Size arguments of a built-in method (``'x'.ljust(n)``, ``s.replace(a, b)``...) within the limit; the
-    arguments to call it with (an iterable given to ``str.join`` is read into a list first)."""
-    owner = getattr(method, "__self__", None)
-    if owner is None or isinstance(owner, types.ModuleType):
-        return args
-    limit = _budget().limit
-    for value in (*args, *kwargs.values()):
-        if _is_int(value) and abs(value) > limit:
-            raise _refuse(f"{type(owner).__name__}.{method.__name__}() with {value} (limit {limit})")
-    name = method.__name__
-    if isinstance(owner, (str, bytes)):
-        if name == "replace" and len(args) >= 2:
-            _check_replace(owner, args[0], args[1], args[2] if len(args) > 2 else None)
-        elif name == "expandtabs":
-            size = args[0] if args else kwargs.get("tabsize", 8)
-            tabs = owner.count("\t" if isinstance(owner, str) else b"\t")
-            if _is_int(size) and len(owner) + tabs * size > limit:
-                raise _refuse(f"expandtabs() would build a text longer than {limit} characters")
-        elif name == "join" and len(args) == 1:
-            items = list(_counted(args[0], limit, "join()"))
-            if weight(items, limit) + len(owner) * len(items) > limit:
-                raise _refuse(f"join() would build a text longer than {limit} characters")
-            return (items,)
-    return args
 
 
 # -- parse-time checks and rewriting ---------------------------------------------------------------------
@@ -458,13 +167,13 @@ class HardenedSandbox(ImmutableSandboxedEnvironment):
         super().__init__(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False, optimized=False)
         for name in ("lipsum", "cycler", "joiner", "namespace", "dict"):
             self.globals.pop(name, None)
-        self.globals["range"] = _small_range
-        self.filters = {name: _guard_filter(name, f) for name, f in self.filters.items()}
+        self.globals["range"] = small_range
+        self.filters = {name: guard_filter(name, f) for name, f in self.filters.items()}
 
     # The rewritten template calls these as ``environment.persona_*``.
-    persona_iterate = staticmethod(_iterate)
-    persona_concat = staticmethod(_concat)
-    persona_emit = staticmethod(_emit)
+    persona_iterate = staticmethod(iterate)
+    persona_concat = staticmethod(concat)
+    persona_emit = staticmethod(emit)
 
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
         if len(source) > MAX_SOURCE:
@@ -491,7 +200,7 @@ class HardenedSandbox(ImmutableSandboxedEnvironment):
         return super()._generate(tree, name, filename, defer_init)
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        return _binop(operator, left, right)
+        return binop(operator, left, right)
 
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
         wrapper = super().wrap_str_format(value)
@@ -501,25 +210,25 @@ class HardenedSandbox(ImmutableSandboxedEnvironment):
 
         @functools.wraps(wrapper)
         def bounded(*args: Any, **kwargs: Any) -> str:
-            _check_format_spec(owner, _budget().limit)
-            return _check_size(wrapper(*args, **kwargs), "format()")
+            check_format_spec(owner, current_budget().limit)
+            return check_size(wrapper(*args, **kwargs), "format()")
 
         return bounded
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
-        if __obj is _iterate or __obj is _emit or __obj is _concat:
+        if __obj is iterate or __obj is emit or __obj is concat:
             return __obj(*args)
-        if isinstance(__obj, _BUILTIN_METHODS):
-            args = _check_method(__obj, args, kwargs)
-        budget = _budget()
+        if isinstance(__obj, BUILTIN_METHODS):
+            args = check_method(__obj, args, kwargs)
+        budget = current_budget()
         budget.depth += 1
         try:
             if budget.depth > MAX_CALL_DEPTH:
-                raise _refuse(f"calls nested more than {MAX_CALL_DEPTH} deep (a macro calling itself?)")
+                raise refuse(f"calls nested more than {MAX_CALL_DEPTH} deep (a macro calling itself?)")
             result = super().call(__context, __obj, *args, **kwargs)
         finally:
             budget.depth -= 1
-        return _check_size(result, f"calling {getattr(__obj, '__name__', type(__obj).__name__)}()")
+        return check_size(result, f"calling {getattr(__obj, '__name__', type(__obj).__name__)}()")
 
 
 ENVIRONMENT = HardenedSandbox()
@@ -556,7 +265,7 @@ def input_size(*values: Any) -> int:
 def render_template(template: Template, variables: Mapping[str, Any], limit: int = MAX_TEXT) -> str:
     """Render ``template`` with ``variables``, within ``limit`` (characters of output, and of any value it
     builds). Raises SecurityError past a limit, or whatever the template raised."""
-    token = _BUDGET.set(_Budget(limit))
+    token = BUDGET.set(Budget(limit))
     try:
         context = template.new_context(dict(variables))
         parts: list[str] = []
@@ -566,11 +275,11 @@ def render_template(template: Template, variables: Mapping[str, Any], limit: int
             size += len(chunk)
             if size > limit:
                 # Raised at the template's current line, so that the error can name it.
-                chunks.throw(_refuse(f"the rendered text is longer than {limit} characters"))
+                chunks.throw(refuse(f"the rendered text is longer than {limit} characters"))
             parts.append(chunk)
         return "".join(parts)
     finally:
-        _BUDGET.reset(token)
+        BUDGET.reset(token)
 
 
 def template_line(exc: BaseException, template: Template | None = None) -> int | None:

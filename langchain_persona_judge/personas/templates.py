@@ -6,7 +6,7 @@ runtime's job (:mod:`langchain_persona_judge.runtime.chat_template`). No LangCha
 
 A preference template is untrusted input: a ``str`` is always the template text itself (never a file path); a
 file is read only where a :class:`pathlib.Path` is passed, and read again when it changes. It renders in the
-hardened sandbox of :mod:`.sandbox`; its output may be :data:`~.sandbox.MAX_TEXT` characters longer than its
+hardened sandbox of :mod:`.sandbox`; its output may be :data:`~.guards.MAX_TEXT` characters longer than its
 inputs (``system`` and the preferences). Every failure raises
 :class:`~langchain_persona_judge.errors.PromptTemplateError` naming the template (file, or the persona and its
 registry line) and the template line.
@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import PromptTemplateError
-from .sandbox import MAX_SOURCE, MAX_TEXT, compile_template, describe_error, input_size, render_template, template_line
+from .guards import MAX_TEXT
+from .sandbox import MAX_SOURCE, compile_template, describe_error, input_size, render_template, template_line
 
 Message = dict[str, Any]
 Layout = Literal["system", "user_turn"]
@@ -128,7 +129,7 @@ def persona_messages(
         turn = {"role": "user", "content": render_preferences(layout, preferences, template=template)}
         return [dict(m) for m in messages[:first]] + [turn] + [dict(m) for m in messages[first:]]
     if layout != "system":
-        raise ValueError(f"preference_layout={layout!r} is unknown; use 'system' or 'user_turn'.")
+        raise PromptTemplateError(f"preference_layout={layout!r} is unknown; use 'system' or 'user_turn'.")
     system = "\n\n".join(str(m["content"]) for m in messages if m["role"] == "system")
     rest = [dict(m) for m in messages if m["role"] != "system"]
     return [{"role": "system", "content": render_preferences(layout, preferences, system, template)}, *rest]

@@ -40,8 +40,8 @@ import torch
 from transformers import DynamicCache
 
 from ..decoding import context_limit
-from ..decoding.backends import NON_FINITE
-from ..decoding.base import ForwardSignature, eos_ids
+from ..decoding.backends import NON_FINITE, ForwardSignature
+from ..decoding.base import eos_ids
 from ..errors import DecodingError, ProfileError
 from ..personas import Layout, PersonaRegistry, persona_messages
 from ..runtime import admission_queue, display_name, encode_chat, shared_model

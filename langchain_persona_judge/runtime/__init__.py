@@ -23,7 +23,6 @@ from .chat_template import encode_chat, render_chat
 from .loading import (
     BACKEND_CHOICES,
     EMBEDDED_NAME,
-    ModelLoadError,
     cache_dir,
     embedded_model_path,
     load_model,
@@ -39,7 +38,6 @@ __all__ = [
     "EMBEDDED_NAME",
     "REGISTRY",
     "AdmissionQueue",
-    "ModelLoadError",
     "ModelRegistry",
     "OutputGrammar",
     "PersonaSettings",

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import torch
 
 from ..decoding import DecodingOptions, TokenConstraint, context_limit, resolve_options
-from ..errors import ContextLengthError
+from ..errors import ContextLengthError, InvalidOptionError
 from ..grammar import Grammar, constraint_for, grammar_available, stop_token_ids
 from ..personas import (
     Layout,
@@ -165,7 +165,7 @@ def constrain(
     constraint = constraint_for(model, tokenizer, output.grammar, budget=budget)
     shortest = constraint.shortest_answer()
     if shortest is not None and shortest > budget:
-        raise ValueError(
+        raise InvalidOptionError(
             f"max_tokens={budget} cannot hold even the shortest answer this {output.shape} allows ({shortest} "
             "tokens); raise max_tokens."
         )

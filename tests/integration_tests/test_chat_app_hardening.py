@@ -284,7 +284,9 @@ async def test_error_events_are_generic_and_the_details_are_logged(
     async def explode(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError(secret)
 
-    monkeypatch.setattr(probe.service, "_decode", explode)
+    from examples.chat_app.answers import AnswerRun
+
+    monkeypatch.setattr(AnswerRun, "_decode", explode)
     session = await probe.session()
     with caplog.at_level(logging.ERROR, logger="examples.chat_app"):
         response = await probe.c.post(f"/api/sessions/{session}/messages", json={"content": "Hi"})

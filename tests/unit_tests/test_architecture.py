@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,9 @@ PUBLIC = [
     "Generation",
     "GrammarError",
     "GrammarNotInstalledError",
+    "InvalidArgumentError",
+    "InvalidInputError",
+    "InvalidOptionError",
     "ModelLoadError",
     "OutOfMemoryError",
     "Persona",
@@ -65,15 +69,6 @@ def test_the_public_names_are_pinned_and_all_import() -> None:
         pkg.nope  # noqa: B018
 
 
-def test_the_engine_module_still_exports_what_it_did() -> None:
-    from langchain_persona_judge import decoding, engine
-
-    assert engine.generate is decoding.generate and engine.stream is decoding.stream
-    for name in ("DecodingOptions", "DecodingStats", "Generation", "TraceEntry", "TokenConstraint", "SCHEDULES",
-                 "DecodingError", "PersonaJudgeDecoder", "TokenStream", "make_decoder", "context_limit"):
-        assert getattr(engine, name) is getattr(decoding, name)
-
-
 # Each public error, the built-ins it has always subclassed (so `except ValueError:` callers keep working).
 BUILTINS = {
     "DecodingError": (RuntimeError,),
@@ -88,6 +83,9 @@ BUILTINS = {
     "ContextLengthError": (RuntimeError, ValueError),
     "OutOfMemoryError": (RuntimeError, MemoryError),
     "ProfileError": (ValueError,),
+    "InvalidOptionError": (ValueError,),
+    "InvalidArgumentError": (TypeError,),
+    "InvalidInputError": (ValueError,),
 }
 
 
@@ -114,6 +112,53 @@ def test_every_exception_class_in_the_package_is_a_public_error() -> None:
                 offenders.append(f"{module}: {line}")
     assert offenders == []
     assert set(errors.__all__) <= set(PUBLIC)
+
+
+BARE_BUILTINS = {"ValueError", "TypeError", "RuntimeError", "KeyError"}
+# decoding/options.py is being rewritten from the one options table (issue 23, item 1) on another branch, which
+# converts its raises; the coordinator removes this exclusion once that branch is merged.
+NOT_YET_CONVERTED = {"decoding/options.py"}
+
+
+def _bare_raises(source: str) -> list[str]:
+    """Each ``raise ValueError(...)`` (or TypeError, RuntimeError, KeyError) of the built-in itself in ``source``.
+
+    ``raise``, ``raise exc`` of a caught exception and ``raise SomeError(...) from exc`` of a package error pass.
+    """
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Raise) and node.exc is not None:
+            exc = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
+            if isinstance(exc, ast.Name) and exc.id in BARE_BUILTINS:
+                found.append(f"line {node.lineno}: raise {exc.id}")
+    return found
+
+
+def test_every_deliberate_raise_is_a_package_error() -> None:
+    """The README promises that every error the package raises on purpose derives from PersonaJudgeError."""
+    package = ROOT / "langchain_persona_judge"
+    offenders = []
+    for path in sorted(package.rglob("*.py")):
+        relative = path.relative_to(package).as_posix()
+        if relative not in NOT_YET_CONVERTED:
+            offenders += [f"{relative} {where}" for where in _bare_raises(path.read_text())]
+    assert offenders == []
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("def f(x):\n    if x:\n        raise ValueError(f'bad {x}')\n", ["line 3: raise ValueError"]),
+        ("raise TypeError\n", ["line 1: raise TypeError"]),
+        ("try:\n    pass\nexcept KeyError as exc:\n    raise RuntimeError('no') from exc\n",
+         ["line 4: raise RuntimeError"]),
+        ("try:\n    pass\nexcept ValueError as exc:\n    raise\n", []),
+        ("try:\n    pass\nexcept ValueError as exc:\n    raise exc\n", []),
+        ("raise InvalidOptionError('bad')\n", []),
+    ],
+)
+def test_a_bare_raise_would_be_found(source: str, expected: list[str]) -> None:
+    assert _bare_raises(source) == expected
 
 
 def _cycles(graph: grimp.ImportGraph) -> list[list[str]]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from langchain_persona_judge.engine import SCHEDULES, DecodingOptions, PersonaJudgeDecoder, generate, stream
+from langchain_persona_judge.decoding import SCHEDULES, DecodingOptions, SpeculativeDecoder, generate, stream
 from langchain_persona_judge.decoding.acceptance import build_warpers, to_probs
 from tests.helpers import chi_square_pvalue, full_logits, naive_greedy, tiny_llama
 
@@ -168,7 +168,7 @@ def test_caches_stay_consistent_after_every_iteration(do_sample, n_personas):
     rejections = 0
     for seed in range(4):
         options = DecodingOptions(max_new_tokens=40, lookahead=4, do_sample=do_sample, temperature=1.5, seed=seed)
-        decoder = PersonaJudgeDecoder(model, prompts, options)
+        decoder = SpeculativeDecoder(model, prompts, options)
         while decoder.finish_reason is None:
             decoder._iterate()
             for persona in decoder.personas:
@@ -387,7 +387,7 @@ def test_constraint_that_allows_nothing_fails_clearly():
         def rollback(self, count):
             pass
 
-    from langchain_persona_judge.engine import DecodingError
+    from langchain_persona_judge.decoding import DecodingError
 
     with pytest.raises(DecodingError, match="allows no token"):
         generate(tiny_llama(), [torch.tensor([1]), torch.tensor([2])], constraint=Nothing())

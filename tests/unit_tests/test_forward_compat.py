@@ -16,8 +16,8 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from langchain_persona_judge.decoding.base import ForwardSignature
-from langchain_persona_judge.engine import SCHEDULES, generate
+from langchain_persona_judge.decoding.backends import ForwardSignature
+from langchain_persona_judge.decoding import SCHEDULES, generate
 from tests.helpers import tiny_llama
 
 LOOKAHEAD = 4

@@ -13,7 +13,7 @@ import pytest
 import torch
 from pydantic import BaseModel, Field
 
-from langchain_persona_judge.engine import generate
+from langchain_persona_judge.decoding import generate
 from langchain_persona_judge.grammar import (
     GRAMMAR_INSTALL,
     Grammar,

@@ -231,7 +231,7 @@ def test_checking_a_chat_template_for_tools_never_folds_its_constants() -> None:
 
     code = (
         "from types import SimpleNamespace\n"
-        "from langchain_persona_judge.tools import template_supports_tools\n"
+        "from langchain_persona_judge.tool_rendering import template_supports_tools\n"
         "hostile = '{{ (10**(10**8)) > 0 }}{% for t in tools %}{{ t }}{% endfor %}'\n"
         "print(template_supports_tools(SimpleNamespace(chat_template=hostile)),"
         " template_supports_tools(SimpleNamespace(chat_template='{{ (10**(10**8)) > 0 }}{{ messages }}')))\n"

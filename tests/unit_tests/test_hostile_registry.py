@@ -28,7 +28,7 @@ from langchain_persona_judge.personas import (
     render_preferences,
     resolve_preference,
 )
-from langchain_persona_judge.personas import registry as registry_module
+from langchain_persona_judge.personas import parsing as registry_parsing
 
 SECONDS = 1.0
 MEMORY = 2 * 1024**3
@@ -268,7 +268,7 @@ def test_a_file_that_is_not_utf8_or_too_big_is_a_persona_error(tmp_path):
     with pytest.raises(PersonaError, match=rf"{path}:2: the registry is not UTF-8"):
         PersonaRegistry.from_yaml(path)
     path = tmp_path / "big.yaml"
-    path.write_text("personas: []\n" + "#" * registry_module.MAX_REGISTRY_BYTES)
+    path.write_text("personas: []\n" + "#" * registry_parsing.MAX_REGISTRY_BYTES)
     with pytest.raises(PersonaError, match=rf"{path}: the registry holds more than 1000000 bytes"):
         PersonaRegistry.from_yaml(path)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from langchain_persona_judge.engine import DecodingOptions, generate, make_decoder, stream
+from langchain_persona_judge.decoding import DecodingOptions, generate, make_decoder, stream
 from langchain_persona_judge.decoding.lockstep import LockstepDecoder
 from tests.helpers import full_logits, tiny_llama
 

@@ -25,7 +25,7 @@ from langchain_persona_judge.errors import (
     QueueFullError,
     RequestTimeoutError,
 )
-from langchain_persona_judge.personas.registry import load_registry
+from langchain_persona_judge.personas import load_registry
 from langchain_persona_judge.runtime import AdmissionQueue
 from langchain_persona_judge.runtime import admission_queue as queue_for
 from tests.helpers import tiny_llama

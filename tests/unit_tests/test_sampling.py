@@ -8,7 +8,7 @@ import torch
 from scipy import stats as scipy_stats
 
 from langchain_persona_judge.decoding.acceptance import build_warpers, greedy_verdict, sample_verdict, to_probs, verify_one
-from langchain_persona_judge.engine import SCHEDULES, generate
+from langchain_persona_judge.decoding import SCHEDULES, generate
 from tests.helpers import tiny_llama
 
 _NO_INPUT_IDS = torch.empty((0, 0), dtype=torch.long)

@@ -29,16 +29,10 @@ from langchain_persona_judge.decoding import DecodingStats, Generation
 from langchain_persona_judge.grammar import GRAMMAR_INSTALL, GrammarNotInstalledError
 from langchain_persona_judge.runtime.loading import resolve_model_path
 from langchain_persona_judge.styled_tool import REWRITE_INSTRUCTIONS, PersonaJudgeTool
-from langchain_persona_judge.tools import (
-    FALLBACK_TOOLS_PROMPT,
-    OutputSpec,
-    ToolCallParser,
-    convert_tool,
-    normalize_tool_choice,
-    parse_tool_calls,
-    render_conversation,
-    template_supports_tools,
-)
+from langchain_persona_judge.output_spec import FALLBACK_TOOLS_PROMPT, OutputSpec
+from langchain_persona_judge.tool_calls import ToolCallParser, parse_tool_calls
+from langchain_persona_judge.tool_rendering import render_conversation, template_supports_tools
+from langchain_persona_judge.tools import convert_tool, normalize_tool_choice
 from tests.helpers import tiny_llama
 
 pytest.importorskip("xgrammar", reason=f"needs the grammar extra: {GRAMMAR_INSTALL}")

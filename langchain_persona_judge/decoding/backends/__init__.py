@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...errors import InvalidArgumentError
+
 from .base import NON_FINITE, LockstepBatch, ModelBackend, Sequences, check_finite
 from .hf import ForwardSignature, TransformersBackend, context_limit
 
@@ -21,7 +23,7 @@ def as_backend(model: Any) -> ModelBackend:
     if isinstance(model, ModelBackend):
         return model
     if not (hasattr(model, "config") and callable(model)):
-        raise TypeError(
+        raise InvalidArgumentError(
             f"model is a {type(model).__name__}; pass a transformers causal LM (AutoModelForCausalLM) or a model "
             "from load_model(..., backend='llamacpp')."
         )
