@@ -14,6 +14,13 @@ class PersonaJudgeError(Exception):
     """Root of every error this package raises on purpose."""
 
 
+# -- options (declared in option_specs, checked by every surface) ------------------------------------------
+
+
+class InvalidOptionError(PersonaJudgeError, ValueError):
+    """A decoding or request option with a value it does not take; the message names the option and what to pass."""
+
+
 # -- decoding (L1) -----------------------------------------------------------------------------------
 
 
@@ -95,6 +102,7 @@ __all__ = [
     "DecodingError",
     "GrammarError",
     "GrammarNotInstalledError",
+    "InvalidOptionError",
     "ModelLoadError",
     "OutOfMemoryError",
     "PersonaError",
