@@ -219,7 +219,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec(
         "temperature", float, 0.7, "sampling temperature; 0 is greedy and deterministic", _DECODING,
         engine_default=1.0, bounds=Bounds(ge=0.0, finite=True), engine_bounds=Bounds(gt=0.0, finite=True),
-        note="greedy: 0 in the chat model, do_sample=False in the engine", flags=("-t", "--temperature"),
+        note="0 is greedy; in DecodingOptions, do_sample=False", flags=("-t", "--temperature"),
         metavar="T",
         doc="The engine's is applied to drafter and judge logits alike (sampling only; greedy is do_sample=False).",
     ),
@@ -257,7 +257,7 @@ OPTIONS: tuple[OptionSpec, ...] = (
         group="decoding rule and strength", doc="product: Σ w_i log p_i (MOD), one batched forward per token.",
     ),
     OptionSpec(
-        "weights", float, None, "one weight per persona for combine=product (None: uniform)", _DECODING,
+        "weights", float, None, "one weight per persona for combine=product (default: uniform)", _DECODING,
         nullable=True, sequence=True, flags=("--weight",), metavar="W", group="decoding rule and strength",
         doc="Negative weights steer away from a persona; Persona-judge takes none (its roles rotate evenly).",
     ),
