@@ -578,7 +578,8 @@ class ChatPersonaJudge(_OptionFields):  # type: ignore[misc,valid-type]
 
     def decoding_options(self) -> DecodingOptions:
         """This model's settings as the engine's one typed configuration (``auto`` resolved per model)."""
-        values = {spec.field_name: getattr(self, spec.name) for spec in options_for("chat") if "engine" in spec.surfaces}
+        engine = (spec for spec in options_for("chat") if "engine" in spec.surfaces)
+        values = {spec.field_name: getattr(self, spec.name) for spec in engine}
         # Temperature 0 is greedy here; the engine says so with do_sample=False.
         values.update(do_sample=self.temperature > 0, temperature=self.temperature or 1.0)
         return DecodingOptions(**values)

@@ -125,7 +125,9 @@ def _add_output(parser: argparse.ArgumentParser) -> None:
         "--json", action="store_true",
         help="print one JSON object (text, finish_reason, usage, stats, preferences) instead of streaming",
     )
-    output.add_argument("--stats", action="store_true", help="print a one-line stats summary to stderr after the answer")
+    output.add_argument(
+        "--stats", action="store_true", help="print a one-line stats summary to stderr after the answer"
+    )
     output.add_argument("-q", "--quiet", action="store_true", help="no progress message while the model loads")
 
 

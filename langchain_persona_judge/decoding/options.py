@@ -109,13 +109,14 @@ def _docstring() -> str:
         "Attributes:",
     ]
     for spec in options_for("engine"):
-        lines.append(f"    {spec.field_name}: {spec.help} (default {spec.default_for('engine')!r}). {spec.doc}".rstrip())
+        default = spec.default_for("engine")
+        lines.append(f"    {spec.field_name}: {spec.help} (default {default!r}). {spec.doc}".rstrip())
     return "\n".join(lines)
 
 
 DecodingOptions = make_dataclass(
     "DecodingOptions",
-    [(spec.field_name, _engine_type(spec), field(default=spec.default_for("engine"))) for spec in options_for("engine")],
+    [(s.field_name, _engine_type(s), field(default=s.default_for("engine"))) for s in options_for("engine")],
     bases=(_Checks,),
     frozen=True,
     namespace={"__module__": __name__, "__doc__": _docstring()},
