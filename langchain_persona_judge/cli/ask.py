@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
-from ..option_specs import options_for
+from ..option_specs import BY_NAME, options_for
 from .parser import EXIT_OK, build_parser, flag
 
 if TYPE_CHECKING:
@@ -39,9 +39,12 @@ RULE_HEADING = "The rule asked for: {combine}, γ={guidance:g}, weights {weights
 """The fourth answer of --compare, with --combine product or --guidance (its --json field: ``rule``)."""
 
 
+_RULE_OPTIONS = ("combine", "weights", "guidance", "negative_preference")
+"""The options of the rule asked for, left at their defaults by the --compare baselines."""
+
+
 class UsageError(Exception):
     """A problem with what the user asked for: reported in one line, exit code 2, no traceback."""
-
 
 
 # -- argument checks -------------------------------------------------------------------------------
@@ -117,8 +120,8 @@ def _make_llm(
 
     options = {spec.name: getattr(args, spec.name) for spec in options_for("cli")}
     options["composition"] = composition or args.composition
-    if not rule:  # the paper's rule, with no weights, guidance or profile
-        options.update(combine="judge", weights=None, guidance=1.0, negative_preference=None)
+    if not rule:  # the paper's rule (the defaults), with no weights, guidance or profile
+        options.update({name: BY_NAME[name].default for name in _RULE_OPTIONS})
     return ChatPersonaJudge(
         model=args.model,
         device=args.device,
