@@ -17,7 +17,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
 from ..decoding import DecodingOptions, context_limit
+from ..errors import GrammarError
 from ..option_specs import BY_NAME
 from ..profiles import PreferenceProfile
 from ..runtime import OutputGrammar, PersonaSettings, RequestRun, build_request
@@ -81,8 +84,11 @@ def output_spec(body: Any) -> OutputSpec | None:
                                        "parallel_tool_calls": body.parallel_tool_calls,
                                        "response_format": response_format})
     except (ValueError, TypeError) as exc:
-        param = "tool_choice" if "tool_choice" in str(exc) else "tools"
-        raise ApiError(400, str(exc), param=param, code="invalid_value") from exc
+        # OutputSpec's own check arrives wrapped in pydantic's ValidationError: keep its message only.
+        errors = exc.errors() if isinstance(exc, ValidationError) else []
+        message = str(errors[0]["msg"]).removeprefix("Value error, ") if errors else str(exc)
+        param = "tool_choice" if "tool_choice" in message else "tools"
+        raise ApiError(400, f"{param}: {message}", param=param, code="invalid_value") from exc
 
 
 def _output_grammar(output: OutputSpec | None) -> OutputGrammar | None:
@@ -143,15 +149,19 @@ def start_run(
         preferences = plan.preferences
         options = dataclasses.replace(options, combine="product", weights=tuple(plan.weights) or None)
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    request = build_request(
-        model, tokenizer, conversation, options=options,
-        personas=PersonaSettings(
-            preferences=preferences, composition=_option(body, "composition"),
-            layout=_option(body, "preference_layout"), negative_preference=body.negative_preference,
-        ),
-        model_name=model_name, stop=stop, truncation=_option(body, "truncation"),
-        template_kwargs=template_kwargs, output=_output_grammar(output),
-    )
+    try:
+        request = build_request(
+            model, tokenizer, conversation, options=options,
+            personas=PersonaSettings(
+                preferences=preferences, composition=_option(body, "composition"),
+                layout=_option(body, "preference_layout"), negative_preference=body.negative_preference,
+            ),
+            model_name=model_name, stop=stop, truncation=_option(body, "truncation"),
+            template_kwargs=template_kwargs, output=_output_grammar(output),
+        )
+    except GrammarError as exc:  # a schema the grammar engine cannot compile: the tools' or the response format's
+        param = "tools" if output is not None and output.mode != "none" else "response_format"
+        raise ApiError(400, f"{param}: {exc}".strip(), param=param, code="invalid_value") from exc
     _check_budget(body, model, max(len(p) for p in request.prompts))
     if plan is not None:
         request = dataclasses.replace(request, profile=plan.metadata)

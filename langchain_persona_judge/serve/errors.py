@@ -7,6 +7,7 @@ server cannot honour is always a 4xx naming the field; a 500 means a bug (its me
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import ValidationError
@@ -80,8 +81,27 @@ def from_validation(exc: ValidationError) -> ApiError:
     return ApiError(400, f"{param}: {message}" if param else message, param=param, code="invalid_value")
 
 
+_LEADING_NAME = re.compile(r"^([a-z_]+)(?:=| )")
+
+
+def _named_field(message: str) -> str | None:
+    """The request field an option error starts with (``weights has 2 value(s)...``, ``guidance=nan is...``)."""
+    from .schema import ChatCompletionRequest
+
+    match = _LEADING_NAME.match(message)
+    return match.group(1) if match and match.group(1) in ChatCompletionRequest.model_fields else None
+
+
 def from_exception(exc: BaseException) -> ApiError:
-    """An exception raised while building or running a request, as the error a client can act on."""
+    """An exception raised while building or running a request, as the error a client can act on; the message
+    starts with the field it is about."""
+    error = _classify(exc)
+    if error.param and not error.message.startswith(error.param.split("[")[0]):
+        error.message = f"{error.param}: {error.message}"
+    return error
+
+
+def _classify(exc: BaseException) -> ApiError:
     if isinstance(exc, ApiError):
         return exc
     if isinstance(exc, ValidationError):
@@ -101,7 +121,7 @@ def from_exception(exc: BaseException) -> ApiError:
     if isinstance(exc, (GrammarError, GrammarNotInstalledError)):
         return ApiError(400, str(exc), param="response_format", code="invalid_value")
     if isinstance(exc, (PersonaJudgeError, ValueError, TypeError)):
-        return ApiError(400, str(exc), code="invalid_value")
+        return ApiError(400, str(exc), param=_named_field(str(exc)), code="invalid_value")
     return ApiError(500, f"The server failed to answer ({type(exc).__name__}); this is a bug, please report it.",
                     code="internal_error")
 
