@@ -16,12 +16,9 @@ from typing import Any
 
 from ..errors import PersonaJudgeError
 from ..runtime import BACKEND_CHOICES
+from .ask import UsageError
 
 PROG = "persona-judge serve"
-
-
-class ServeUsageError(PersonaJudgeError, ValueError):
-    """A flag combination that cannot work; ``run`` prints it as one line and exits 2."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -62,16 +59,16 @@ def settings_from(args: argparse.Namespace) -> Any:
     from ..serve import ServeSettings, is_loopback, read_api_keys
 
     if args.api_keys and args.no_auth:
-        raise ServeUsageError("--api-keys and --no-auth contradict each other; pass one.")
+        raise UsageError("--api-keys and --no-auth contradict each other; pass one.")
     keys = read_api_keys(args.api_keys) if args.api_keys else frozenset()
     if not keys and not args.no_auth and not is_loopback(args.host):
-        raise ServeUsageError(
+        raise UsageError(
             f"--host {args.host} lets other machines call the server; pass --api-keys FILE (or --no-auth to serve "
             "without keys on purpose)."
         )
     for name in ("port", "max_concurrency", "max_queue", "max_body_bytes"):
         if getattr(args, name) < (0 if name == "max_queue" else 1):
-            raise ServeUsageError(f"--{name.replace('_', '-')} must be a positive integer.")
+            raise UsageError(f"--{name.replace('_', '-')} must be a positive integer.")
     return ServeSettings(
         model=args.model, backend=args.backend, device=args.device, dtype=args.dtype, served_name=args.served_name,
         api_keys=keys, max_concurrency=args.max_concurrency, max_queue=args.max_queue,
@@ -96,7 +93,7 @@ def run(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(list(argv))
     try:
         return run_args(args)
-    except PersonaJudgeError as exc:
+    except (UsageError, PersonaJudgeError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
         return 2
 

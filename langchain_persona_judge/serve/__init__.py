@@ -17,6 +17,6 @@ from __future__ import annotations
 
 from .app import create_app
 from .errors import ApiError
-from .settings import ServeConfigError, ServeSettings, is_loopback, read_api_keys
+from .settings import ServeSettings, is_loopback, read_api_keys
 
-__all__ = ["ApiError", "ServeConfigError", "ServeSettings", "create_app", "is_loopback", "read_api_keys"]
+__all__ = ["ApiError", "ServeSettings", "create_app", "is_loopback", "read_api_keys"]

@@ -30,10 +30,6 @@ from .settings import ServeSettings
 T = TypeVar("T")
 
 
-class ClientGone(Exception):
-    """The client disconnected before its answer was ready."""
-
-
 class ModelState:
     """The served model: loaded in the background (requests get 503 until it is ready), or given in memory."""
 
@@ -120,8 +116,9 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-async def until_disconnect(request: Request, awaitable: Awaitable[T]) -> T:
-    """The awaitable's result, or :class:`ClientGone` (and the awaitable cancelled) if the client leaves first."""
+async def until_disconnect(request: Request, awaitable: Awaitable[T]) -> tuple[bool, T | None]:
+    """``(True, the awaitable's result)``, or ``(False, None)`` with the awaitable cancelled if the client leaves
+    first."""
     task = asyncio.ensure_future(awaitable)
     watcher = asyncio.ensure_future(_disconnected(request))
     try:
@@ -133,8 +130,8 @@ async def until_disconnect(request: Request, awaitable: Awaitable[T]) -> T:
             with contextlib.suppress(BaseException):
                 await task
     if task not in done:
-        raise ClientGone
-    return task.result()
+        return False, None
+    return True, task.result()
 
 
 def _sse(data: Any) -> str:
@@ -213,11 +210,13 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         cid, created = new_id(), now()
         try:
             if not body.stream:
-                items = await until_disconnect(request, _collect(stream))
+                answered, items = await until_disconnect(request, _collect(stream))
+                if not answered:
+                    return Response(status_code=499)  # nobody reads it: the client closed the connection
                 return JSONResponse(completion(cid, created, state.name, items, settings))
-            first = await until_disconnect(request, anext(stream))
-        except ClientGone:
-            return Response(status_code=499)
+            answered, first = await until_disconnect(request, anext(stream))
+            if not answered:
+                return Response(status_code=499)
         except Exception as exc:
             await stream.aclose()
             raise from_exception(exc) from exc
@@ -258,4 +257,4 @@ async def _chunks(
     yield "data: [DONE]\n\n"
 
 
-__all__ = ["ClientGone", "ModelState", "check_auth", "create_app", "parse_body", "read_body"]
+__all__ = ["ModelState", "check_auth", "create_app", "parse_body", "read_body"]

@@ -9,11 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import PersonaJudgeError
-
-
-class ServeConfigError(PersonaJudgeError, ValueError):
-    """A server setting that cannot work (an unreadable or empty key file, an exposed host without keys)."""
+from ..errors import InvalidOptionError
 
 
 @dataclass(frozen=True)
@@ -52,10 +48,10 @@ def read_api_keys(path: str | Path) -> frozenset[str]:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ServeConfigError(f"Cannot read the API key file {str(path)!r} ({exc.strerror}); check the path.") from exc
+        raise InvalidOptionError(f"Cannot read the API key file {str(path)!r} ({exc.strerror}); check the path.") from exc
     keys = frozenset(s for line in text.splitlines() if (s := line.strip()) and not s.startswith("#"))
     if not keys:
-        raise ServeConfigError(f"The API key file {str(path)!r} holds no key; write one key a line.")
+        raise InvalidOptionError(f"The API key file {str(path)!r} holds no key; write one key a line.")
     return keys
 
 
@@ -69,4 +65,4 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-__all__ = ["ServeConfigError", "ServeSettings", "is_loopback", "read_api_keys"]
+__all__ = ["ServeSettings", "is_loopback", "read_api_keys"]

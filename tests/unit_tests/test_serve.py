@@ -14,8 +14,10 @@ import httpx
 import pytest
 
 from langchain_persona_judge.cli import main
-from langchain_persona_judge.cli.serve import ServeUsageError, build_parser, settings_from
-from langchain_persona_judge.serve import ServeConfigError, ServeSettings, create_app, is_loopback, read_api_keys
+from langchain_persona_judge.cli.ask import UsageError
+from langchain_persona_judge.cli.serve import build_parser, settings_from
+from langchain_persona_judge.errors import InvalidOptionError
+from langchain_persona_judge.serve import ServeSettings, create_app, is_loopback, read_api_keys
 from tests.helpers import tiny_llama
 
 pytest.importorskip("fastapi")
@@ -301,23 +303,23 @@ def test_is_loopback(host: str, loopback: bool) -> None:
 
 def test_a_non_loopback_host_needs_keys_or_no_auth(tmp_path: Any) -> None:
     parse = build_parser().parse_args
-    with pytest.raises(ServeUsageError, match="--api-keys"):
+    with pytest.raises(UsageError, match="--api-keys"):
         settings_from(parse(["--host", "0.0.0.0"]))
     assert settings_from(parse(["--host", "0.0.0.0", "--no-auth"])).api_keys == frozenset()
     keys = tmp_path / "keys.txt"
     keys.write_text("# ops\nalpha\n\n  beta  \n")
     assert settings_from(parse(["--host", "0.0.0.0", "--api-keys", str(keys)])).api_keys == {"alpha", "beta"}
     assert settings_from(parse([])).api_keys == frozenset()  # loopback: no keys needed
-    with pytest.raises(ServeUsageError, match="contradict"):
+    with pytest.raises(UsageError, match="contradict"):
         settings_from(parse(["--api-keys", str(keys), "--no-auth"]))
 
 
 def test_an_empty_or_missing_key_file_is_refused_without_echoing_keys(tmp_path: Any) -> None:
     empty = tmp_path / "empty.txt"
     empty.write_text("# nothing\n\n")
-    with pytest.raises(ServeConfigError, match="holds no key"):
+    with pytest.raises(InvalidOptionError, match="holds no key"):
         read_api_keys(empty)
-    with pytest.raises(ServeConfigError, match="Cannot read"):
+    with pytest.raises(InvalidOptionError, match="Cannot read"):
         read_api_keys(tmp_path / "missing.txt")
 
 
