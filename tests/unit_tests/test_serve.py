@@ -326,3 +326,19 @@ def test_an_empty_or_missing_key_file_is_refused_without_echoing_keys(tmp_path: 
 def test_persona_judge_serve_refuses_an_exposed_host_without_starting(capsys: Any) -> None:
     assert main(["serve", "--host", "0.0.0.0", "--port", "1"]) == 2
     assert "--api-keys" in capsys.readouterr().err
+
+
+def test_an_error_mid_stream_is_an_error_event_then_done(tokenizer: Any) -> None:
+    model = tiny_llama(seed=5, vocab_size=len(tokenizer), eos_token_id=None)
+    handle = model.register_forward_pre_hook(lambda module, args: __import__("time").sleep(0.02))
+    try:
+        app = create_app(ServeSettings(hf_model=model, tokenizer=tokenizer, timeout=0.3))
+        response = post(app, {"messages": USER, "max_tokens": 400, "stream": True})
+    finally:
+        handle.remove()
+    assert response.status_code == 200  # the headers went out with the first chunk
+    events = [line.removeprefix("data: ") for line in response.text.split("\n\n") if line]
+    assert events[-1] == "[DONE]"
+    error = json.loads(events[-2])["error"]
+    assert error["code"] == "timeout" and "timeout" in error["message"]
+    assert any(json.loads(e).get("choices") for e in events[:-2])  # some of the answer came first
