@@ -55,6 +55,11 @@ class ModelState:
         finally:
             self.ready.set()
 
+    def check_name(self, name: str) -> None:
+        if name not in self.names:
+            raise ApiError(404, f"The model {name!r} does not exist; this server serves {self.name!r}.",
+                           param="model", code="model_not_found")
+
     def require(self) -> tuple[Any, Any]:
         if not self.ready.is_set():
             raise ApiError(503, "The model is still loading; retry in a few seconds.", code="model_loading",
@@ -140,8 +145,7 @@ def _sse(data: Any) -> str:
 
 def create_app(settings: ServeSettings | None = None) -> FastAPI:
     """The OpenAI-compatible ASGI app serving one model with Persona-judge."""
-    settings = settings or ServeSettings()
-    state = ModelState(settings)
+    state = ModelState(settings or ServeSettings())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -152,6 +156,13 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
 
     app = FastAPI(title="Persona-judge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.model = state
+    _add_error_handlers(app)
+    _add_routes(app, state)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error in OpenAI's shape: ours, Starlette's (unknown route, wrong method), and bugs (500)."""
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -159,8 +170,8 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        error = ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", code="not_found"
-                         if exc.status_code == 404 else None)
+        code = "not_found" if exc.status_code == 404 else None
+        error = ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", code=code)
         return JSONResponse(error.body(), status_code=exc.status_code)
 
     @app.exception_handler(Exception)
@@ -168,14 +179,20 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
         error = from_exception(exc)
         return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
+
+def _add_routes(app: FastAPI, state: ModelState) -> None:
+    settings = state.settings
+
     @app.get("/health")
     async def health() -> JSONResponse:
-        status, code = ("ok", 200) if state.ready.is_set() and state.error is None else (
-            ("loading", 503) if not state.ready.is_set() else ("error", 503))
+        if not state.ready.is_set():
+            status = "loading"
+        else:
+            status = "ok" if state.error is None else "error"
         body = {"status": status, "model": state.name, "replica": settings.replica}
         if state.error:
             body["error"] = state.error
-        return JSONResponse(body, status_code=code)
+        return JSONResponse(body, status_code=200 if status == "ok" else 503)
 
     def model_card() -> dict[str, Any]:
         return {"id": state.name, "object": "model", "created": 0, "owned_by": "persona-judge"}
@@ -188,43 +205,45 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     @app.get("/v1/models/{model_id:path}")
     async def model(request: Request, model_id: str) -> dict[str, Any]:
         check_auth(request, settings.api_keys)
-        if model_id not in state.names:
-            raise ApiError(404, f"The model {model_id!r} does not exist; this server serves {state.name!r}.",
-                           param="model", code="model_not_found")
+        state.check_name(model_id)
         return model_card()
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        check_auth(request, settings.api_keys)
-        model, tokenizer = state.require()
-        body = parse_body(await read_body(request, settings.max_body_bytes))
-        if body.model is not None and body.model not in state.names:
-            raise ApiError(404, f"The model {body.model!r} does not exist; this server serves {state.name!r}.",
-                           param="model", code="model_not_found")
+        return await answer(request, state)
 
-        def produce(cancelled: threading.Event) -> Any:
-            run, output = start_run(body, model, tokenizer, state.name, settings, cancelled)
-            return events(run, output)
 
-        stream = iterate_in_thread(produce, state.executor)
-        cid, created = new_id(), now()
-        try:
-            if not body.stream:
-                answered, items = await until_disconnect(request, _collect(stream))
-                if not answered:
-                    return Response(status_code=499)  # nobody reads it: the client closed the connection
-                return JSONResponse(completion(cid, created, state.name, items, settings))
-            answered, first = await until_disconnect(request, anext(stream))
+async def answer(request: Request, state: ModelState) -> Response:
+    """``POST /v1/chat/completions``: check, parse, decode in a worker thread; a JSON answer or an SSE stream."""
+    settings = state.settings
+    check_auth(request, settings.api_keys)
+    model, tokenizer = state.require()
+    body = parse_body(await read_body(request, settings.max_body_bytes))
+    if body.model is not None:
+        state.check_name(body.model)
+
+    def produce(cancelled: threading.Event) -> Any:
+        run, output = start_run(body, model, tokenizer, state.name, settings, cancelled)
+        return events(run, output)
+
+    stream = iterate_in_thread(produce, state.executor)
+    cid, created = new_id(), now()
+    try:
+        if not body.stream:
+            answered, items = await until_disconnect(request, _collect(stream))
             if not answered:
-                return Response(status_code=499)
-        except Exception as exc:
-            await stream.aclose()
-            raise from_exception(exc) from exc
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(_chunks(first, stream, cid, created, state.name, include_usage, settings),
-                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-    return app
+                return Response(status_code=499)  # nobody reads it: the client closed the connection
+            return JSONResponse(completion(cid, created, state.name, items, settings))
+        # The first event (admission, then the first text) before any header: its errors keep their status.
+        answered, first = await until_disconnect(request, anext(stream))
+        if not answered:
+            return Response(status_code=499)
+    except Exception as exc:
+        await stream.aclose()
+        raise from_exception(exc) from exc
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return StreamingResponse(_chunks(first, stream, cid, created, state.name, include_usage, settings),
+                             media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
 async def _collect(stream: AsyncIterator[T]) -> list[T]:
@@ -245,7 +264,8 @@ async def _chunks(
         while not isinstance(item, Finished):
             yield _sse(chunk(cid, created, model, item))
             item = await anext(stream)
-        yield _sse(chunk(cid, created, model, {}, item.finish_reason, persona_judge=persona_judge_of(item.run, settings)))
+        judge = persona_judge_of(item.run, settings)
+        yield _sse(chunk(cid, created, model, {}, item.finish_reason, persona_judge=judge))
         if include_usage:
             yield _sse(chunk(cid, created, model, None, usage=usage(item.run)))
     except Exception as exc:  # headers are sent: the error travels as an event
@@ -257,4 +277,4 @@ async def _chunks(
     yield "data: [DONE]\n\n"
 
 
-__all__ = ["ModelState", "check_auth", "create_app", "parse_body", "read_body"]
+__all__ = ["ModelState", "answer", "check_auth", "create_app", "parse_body", "read_body"]

@@ -48,7 +48,9 @@ def read_api_keys(path: str | Path) -> frozenset[str]:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise InvalidOptionError(f"Cannot read the API key file {str(path)!r} ({exc.strerror}); check the path.") from exc
+        raise InvalidOptionError(
+            f"Cannot read the API key file {str(path)!r} ({exc.strerror}); check the path."
+        ) from exc
     keys = frozenset(s for line in text.splitlines() if (s := line.strip()) and not s.startswith("#"))
     if not keys:
         raise InvalidOptionError(f"The API key file {str(path)!r} holds no key; write one key a line.")

@@ -115,7 +115,8 @@ MALFORMED: list[tuple[str, Any, int, str | None]] = [
         {"type": "function", "function": {"name": "f", "parameters": {
             "type": "object", "properties": {"a": {"type": "nonsense"}}}}}]}, 400, "tools"),
     ("tool_choice naming no tool", {"messages": USER, "tools": [WEATHER],
-                                    "tool_choice": {"type": "function", "function": {"name": "g"}}}, 400, "tool_choice"),
+                                    "tool_choice": {"type": "function", "function": {"name": "g"}}},
+     400, "tool_choice"),
     ("tool_choice required without tools", {"messages": USER, "tool_choice": "required"}, 400, "tool_choice"),
     ("unknown response format", {"messages": USER, "response_format": {"type": "yaml"}}, 400, "response_format.type"),
     ("json_schema without a schema object", {"messages": USER, "response_format": {"type": "json_schema"}}, 400,
@@ -171,7 +172,8 @@ def test_a_completion_has_openai_s_shape_usage_and_the_persona_judge_object(app:
     assert choice["message"]["role"] == "assistant" and isinstance(choice["message"]["content"], str)
     assert choice["finish_reason"] in ("stop", "length")
     usage = answer["usage"]
-    assert usage["completion_tokens"] <= 6 and usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert usage["completion_tokens"] <= 6
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     judge = answer["persona_judge"]
     assert judge["rule"] == "judge" and judge["personas"] == [["Be brief."], ["Be playful."]]
     assert judge["backend"] == "transformers" and judge["replica"]
