@@ -45,7 +45,7 @@ def client(base_url: str) -> Any:
 
 
 def in_process(**params: Any) -> str:
-    llm = ChatPersonaJudge(backend="transformers", device="cpu", preferences=PREFERENCES, max_tokens=24, **params)
+    llm = ChatPersonaJudge(backend="transformers", device="cpu", preferences=PREFERENCES, max_tokens=16, **params)
     return str(llm.invoke(QUESTION).content)
 
 
@@ -59,15 +59,17 @@ def test_an_answer_through_the_server_equals_chat_persona_judge_s(client: Any, p
     openai_params = {k: params[k] for k in ("temperature", "seed") if k in params}
     extra = {k: v for k, v in params.items() if k not in openai_params}
     answer = client.chat.completions.create(
-        model="SmolLM2-135M-Instruct", messages=[{"role": "user", "content": QUESTION}], max_tokens=24,
+        model="SmolLM2-135M-Instruct", messages=[{"role": "user", "content": QUESTION}], max_tokens=16,
         extra_body={"preferences": PREFERENCES, **extra}, **openai_params,
     )
     assert answer.choices[0].message.content == expected
     judge = answer.model_extra["persona_judge"]
     assert judge["preferences"][0] == PREFERENCES[0] and judge["preferences"][1] != "concise"  # a registry persona
     assert judge["rule"] == params.get("combine", "judge") and judge["backend"] == "transformers"
+    if params != {"temperature": 0}:
+        return  # the stream is checked once: it is the same run, cut into chunks
     streamed = client.chat.completions.create(
-        model="SmolLM2-135M-Instruct", messages=[{"role": "user", "content": QUESTION}], max_tokens=24,
+        model="SmolLM2-135M-Instruct", messages=[{"role": "user", "content": QUESTION}], max_tokens=16,
         extra_body={"preferences": PREFERENCES, **extra}, stream=True, **openai_params,
     )
     assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == expected

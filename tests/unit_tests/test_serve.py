@@ -231,6 +231,23 @@ def test_json_schema_response_always_parses(app: Any) -> None:
     assert set(parsed) == {"rainy", "mm"} and isinstance(parsed["rainy"], bool) and isinstance(parsed["mm"], int)
 
 
+def test_a_tool_call_history_is_read(app: Any, tokenizer: Any) -> None:
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    messages = [*USER, {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "Sunny, 24 C"}]
+    response = post(app, {"messages": messages, "tools": [WEATHER], "max_tokens": 4, "temperature": 0})
+    assert response.status_code == 200, response.text
+    # The result reached the prompt: the same conversation without it reads fewer tokens.
+    shorter = post(app, {"messages": messages[:2], "tools": [WEATHER], "max_tokens": 4, "temperature": 0}).json()
+    assert response.json()["usage"]["prompt_tokens"] > shorter["usage"]["prompt_tokens"]
+
+
+def test_json_object_response_is_a_json_object(app: Any) -> None:
+    answer = post(app, {"messages": USER, "max_tokens": 60, "temperature": 0.8, "seed": 5,
+                        "response_format": {"type": "json_object"}}).json()
+    assert isinstance(json.loads(answer["choices"][0]["message"]["content"]), dict)
+
+
 def test_stop_strings_seed_and_developer_role_are_honoured(app: Any) -> None:
     base = {"messages": [{"role": "developer", "content": "Answer briefly."}, *USER], "max_tokens": 12,
             "temperature": 1.0, "seed": 11}
