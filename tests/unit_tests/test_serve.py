@@ -361,3 +361,19 @@ def test_an_error_mid_stream_is_an_error_event_then_done(tokenizer: Any) -> None
     error = json.loads(events[-2])["error"]
     assert error["code"] == "timeout" and "timeout" in error["message"]
     assert any(json.loads(e).get("choices") for e in events[:-2])  # some of the answer came first
+
+
+def test_a_profile_in_the_body_decodes_its_weighted_personas(app: Any, model: Any, tokenizer: Any) -> None:
+    from langchain_persona_judge.profiles import profile_from_description
+
+    profile = profile_from_description("Keep it short.", model=(model, tokenizer),
+                                       basis=["concise", "informative", "friendly"]).with_weights([0.6, -0.3, 0.0])
+    body = {"messages": USER, "max_tokens": 4, "temperature": 0, "profile": profile.to_dict()}
+    answer = post(app, body).json()
+    judge = answer["persona_judge"]
+    assert judge["rule"] == "product" and judge["profile"]["personas"][0]["name"] == "concise"
+    assert judge["statistics"]["weights"][1] < 0  # the negative pole steers away
+    assert_openai_error(post(app, {**body, "weights": [1.0, 1.0]}), 400, "weights")
+    other = profile_from_description("x", model=(tiny_llama(seed=9, vocab_size=len(tokenizer)), tokenizer),
+                                     basis=["concise", "informative", "friendly"]).with_weights([0.5, 0.0, 0.0])
+    assert_openai_error(post(app, {**body, "profile": other.to_dict()}), 400, "profile")
