@@ -1,4 +1,4 @@
-"""The server on the real embedded SmolLM2: an answer through it equals ChatPersonaJudge's in process, and
+"""The server on the real embedded SmolLM2 (llama.cpp, as `auto` picks on a CPU): an answer through it equals
 ``persona-judge serve`` starts, loads, answers and stops."""
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ PREFERENCES = ["Explain it to a ten-year-old.", "concise"]
 
 
 @pytest.fixture(scope="module")
-def base_url(embedded: Any) -> Iterator[str]:
-    # Loaded by name in the background, as `persona-judge serve` does (the same shared copy as `embedded`).
-    app = create_app(ServeSettings(model=None, backend="transformers", device="cpu"))
+def base_url(embedded_llamacpp: Any) -> Iterator[str]:
+    # Loaded by name in the background, as `persona-judge serve` does (the same shared copy as the fixture's):
+    # llama.cpp, what `auto` picks for the embedded GGUF on a CPU.
+    app = create_app(ServeSettings(model=None, backend="llamacpp", device="cpu"))
     with running_server(app) as url:
         deadline = time.monotonic() + 120
         while httpx.get(url.removesuffix("/v1") + "/health").status_code != 200:
@@ -45,7 +46,7 @@ def client(base_url: str) -> Any:
 
 
 def in_process(**params: Any) -> str:
-    llm = ChatPersonaJudge(backend="transformers", device="cpu", preferences=PREFERENCES, max_tokens=16, **params)
+    llm = ChatPersonaJudge(backend="llamacpp", device="cpu", preferences=PREFERENCES, max_tokens=16, **params)
     return str(llm.invoke(QUESTION).content)
 
 
@@ -65,7 +66,7 @@ def test_an_answer_through_the_server_equals_chat_persona_judge_s(client: Any, p
     assert answer.choices[0].message.content == expected
     judge = answer.model_extra["persona_judge"]
     assert judge["preferences"][0] == PREFERENCES[0] and judge["preferences"][1] != "concise"  # a registry persona
-    assert judge["rule"] == params.get("combine", "judge") and judge["backend"] == "transformers"
+    assert judge["rule"] == params.get("combine", "judge") and judge["backend"] == "llamacpp"
     if params != {"temperature": 0}:
         return  # the stream is checked once: it is the same run, cut into chunks
     streamed = client.chat.completions.create(
@@ -89,8 +90,8 @@ def test_the_serve_command_starts_loads_answers_and_stops(tmp_path: Any) -> None
     keys = tmp_path / "keys.txt"
     keys.write_text("sekrit-key\n")
     port = free_port()
-    command = [sys.executable, "-m", "langchain_persona_judge.cli", "serve", "--port", str(port),
-               "--backend", "transformers", "--device", "cpu", "--api-keys", str(keys), "--log-level", "warning"]
+    command = [sys.executable, "-m", "langchain_persona_judge.cli", "serve", "--port", str(port), "--device", "cpu",
+               "--api-keys", str(keys), "--log-level", "info"]  # info: the access log, which must hold no key
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     try:
