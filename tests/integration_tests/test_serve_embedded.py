@@ -1,5 +1,5 @@
-"""The server on the real embedded SmolLM2 (llama.cpp, as `auto` picks on a CPU): an answer through it equals
-``persona-judge serve`` starts, loads, answers and stops."""
+"""The server on the real embedded SmolLM2 (llama.cpp, as ``auto`` picks on a CPU): an answer through it equals
+ChatPersonaJudge's in process, and ``persona-judge serve`` starts, loads, answers and stops."""
 
 from __future__ import annotations
 
