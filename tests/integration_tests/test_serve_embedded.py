@@ -16,10 +16,10 @@ import httpx
 import pytest
 
 from langchain_persona_judge import ChatPersonaJudge
-from langchain_persona_judge.serve import ServeSettings, create_app
 from tests.serve_helpers import free_port, running_server
 
-openai = pytest.importorskip("openai")
+openai = pytest.importorskip("openai", reason="the client tests need the serve extra")
+from langchain_persona_judge.serve import ServeSettings, create_app  # noqa: E402
 
 pytestmark = pytest.mark.embedded
 

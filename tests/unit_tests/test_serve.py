@@ -17,10 +17,10 @@ from langchain_persona_judge.cli import main
 from langchain_persona_judge.cli.ask import UsageError
 from langchain_persona_judge.cli.serve import build_parser, settings_from
 from langchain_persona_judge.errors import InvalidOptionError
-from langchain_persona_judge.serve import ServeSettings, create_app, is_loopback, read_api_keys
 from tests.helpers import tiny_llama
 
-pytest.importorskip("fastapi")
+pytest.importorskip("fastapi", reason="the server needs the serve extra")
+from langchain_persona_judge.serve import ServeSettings, create_app, is_loopback, read_api_keys  # noqa: E402
 
 USER = [{"role": "user", "content": "What is rain?"}]
 WEATHER = {

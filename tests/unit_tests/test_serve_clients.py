@@ -18,12 +18,12 @@ import pytest
 from pydantic import BaseModel, Field
 
 from langchain_persona_judge.runtime import admission_queue
-from langchain_persona_judge.serve import ServeSettings, create_app
 from tests.helpers import tiny_llama
 from tests.serve_helpers import running_server
 
-openai = pytest.importorskip("openai")
-langchain_openai = pytest.importorskip("langchain_openai")
+openai = pytest.importorskip("openai", reason="the client tests need the serve extra")
+langchain_openai = pytest.importorskip("langchain_openai", reason="the client tests need the serve extra")
+from langchain_persona_judge.serve import ServeSettings, create_app  # noqa: E402
 
 KEY = "test-key-123"
 PREFERENCES = ["Be brief.", "Be playful."]
