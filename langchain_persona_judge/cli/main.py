@@ -28,7 +28,13 @@ def _learn(argv: list[str]) -> int:
     return run(argv)
 
 
-SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {"personas": _personas, "learn": _learn}
+def _serve(argv: list[str]) -> int:
+    from .serve import run
+
+    return run(argv)
+
+
+SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {"personas": _personas, "learn": _learn, "serve": _serve}
 
 
 def _user_error(exc: BaseException) -> str | None:
