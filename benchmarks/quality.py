@@ -96,7 +96,8 @@ def _init_worker(model: str | None, threads: int, device: str = "cpu", backend: 
     from langchain_persona_judge import load_model
 
     # transformers: every saved record was decoded on it, and the perplexity reads its forward.
-    _STATE["model"], _STATE["tokenizer"] = load_model(model, device=device, backend=backend)
+    handle = load_model(model, device=device, backend=backend)
+    _STATE["model"], _STATE["tokenizer"] = handle, handle.tokenizer
 
 
 _CONDITION = re.compile(r"^(persona_judge|product|direct)_g(-?[\d.]+)$")
@@ -168,7 +169,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
                    **sampling)
     seconds = time.perf_counter() - start
     text = tokenizer.decode(gen.token_ids, skip_special_tokens=True).strip()
-    nll = answer_nll(model, reference.tolist(), gen.token_ids)
+    nll = answer_nll(model.model, reference.tolist(), gen.token_ids)  # the transformers model's forward
     out = {k: v for k, v in job.items() if k not in ("preferences", "max_new_tokens")}
     out.update(text=text, tokens=len(gen.token_ids), finish_reason=gen.finish_reason, seconds=round(seconds, 3),
                combine=spec["combine"], guidance=spec["guidance"], token_ids=list(gen.token_ids),

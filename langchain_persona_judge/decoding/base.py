@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from ..errors import DecodingError
+from ..errors import ContextLengthError, DecodingError
 from .acceptance import build_processors, build_warpers, process
-from .backends import ForwardSignature, ModelBackend, TransformersBackend, as_backend, check_finite, context_limit
+from .backends import ForwardSignature, ModelBackend, TransformersBackend, as_backend, check_finite
 from .options import DecodingOptions, FinishReason, Generation, DecodingStats, TokenConstraint, TokenKind, TraceEntry
 
 
@@ -43,6 +43,31 @@ def as_prompt(tokens: Any, index: int) -> torch.Tensor:
     if tokens.numel() == 0:
         raise ValueError(f"prompts[{index}] is empty; a persona prompt needs at least one token.")
     return tokens.long()
+
+
+def context_limit(model: Any) -> int | None:
+    """The context length of ``model`` (a :class:`~.backends.ModelBackend` or a transformers model), when known."""
+    return as_backend(model).context_length
+
+
+FIT_HINT = "shorten the conversation or the preference text"
+
+
+def context_budget(limit: int | None, lengths: Iterable[int], max_new_tokens: int, fix: str = FIT_HINT) -> int:
+    """The tokens an answer may take after prompts of ``lengths`` in a context of ``limit`` tokens (None: no
+    limit): ``max_new_tokens``, or less when the context is nearly full. The one place the context limit is
+    checked: a prompt that leaves no room raises ContextLengthError, whose message ends with ``fix``."""
+    longest = max(lengths)
+    if limit is None:
+        return max_new_tokens
+    if longest >= limit:
+        raise ContextLengthError(
+            f"The longest prompt is {longest} tokens with its preferences, but the model's context holds {limit} "
+            f"(and the answer needs room too); {fix}.",
+            longest,
+            limit,
+        )
+    return min(max_new_tokens, limit - longest)
 
 
 def eos_ids(model: Any, eos_token_id: int | Iterable[int] | None) -> frozenset[int]:
@@ -123,16 +148,8 @@ class Decoder(ABC):
         return len(self.prompts)
 
     def _budget(self) -> int:
-        limit = self.backend.context_length
-        longest = max(len(p) for p in [*self.prompts, *([self.reference] if self.reference else [])])
-        if limit is None:
-            return self.options.max_new_tokens
-        if longest >= limit:
-            raise ValueError(
-                f"A persona prompt is {longest} tokens long but the model's context holds {limit}; "
-                "shorten the conversation or the preference text."
-            )
-        return min(self.options.max_new_tokens, limit - longest)
+        rows = [*self.prompts, *([self.reference] if self.reference else [])]
+        return context_budget(self.backend.context_length, [len(p) for p in rows], self.options.max_new_tokens)
 
     # -- 2. model calls (the backend runs them) -----------------------------------------------------------
 
@@ -266,5 +283,14 @@ class TokenStream(Iterator[int]):
         return self.decoder.generation
 
 
-__all__ = ["Decoder", "ForwardSignature", "TokenStream", "as_prompt", "check_finite", "context_limit", "eos_ids"]
-# ForwardSignature, check_finite and context_limit live in .backends now; kept importable from here.
+__all__ = [
+    "Decoder",
+    "ForwardSignature",
+    "TokenStream",
+    "as_prompt",
+    "check_finite",
+    "context_budget",
+    "context_limit",
+    "eos_ids",
+]
+# ForwardSignature and check_finite live in .backends now; kept importable from here.
