@@ -102,7 +102,11 @@ class LlamaCppModel(ModelBackend):
         self._n_ctx_train = int(lib.llama_model_n_ctx_train(self._model))
         self.n_threads = int(n_threads or torch.get_num_threads())
         self.device = torch.device("cpu")  # logits are copied to CPU tensors
-        eos = {int(lib.llama_vocab_eos(self._vocab)), int(lib.llama_vocab_eot(self._vocab))}
+        # The file's own end-of-sequence (and end-of-turn, when it declares one) ids, as transformers reads them
+        # from the same file: not the end-of-turn token llama.cpp guesses from token texts when none is declared.
+        eos = {int(lib.llama_vocab_eos(self._vocab))}
+        if self.meta("tokenizer.ggml.eot_token_id") is not None:
+            eos.add(int(lib.llama_vocab_eot(self._vocab)))
         self._eos = frozenset(t for t in eos if 0 <= t < self._n_vocab)
 
     # -- facts -------------------------------------------------------------------------------------------
