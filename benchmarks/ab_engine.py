@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     from langchain_persona_judge.personas import persona_messages
     from langchain_persona_judge.runtime import encode_chat
 
-    model, tokenizer = shared_model(None, device="cpu", backend="transformers")
+    model = shared_model(None, device="cpu", backend="transformers")
+    tokenizer = model.tokenizer
     conversation = [{"role": "user", "content": QUESTION}]
     prompts = [encode_chat(tokenizer, persona_messages(conversation, [p])) for p in PREFERENCES]
     options = dict(schedule=args.schedule, do_sample=False, lookahead=4, max_new_tokens=args.tokens,

@@ -116,7 +116,7 @@ def run_once(backend: str, condition: str, models: dict[str, Any], prompts: dict
 
     start = time.perf_counter()
     if condition == "generate":
-        model = models["transformers"]
+        model = models["transformers"].model
         ids = prompts["direct"][0].unsqueeze(0)
         with torch.inference_mode():
             out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
@@ -174,7 +174,7 @@ def decode_costs(models: dict[str, Any], prompt: list[int], sizes: tuple[int, ..
 
         from langchain_persona_judge.decoding.backends import ForwardSignature
 
-        model = models["transformers"]
+        model = models["transformers"].model
         name = ForwardSignature(model).cache_argument  # past_key_values before transformers 5.24, cache after
         rows = {}
         with torch.inference_mode():
@@ -268,12 +268,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     models: dict[str, Any] = {}
     tokenizer = None
     if "transformers" in args.backend:
-        models["transformers"], tokenizer = load_model(None, device="cpu", backend="transformers",
-                                                       prepack={"auto": None, "on": True, "off": False}[args.prepack])
+        models["transformers"] = load_model(None, device="cpu", backend="transformers",
+                                            prepack={"auto": None, "on": True, "off": False}[args.prepack])
+        tokenizer = models["transformers"].tokenizer
     gguf = embedded_model_path() if args.requantize is None else requantize(embedded_model_path(), args.requantize)
     if "llamacpp" in args.backend:
-        models["llamacpp"], tokenizer = load_model(None if args.requantize is None else str(gguf), device="cpu",
-                                                   backend="llamacpp", n_threads=args.threads)
+        models["llamacpp"] = load_model(None if args.requantize is None else str(gguf), device="cpu",
+                                        backend="llamacpp", n_threads=args.threads)
+        tokenizer = models["llamacpp"].tokenizer
         models["native"] = Native(str(gguf), args.threads)
     steps = plan(args.backend)
     questions = QUESTIONS[: args.questions]

@@ -133,7 +133,8 @@ def load_bench_model(name: str | None, device: str, random_init: str | None, dty
         return BenchModel(model, None, desc, True)
     from langchain_persona_judge import load_model
 
-    model, tokenizer = load_model(name, device=device, dtype=torch_dtype, prepack=prepack, backend="transformers")
+    handle = load_model(name, device=device, dtype=torch_dtype, prepack=prepack, backend="transformers")
+    model, tokenizer = handle.model, handle.tokenizer
     model.eval()
     label = name or "SmolLM2-135M-Instruct (embedded, de-quantised from Q4_1 GGUF)"
     return BenchModel(model, tokenizer, f"{label}, {torch_dtype}", False)

@@ -135,7 +135,8 @@ def _pair(model: Any, tokenizer: Any, setting: str, question: str, tokens: int, 
     prompts = _prompts(tokenizer, question, spec)
 
     def constrained() -> dict[str, Any]:
-        constraint = TimedConstraint(constraint_for(model, tokenizer, grammar, budget=budget))
+        constraint = TimedConstraint(constraint_for(tokenizer, grammar, vocab_size=model.vocab_size,
+                                                    stop_token_ids=model.eos_token_ids, budget=budget))
         return _decode(model, prompts, constraint, max_new_tokens=tokens, eos_token_id=eos)
 
     if twin_first and setting == "json":
@@ -265,7 +266,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.quick:
         args.tokens, args.questions = 32, 2
-    model, tokenizer = shared_model(None, device="cpu", backend="transformers")
+    model = shared_model(None, device="cpu", backend="transformers")
+    tokenizer = model.tokenizer
     result: dict[str, Any] = {"model": "SmolLM2-135M-Instruct", "device": "cpu", "threads": args.threads,
                               "tokens": args.tokens, "personas": len(PREFERENCES), "lookahead": LOOKAHEAD}
     with _threads(args.threads):
@@ -281,7 +283,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       f"{row['ratio_per_forward']:6.3f} {row['grammar_ms_per_token']:17.3f} "
                       f"{100 * row['grammar_share']:6.2f}% {c['acceptance_rate']:7.2f} {f['acceptance_rate']:5.2f}")
         if "engines" in args.sections:
-            result["engines"] = engines(tokenizer, model.config.vocab_size)
+            result["engines"] = engines(tokenizer, model.vocab_size)
             print(f"\n{'engine':11s} {'tokenizer s':>12s} {'compile ms':>11s} {'mask us mean':>13s} {'max':>8s}")
             for name in ("xgrammar", "llguidance"):
                 row = result["engines"].get(name)

@@ -97,9 +97,10 @@ def _init_worker(model: str | None, threads: int, device: str = "cpu", backend: 
     # transformers: every record before the fresh-prompt run was decoded on it. The perplexity always reads a
     # transformers forward (the same weights de-quantised to fp32 when llama.cpp decodes the GGUF).
     extra = {"n_threads": threads} if backend == "llamacpp" else {}
-    _STATE["model"], _STATE["tokenizer"] = load_model(model, device=device, backend=backend, **extra)
-    _STATE["scorer"] = (_STATE["model"] if backend == "transformers" else
-                        load_model(model, device=device, backend="transformers")[0])
+    handle = load_model(model, device=device, backend=backend, **extra)
+    _STATE["model"], _STATE["tokenizer"] = handle, handle.tokenizer
+    _STATE["scorer"] = (handle if backend == "transformers" else
+                        load_model(model, device=device, backend="transformers"))
 
 
 _CONDITION = re.compile(r"^(persona_judge|product|direct)_g(-?[\d.]+)$")
@@ -171,7 +172,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
                    **sampling)
     seconds = time.perf_counter() - start
     text = tokenizer.decode(gen.token_ids, skip_special_tokens=True).strip()
-    nll = answer_nll(_STATE.get("scorer", model), reference.tolist(), gen.token_ids)
+    nll = answer_nll(_STATE["scorer"].model, reference.tolist(), gen.token_ids)  # a transformers model's forward
     out = {k: v for k, v in job.items() if k not in ("preferences", "max_new_tokens")}
     out.update(text=text, tokens=len(gen.token_ids), finish_reason=gen.finish_reason, seconds=round(seconds, 3),
                combine=spec["combine"], guidance=spec["guidance"], token_ids=list(gen.token_ids),

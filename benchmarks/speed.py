@@ -81,6 +81,7 @@ from benchmarks.common import (
 )
 from langchain_persona_judge import stream
 from langchain_persona_judge.decoding import SCHEDULES, is_prepacked
+from langchain_persona_judge.decoding.backends import TransformersBackend
 from langchain_persona_judge.decoding.reference import engine_history, iteration_schedule, naive_generate
 
 FILLER = (
@@ -159,8 +160,9 @@ class Bench:
         self.model = bm.model
         self.device = device
         self.counter = ForwardCounter(self.model)
-        self.vocab = self.model.config.vocab_size
-        self.context: int | None = getattr(self.model.config, "max_position_embeddings", None)
+        handle = TransformersBackend(self.model)  # the facts every layer reads
+        self.vocab = handle.vocab_size
+        self.context: int | None = handle.context_length
 
     # -- prompts --------------------------------------------------------------------------------------
 

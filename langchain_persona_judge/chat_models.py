@@ -7,7 +7,6 @@ handling live in the runtime; the decoding rules in :mod:`~langchain_persona_jud
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
@@ -30,9 +29,10 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils import from_env
-from pydantic import ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, create_model, field_validator, model_validator
 
-from .decoding import DecodingOptions
+from .decoding import DecodingOptions, ModelBackend
+from .decoding.backends import TransformersBackend
 from .defaults import DEVICE_ENV, MODEL_ENV
 from .errors import InvalidArgumentError, InvalidInputError, InvalidOptionError
 from .option_specs import options_for, pydantic_fields
@@ -43,10 +43,10 @@ from .runtime import (
     OutputGrammar,
     PersonaSettings,
     RequestRun,
-    build_request,
     display_name,
     encode_chat,
     iterate_in_thread,
+    start_run,
 )
 from .output_spec import OutputSpec
 from .tool_calls import tool_call_chunks
@@ -67,6 +67,8 @@ _HOSTED_ONLY_ARGUMENTS = ("max_retries", "api_key")
 _IGNORED_KWARGS = ("stream",)
 # Per-call keyword arguments that shape the answer (bound by bind_tools and with_structured_output).
 _OUTPUT_KWARGS = ("tools", "tool_choice", "parallel_tool_calls", "response_format")
+# Held while an hf_model is wrapped into its handle (once per chat model and hf_model).
+_WRAPPING = threading.Lock()
 
 
 def _output_grammar(output: OutputSpec | None) -> OutputGrammar | None:
@@ -361,11 +363,14 @@ class ChatPersonaJudge(_OptionFields):  # type: ignore[misc,valid-type]
     max_queue: int | None = Field(default=None, ge=0)
     """Calls allowed to wait for a slot; one more raises QueueFullError at once. None: no limit."""
     hf_model: Any = Field(default=None, exclude=True)
-    """An already loaded transformers causal LM (escape hatch; use with ``tokenizer``)."""
+    """An already loaded model (escape hatch): a handle from ``load_model`` (its tokenizer included), or a
+    transformers causal LM with ``tokenizer``."""
     tokenizer: Any = Field(default=None, exclude=True)
-    """The tokenizer for ``hf_model``."""
+    """The tokenizer for a bare transformers ``hf_model``."""
     executor: Any = Field(default=None, exclude=True)
     """A ``concurrent.futures.Executor`` that async calls decode in (None: the event loop's default executor)."""
+    _handle: tuple[Any, ModelBackend] | None = PrivateAttr(default=None)
+    """``(hf_model, its handle)``: the escape hatch wrapped once."""
 
     @model_validator(mode="before")
     @classmethod
@@ -455,12 +460,36 @@ class ChatPersonaJudge(_OptionFields):  # type: ignore[misc,valid-type]
 
     # -- model and tokenizer --------------------------------------------------------------------
 
-    def _load(self, name: str | None) -> tuple[Any, Any]:
+    def _load(self, name: str | None) -> ModelBackend:
         if self.hf_model is not None and name in (None, self.model_name):
-            if self.tokenizer is None:
-                raise InvalidOptionError("hf_model was given without tokenizer; pass both (tokenizer=...).")
-            return self.hf_model, self.tokenizer
+            return self._given_handle()
         return REGISTRY.load(name, self.device, self.dtype, self.backend)
+
+    def _given_handle(self) -> ModelBackend:
+        """``hf_model`` as a handle: itself when it is one, else wrapped once (per ``hf_model``) with
+        ``tokenizer``."""
+        with _WRAPPING:
+            cached = self._handle
+            if cached is not None and cached[0] is self.hf_model:
+                return cached[1]
+            if isinstance(self.hf_model, ModelBackend):
+                handle = self.hf_model
+                if handle.tokenizer is None:
+                    if self.tokenizer is None:
+                        raise InvalidOptionError("hf_model has no tokenizer; pass tokenizer=... too.")
+                    handle.tokenizer = self.tokenizer
+            else:
+                if self.tokenizer is None:
+                    raise InvalidOptionError("hf_model was given without tokenizer; pass both (tokenizer=...).")
+                handle = TransformersBackend(self.hf_model, self.tokenizer)
+            self._handle = (self.hf_model, handle)
+            return handle
+
+    def model_handle(self) -> ModelBackend:
+        """The handle of this model's weights (``load_model``'s: backend, tokenizer, vocabulary, context length,
+        EOS ids, device), loaded now if need be; shared with every ``ChatPersonaJudge`` of the same ``model``,
+        ``device``, ``dtype`` and ``backend``."""
+        return self._load(self.model_name)
 
     def load(self) -> ChatPersonaJudge:
         """Load the weights now (calls load them lazily) and return this model; shared with every other
@@ -470,14 +499,14 @@ class ChatPersonaJudge(_OptionFields):  # type: ignore[misc,valid-type]
 
     def get_token_ids(self, text: str) -> list[int]:
         """Token ids of ``text`` from the model's own tokenizer (no download)."""
-        _, tokenizer = self._load(self.model_name)
+        tokenizer = self._load(self.model_name).tokenizer
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def get_num_tokens_from_messages(
         self, messages: list[BaseMessage], tools: Sequence[Any] | None = None
     ) -> int:
         """Tokens of the conversation as the chat template renders it (without preferences), tools included."""
-        _, tokenizer = self._load(self.model_name)
+        tokenizer = self._load(self.model_name).tokenizer
         spec = OutputSpec.from_kwargs({"tools": tools}) if tools else None
         conversation, template_kwargs = render_conversation(tokenizer, _convert_messages_to_dicts(messages), spec)
         return len(encode_chat(tokenizer, conversation, **template_kwargs))
@@ -600,23 +629,16 @@ class ChatPersonaJudge(_OptionFields):  # type: ignore[misc,valid-type]
         output = OutputSpec.from_kwargs(kwargs)
         settings = self._with_overrides({k: kwargs[k] for k in _CALL_OVERRIDES if k in kwargs and k != "model"})
         name = kwargs.get("model", self.model_name)
-        model, tokenizer = self._load(name)
-        conversation, template_kwargs = render_conversation(tokenizer, _convert_messages_to_dicts(messages), output)
-        options, preferences, plan = settings.decoding_options(), settings.preferences, None
-        if settings.profile is not None:  # the profile's poles (and stated preferences) as weighted personas
-            if settings.weights is not None:
-                raise InvalidOptionError("Pass weights or a profile, not both: a profile sets the personas' weights.")
-            settings.profile.check_model(model)
-            plan = settings.profile.decoding_plan(settings.preferences)
-            preferences = plan.preferences
-            options = dataclasses.replace(options, combine="product", weights=tuple(plan.weights) or None)
-        request = build_request(
+        model = self._load(name)
+        conversation, template_kwargs = render_conversation(
+            model.tokenizer, _convert_messages_to_dicts(messages), output
+        )
+        run = start_run(
             model,
-            tokenizer,
             conversation,
-            options=options,
+            options=settings.decoding_options(),
             personas=PersonaSettings(
-                preferences=preferences,
+                preferences=settings.preferences,
                 registry=settings.registry,
                 composition=settings.composition,
                 layout=settings.preference_layout,
@@ -624,15 +646,11 @@ class ChatPersonaJudge(_OptionFields):  # type: ignore[misc,valid-type]
                 negative_preference=settings.negative_preference,
             ),
             model_name=self._display_name(name),
+            profile=settings.profile,
             stop=[*(self.stop or []), *(stop or [])],
             truncation=settings.truncation,
             template_kwargs=template_kwargs,
             output=_output_grammar(output),
-        )
-        if plan is not None:
-            request = dataclasses.replace(request, profile=plan.metadata)
-        run = RequestRun(
-            request,
             timeout=self.timeout,
             cancelled=cancelled,
             max_concurrency=self.max_concurrency,

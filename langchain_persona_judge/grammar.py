@@ -328,34 +328,27 @@ class GrammarConstraint:
         return path
 
 
-def model_vocab_size(model: Any, tokenizer: Any) -> int:
-    """The size of the model's output layer (the mask size), which can exceed the tokenizer's vocabulary."""
-    size = getattr(getattr(model, "config", None), "vocab_size", None)
-    return int(size) if isinstance(size, int) and size > 0 else len(tokenizer)
+def constraint_for(
+    tokenizer: Any,
+    grammar: Grammar,
+    *,
+    vocab_size: int,
+    stop_token_ids: Iterable[int],
+    budget: int | None = None,
+) -> GrammarConstraint:
+    """A fresh constraint for one decode of ``grammar`` with a model's ``tokenizer``.
 
-
-def stop_token_ids(model: Any, tokenizer: Any) -> list[int]:
-    """The ids that end decoding (the engine's EOS set): generation config, model config, then tokenizer."""
-    for source in (getattr(model, "generation_config", None), getattr(model, "config", None)):
-        eos = getattr(source, "eos_token_id", None)
-        if eos is not None and eos != []:
-            return [eos] if isinstance(eos, int) else [int(t) for t in eos]
-    eos = getattr(tokenizer, "eos_token_id", None)
-    return [] if eos is None else [int(eos)]
-
-
-def constraint_for(model: Any, tokenizer: Any, grammar: Grammar, *, budget: int | None = None) -> GrammarConstraint:
-    """A fresh constraint for one decode of ``grammar`` with ``model`` and its ``tokenizer``.
-
-    ``budget``: the answer's token budget, which the constraint then keeps the grammar completable within.
+    ``vocab_size``: the model's logits' width (the mask size, often past the tokenizer's vocabulary);
+    ``stop_token_ids``: the ids that end its answers (the model handle's EOS ids); ``budget``: the answer's token
+    budget, which the constraint then keeps the grammar completable within.
     """
-    stops = stop_token_ids(model, tokenizer)
+    stops = tuple(sorted({int(t) for t in stop_token_ids}))
     if not stops:
         raise GrammarError(
             "The model has no EOS token (generation_config.eos_token_id), so a constrained answer could never end; "
             "set model.generation_config.eos_token_id."
         )
-    compiler = _compiler(tokenizer, model_vocab_size(model, tokenizer), tuple(sorted(set(stops))))
+    compiler = _compiler(tokenizer, int(vocab_size), stops)
     return GrammarConstraint(compiler.compile(grammar), compiler, budget=budget)
 
 

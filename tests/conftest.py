@@ -25,7 +25,8 @@ torch.set_num_threads(int(os.environ.get("PERSONA_JUDGE_TEST_THREADS", "1")))
 
 @pytest.fixture(scope="session")
 def embedded():
-    """The real embedded SmolLM2-135M-Instruct, loaded once per session (converted on first use).
+    """The real embedded SmolLM2-135M-Instruct's handle on transformers (``.model``, ``.tokenizer``), loaded once
+    per session (converted on first use).
 
     The same copy of the weights that ``ChatPersonaJudge()`` uses (shared process-wide), not a second one.
     """
@@ -47,7 +48,7 @@ def llama_cpp_or_skip() -> None:
 
 @pytest.fixture(scope="session")
 def embedded_llamacpp():
-    """The embedded GGUF run by llama.cpp (one thread), loaded once per session."""
+    """The embedded GGUF's handle on llama.cpp (one thread), loaded once per session."""
     llama_cpp_or_skip()
     from langchain_persona_judge import shared_model
 

@@ -107,12 +107,10 @@ class ChatService:
     def note_admission_queue(self) -> None:
         """Keep a handle on the served model's admission queue and tokenizer (its weights are loaded by now)."""
         if self._admission is None:
-            from langchain_persona_judge import shared_model
             from langchain_persona_judge.runtime import admission_queue
 
-            model, tokenizer = shared_model(self.llm.model_name, device=self.llm.device, dtype=self.llm.dtype,
-                                            backend=self.llm.backend)
-            self.tokenizer = tokenizer
+            model = self.llm.model_handle()  # the shared handle (loaded by now)
+            self.tokenizer = model.tokenizer
             self._admission = admission_queue(model)
 
     def admission(self) -> dict[str, Any] | None:

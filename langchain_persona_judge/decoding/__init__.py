@@ -31,8 +31,8 @@ import torch
 
 from .. import defaults
 from ..errors import DecodingError, InvalidArgumentError
-from .backends import BACKENDS, ModelBackend, as_backend, backend_name, context_limit
-from .base import Decoder, TokenStream
+from .backends import BACKENDS, ModelBackend, as_backend, backend_name
+from .base import Decoder, TokenStream, context_budget, context_limit
 from .cpu_kernels import is_prepacked, prepack_linear_weights, unpack_linear_weights
 from .lockstep import LockstepDecoder
 from .options import (
@@ -95,9 +95,10 @@ def make_decoder(
     constraint: TokenConstraint | None = None,
     reference: torch.Tensor | None = None,
 ) -> Decoder:
-    """The decoder of ``options`` (``auto`` resolved for ``model``)."""
-    options = resolve_options(options, model)
-    return decoder_class(options)(model, prompts, options, constraint, reference)
+    """The decoder of ``options`` (``auto`` resolved for ``model``; options the runtime resolved pass as they are)."""
+    backend = as_backend(model)  # a bare transformers model is wrapped here, once per decode
+    options = resolve_options(options, backend)
+    return decoder_class(options)(backend, prompts, options, constraint, reference)
 
 
 def _options(options: DecodingOptions | None, kwargs: dict[str, Any]) -> DecodingOptions:
@@ -169,6 +170,7 @@ __all__ = [
     "TraceEntry",
     "as_backend",
     "backend_name",
+    "context_budget",
     "context_limit",
     "decoder_class",
     "generate",

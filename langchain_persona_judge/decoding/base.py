@@ -45,6 +45,31 @@ def as_prompt(tokens: Any, index: int) -> torch.Tensor:
     return tokens.long()
 
 
+def context_limit(model: Any) -> int | None:
+    """The context length of ``model`` (a :class:`~.backends.ModelBackend` or a transformers model), when known."""
+    return as_backend(model).context_length
+
+
+FIT_HINT = "shorten the conversation or the preference text"
+
+
+def context_budget(limit: int | None, lengths: Iterable[int], max_new_tokens: int, fix: str = FIT_HINT) -> int:
+    """The tokens an answer may take after prompts of ``lengths`` in a context of ``limit`` tokens (None: no
+    limit): ``max_new_tokens``, or less when the context is nearly full. The one place the context limit is
+    checked: a prompt that leaves no room raises ContextLengthError, whose message ends with ``fix``."""
+    longest = max(lengths)
+    if limit is None:
+        return max_new_tokens
+    if longest >= limit:
+        raise ContextLengthError(
+            f"The longest prompt is {longest} tokens with its preferences, but the model's context holds {limit} "
+            f"(and the answer needs room too); {fix}.",
+            longest,
+            limit,
+        )
+    return min(max_new_tokens, limit - longest)
+
+
 def eos_ids(model: Any, eos_token_id: int | Iterable[int] | None) -> frozenset[int]:
     """The token ids that end decoding: the option's, else the model's own (its generation config's, else its
     config's; a llama.cpp model's vocabulary's)."""
@@ -123,18 +148,8 @@ class Decoder(ABC):
         return len(self.prompts)
 
     def _budget(self) -> int:
-        limit = self.backend.context_length
-        longest = max(len(p) for p in [*self.prompts, *([self.reference] if self.reference else [])])
-        if limit is None:
-            return self.options.max_new_tokens
-        if longest >= limit:
-            raise ContextLengthError(
-                f"A persona prompt is {longest} tokens long but the model's context holds {limit}; "
-                "shorten the conversation or the preference text.",
-                tokens=longest,
-                limit=limit,
-            )
-        return min(self.options.max_new_tokens, limit - longest)
+        rows = [*self.prompts, *([self.reference] if self.reference else [])]
+        return context_budget(self.backend.context_length, [len(p) for p in rows], self.options.max_new_tokens)
 
     # -- 2. model calls (the backend runs them) -----------------------------------------------------------
 
@@ -268,4 +283,4 @@ class TokenStream(Iterator[int]):
         return self.decoder.generation
 
 
-__all__ = ["Decoder", "TokenStream", "as_prompt", "eos_ids"]
+__all__ = ["Decoder", "TokenStream", "as_prompt", "context_budget", "context_limit", "eos_ids"]

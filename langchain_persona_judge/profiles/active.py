@@ -250,7 +250,7 @@ class PreferenceLearner:
             preferences = [] if persona is None else [Persona(name=persona, description=self.basis.text(persona))]
             options = dataclasses.replace(self.options, seed=self.seed + self._decoded)
             self._decoded += 1
-            request = build_request(handle.model, handle.tokenizer, conversation, options=options,
+            request = build_request(handle.backend, conversation, options=options,
                                     personas=PersonaSettings(preferences=preferences), model_name=handle.display)
             run = RequestRun(request)
             text = "".join(run.text()).strip()

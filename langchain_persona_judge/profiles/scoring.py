@@ -39,9 +39,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from ..decoding import context_limit
-from ..decoding.backends import NON_FINITE, ForwardSignature
-from ..decoding.base import eos_ids
+from ..decoding.backends import NON_FINITE, ForwardSignature, ModelBackend, TransformersBackend
 from ..errors import DecodingError, ProfileError
 from ..personas import Layout, PersonaRegistry, persona_messages
 from ..runtime import admission_queue, display_name, encode_chat, shared_model
@@ -60,60 +58,74 @@ _CACHED_FEATURES = 100_000
 # -- the model a profile is tied to -------------------------------------------------------------------------
 
 
+LLAMACPP_REFUSAL = (
+    "Learning a profile scores answers on the transformers backend; this is a llama.cpp model. Pass model= its "
+    "GGUF path (loaded with transformers for scoring); the learned profile then decodes on either backend."
+)
+
+
 @dataclass(frozen=True)
 class ModelHandle:
-    """A loaded model, its tokenizer, and how it is named."""
+    """A loaded model's handle (its backend: the transformers model, tokenizer and facts), and what loads it
+    again."""
 
-    model: Any
-    tokenizer: Any
+    backend: TransformersBackend
     name: str | None
     """What loads it again (an HF id, folder or .gguf path); None for the embedded model or an in-memory one."""
     display: str
     """How it is named to people."""
 
     @property
+    def model(self) -> Any:
+        """The transformers model (scoring reads every position's log-probabilities through its forward)."""
+        return self.backend.model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.backend.tokenizer
+
+    @property
     def fingerprint(self) -> str:
-        return model_fingerprint(self.model)
+        return model_fingerprint(self.backend)
+
+
+def _scoring_handle(backend: ModelBackend, name: str | None, display: str) -> ModelHandle:
+    if not isinstance(backend, TransformersBackend):
+        raise ProfileError(LLAMACPP_REFUSAL)
+    if backend.tokenizer is None:
+        raise ProfileError("The model has no tokenizer; load it with load_model, or pass (model, tokenizer).")
+    return ModelHandle(backend, name, display)
 
 
 def resolve_model(model: Any = None, *, device: str | None = None, dtype: str | None = None) -> ModelHandle:
-    """``(model, tokenizer)`` of anything ``ChatPersonaJudge(model=...)`` takes (None: the embedded model), an
-    already loaded ``(model, tokenizer)`` pair, or a ``ChatPersonaJudge``: its weights are shared, never loaded
-    a second time."""
+    """The model handle of anything ``ChatPersonaJudge(model=...)`` takes (None: the embedded model), a handle
+    from ``load_model``, an already loaded ``(model, tokenizer)`` pair, or a ``ChatPersonaJudge``: its weights are
+    shared, never loaded a second time."""
     if isinstance(model, ModelHandle):
         return model
     if model is None or isinstance(model, (str, os.PathLike)):
         name = None if model is None else str(model)
         # Scoring reads every position's log-probabilities through transformers' forward.
-        loaded, tokenizer = shared_model(name, device=device, dtype=dtype, backend="transformers")
-        return ModelHandle(loaded, tokenizer, name, display_name(name))
+        return _scoring_handle(shared_model(name, device=device, dtype=dtype, backend="transformers"), name,
+                               display_name(name))
+    if isinstance(model, ModelBackend):
+        return _scoring_handle(model, None, display_name(None, model))
     if isinstance(model, tuple) and len(model) == 2:
         loaded, tokenizer = model
+        if isinstance(loaded, ModelBackend):
+            raise ProfileError(LLAMACPP_REFUSAL)
         if not callable(getattr(tokenizer, "__call__", None)) or not hasattr(loaded, "config"):
             raise ProfileError("model=(model, tokenizer): pass a loaded transformers causal LM and its tokenizer.")
-        if hasattr(loaded, "fingerprint_parts"):
-            raise ProfileError(
-                "Learning a profile scores answers on the transformers backend; this is a llama.cpp model. Pass "
-                "model= its GGUF path (loaded with transformers for scoring); the learned profile then decodes on "
-                "either backend."
-            )
-        return ModelHandle(loaded, tokenizer, None, display_name(None, loaded))
-    if hasattr(model, "hf_model") and hasattr(model, "model_name"):  # a ChatPersonaJudge (duck-typed: layer L3)
+        return ModelHandle(TransformersBackend(loaded, tokenizer), None, display_name(None, loaded))
+    if hasattr(model, "model_handle") and hasattr(model, "model_name"):  # a ChatPersonaJudge (duck-typed: layer L3)
         if model.hf_model is not None:
-            if model.tokenizer is None:
-                raise ProfileError("The chat model has hf_model but no tokenizer; pass both.")
-            if hasattr(model.hf_model, "fingerprint_parts"):
-                raise ProfileError(
-                    "Learning a profile scores answers on the transformers backend; this chat model runs llama.cpp. "
-                    "Pass model= its GGUF path instead (the learned profile then decodes on either backend)."
-                )
-            return ModelHandle(model.hf_model, model.tokenizer, None, display_name(None, model.hf_model))
+            return _scoring_handle(model.model_handle(), None, model.display_name)
         name = model.model_name
-        loaded, tokenizer = shared_model(name, device=model.device, dtype=model.dtype, backend="transformers")
-        return ModelHandle(loaded, tokenizer, name, display_name(name))
+        return _scoring_handle(shared_model(name, device=model.device, dtype=model.dtype, backend="transformers"),
+                               name, display_name(name))
     raise ProfileError(
-        f"model={type(model).__name__}: pass None (the embedded model), a Hugging Face id or path, a loaded "
-        "(model, tokenizer) pair, or a ChatPersonaJudge."
+        f"model={type(model).__name__}: pass None (the embedded model), a Hugging Face id or path, a handle from "
+        "load_model, a loaded (model, tokenizer) pair, or a ChatPersonaJudge."
     )
 
 
@@ -124,6 +136,8 @@ _fingerprints_lock = threading.Lock()
 def model_fingerprint(model: Any) -> str:
     """A digest of the model's architecture and the first rows of its input embeddings, rounded to bfloat16
     (so the same weights loaded in fp32 or bf16 agree, and any other model differs)."""
+    if isinstance(model, TransformersBackend):
+        model = model.model
     with _fingerprints_lock:
         known = _fingerprints.get(model)
     if known is not None:
@@ -223,7 +237,7 @@ class PersonaScorer:
         self._heads: _Heads | None = None
         self._rows: OrderedDict[str, list[list[int]]] = OrderedDict()
         self._features: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
-        eos = eos_ids(self.handle.model, None)
+        eos = self.handle.backend.eos_token_ids
         preferred = getattr(self.handle.tokenizer, "eos_token_id", None)
         self.end_of_turn: int | None = preferred if preferred in eos else (min(eos) if eos else None)
         """The token that ends an answer, scored after each response (None: the model has none)."""
@@ -351,7 +365,7 @@ class PersonaScorer:
         """For each response: (rows, T) log-probabilities of its tokens under each row, and (with ``moments``)
         the writing statistics' sums. The rows' prompt is read once; each response continues it."""
         model = self.handle.model
-        limit = context_limit(model)
+        limit = self.handle.backend.context_length
         width = max(len(r) for r in rows)
         longest = width + max(len(r) for r in responses)
         if limit is not None and longest > limit:
@@ -359,7 +373,7 @@ class PersonaScorer:
                 f"A prompt and its response take {longest} tokens with the longest persona, but the model's context "
                 f"holds {limit}; shorten the response or the conversation."
             )
-        signature = ForwardSignature(model)
+        signature = self.handle.backend.signature
         out = []
         with admission_queue(model).admit(), self._reading:
             first, cache, lengths, attention = self._read_prompt(rows, signature)

@@ -4,12 +4,14 @@ Layer L2: imports the L1 packages (:mod:`~langchain_persona_judge.decoding`, :mo
 :mod:`~langchain_persona_judge.grammar`) and L0; never LangChain.
 
 =================  =========================================================================================
-``loading``        a Hugging Face id, local folder or GGUF file → ``(model, tokenizer)``; the embedded model
-``models``         the process-wide registry: shared weights, one admission queue per in-memory model
+``loading``        a Hugging Face id, local folder or GGUF file → one model handle (``ModelBackend``: backend,
+                   tokenizer, vocabulary, context length, EOS ids, device); the embedded model
+``models``         the process-wide registry: shared handles, one admission queue per in-memory model
 ``admission``      the bounded FIFO queue in front of a model
 ``chat_template``  a conversation → token ids through the model's chat template
 ``request``        preferences + conversation + options → a :class:`Request` (prompts, resolved options)
-``run``            :class:`RequestRun`: admission, decode, detokenise, stop strings, deadline, cancel, OOM
+``run``            :func:`start_run` (the request policy: profile, request, limits) and :class:`RequestRun`:
+                   admission, decode, detokenise, stop strings, deadline, cancel, OOM
 ``detokenize``     incremental detokenisation and stop strings
 ``bridge``         a blocking iterator consumed from asyncio through a worker thread
 =================  =========================================================================================
@@ -31,7 +33,7 @@ from .loading import (
 )
 from .models import REGISTRY, ModelRegistry, admission_queue, display_name, release_model, shared_model
 from .request import OutputGrammar, PersonaSettings, Request, Truncation, build_request
-from .run import RequestRun
+from .run import RequestRun, start_run
 
 __all__ = [
     "BACKEND_CHOICES",
@@ -57,4 +59,5 @@ __all__ = [
     "resolve_backend",
     "resolve_model_path",
     "shared_model",
+    "start_run",
 ]

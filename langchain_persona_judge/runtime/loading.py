@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from ..decoding.backends import ModelBackend, TransformersBackend
 from ..decoding.cpu_kernels import prepack_linear_weights, should_prepack
 from ..defaults import CACHE_ENV
 from ..errors import ModelLoadError
@@ -264,8 +265,8 @@ def load_model(
     prepack: bool | None = None,
     backend: str | None = "auto",
     n_threads: int | None = None,
-) -> tuple[Any, Any]:
-    """Load a causal LM and its tokenizer.
+) -> ModelBackend:
+    """Load a causal LM and its tokenizer, as one handle.
 
     Args:
         name: a Hugging Face id, a local folder, a ``.gguf`` file, or None for the embedded
@@ -283,8 +284,11 @@ def load_model(
         n_threads: llama.cpp's CPU threads (default: torch's thread count). llama.cpp backend only.
 
     Returns:
-        ``(model, tokenizer)``: a transformers model in eval mode, or a
-        :class:`~langchain_persona_judge.decoding.backends.llamacpp.LlamaCppModel`.
+        A :class:`~langchain_persona_judge.decoding.backends.ModelBackend`: the model's handle, which every layer
+        reads its facts from (``kind``, ``tokenizer``, ``name``, ``vocab_size``, ``context_length``,
+        ``eos_token_ids``, ``device``). On transformers it is a
+        :class:`~langchain_persona_judge.decoding.backends.TransformersBackend` (the model, in eval mode, is its
+        ``.model``); on llama.cpp a :class:`~langchain_persona_judge.decoding.backends.llamacpp.LlamaCppModel`.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -298,7 +302,9 @@ def load_model(
 
         gguf = gguf_file(name)
         assert gguf is not None
-        return load_llamacpp(gguf, n_threads=n_threads), gguf_tokenizer(gguf)
+        handle = load_llamacpp(gguf, tokenizer=gguf_tokenizer(gguf), n_threads=n_threads)
+        handle.name = str(name) if name else EMBEDDED_NAME
+        return handle
 
     path = resolve_model_path(name)
     extra, target = _device_kwargs(device)
@@ -326,4 +332,4 @@ def load_model(
     except ValueError as exc:
         raise ModelLoadError(str(exc)) from exc
     tokenizer = AutoTokenizer.from_pretrained(path)
-    return model, tokenizer
+    return TransformersBackend(model, tokenizer, str(name) if name else EMBEDDED_NAME)

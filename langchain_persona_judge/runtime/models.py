@@ -5,7 +5,8 @@ One lifetime rule for everything kept per model:
 * **Weights loaded by name** (``shared_model``) are loaded once per ``(name, device, dtype, backend)`` and held by the
   registry until :func:`release_model` (or the process ends): every ``ChatPersonaJudge`` that names the same
   model shares one copy.
-* **State kept per model** (its admission queue) is keyed by the model *object* in a weak-keyed map, never by
+* **State kept per model** (its admission queue) is keyed by the object holding the weights (a handle's
+  ``weights``: the transformers model itself, or the llama.cpp model) in a weak-keyed map, never by
   ``id(model)``: it lives exactly as long as the model does, so a new model that happens to get a dead one's
   ``id`` can never inherit its queue, and a discarded model leaves nothing behind. Grammar compilers follow the
   same rule per tokenizer (:mod:`langchain_persona_judge.grammar`).
@@ -19,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ..decoding.backends import ModelBackend
 from .admission import AdmissionQueue
 from .loading import EMBEDDED_NAME, load_model, resolve_backend
 
@@ -26,10 +28,10 @@ ModelKey = tuple[str | None, str, str | None, str]
 
 
 class ModelRegistry:
-    """Shared weights by ``(name, device, dtype, backend)``, and one admission queue per in-memory model."""
+    """Shared model handles by ``(name, device, dtype, backend)``, and one admission queue per in-memory model."""
 
     def __init__(self) -> None:
-        self._loaded: dict[ModelKey, tuple[Any, Any]] = {}
+        self._loaded: dict[ModelKey, ModelBackend] = {}
         self._queues: weakref.WeakKeyDictionary[Any, AdmissionQueue] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
 
@@ -43,8 +45,9 @@ class ModelRegistry:
 
     def load(
         self, name: str | None = None, device: str | None = None, dtype: str | None = None, backend: str | None = "auto"
-    ) -> tuple[Any, Any]:
-        """``(model, tokenizer)`` of ``name`` on ``device``, loaded on first use and shared afterwards."""
+    ) -> ModelBackend:
+        """The handle of ``name`` on ``device`` (its backend built once), loaded on first use and shared
+        afterwards."""
         key = self.key(name, device, dtype, backend)
         with self._lock:
             if key not in self._loaded:
@@ -65,7 +68,10 @@ class ModelRegistry:
             return list(self._loaded)
 
     def queue(self, model: Any) -> AdmissionQueue:
-        """The admission queue of one in-memory model (shared by everything using those weights)."""
+        """The admission queue of one in-memory model (shared by everything using those weights: every handle of
+        a transformers model, and the bare model itself)."""
+        if isinstance(model, ModelBackend):
+            model = model.weights
         with self._lock:
             queue = self._queues.get(model)
             if queue is None:
@@ -84,8 +90,9 @@ REGISTRY = ModelRegistry()
 
 def shared_model(
     name: str | None = None, *, device: str | None = None, dtype: str | None = None, backend: str | None = "auto"
-) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` shared process-wide: what every ``ChatPersonaJudge(model=name)`` uses.
+) -> ModelBackend:
+    """The model's handle (see :func:`~.loading.load_model`), shared process-wide: what every
+    ``ChatPersonaJudge(model=name)`` uses.
 
     ``name`` None is the embedded SmolLM2-135M-Instruct. Unlike :func:`~.loading.load_model`, which loads a new
     copy on every call, this loads once per ``(name, device, dtype, backend)``.
@@ -106,10 +113,12 @@ def admission_queue(model: Any) -> AdmissionQueue:
 
 
 def display_name(name: str | None, model: Any = None) -> str:
-    """How a model is named to people: its id or path; for an in-memory model its config's name; else the
+    """How a model is named to people: its id or path; for an in-memory model its handle's name; else the
     embedded model's name."""
     if name:
         return str(name)
+    if isinstance(model, ModelBackend):
+        return model.name or type(model).__name__
     if model is not None:
         config = getattr(model, "config", None)
         return getattr(config, "_name_or_path", None) or type(model).__name__

@@ -1,9 +1,12 @@
 """Building one request: everything a decode needs, resolved and checked before any forward pass.
 
-Input: a conversation (role/content dicts, tools already rendered into it), the user's preferences and how to
-compose them, one :class:`~langchain_persona_judge.decoding.DecodingOptions`, stop strings and an optional
-grammar. Output: a :class:`Request` holding the persona prompts as token ids, the options resolved for the model
-(``auto`` schedule, default draft confidence), and the grammar's constraint.
+Input: a model handle (:class:`~langchain_persona_judge.decoding.ModelBackend`, from ``load_model``), a
+conversation (role/content dicts, tools already rendered into it), the user's preferences and how to compose them,
+one :class:`~langchain_persona_judge.decoding.DecodingOptions`, stop strings and an optional grammar. Output: a
+:class:`Request` holding the persona prompts as token ids, the options resolved for the model once (``auto``
+schedule, default draft confidence, ``max_new_tokens`` within the context), and the grammar's constraint. The
+context limit is checked here, before any forward, by the decoding rules' one check
+(:func:`~langchain_persona_judge.decoding.context_budget`).
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ from typing import Any, Literal
 
 import torch
 
-from ..decoding import DecodingOptions, TokenConstraint, context_limit, resolve_options
-from ..errors import ContextLengthError, InvalidOptionError
-from ..grammar import Grammar, constraint_for, grammar_available, stop_token_ids
+from ..decoding import DecodingOptions, ModelBackend, TokenConstraint, context_budget, resolve_options
+from ..errors import ContextLengthError, GrammarError, ModelLoadError
+from ..grammar import Grammar, constraint_for, grammar_available
 from ..personas import (
     Layout,
     PersonaPrompt,
@@ -67,13 +70,13 @@ class OutputGrammar:
 class Request:
     """Everything one decode needs."""
 
-    model: Any
-    tokenizer: Any
+    model: ModelBackend
+    """The model's handle (its tokenizer included)."""
     model_name: str
     prompts: list[torch.Tensor]
     """One prompt per persona, as token ids."""
     options: DecodingOptions
-    """Resolved for the model: a concrete schedule and draft confidence."""
+    """Resolved for the model: a concrete schedule and draft confidence, ``max_new_tokens`` within the context."""
     stop: list[str]
     preferences: list[str]
     """The preference texts, rendered."""
@@ -84,6 +87,10 @@ class Request:
     """The reference prompt's ids, when the rule reads one (guidance, product weights not summing to 1)."""
     profile: dict[str, Any] | None = None
     """What a preference profile contributed (set by the adapter), for the response metadata."""
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.model.tokenizer
 
     @property
     def input_tokens(self) -> int:
@@ -118,63 +125,67 @@ def encode_personas(
 
 
 def fit_context(
-    model: Any,
-    tokenizer: Any,
+    model: ModelBackend,
     conversation: list[dict[str, Any]],
     personas: list[PersonaPrompt],
     settings: PersonaSettings,
+    max_new_tokens: int,
+    *,
     truncation: Truncation = "error",
     template_kwargs: dict[str, Any] | None = None,
-) -> tuple[list[dict[str, Any]], list[torch.Tensor]]:
-    """Encode every persona's prompt; if the longest leaves no room to answer, drop the oldest turns
-    (``truncation="drop_oldest"``) or raise ContextLengthError, before any forward pass."""
-    limit = context_limit(model)
+    with_reference: bool = False,
+) -> tuple[list[dict[str, Any]], list[torch.Tensor], torch.Tensor | None, int]:
+    """Encode every persona's prompt (and the reference prompt, ``with_reference``) within the model's context:
+    ``(conversation, prompts, reference, budget)``, where ``budget`` is the answer's token budget. If the longest
+    prompt leaves no room to answer, drop the oldest turns (``truncation="drop_oldest"``) or raise
+    ContextLengthError, before any forward pass."""
+    tokenizer = model.tokenizer
+    fix = (
+        "shorten the last message" if truncation == "drop_oldest"
+        else "shorten it, or pass truncation='drop_oldest' to drop the oldest turns"
+    )
     while True:
         prompts = encode_personas(tokenizer, conversation, personas, settings, template_kwargs)
-        longest = max(len(p) for p in prompts)
-        if limit is None or longest < limit:
-            return conversation, prompts
-        droppable = [i for i, m in enumerate(conversation[:-1]) if m["role"] != "system"]
-        if truncation != "drop_oldest" or not droppable:
-            fix = (
-                "shorten the last message" if truncation == "drop_oldest"
-                else "shorten it, or pass truncation='drop_oldest' to drop the oldest turns"
-            )
-            raise ContextLengthError(
-                f"The conversation is {longest} tokens with its preferences, but the model's context holds "
-                f"{limit} (and the answer needs room too); {fix}.",
-                longest,
-                limit,
-            )
+        reference = None
+        if with_reference:
+            messages = reference_messages(conversation, settings.negative_preference, layout=settings.layout,
+                                          template=settings.template)
+            reference = encode_chat(tokenizer, messages, **(template_kwargs or {}))
+        lengths = [len(p) for p in prompts] + ([] if reference is None else [len(reference)])
+        try:
+            budget = context_budget(model.context_length, lengths, max_new_tokens, fix)
+            return conversation, prompts, reference, budget
+        except ContextLengthError:
+            droppable = [i for i, m in enumerate(conversation[:-1]) if m["role"] != "system"]
+            if truncation != "drop_oldest" or not droppable:
+                raise
         conversation = conversation[: droppable[0]] + conversation[droppable[0] + 1 :]
 
 
 def constrain(
-    model: Any, tokenizer: Any, output: OutputGrammar | None, prompts: list[torch.Tensor], options: DecodingOptions
+    model: ModelBackend, output: OutputGrammar | None, options: DecodingOptions
 ) -> tuple[TokenConstraint | None, DecodingOptions]:
-    """The grammar's constraint, and the options with the EOS ids the grammar ends with."""
+    """The grammar's constraint for ``options`` (whose ``max_new_tokens`` is the answer's budget), and the options
+    with the EOS ids the grammar ends with (the handle's)."""
     if output is None:
         return None, options
     if not output.required and not grammar_available():
         return None, options  # tool_choice="auto" without xgrammar: free decoding, calls parsed leniently
-    # The engine's own budget: max_new_tokens, or less when the context is nearly full.
-    limit = context_limit(model)
     budget = options.max_new_tokens
-    if limit is not None:
-        budget = min(budget, limit - max(len(p) for p in prompts))
-    constraint = constraint_for(model, tokenizer, output.grammar, budget=budget)
+    stops = model.eos_token_ids
+    constraint = constraint_for(model.tokenizer, output.grammar, vocab_size=model.vocab_size, stop_token_ids=stops,
+                                budget=budget)
     shortest = constraint.shortest_answer()
     if shortest is not None and shortest > budget:
-        raise InvalidOptionError(
+        raise GrammarError(
             f"max_tokens={budget} cannot hold even the shortest answer this {output.shape} allows ({shortest} "
             "tokens); raise max_tokens."
         )
-    return constraint, dataclasses.replace(options, eos_token_id=stop_token_ids(model, tokenizer))
+    return constraint, dataclasses.replace(options, eos_token_id=sorted(stops))
 
 
 def build_request(
-    model: Any,
-    tokenizer: Any,
+    model: ModelBackend,
     conversation: list[dict[str, Any]],
     *,
     options: DecodingOptions,
@@ -185,24 +196,26 @@ def build_request(
     template_kwargs: dict[str, Any] | None = None,
     output: OutputGrammar | None = None,
 ) -> Request:
-    """Resolve preferences, compose personas, encode their prompts within the context, attach the grammar."""
+    """Resolve preferences, compose personas, encode their prompts within the context, resolve the options once,
+    attach the grammar. ``model``: the handle from ``load_model`` (or ``shared_model``), tokenizer included."""
+    if model.tokenizer is None:
+        raise ModelLoadError(
+            f"The model {model.name!r} has no tokenizer; load it with load_model, or wrap it with one "
+            "(TransformersBackend(model, tokenizer))."
+        )
     registry = load_registry(personas.registry)
     # Blank free-text preferences (an empty form field, say) are ignored rather than sent to the model.
     wanted = [p for p in personas.preferences if not (isinstance(p, str) and not p.strip())]
     resolved = [resolve_preference(p, registry) for p in wanted]
     composed = compose(resolved, personas.composition)
-    conversation, prompts = fit_context(model, tokenizer, conversation, composed, personas, truncation,
-                                        template_kwargs)
-    reference = None
-    if options.needs_reference:
-        messages = reference_messages(conversation, personas.negative_preference, layout=personas.layout,
-                                      template=personas.template)
-        reference = encode_chat(tokenizer, messages, **(template_kwargs or {}))
-    options = resolve_options(options, model)
-    constraint, options = constrain(model, tokenizer, output, prompts, options)
+    conversation, prompts, reference, budget = fit_context(
+        model, conversation, composed, personas, options.max_new_tokens, truncation=truncation,
+        template_kwargs=template_kwargs, with_reference=options.needs_reference,
+    )
+    options = resolve_options(dataclasses.replace(options, max_new_tokens=budget), model)
+    constraint, options = constrain(model, output, options)
     return Request(
         model=model,
-        tokenizer=tokenizer,
         model_name=model_name,
         prompts=prompts,
         options=options,

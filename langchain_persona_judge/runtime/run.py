@@ -3,24 +3,27 @@
 :class:`RequestRun` waits for a slot in the model's admission queue, streams the decode's tokens as text
 (incrementally detokenised, cut at the first stop string), checks the deadline and a cancellation flag once per
 iteration, turns a GPU out-of-memory into :class:`~langchain_persona_judge.errors.OutOfMemoryError`, and frees
-the caches however the run ends. It knows nothing of LangChain: the adapter wraps its text into chunks.
+the caches however the run ends. :func:`start_run` is the request policy in front of it (a preference profile's
+personas and weights, the request built once, the run's limits). It knows nothing of LangChain: the adapter
+renders the messages and wraps the text into chunks.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
 
 import torch
 
 from .. import decoding
-from ..decoding import Generation, TokenStream
-from ..errors import OutOfMemoryError, RequestTimeoutError
+from ..decoding import DecodingOptions, Generation, ModelBackend, TokenStream
+from ..errors import OutOfMemoryError, ProfileError, RequestTimeoutError
 from .detokenize import IncrementalDetokenizer, StopStringFilter
 from .models import admission_queue
-from .request import Request
+from .request import OutputGrammar, PersonaSettings, Request, Truncation, build_request
 
 
 class RequestRun:
@@ -139,7 +142,7 @@ class RequestRun:
             stats["no_repeat_ngram_size"] = request.options.no_repeat_ngram_size
         return {
             "model_name": request.model_name,
-            "backend": decoding.backend_name(request.model),
+            "backend": request.model.kind,
             "finish_reason": self.finish_reason,
             "preferences": request.preferences,
             "composition": request.composition,
@@ -152,4 +155,52 @@ class RequestRun:
         return self.generation.stats.to_dict(with_trace=True)["trace"][: self.used]
 
 
-__all__ = ["RequestRun"]
+class DecodingProfile(Protocol):
+    """What a request reads of a preference profile (:class:`~langchain_persona_judge.profiles.PreferenceProfile`,
+    a layer above the runtime)."""
+
+    def check_model(self, model: Any) -> None: ...
+
+    def decoding_plan(self, stated: Sequence[Any] = ()) -> Any: ...
+
+
+def start_run(
+    model: ModelBackend,
+    conversation: list[dict[str, Any]],
+    *,
+    options: DecodingOptions,
+    personas: PersonaSettings,
+    model_name: str,
+    profile: DecodingProfile | None = None,
+    stop: Sequence[str] = (),
+    truncation: Truncation = "error",
+    template_kwargs: dict[str, Any] | None = None,
+    output: OutputGrammar | None = None,
+    timeout: float | None = None,
+    cancelled: threading.Event | None = None,
+    max_concurrency: int | None = None,
+    max_queue: int | None = None,
+) -> RequestRun:
+    """One request from a chat model's settings to a :class:`RequestRun` (not started: iterate its text).
+
+    A ``profile`` turns its learned poles (and the stated preferences) into weighted personas for
+    ``combine="product"``; then the request is built once (:func:`~.request.build_request`: prompts within the
+    context, options resolved for ``model``, the grammar) and handed to a run with the caller's limits.
+    """
+    plan = None
+    if profile is not None:  # the profile's poles (and stated preferences) as weighted personas
+        if options.weights is not None:
+            raise ProfileError("Pass weights or a profile, not both: a profile sets the personas' weights.")
+        profile.check_model(model)
+        plan = profile.decoding_plan(personas.preferences)
+        personas = dataclasses.replace(personas, preferences=plan.preferences)
+        options = dataclasses.replace(options, combine="product", weights=tuple(plan.weights) or None)
+    request = build_request(model, conversation, options=options, personas=personas, model_name=model_name,
+                            stop=stop, truncation=truncation, template_kwargs=template_kwargs, output=output)
+    if plan is not None:
+        request = dataclasses.replace(request, profile=plan.metadata)
+    return RequestRun(request, timeout=timeout, cancelled=cancelled, max_concurrency=max_concurrency,
+                      max_queue=max_queue)
+
+
+__all__ = ["DecodingProfile", "RequestRun", "start_run"]

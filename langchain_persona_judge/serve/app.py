@@ -20,6 +20,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..decoding import ModelBackend
+from ..decoding.backends import TransformersBackend
 from ..runtime import display_name, iterate_in_thread, shared_model
 from .completions import Finished, chunk, completion, events, new_id, now, start_run, usage
 from .completions import persona_judge as persona_judge_of
@@ -30,13 +32,20 @@ from .settings import ServeSettings
 T = TypeVar("T")
 
 
+def given_handle(settings: ServeSettings) -> ModelBackend:
+    """``settings.hf_model`` as a handle: itself when it is one (from ``load_model``), else a transformers model
+    wrapped once with ``settings.tokenizer``."""
+    if isinstance(settings.hf_model, ModelBackend):
+        return settings.hf_model
+    return TransformersBackend(settings.hf_model, settings.tokenizer)
+
+
 class ModelState:
     """The served model: loaded in the background (requests get 503 until it is ready), or given in memory."""
 
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
-        self.model: Any = settings.hf_model
-        self.tokenizer: Any = settings.tokenizer
+        self.model: ModelBackend | None = None if settings.hf_model is None else given_handle(settings)
         self.error: str | None = None
         self.name = settings.served_name or display_name(settings.model, settings.hf_model)
         self.names = {self.name, *(n for n in (settings.model,) if n)}
@@ -49,7 +58,7 @@ class ModelState:
     def load(self) -> None:
         s = self.settings
         try:
-            self.model, self.tokenizer = shared_model(s.model, device=s.device, dtype=s.dtype, backend=s.backend)
+            self.model = shared_model(s.model, device=s.device, dtype=s.dtype, backend=s.backend)
         except Exception as exc:  # reported by /health and every request, never a crash of the server
             self.error = f"The model failed to load: {exc}"
         finally:
@@ -60,13 +69,14 @@ class ModelState:
             raise ApiError(404, f"The model {name!r} does not exist; this server serves {self.name!r}.",
                            param="model", code="model_not_found")
 
-    def require(self) -> tuple[Any, Any]:
+    def require(self) -> ModelBackend:
         if not self.ready.is_set():
             raise ApiError(503, "The model is still loading; retry in a few seconds.", code="model_loading",
                            headers={"Retry-After": "5"})
         if self.error is not None:
             raise ApiError(503, self.error, code="model_unavailable")
-        return self.model, self.tokenizer
+        assert self.model is not None
+        return self.model
 
 
 def check_auth(request: Request, keys: frozenset[str]) -> None:
@@ -217,13 +227,13 @@ async def answer(request: Request, state: ModelState) -> Response:
     """``POST /v1/chat/completions``: check, parse, decode in a worker thread; a JSON answer or an SSE stream."""
     settings = state.settings
     check_auth(request, settings.api_keys)
-    model, tokenizer = state.require()
+    model = state.require()
     body = parse_body(await read_body(request, settings.max_body_bytes))
     if body.model is not None:
         state.check_name(body.model)
 
     def produce(cancelled: threading.Event) -> Any:
-        run, output = start_run(body, model, tokenizer, state.name, settings, cancelled)
+        run, output = start_run(body, model, state.name, settings, cancelled)
         return events(run, output)
 
     stream = iterate_in_thread(produce, state.executor)

@@ -8,7 +8,6 @@ check that can fail does so here, before a slot in the admission queue is taken.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import threading
 import time
@@ -19,12 +18,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..decoding import DecodingOptions, context_limit
+from ..decoding import DecodingOptions, ModelBackend
 from ..errors import GrammarError
 from ..option_specs import BY_NAME
 from ..output_spec import OutputSpec
 from ..profiles import PreferenceProfile
-from ..runtime import OutputGrammar, PersonaSettings, RequestRun, build_request
+from ..runtime import OutputGrammar, PersonaSettings, RequestRun
+from ..runtime import start_run as start_runtime_run
 from ..tool_calls import ToolCallParser
 from ..tool_rendering import render_conversation
 from ..tools import tool_names
@@ -120,10 +120,10 @@ def _option(body: Any, name: str) -> Any:
     return BY_NAME[name].default if value is None else value
 
 
-def _check_budget(body: Any, model: Any, longest_prompt: int) -> None:
+def _check_budget(body: Any, model: ModelBackend, longest_prompt: int) -> None:
     """``max_tokens`` asked for explicitly must fit in the context after the longest persona's prompt."""
     asked = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-    limit = context_limit(model)
+    limit = model.context_length
     if asked is None or limit is None or longest_prompt + asked <= limit:
         return
     param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
@@ -136,40 +136,33 @@ def _check_budget(body: Any, model: Any, longest_prompt: int) -> None:
 
 
 def start_run(
-    body: Any, model: Any, tokenizer: Any, model_name: str, settings: ServeSettings, cancelled: threading.Event
+    body: Any, model: ModelBackend, model_name: str, settings: ServeSettings, cancelled: threading.Event
 ) -> tuple[RequestRun, OutputSpec | None]:
     """Build the request of ``body`` and the run that decodes it (nothing decoded yet)."""
     output = output_spec(body)
-    conversation, template_kwargs = render_conversation(tokenizer, conversation_of(body.messages), output)
-    options, preferences, plan = decoding_options(body), list(body.preferences or []), None
+    conversation, template_kwargs = render_conversation(model.tokenizer, conversation_of(body.messages), output)
+    profile = None
     if body.profile is not None:
         if body.weights is not None:
             raise ApiError(400, "weights: pass weights or a profile, not both (a profile sets the personas' weights).",
                            param="weights", code="invalid_value")
         profile = PreferenceProfile.from_dict(body.profile, source="profile")
-        profile.check_model(model)
-        plan = profile.decoding_plan(preferences)
-        preferences = plan.preferences
-        options = dataclasses.replace(options, combine="product", weights=tuple(plan.weights) or None)
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     try:
-        request = build_request(
-            model, tokenizer, conversation, options=options,
+        run = start_runtime_run(
+            model, conversation, options=decoding_options(body),
             personas=PersonaSettings(
-                preferences=preferences, composition=_option(body, "composition"),
+                preferences=list(body.preferences or []), composition=_option(body, "composition"),
                 layout=_option(body, "preference_layout"), negative_preference=body.negative_preference,
             ),
-            model_name=model_name, stop=stop, truncation=_option(body, "truncation"),
-            template_kwargs=template_kwargs, output=_output_grammar(output),
+            model_name=model_name, profile=profile, stop=stop, truncation=_option(body, "truncation"),
+            template_kwargs=template_kwargs, output=_output_grammar(output), timeout=settings.timeout,
+            cancelled=cancelled, max_concurrency=settings.max_concurrency, max_queue=settings.max_queue,
         )
     except GrammarError as exc:  # a schema the grammar engine cannot compile: the tools' or the response format's
         param = "tools" if output is not None and output.mode != "none" else "response_format"
         raise ApiError(400, f"{param}: {exc}".strip(), param=param, code="invalid_value") from exc
-    _check_budget(body, model, max(len(p) for p in request.prompts))
-    if plan is not None:
-        request = dataclasses.replace(request, profile=plan.metadata)
-    run = RequestRun(request, timeout=settings.timeout, cancelled=cancelled,
-                     max_concurrency=settings.max_concurrency, max_queue=settings.max_queue)
+    _check_budget(body, model, max(len(p) for p in run.request.prompts))
     return run, output
 
 

@@ -68,7 +68,7 @@ def _reset_admission_queue() -> None:
     from langchain_persona_judge import shared_model
     from langchain_persona_judge.runtime import admission_queue
 
-    admission_queue(shared_model()[0]).configure(None, None)
+    admission_queue(shared_model()).configure(None, None)
 
 
 BAD_TOKENS: dict[str, dict[str, str] | None] = {

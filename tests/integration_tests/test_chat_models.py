@@ -40,9 +40,9 @@ def llm() -> ChatPersonaJudge:
 
 @pytest.fixture(scope="module")
 def weights(llm: ChatPersonaJudge) -> SimpleNamespace:
-    """The shared (model, tokenizer) every default ChatPersonaJudge decodes with."""
-    model, tokenizer = llm._load(llm.model_name)
-    return SimpleNamespace(model=model, tokenizer=tokenizer)
+    """The shared transformers model and tokenizer every default ChatPersonaJudge decodes with."""
+    handle = llm.model_handle()
+    return SimpleNamespace(model=handle.model, tokenizer=handle.tokenizer)
 
 
 class EngineSpy:

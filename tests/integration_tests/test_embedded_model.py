@@ -29,7 +29,8 @@ def test_loads_from_the_conversion_cache(embedded, capsys):
     assert (loading.cache_dir() / "converted").as_posix() in converted
     config = loading.Path(converted) / "config.json"
     stamp = config.stat().st_mtime_ns
-    model, tokenizer = load_model(device="cpu", backend="transformers")
+    handle = load_model(device="cpu", backend="transformers")
+    model, tokenizer = handle.model, handle.tokenizer
     assert "Converting" not in capsys.readouterr().err  # no second conversion
     assert config.stat().st_mtime_ns == stamp
     assert model.config.model_type == "llama" and model.dtype == torch.float32
@@ -37,26 +38,26 @@ def test_loads_from_the_conversion_cache(embedded, capsys):
     assert not model.training
     # A float32 CPU model gets oneDNN-packed linear layers (auto), which a caller can turn off.
     assert is_prepacked(model) == prepack_supported()
-    plain, _ = load_model(device="cpu", prepack=False, backend="transformers")
+    plain = load_model(device="cpu", prepack=False, backend="transformers").model
     assert not is_prepacked(plain)
 
 
 def test_prepack_on_a_model_that_cannot_have_it_fails_clearly(embedded, tmp_path):
-    model, tokenizer = embedded
+    model, tokenizer = embedded.model, embedded.tokenizer
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     with pytest.raises(ModelLoadError, match="prepack=True needs a float32 model on the CPU"):
         load_model(tmp_path, device="cpu", dtype="bfloat16", prepack=True)
-    half, _ = load_model(tmp_path, device="cpu", dtype="bfloat16")  # auto leaves it alone
+    half = load_model(tmp_path, device="cpu", dtype="bfloat16").model  # auto leaves it alone
     assert not is_prepacked(half)
 
 
 def test_local_folder_and_cache_env(embedded, tmp_path, monkeypatch):
-    model, tokenizer = embedded
+    model, tokenizer = embedded.model, embedded.tokenizer
     folder = tmp_path / "saved"
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    loaded, _ = load_model(folder, device="cpu")
+    loaded = load_model(folder, device="cpu").model
     ids = torch.tensor([[1, 2, 3]])
     with torch.inference_mode():
         torch.testing.assert_close(loaded(ids).logits, model(ids).logits)
@@ -94,7 +95,7 @@ def test_bad_device_and_dtype_fail_clearly():
 
 
 def test_generates_coherent_text(embedded):
-    model, tokenizer = embedded
+    model, tokenizer = embedded.model, embedded.tokenizer
     prompts = _persona_prompts(tokenizer, "What is the capital of France? Answer in one sentence.")
     gen = generate(model, prompts, max_new_tokens=40, do_sample=False)
     text = tokenizer.decode(gen.token_ids, skip_special_tokens=True)
@@ -108,7 +109,7 @@ def test_generates_coherent_text(embedded):
 
 def test_single_persona_equals_transformers_generate(embedded):
     """Our KV-cache handling on the real model gives exactly transformers' greedy tokens."""
-    model, tokenizer = embedded
+    model, tokenizer = embedded.model, embedded.tokenizer
     (prompt,) = _persona_prompts(tokenizer, "Name three colours.", PREFS[:1])
     ours = generate(model, [prompt], max_new_tokens=40, do_sample=False)
     with torch.inference_mode():
@@ -121,7 +122,7 @@ def test_single_persona_equals_transformers_generate(embedded):
 
 
 def test_two_personas_equal_naive_reference_on_real_model(embedded):
-    model, tokenizer = embedded
+    model, tokenizer = embedded.model, embedded.tokenizer
     prompts = _persona_prompts(tokenizer, "Why is the sea salty?")
     gen = generate(model, prompts, max_new_tokens=16, lookahead=4, do_sample=False)
     expected, trace, _ = naive_greedy(model, [p.tolist() for p in prompts], 4, 16, eos={tokenizer.eos_token_id})

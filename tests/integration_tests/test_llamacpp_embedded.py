@@ -35,8 +35,8 @@ def test_auto_picks_llamacpp_for_the_embedded_gguf_on_cpu():
 def test_same_model_as_transformers_within_quantisation(embedded, embedded_llamacpp):
     """llama.cpp multiplies Q4_1 weights by 8-bit-quantised activations; transformers by the de-quantised fp32
     weights. Same model: the same top token and a small divergence, not identical logits."""
-    model, tokenizer = embedded
-    llama, _ = embedded_llamacpp
+    model, tokenizer = embedded.model, embedded.tokenizer
+    llama = embedded_llamacpp
     prompt = _prompts(tokenizer)[0].tolist()
     sequences = llama.sequences([len(prompt)], 1, DecodingStats())
     ours = sequences.forward(0, prompt, 1)[-1]
@@ -54,7 +54,7 @@ def test_schedules_agree_greedy_on_the_embedded_gguf(embedded_llamacpp):
     """Exactly equal on unquantised weights (tests/unit_tests/test_llamacpp.py). On Q4_1 weights llama.cpp's
     kernels depend on how many tokens a decode holds (the speculative judge reads λ + 1 at once, lockstep one
     per sequence), so a near-tie can flip after a while: the schedules agree on the answer's start."""
-    llama, tokenizer = embedded_llamacpp
+    llama, tokenizer = embedded_llamacpp, embedded_llamacpp.tokenizer
     common = {"max_new_tokens": 48, "do_sample": False, "lookahead": 4}
     speculative = generate(llama, _prompts(tokenizer), schedule="speculative", **common)
     lockstep = generate(llama, _prompts(tokenizer), schedule="lockstep", **common)

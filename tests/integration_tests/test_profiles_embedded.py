@@ -16,7 +16,7 @@ def test_learn_a_profile_from_a_few_choices_and_decode_with_it(embedded: Any, tm
     llm = ChatPersonaJudge(temperature=0, max_tokens=24, repetition_penalty=1.2)  # shares the embedded weights
     learner = PreferenceLearner(llm, prompts=["Why do cats purr?", "What is rain?", "How do I start running?"],
                                 max_tokens=40, seed=0)
-    assert learner.scorer.handle.model is embedded[0]  # not loaded a second time
+    assert learner.scorer.handle.model is embedded.model  # not loaded a second time
 
     # A user who prefers the shorter answer, three times.
     for number in range(3):

@@ -19,9 +19,10 @@ from langchain_persona_judge.grammar import (
     Grammar,
     GrammarConstraint,
     GrammarNotInstalledError,
-    constraint_for,
     require_xgrammar,
 )
+from langchain_persona_judge.grammar import constraint_for as grammar_constraint
+from langchain_persona_judge.decoding.backends import TransformersBackend
 from langchain_persona_judge.decoding.acceptance import build_warpers, to_probs
 from tests.helpers import full_logits, naive_greedy_masked, tiny_llama
 from tests.unit_tests.test_engine import _chi_square_pvalue
@@ -38,6 +39,13 @@ class Person(BaseModel):
 @pytest.fixture(scope="module")
 def model(tokenizer: Any) -> Any:
     return tiny_llama(seed=4, vocab_size=len(tokenizer), sharpness=6.0, eos_token_id=tokenizer.eos_token_id)
+
+
+def constraint_for(model: Any, tokenizer: Any, grammar: Grammar, budget: int | None = None) -> GrammarConstraint:
+    """The constraint the runtime builds: the mask size and stop ids from the model's handle."""
+    handle = TransformersBackend(model, tokenizer)
+    return grammar_constraint(tokenizer, grammar, vocab_size=handle.vocab_size, stop_token_ids=handle.eos_token_ids,
+                              budget=budget)
 
 
 def _replay(model: Any, tokenizer: Any, grammar: Grammar, tokens: list[int]) -> GrammarConstraint:

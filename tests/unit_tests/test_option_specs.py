@@ -141,7 +141,8 @@ def test_a_refused_engine_option_names_itself_and_the_fix() -> None:
 
 def test_chat_model_fields_are_the_declared_options_and_nothing_else() -> None:
     options = {spec.name for spec in options_for("chat")}
-    own = set(vars(ChatPersonaJudge)["__annotations__"])  # the fields its class body declares
+    # the fields its class body declares (private attributes are no fields)
+    own = {name for name in vars(ChatPersonaJudge)["__annotations__"] if not name.startswith("_")}
     assert own & options == set(), "the chat model restates a declared option"
     assert own == CHAT_OTHER_FIELDS, "declare a new option in option_specs.OPTIONS"
     assert options <= set(ChatPersonaJudge.model_fields)

@@ -8,10 +8,12 @@ A decoding rule needs three things from a model, whatever runs it:
   prompt, then feed one shared token to every row per step and get every row's next-token logits;
 * a few facts: the logits' width (the vocabulary), the context length, the end-of-sequence ids, the device.
 
-:class:`ModelBackend` is that interface; :mod:`.hf` implements it over a transformers model (per-sequence
+:class:`ModelBackend` is that interface, and it is also the one handle a loaded model is known by from
+``load_model`` to the forward: it carries the tokenizer and the model's name too, so no layer asks which kind of
+model it holds. :mod:`.hf` implements it over a transformers model (per-sequence
 ``DynamicCache``\\ s, a left-padded batch cache) and :mod:`.llamacpp` over a llama.cpp context (one sequence id
 per row of one context, ``llama_memory_seq_rm`` to crop). A third backend is one more file that subclasses these
-three classes and one branch of :func:`~langchain_persona_judge.decoding.backends.as_backend`.
+three classes and one branch of ``load_model``.
 
 Every backend counts its forwards and positions into the :class:`~..options.DecodingStats` it is given, and
 refuses non-finite logits (:func:`check_finite`).
@@ -20,7 +22,7 @@ refuses non-finite logits (:func:`check_finite`).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -91,13 +93,29 @@ class LockstepBatch(ABC):
 
 
 class ModelBackend(ABC):
-    """One loaded model, as the decoding rules see it."""
+    """One loaded model: the handle ``load_model`` returns and every layer reads the model's facts from.
 
-    name: ClassVar[str] = ""
+    Besides the forwards, it knows its backend (:attr:`kind`), its tokenizer, its name, the logits' width, the
+    context length, the end-of-sequence ids and the device.
+    """
+
+    kind: ClassVar[str] = ""
     """The backend's name, as ``backend=`` takes it and ``response_metadata["backend"]`` reports it."""
+
+    name: str = ""
+    """How the model is named to people: its id or path (empty when nobody named it)."""
+
+    tokenizer: Any = None
+    """The model's tokenizer (None when the model was wrapped without one: the decoding rules need none)."""
 
     device: torch.device
     """Where logits come from (and where the decoder's random generator lives)."""
+
+    @property
+    def weights(self) -> Any:
+        """The object holding the weights: what shares one admission queue (the transformers model itself for a
+        wrapped one, so that two handles of the same weights share it)."""
+        return self
 
     @property
     @abstractmethod
@@ -112,7 +130,7 @@ class ModelBackend(ABC):
     @property
     @abstractmethod
     def eos_token_ids(self) -> frozenset[int]:
-        """The model's own end-of-sequence ids (used when the options name none)."""
+        """The model's own end-of-sequence ids (used when the options name none; a constraint's stop ids)."""
 
     @abstractmethod
     def sequences(self, prompt_lengths: list[int], capacity: int, stats: DecodingStats) -> Sequences:

@@ -30,8 +30,8 @@ class ForwardSignature:
         self.takes_positions = "position_ids" in parameters
 
 
-def context_limit(model: Any) -> int | None:
-    """The model's context length in tokens, when its config says."""
+def config_context_length(model: Any) -> int | None:
+    """A transformers model's context length in tokens, when its config says."""
     for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
         value = getattr(model.config, name, None)
         if isinstance(value, int) and value > 0:
@@ -39,15 +39,33 @@ def context_limit(model: Any) -> int | None:
     return None
 
 
+def _ids(value: Any) -> frozenset[int]:
+    if value is None:
+        return frozenset()
+    return frozenset([int(value)]) if isinstance(value, int) else frozenset(int(t) for t in value)
+
+
 class TransformersBackend(ModelBackend):
-    """A transformers causal LM (``model``), unchanged; any device and dtype."""
+    """A transformers causal LM (``model``), unchanged; any device and dtype.
 
-    name = "transformers"
+    Args:
+        model: the ``PreTrainedModel``.
+        tokenizer: its tokenizer (what the runtime encodes with; the decoding rules need none).
+        name: how the model is named to people (default: its config's ``_name_or_path``).
+    """
 
-    def __init__(self, model: PreTrainedModel) -> None:
+    kind = "transformers"
+
+    def __init__(self, model: PreTrainedModel, tokenizer: Any = None, name: str | None = None) -> None:
         self.model = model
+        self.tokenizer = tokenizer
+        self.name = name or getattr(model.config, "_name_or_path", None) or type(model).__name__
         self.device = model.device
         self.signature = ForwardSignature(model)
+
+    @property
+    def weights(self) -> PreTrainedModel:
+        return self.model
 
     @property
     def vocab_size(self) -> int:
@@ -55,16 +73,19 @@ class TransformersBackend(ModelBackend):
 
     @property
     def context_length(self) -> int | None:
-        return context_limit(self.model)
+        return config_context_length(self.model)
 
     @property
     def eos_token_ids(self) -> frozenset[int]:
-        eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
-        if eos is None:
-            eos = getattr(self.model.config, "eos_token_id", None)
-        if eos is None:
-            return frozenset()
-        return frozenset([eos]) if isinstance(eos, int) else frozenset(int(t) for t in eos)
+        """The generation config's EOS ids, else the model config's, else the tokenizer's."""
+        for source in (getattr(self.model, "generation_config", None), self.model.config):
+            eos = getattr(source, "eos_token_id", None)
+            if eos is not None and eos != []:
+                return _ids(eos)
+        return _ids(getattr(self.tokenizer, "eos_token_id", None))
+
+    def __repr__(self) -> str:
+        return f"TransformersBackend({self.name!r}, device={self.device})"
 
     def new_cache(self) -> DynamicCache:
         return DynamicCache(config=self.model.config)
@@ -153,4 +174,4 @@ class TransformersBatch(LockstepBatch):
         self.cache = self.backend.new_cache()
 
 
-__all__ = ["ForwardSignature", "TransformersBackend", "context_limit"]
+__all__ = ["ForwardSignature", "TransformersBackend", "config_context_length"]

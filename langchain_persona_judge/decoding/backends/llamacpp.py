@@ -70,15 +70,25 @@ class LlamaCppModel(ModelBackend):
 
     Args:
         path: the ``.gguf`` file.
+        tokenizer: its transformers tokenizer (``load_model`` reads it from the GGUF; the decoding rules need none).
         n_threads: CPU threads per decode (default: torch's thread count, so one setting governs both backends).
         n_gpu_layers: layers offloaded to a GPU when llama.cpp was built with one (default 0: CPU).
     """
 
-    name = "llamacpp"
+    kind = "llamacpp"
 
-    def __init__(self, path: str | os.PathLike[str], *, n_threads: int | None = None, n_gpu_layers: int = 0) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        tokenizer: Any = None,
+        n_threads: int | None = None,
+        n_gpu_layers: int = 0,
+    ) -> None:
         lib = _lib()
         self.path = Path(path)
+        self.name = str(self.path)
+        self.tokenizer = tokenizer
         if not self.path.is_file():
             raise ModelLoadError(f"GGUF file {self.path} does not exist; check the path.")
         params = lib.llama_model_default_params()
@@ -92,9 +102,12 @@ class LlamaCppModel(ModelBackend):
         self._n_ctx_train = int(lib.llama_model_n_ctx_train(self._model))
         self.n_threads = int(n_threads or torch.get_num_threads())
         self.device = torch.device("cpu")  # logits are copied to CPU tensors
-        eos = {int(lib.llama_vocab_eos(self._vocab)), int(lib.llama_vocab_eot(self._vocab))}
+        # The file's own end-of-sequence (and end-of-turn, when it declares one) ids, as transformers reads them
+        # from the same file: not the end-of-turn token llama.cpp guesses from token texts when none is declared.
+        eos = {int(lib.llama_vocab_eos(self._vocab))}
+        if self.meta("tokenizer.ggml.eot_token_id") is not None:
+            eos.add(int(lib.llama_vocab_eot(self._vocab)))
         self._eos = frozenset(t for t in eos if 0 <= t < self._n_vocab)
-        self.config = _Config(self)
 
     # -- facts -------------------------------------------------------------------------------------------
 
@@ -171,16 +184,6 @@ class LlamaCppModel(ModelBackend):
             self.close()
         except Exception:
             pass
-
-
-class _Config:
-    """The few config facts callers read from a model (``vocab_size``, ``_name_or_path``...)."""
-
-    def __init__(self, model: LlamaCppModel) -> None:
-        self.vocab_size = model.vocab_size
-        self.max_position_embeddings = model.context_length
-        self._name_or_path = str(model.path)
-        self.eos_token_id = sorted(model.eos_token_ids)
 
 
 class _Context:
@@ -328,9 +331,11 @@ class LlamaCppBatch(LockstepBatch):
         self.lengths = [0] * len(self.rows)
 
 
-def load_llamacpp(path: str | os.PathLike[str], *, n_threads: int | None = None, n_gpu_layers: int = 0) -> LlamaCppModel:
+def load_llamacpp(
+    path: str | os.PathLike[str], *, tokenizer: Any = None, n_threads: int | None = None, n_gpu_layers: int = 0
+) -> LlamaCppModel:
     """Load ``path`` (a ``.gguf`` file) with llama.cpp."""
-    return LlamaCppModel(path, n_threads=n_threads, n_gpu_layers=n_gpu_layers)
+    return LlamaCppModel(path, tokenizer=tokenizer, n_threads=n_threads, n_gpu_layers=n_gpu_layers)
 
 
 __all__ = ["INSTALL_HINT", "LlamaCppModel", "llama_cpp_available", "load_llamacpp"]
