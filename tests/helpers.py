@@ -148,6 +148,37 @@ class PersonaJudgeStandardCapabilities:
         return True
 
 
+def _log_softmax(logits) -> np.ndarray:
+    x = torch.as_tensor(logits).detach().double().reshape(-1).numpy()
+    top = x.max()
+    return x - top - np.log(np.exp(x - top).sum())
+
+
+def _tempered_softmax(scores: np.ndarray, temperature: float) -> np.ndarray:
+    """The documented order after a rule: its scores, then the temperature (no top-k/top-p here), then softmax."""
+    z = scores / temperature
+    z = np.exp(z - z.max())
+    return z / z.sum()
+
+
+def product_law(personas, weights, reference=None, guidance: float = 1.0, temperature: float = 1.0) -> np.ndarray:
+    """The weighted product's law written out (float64, independent of ``decoding.combine``):
+    ``softmax(((1 − γ Σ w) log p_0 + γ Σ_i w_i log p_i) / T)``; with no reference ``softmax(Σ_i w_i log p_i / T)``.
+    ``personas``: rows of raw logits, ``reference``: the reference row's raw logits."""
+    w = [float(v) for v in weights]
+    assert len(w) == len(personas)
+    mixed = sum(wi * _log_softmax(row) for wi, row in zip(w, personas))
+    if reference is None:
+        return _tempered_softmax(mixed, temperature)
+    return _tempered_softmax((1.0 - guidance * sum(w)) * _log_softmax(reference) + guidance * mixed, temperature)
+
+
+def guided_law(persona, reference, guidance: float, temperature: float = 1.0) -> np.ndarray:
+    """Guidance's law written out: ``softmax((log p_0 + γ (log p_i − log p_0)) / T)`` (float64)."""
+    base = _log_softmax(reference)
+    return _tempered_softmax(base + guidance * (_log_softmax(persona) - base), temperature)
+
+
 def chi_square_pvalue(counts: Counter, probs: np.ndarray, total: int) -> float:
     """Pearson chi-square of observed counts against ``probs``; bins with expected < 5 are pooled."""
     expected = probs * total
