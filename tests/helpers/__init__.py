@@ -12,8 +12,10 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from langchain_persona_judge.decoding.reference import naive_generate
 
 
-def tiny_llama(seed: int = 0, vocab_size: int = 32, sharpness: float = 1.0, eos_token_id: int | None = None):
-    """A 2-layer random Llama. ``sharpness`` scales the output head so distributions are peaked and differ by prompt."""
+def tiny_llama(seed: int = 0, vocab_size: int = 32, sharpness: float = 1.0, eos_token_id: int | None = None,
+               context: int = 512):
+    """A 2-layer random Llama. ``sharpness`` scales the output head so distributions are peaked and differ by prompt;
+    ``context``: its context length (the weights do not depend on it)."""
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=vocab_size,
@@ -22,7 +24,7 @@ def tiny_llama(seed: int = 0, vocab_size: int = 32, sharpness: float = 1.0, eos_
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=512,
+        max_position_embeddings=context,
         bos_token_id=None,
         pad_token_id=None,
         eos_token_id=eos_token_id,
