@@ -103,7 +103,10 @@ class LiveServer:
     def __init__(self, db: Path, **env: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "PORT": str(self.port), "CHAT_DB": str(db), "LOG_LEVEL": "warning", **env}
+        # One torch thread per decode (the default is cores // MAX_CONCURRENT), as every test uses: `make test` runs
+        # two test processes on two cores, and a second thread there spin-waits. CHAT_TORCH_THREADS overrides it.
+        self.env = {"CHAT_TORCH_THREADS": "1", **os.environ, "PORT": str(self.port), "CHAT_DB": str(db),
+                    "LOG_LEVEL": "warning", **env}
         self.log = db.parent / "server.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
