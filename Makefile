@@ -44,10 +44,14 @@ $(BROWSER_STAMP): scripts/install-browser.sh
 	bash scripts/install-browser.sh || echo "warning: no chromium; the browser test will be skipped"
 	touch $(BROWSER_STAMP)
 
-# The layer contract first (a second; see [tool.importlinter] in pyproject.toml), then the suite.
+# The layer contract first (a second; see [tool.importlinter] in pyproject.toml), then the suite on TEST_WORKERS
+# processes (pytest-xdist): every test runs torch and llama.cpp on one thread, so two workers use both cores of a
+# 2-core machine. --dist loadfile keeps a module on one worker, so its module fixtures (a chat server, a
+# PostgreSQL server, a GGUF export) start once. TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 2
 test: $(STAMP) $(BROWSER_STAMP)
 	$(VENV)/bin/lint-imports
-	PERSONA_JUDGE_REQUIRE_LLAMACPP=1 $(PY) -m pytest -q
+	PERSONA_JUDGE_REQUIRE_LLAMACPP=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not embedded"

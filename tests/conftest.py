@@ -57,12 +57,8 @@ def embedded_llamacpp():
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    """The embedded model's tokenizer (tiny test models are built with its vocabulary); skips if not installed."""
-    from transformers import AutoTokenizer
+    """A tiny byte-level BPE chat tokenizer (512 tokens, SmolLM2's special tokens and chat template; built in
+    milliseconds, no model files): tiny test models are built with its vocabulary (tests/helpers/tokenizer.py)."""
+    from tests.helpers.tokenizer import tiny_tokenizer
 
-    from langchain_persona_judge.runtime.loading import ModelLoadError, resolve_model_path
-
-    try:
-        return AutoTokenizer.from_pretrained(resolve_model_path(None))
-    except ModelLoadError as exc:
-        pytest.skip(f"needs the embedded model's tokenizer: {exc}")
+    return tiny_tokenizer()

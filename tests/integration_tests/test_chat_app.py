@@ -21,16 +21,8 @@ the reason, only when no chromium can be found.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import importlib
-import importlib.util
 import json
 import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,78 +31,21 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.helpers.chat_app import (
+    CHROMIUM_ARGS,
+    PERSONAS,
+    TEST_HOST,
+    LiveServer,
+    chromium,
+    parse_sse,
+    reset_admission_queue,
+    server_module,
+)
+
 pytestmark = pytest.mark.embedded
 
-ROOT = Path(__file__).resolve().parents[2]
-SERVER = "examples.chat_app.server"
 MAX_TOKENS = int(os.environ.get("CHAT_APP_TEST_MAX_TOKENS", "12"))
 LONG = 400  # an answer length that would take minutes: a disconnect must stop it long before
-PERSONAS = ["concise", "friendly"]
-TEST_HOST = "chat.test"  # the in-process client's host name: allowed by the test app's settings (allowed_hosts)
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]
-
-
-def _server_module() -> Any:
-    """The chat app's module, ``examples.chat_app.server`` (the repository root is on sys.path under pytest)."""
-    for needed in ("fastapi", "uvicorn"):
-        if importlib.util.find_spec(needed) is None:
-            pytest.fail(f"the chat app needs {needed}, from the project's `app` extra: "
-                        f".venv/bin/pip install -e '.[dev,app]' (make chat does it)")
-    return importlib.import_module(SERVER)
-
-
-def _reset_admission_queue() -> None:
-    """Leave the shared embedded model's admission queue unlimited, as the other test modules expect: the app's
-    ChatPersonaJudge configured it (one queue per model, shared by every instance)."""
-    from langchain_persona_judge import shared_model
-    from langchain_persona_judge.runtime import admission_queue
-
-    admission_queue(shared_model()).configure(None, None)
-
-
-BAD_TOKENS: dict[str, dict[str, str] | None] = {
-    "missing": {},
-    "empty": {"Authorization": ""},
-    "not bearer": {"Authorization": "Basic dXNlcjpwYXNz"},
-    "bearer, nothing after": {"Authorization": "Bearer "},
-    "unknown token": {"Authorization": "Bearer " + "A" * 43},
-    "malformed token": {"Authorization": "Bearer not a token!"},
-    "the hash, not the token": None,  # the stored SHA-256 of the account's token, presented as a token
-}
-"""Authorization headers that must get a 401, by case (the account-specific one: :func:`bad_token_headers`)."""
-
-
-def bad_token_headers(case: str, token: str) -> dict[str, str]:
-    """The headers of a BAD_TOKENS case, for the account whose token is ``token``."""
-    headers = BAD_TOKENS[case]
-    if headers is None:
-        return {"Authorization": "Bearer " + hashlib.sha256(token.encode()).hexdigest()}
-    return headers
-
-
-async def sign_up_two(c: Any) -> tuple[str, dict[str, str], dict[str, str]]:
-    """Two new accounts: (A's token, A's auth headers, B's auth headers)."""
-    a = (await c.post("/api/users")).json()
-    b = (await c.post("/api/users")).json()
-    return a["token"], {"Authorization": f"Bearer {a['token']}"}, {"Authorization": f"Bearer {b['token']}"}
-
-
-def parse_sse(text: str) -> list[tuple[str, dict[str, Any]]]:
-    """Server-sent events (``event:`` + one ``data:`` JSON line), comments skipped."""
-    events = []
-    for block in text.replace("\r\n", "\n").split("\n\n"):
-        name, data = "message", []
-        for line in block.split("\n"):
-            if line.startswith("event:"):
-                name = line[6:].strip()
-            elif line.startswith("data:"):
-                data.append(line[5:].lstrip())
-        if data:
-            events.append((name, json.loads("\n".join(data))))
-    return events
 
 
 def answer_text(events: list[tuple[str, dict[str, Any]]]) -> str:
@@ -129,7 +64,7 @@ async def reference(preferences: list[str], turns: list[str], answers: list[str]
         if i < len(answers):
             messages.append(AIMessage(answers[i]))
     # The app's own repetition penalty (its Settings default), so that both decode the same way.
-    penalty = _server_module().Settings().repetition_penalty
+    penalty = server_module().Settings().repetition_penalty
     llm = ChatPersonaJudge(preferences=preferences, temperature=0, max_tokens=max_tokens, repetition_penalty=penalty)
     return (await llm.ainvoke(messages)).content
 
@@ -139,14 +74,14 @@ async def reference(preferences: list[str], turns: list[str], answers: list[str]
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    server = _server_module()
+    server = server_module()
     settings = server.Settings(db_path=tmp_path_factory.mktemp("chat") / "chat.db", max_tokens=MAX_TOKENS,
                                max_tokens_cap=64, temperature=0.0, max_concurrent=2, preload=False,
                                allowed_hosts=(TEST_HOST,), max_in_flight=4)
     application = server.create_app(settings)
     yield application
     application.state.service.store.close()
-    _reset_admission_queue()
+    reset_admission_queue()
 
 
 async def signed_up(client: httpx.AsyncClient) -> dict[str, str]:
@@ -305,7 +240,7 @@ async def test_concurrent_conversations_do_not_mix(client: httpx.AsyncClient, re
 
 async def test_a_full_admission_queue_is_refused_with_429(tmp_path: Path) -> None:
     # One slot and no room to wait: while one answer decodes, the next message is refused before it is stored.
-    server = _server_module()
+    server = server_module()
     settings = server.Settings(db_path=tmp_path / "chat.db", max_tokens=MAX_TOKENS, max_tokens_cap=64,
                                temperature=0.0, max_concurrent=1, max_queue=0, preload=False,
                                allowed_hosts=(TEST_HOST,))
@@ -331,68 +266,10 @@ async def test_a_full_admission_queue_is_refused_with_429(tmp_path: Path) -> Non
             assert stats["admission"] == {"running": 0, "waiting": 0, "max_concurrency": 1, "max_queue": 0}
     finally:
         service.store.close()
-        _reset_admission_queue()
+        reset_admission_queue()
 
 
 # -- a real server ---------------------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LiveServer:
-    """``python -m examples.chat_app.server`` in a subprocess, as `make chat` runs it; restartable on the same
-    database."""
-
-    def __init__(self, db: Path, **env: str) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "PORT": str(self.port), "CHAT_DB": str(db), "LOG_LEVEL": "warning", **env}
-        self.log = db.parent / "server.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 240.0) -> None:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", SERVER], env=self.env, stdout=log,
-                                         stderr=subprocess.STDOUT, cwd=ROOT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"the chat server exited with {self.proc.returncode}:\n{self.log.read_text()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        pytest.fail(f"the chat server did not start within {timeout:.0f} s:\n{self.log.read_text()}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def new_user(self) -> dict[str, str]:
-        """A new account's Authorization header."""
-        response = httpx.post(f"{self.url}/api/users", timeout=30)
-        assert response.status_code == 201, response.text
-        return {"Authorization": f"Bearer {response.json()['token']}"}
-
-    def client(self, headers: dict[str, str] | None = None) -> httpx.Client:
-        """A client signed in as a new user (or with these headers)."""
-        return httpx.Client(base_url=self.url, timeout=120, headers=headers or self.new_user())
 
 
 @pytest.fixture(scope="module")
@@ -503,19 +380,11 @@ def test_disconnects_stop_generation_and_free_the_slot(live: LiveServer) -> None
         print(f"disconnect freed the decoding thread {took:.2f} s after the client left")
 
 
-def _chromium() -> str | None:
-    for candidate in (os.environ.get("CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
-                      shutil.which("chromium-browser")):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
 @pytest.mark.browser
 def test_the_page_streams_an_answer_in_headless_chromium(live: LiveServer) -> None:
     """Two people in two browser contexts: each page signs up on its first visit (its token in localStorage),
     streams its answer, and sees only its own conversations; the provenance toggle colours the answer's tokens."""
-    chromium = _chromium()
+    chromium = chromium()
     if chromium is None:
         pytest.skip("no chromium at /usr/bin/chromium (or $CHROMIUM, or on PATH): run scripts/install-browser.sh, "
                     "which installs Debian's chromium; CI runs it before the tests")

@@ -17,14 +17,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration_tests.test_chat_app import (
+from tests.helpers.chat_app import (
     BAD_TOKENS,
     PERSONAS,
     TEST_HOST,
-    _reset_admission_queue,
-    _server_module,
     bad_token_headers,
     parse_sse,
+    reset_admission_queue,
+    server_module,
     sign_up_two,
 )
 
@@ -63,13 +63,13 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    server = _server_module()
+    server = server_module()
     db = tmp_path_factory.mktemp("auth") / "chat.db"
     app = server.create_app(server.Settings(db_path=db, max_tokens=4, temperature=0.0, preload=False,
                                             allowed_hosts=(TEST_HOST,)))
     yield World(app, db)
     app.state.service.store.close()
-    _reset_admission_queue()
+    reset_admission_queue()
 
 
 @pytest.fixture
@@ -176,7 +176,7 @@ async def test_health_and_sign_up_need_no_token(ready: World) -> None:
 
 
 async def test_accounts_are_capped(tmp_path: Path) -> None:
-    server = _server_module()
+    server = server_module()
     app = server.create_app(server.Settings(db_path=tmp_path / "chat.db", preload=False, max_users=2,
                                             allowed_hosts=(TEST_HOST,)))
     try:
@@ -186,4 +186,4 @@ async def test_accounts_are_capped(tmp_path: Path) -> None:
             assert refused.status_code == 403 and "CHAT_MAX_USERS=2" in refused.json()["detail"]
     finally:
         app.state.service.store.close()
-        _reset_admission_queue()
+        reset_admission_queue()

@@ -33,19 +33,19 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration_tests.test_chat_app import (
+from tests.helpers.chat_app import (
     PERSONAS,
     TEST_HOST,
-    _reset_admission_queue,
-    _server_module,
     parse_sse,
+    reset_admission_queue,
+    server_module,
 )
 
 pytestmark = pytest.mark.embedded
 
 
 def _settings(tmp: Path, **overrides: Any) -> Any:
-    server = _server_module()
+    server = server_module()
     values: dict[str, Any] = {"db_path": tmp / "chat.db", "max_tokens": 4, "max_tokens_cap": 400,
                               "temperature": 0.0, "preload": False, "allowed_hosts": (TEST_HOST,)}
     values.update(overrides)
@@ -71,7 +71,7 @@ class Probe:
 
 @asynccontextmanager
 async def _probe(settings: Any) -> AsyncIterator[Probe]:
-    app = _server_module().create_app(settings)
+    app = server_module().create_app(settings)
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=f"http://{TEST_HOST}",
                                      timeout=120) as c:
@@ -82,7 +82,7 @@ async def _probe(settings: Any) -> AsyncIterator[Probe]:
         for task in list(app.state.service._tasks):
             task.cancel()
         app.state.service.store.close()
-        _reset_admission_queue()
+        reset_admission_queue()
 
 
 @pytest.fixture
@@ -229,7 +229,7 @@ async def test_the_allowed_hosts_are_answered(probe: Probe, host: str) -> None:
 
 
 def test_chat_allowed_hosts_adds_names(monkeypatch: pytest.MonkeyPatch) -> None:
-    server = _server_module()
+    server = server_module()
     from examples.chat_app.security import allowed_hosts
 
     monkeypatch.setenv("CHAT_ALLOWED_HOSTS", "chat.example.org, 192.168.1.5:8000,[fe80::1]")
@@ -266,7 +266,7 @@ async def test_docs_and_openapi_are_off_by_default(probe: Probe, tmp_path: Path)
 
 
 def test_chat_docs_turns_them_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    server = _server_module()
+    server = server_module()
     monkeypatch.delenv("CHAT_DOCS", raising=False)
     assert server.Settings.from_env().docs is False
     monkeypatch.setenv("CHAT_DOCS", "1")
@@ -418,7 +418,7 @@ async def test_the_database_is_owner_only(tmp_path: Path) -> None:
 
 def test_the_default_database_is_per_user_outside_the_source_tree(monkeypatch: pytest.MonkeyPatch,
                                                                    tmp_path: Path) -> None:
-    server = _server_module()
+    server = server_module()
     monkeypatch.delenv("CHAT_DB", raising=False)
     monkeypatch.delenv("CHAT_DATABASE_URL", raising=False)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))

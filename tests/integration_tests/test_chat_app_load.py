@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from benchmarks import load
-from tests.integration_tests.test_chat_app import TEST_HOST, _reset_admission_queue, _server_module
+from tests.helpers.chat_app import TEST_HOST, reset_admission_queue, server_module
 
 A, B = load.Account(0, "a" * 32, "token-a"), load.Account(1, "b" * 32, "token-b")
 
@@ -88,7 +88,7 @@ def test_clients_get_distinct_seeds() -> None:
 
 
 async def _run_in_process(tmp_path: Any, break_isolation: bool, monkeypatch: pytest.MonkeyPatch) -> load.LoadRun:
-    server = _server_module()
+    server = server_module()
     app = server.create_app(server.Settings(db_path=tmp_path / "chat.db", max_tokens=3, max_tokens_cap=8,
                                             preload=False, allowed_hosts=(TEST_HOST,), max_in_flight=8))
     service = app.state.service
@@ -108,7 +108,7 @@ async def _run_in_process(tmp_path: Any, break_isolation: bool, monkeypatch: pyt
         for task in list(service._tasks):
             task.cancel()
         service.store.close()
-        _reset_admission_queue()
+        reset_admission_queue()
 
 
 @pytest.mark.embedded

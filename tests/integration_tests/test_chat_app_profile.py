@@ -26,16 +26,16 @@ import httpx
 import pytest
 import yaml
 
-from tests.integration_tests.test_chat_app import (
+from tests.helpers.chat_app import (
     BAD_TOKENS,
     CHROMIUM_ARGS,
     TEST_HOST,
     LiveServer,
-    _chromium,
-    _reset_admission_queue,
-    _server_module,
     bad_token_headers,
+    chromium,
     parse_sse,
+    reset_admission_queue,
+    server_module,
     sign_up_two,
 )
 
@@ -76,14 +76,14 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    server = _server_module()
+    server = server_module()
     settings = server.Settings(db_path=tmp_path_factory.mktemp("profile") / "chat.db", max_tokens=4,
                                temperature=0.0, preload=False, allowed_hosts=(TEST_HOST,), max_in_flight=4,
                                profile_max_tokens=PROFILE_TOKENS)
     app = server.create_app(settings)
     yield World(app)
     app.state.service.store.close()
-    _reset_admission_queue()
+    reset_admission_queue()
 
 
 @pytest.fixture(scope="module")
@@ -388,7 +388,7 @@ async def test_bad_requests_are_refused_clearly(ready: World) -> None:
 
 
 async def test_making_a_comparison_counts_as_an_answer_in_flight(tmp_path: Path) -> None:
-    server = _server_module()
+    server = server_module()
     app = server.create_app(server.Settings(db_path=tmp_path / "chat.db", max_tokens=4, temperature=0.0,
                                             preload=False, allowed_hosts=(TEST_HOST,), max_in_flight=1,
                                             profile_max_tokens=PROFILE_TOKENS))
@@ -412,7 +412,7 @@ async def test_making_a_comparison_counts_as_an_answer_in_flight(tmp_path: Path)
             assert stats["comparisons"] == 0 and stats["yours"]["in_flight"] == 0
     finally:
         app.state.service.store.close()
-        _reset_admission_queue()
+        reset_admission_queue()
 
 
 async def test_the_page_has_the_comparison_card_and_the_profile_panel(ready: World) -> None:
@@ -441,7 +441,7 @@ def live_profile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServe
 def test_picks_in_the_page_change_the_profile_panel(live_profile: LiveServer, tmp_path: Path) -> None:
     """A user answers the card a few times (offered after an answer, then on demand) and the panel's bars
     change; the next answer, with no persona picked, is decoded with the profile; export, reset and import."""
-    chromium = _chromium()
+    chromium = chromium()
     if chromium is None:
         pytest.skip("no chromium at /usr/bin/chromium (or $CHROMIUM, or on PATH): run scripts/install-browser.sh, "
                     "which installs Debian's chromium; CI runs it before the tests")

@@ -260,7 +260,7 @@ def test_a_database_from_before_accounts_opens_and_hides_its_old_conversations(t
 
 @pytest.mark.embedded
 def test_two_app_processes_share_one_postgres_database(postgres: PostgresServer, tmp_path: Path) -> None:
-    from tests.integration_tests.test_chat_app import LiveServer
+    from tests.helpers.chat_app import LiveServer
 
     url = postgres.fresh_database("chat_two_processes")
     servers = [LiveServer(tmp_path / f"p{i}" / "unused.db", CHAT_DATABASE_URL=url, CHAT_PRELOAD="0")

@@ -49,3 +49,26 @@ def test_learn_a_profile_from_a_few_choices_and_decode_with_it(embedded: Any, tm
     written = learn_from_texts([("How was your weekend?", "Hey! It was awesome, we went hiking and I loved it!")],
                                model=llm)
     assert written.basis == loaded.basis and written.evidence["texts"] == 1
+
+
+def test_a_profile_and_its_negation_move_the_answer_opposite_ways(embedded: Any) -> None:
+    """Which way profile decoding steers, on the profile's own reward ``w · φ``: the answer decoded with the
+    profile scores well above the answer decoded with the negated profile (greedy, so deterministic; a decoder
+    that flipped the weights' signs fails on every prompt)."""
+    from langchain_persona_judge import profile_from_description
+
+    model, tokenizer = embedded[0], embedded[1]
+    basis = ["concise", "informative", "formal", "casual"]
+    weights = [1.0, -1.0, 0.0, 0.0]  # short answers rather than long ones: a dimension the model follows well
+    profile = profile_from_description("x", model=embedded, basis=basis).with_weights(weights) \
+        .with_description(None)
+    negated = profile.with_weights([-w for w in weights])
+    prompts = ["Why is the sky blue?", "What is rain?"]
+
+    def answers(**params: Any) -> list[str]:
+        llm = ChatPersonaJudge(hf_model=model, tokenizer=tokenizer, temperature=0, max_tokens=16, **params)
+        return [llm.invoke(prompt).content for prompt in prompts]
+
+    for prompt, up, down in zip(prompts, answers(profile=profile), answers(profile=negated)):
+        rewards = profile.rewards(prompt, [up, down])
+        assert rewards[0] > rewards[1] + 0.1, (prompt, rewards, (up, down))

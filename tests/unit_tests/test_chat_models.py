@@ -39,8 +39,9 @@ from tests.helpers import tiny_llama
 
 PREFERENCES = ["Answer in one short, formal sentence.", "Answer playfully, with a joke."]
 QUESTION = "What is rain?"
-# Distinct tokens (the scripted model is a bigram model), with multi-byte characters split over tokens.
-SCRIPT = "Hi 😊 über café ✓ done; STOP now please and more text"
+# Distinct tokens (the scripted model is a bigram model), with multi-byte characters split over tokens (the
+# emoji and the check mark: four and three byte tokens of the tiny tokenizer, tests/helpers/tokenizer.py).
+SCRIPT = "Hi😊 über café✓ done; STOP now please and more text"
 
 
 def scripted_llama(tokenizer: Any, text: str) -> tuple[LlamaForCausalLM, list[int]]:
@@ -83,7 +84,9 @@ def scripted(tokenizer: Any) -> SimpleNamespace:
 
 @pytest.fixture(scope="module")
 def random_model(tokenizer: Any) -> LlamaForCausalLM:
-    return tiny_llama(seed=0, vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id)
+    # Seed 10: on the tiny tokenizer its two personas disagree on QUESTION and four questions get four different
+    # answers, the premises of test_stream_astream_and_invoke_agree and test_threads_sharing_one_model_... .
+    return tiny_llama(seed=10, vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id)
 
 
 @pytest.fixture

@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from langchain_persona_judge import DecodingOptions, generate
-from langchain_persona_judge.decoding import combine
-from langchain_persona_judge.decoding.acceptance import build_processors, build_warpers, process, to_probs
-from tests.helpers import chi_square_pvalue, full_logits, tiny_llama
+from langchain_persona_judge.decoding.acceptance import build_processors, process
+from tests.helpers import chi_square_pvalue, full_logits, guided_law, product_law, tiny_llama
 
 PROMPTS = [[1, 2, 3, 4], [5, 6, 7]]
 REFERENCE = [9, 10]
@@ -31,39 +30,62 @@ def _first_tokens(model, runs: int, **options) -> Counter:
 
 
 def _probs(scores: torch.Tensor, temperature: float = 1.0) -> np.ndarray:
-    return to_probs(scores.reshape(1, -1), build_warpers(temperature, None, None))[0].double().numpy()
+    """softmax(scores / T), written out (not the engine's warpers)."""
+    return product_law([scores.reshape(-1)], (1.0,), temperature=temperature)
 
 
 # -- laws ---------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("weights", "guidance"), [((0.7, 0.3), 1.0), ((0.5, 0.5), 2.5), ((1.2, -0.4), 1.0), ((0.6, 0.4), -0.5)]
+    ("weights", "guidance"),
+    [((0.7, 0.3), 1.0), ((0.5, 0.5), 2.5), ((1.2, -0.7), 1.0), ((0.6, 0.4), -0.5), ((0.2, 0.3, 0.1), 1.7)],
+)
+def test_combine_functions_equal_the_written_out_laws(weights: tuple[float, ...], guidance: float) -> None:
+    """``combine.product`` and ``combine.guided`` against their formulas, row by row, on random logits."""
+    from langchain_persona_judge.decoding import combine
+
+    generator = torch.Generator().manual_seed(len(weights) + int(10 * guidance))
+    personas = 3 * torch.randn(len(weights), 50, generator=generator)
+    reference = 3 * torch.randn(50, generator=generator)
+    got = torch.softmax(combine.product(personas, torch.tensor(weights), reference, guidance).double(), -1)
+    np.testing.assert_allclose(got.numpy(), product_law(list(personas), weights, reference, guidance), atol=1e-5)
+    no_reference = torch.softmax(combine.product(personas, torch.tensor(weights)).double(), -1)
+    np.testing.assert_allclose(no_reference.numpy(), product_law(list(personas), weights), atol=1e-5)
+    guided = torch.softmax(combine.guided(personas, reference, guidance).double(), -1)
+    for row, persona in zip(guided, personas):
+        np.testing.assert_allclose(row.numpy(), guided_law(persona, reference, guidance), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("weights", "guidance"), [((0.7, 0.3), 1.0), ((0.5, 0.5), 2.5), ((1.2, -0.7), 1.0), ((0.6, 0.4), -0.5)]
 )
 def test_product_first_token_follows_the_combined_law(weights: tuple[float, float], guidance: float) -> None:
+    """The expected law is written out in ``product_law`` (numpy, not ``combine.product``): the reference row
+    carries the weight ``1 − γ Σ w``, so a mis-weighted reference fails here."""
     model = tiny_llama(seed=1, sharpness=4.0)
-    logits = torch.stack([full_logits(model, p)[-1] for p in PROMPTS])
+    logits = [full_logits(model, p)[-1] for p in PROMPTS]
     reference = full_logits(model, REFERENCE)[-1]
-    expected = _probs(combine.product(logits, torch.tensor(weights), reference, guidance), 0.9)
+    expected = product_law(logits, weights, reference, guidance, temperature=0.9)
     needs_reference = guidance != 1.0 or abs(sum(weights) - 1) > 1e-9
-    if not needs_reference:  # MOD exactly: Σ w_i log p_i, no reference row read
-        assert np.allclose(expected, _probs((torch.tensor(weights)[:, None] * combine.log_probs(logits)).sum(0), 0.9))
     counts = _first_tokens(model, 3000, max_new_tokens=1, combine="product", weights=weights, guidance=guidance,
                            temperature=0.9, reference=torch.tensor(REFERENCE) if needs_reference else None)
     # Against the analytic law, and far from each persona's own law (so the test can fail).
     assert _pvalue(counts, expected) > 1e-3
     for persona in logits:
-        assert _pvalue(counts, _probs(persona, 0.9)) < 1e-6
+        assert _pvalue(counts, product_law([persona], (1.0,), temperature=0.9)) < 1e-6
+    if needs_reference:  # and far from the law that leaves the reference out (Σ w_i log p_i)
+        assert _pvalue(counts, product_law(logits, weights, temperature=0.9)) < 1e-6
 
 
 @pytest.mark.parametrize("guidance", [2.0, -1.5])
 @pytest.mark.parametrize("max_new_tokens", [1, 2], ids=["bonus", "draft-accept-residual"])
 def test_guided_judge_first_token_follows_the_guided_judge(guidance: float, max_new_tokens: int) -> None:
+    """``log p_0 + γ (log p_i − log p_0)`` written out in ``guided_law``, not read from ``combine.guided``."""
     model = tiny_llama(seed=1, sharpness=4.0)
     reference = full_logits(model, REFERENCE)[-1]
-    judge = combine.guided(full_logits(model, PROMPTS[1])[-1:], reference, guidance)[0]
-    drafter = combine.guided(full_logits(model, PROMPTS[0])[-1:], reference, guidance)[0]
-    p, q = _probs(judge), _probs(drafter)
+    p = guided_law(full_logits(model, PROMPTS[1])[-1], reference, guidance)
+    q = guided_law(full_logits(model, PROMPTS[0])[-1], reference, guidance)
     assert 0.5 * np.abs(p - q).sum() > 0.2, "the guided personas must disagree for this test to mean anything"
     counts = _first_tokens(model, 3000, max_new_tokens=max_new_tokens, guidance=guidance,
                            reference=torch.tensor(REFERENCE))

@@ -24,8 +24,7 @@ from langchain_persona_judge.grammar import (
 from langchain_persona_judge.grammar import constraint_for as grammar_constraint
 from langchain_persona_judge.decoding.backends import TransformersBackend
 from langchain_persona_judge.decoding.acceptance import build_warpers, to_probs
-from tests.helpers import full_logits, naive_greedy_masked, tiny_llama
-from tests.unit_tests.test_engine import _chi_square_pvalue
+from tests.helpers import chi_square_pvalue, full_logits, naive_greedy_masked, tiny_llama
 
 pytest.importorskip("xgrammar", reason=f"needs the grammar extra: {GRAMMAR_INSTALL}")
 
@@ -136,8 +135,8 @@ def test_constrained_first_token_follows_masked_judge_distribution_with_a_real_g
         assert text.lstrip("-").isdigit() and (text.startswith("-") or text == str(int(text))), text
     assert kinds["accepted"] > 100 and kinds["residual"] > 100  # both branches of the rule ran
     assert all(mask[t] for t in first)
-    assert _chi_square_pvalue(first, p, runs) > 1e-3
-    assert _chi_square_pvalue(first, q, runs) < 1e-6
+    assert chi_square_pvalue(first, p, runs) > 1e-3
+    assert chi_square_pvalue(first, q, runs) < 1e-6
 
 
 @pytest.mark.parametrize("lookahead, n_personas", [(1, 2), (4, 2), (3, 3)])

@@ -11,12 +11,10 @@ import pytest
 import torch
 
 from langchain_persona_judge import generate
-from langchain_persona_judge.decoding import combine
-from langchain_persona_judge.decoding.acceptance import build_warpers, to_probs
 from langchain_persona_judge.decoding.options import DecodingStats
 from langchain_persona_judge.errors import ModelLoadError
 from tests.conftest import llama_cpp_or_skip
-from tests.helpers import chi_square_pvalue, export_gguf, full_logits, tiny_llama
+from tests.helpers import chi_square_pvalue, export_gguf, full_logits, product_law, tiny_llama
 
 PROMPTS = [[1, 5, 9, 12, 3], [4, 7, 30, 11], [8, 8, 21]]
 REFERENCE = [6, 13]
@@ -106,7 +104,8 @@ def _llama_logits(llama, prompt: list[int]) -> torch.Tensor:
 
 
 def _probs(scores: torch.Tensor, temperature: float = 1.0) -> np.ndarray:
-    return to_probs(scores.reshape(1, -1), build_warpers(temperature, None, None))[0].double().numpy()
+    """softmax(scores / T), written out (not the engine's warpers)."""
+    return product_law([scores.reshape(-1)], (1.0,), temperature=temperature)
 
 
 def _first_tokens(model, runs: int, **options) -> Counter:
@@ -130,14 +129,15 @@ def test_first_token_follows_the_judge_on_llamacpp(pair, schedule, max_new_token
 
 
 def test_product_and_guidance_laws_on_llamacpp(pair):
+    """The law written out in ``product_law`` (the reference weighted ``1 − γ Σ w``), from llama.cpp's logits."""
     _, llama = pair
-    logits = torch.stack([_llama_logits(llama, p) for p in PROMPTS[:2]])
+    logits = [_llama_logits(llama, p) for p in PROMPTS[:2]]
     reference = _llama_logits(llama, REFERENCE)
-    expected = _probs(combine.product(logits, torch.tensor([0.6, 0.4]), reference, 2.0))
+    expected = product_law(logits, (0.6, 0.4), reference, 2.0)
     counts = _first_tokens(llama, 2000, max_new_tokens=1, combine="product", weights=(0.6, 0.4), guidance=2.0,
                            reference=torch.tensor(REFERENCE))
     assert chi_square_pvalue(counts, expected, 2000) > 1e-3
-    assert chi_square_pvalue(counts, _probs(combine.product(logits, torch.tensor([0.6, 0.4]), None, 1.0)), 2000) < 1e-6
+    assert chi_square_pvalue(counts, product_law(logits, (0.6, 0.4)), 2000) < 1e-6
 
 
 def test_sequences_stay_consistent_after_crops(pair):

@@ -12,8 +12,10 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from langchain_persona_judge.decoding.reference import naive_generate
 
 
-def tiny_llama(seed: int = 0, vocab_size: int = 32, sharpness: float = 1.0, eos_token_id: int | None = None):
-    """A 2-layer random Llama. ``sharpness`` scales the output head so distributions are peaked and differ by prompt."""
+def tiny_llama(seed: int = 0, vocab_size: int = 32, sharpness: float = 1.0, eos_token_id: int | None = None,
+               context: int = 512):
+    """A 2-layer random Llama. ``sharpness`` scales the output head so distributions are peaked and differ by prompt;
+    ``context``: its context length (the weights do not depend on it)."""
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=vocab_size,
@@ -22,7 +24,7 @@ def tiny_llama(seed: int = 0, vocab_size: int = 32, sharpness: float = 1.0, eos_
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=512,
+        max_position_embeddings=context,
         bos_token_id=None,
         pad_token_id=None,
         eos_token_id=eos_token_id,
@@ -146,6 +148,37 @@ class PersonaJudgeStandardCapabilities:
     @property
     def supports_model_override(self) -> bool:
         return True
+
+
+def _log_softmax(logits) -> np.ndarray:
+    x = torch.as_tensor(logits).detach().double().reshape(-1).numpy()
+    top = x.max()
+    return x - top - np.log(np.exp(x - top).sum())
+
+
+def _tempered_softmax(scores: np.ndarray, temperature: float) -> np.ndarray:
+    """The documented order after a rule: its scores, then the temperature (no top-k/top-p here), then softmax."""
+    z = scores / temperature
+    z = np.exp(z - z.max())
+    return z / z.sum()
+
+
+def product_law(personas, weights, reference=None, guidance: float = 1.0, temperature: float = 1.0) -> np.ndarray:
+    """The weighted product's law written out (float64, independent of ``decoding.combine``):
+    ``softmax(((1 − γ Σ w) log p_0 + γ Σ_i w_i log p_i) / T)``; with no reference ``softmax(Σ_i w_i log p_i / T)``.
+    ``personas``: rows of raw logits, ``reference``: the reference row's raw logits."""
+    w = [float(v) for v in weights]
+    assert len(w) == len(personas)
+    mixed = sum(wi * _log_softmax(row) for wi, row in zip(w, personas))
+    if reference is None:
+        return _tempered_softmax(mixed, temperature)
+    return _tempered_softmax((1.0 - guidance * sum(w)) * _log_softmax(reference) + guidance * mixed, temperature)
+
+
+def guided_law(persona, reference, guidance: float, temperature: float = 1.0) -> np.ndarray:
+    """Guidance's law written out: ``softmax((log p_0 + γ (log p_i − log p_0)) / T)`` (float64)."""
+    base = _log_softmax(reference)
+    return _tempered_softmax(base + guidance * (_log_softmax(persona) - base), temperature)
 
 
 def chi_square_pvalue(counts: Counter, probs: np.ndarray, total: int) -> float:
