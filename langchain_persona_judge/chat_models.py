@@ -40,7 +40,6 @@ from .personas import Persona, PersonaRegistry, PreferenceTemplate
 from .profiles import PreferenceProfile, as_profile
 from .runtime import (
     REGISTRY,
-    OutputGrammar,
     PersonaSettings,
     RequestRun,
     display_name,
@@ -70,14 +69,6 @@ _OUTPUT_KWARGS = ("tools", "tool_choice", "parallel_tool_calls", "response_forma
 # Held while an hf_model is wrapped into its handle (once per chat model and hf_model).
 _WRAPPING = threading.Lock()
 
-
-def _output_grammar(output: OutputSpec | None) -> OutputGrammar | None:
-    """The grammar a call's bound tools or response format ask for, if any."""
-    grammar = None if output is None else output.grammar()
-    if output is None or grammar is None:
-        return None
-    shape = "tool call" if output.mode == "required" else "schema" if output.response_schema else "answer"
-    return OutputGrammar(grammar, required=output.needs_grammar, shape=shape)
 
 
 def _content_text(message: BaseMessage) -> str:
@@ -650,7 +641,7 @@ class ChatPersonaJudge(_OptionFields):  # type: ignore[misc,valid-type]
             stop=[*(self.stop or []), *(stop or [])],
             truncation=settings.truncation,
             template_kwargs=template_kwargs,
-            output=_output_grammar(output),
+            output=None if output is None else output.output_grammar(),
             timeout=self.timeout,
             cancelled=cancelled,
             max_concurrency=self.max_concurrency,

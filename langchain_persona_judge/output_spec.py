@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .errors import InvalidOptionError
 from .grammar import Grammar
+from .runtime import OutputGrammar
 from .tools import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, convert_tool, normalize_tool_choice, tool_names
 
 FALLBACK_TOOLS_PROMPT = """You can call these tools:
@@ -155,6 +156,14 @@ class OutputSpec(BaseModel):
             {"type": "triggered_tags", "triggers": [TOOL_CALL_OPEN], "tags": tags, "at_least_one": False,
              "stop_after_first": one}
         )
+
+    def output_grammar(self) -> OutputGrammar | None:
+        """The grammar as the runtime takes it (with whether the call needs it), or None for free text."""
+        grammar = self.grammar()
+        if grammar is None:
+            return None
+        shape = "tool call" if self.mode == "required" else "schema" if self.response_schema else "answer"
+        return OutputGrammar(grammar, required=self.needs_grammar, shape=shape)
 
     def instructions(self, template_has_tools: bool) -> str | None:
         """The system text this spec adds to the conversation (None: nothing)."""

@@ -23,7 +23,7 @@ from ..errors import GrammarError
 from ..option_specs import BY_NAME
 from ..output_spec import OutputSpec
 from ..profiles import PreferenceProfile
-from ..runtime import OutputGrammar, PersonaSettings, RequestRun
+from ..runtime import PersonaSettings, RequestRun
 from ..runtime import start_run as start_runtime_run
 from ..tool_calls import ToolCallParser
 from ..tool_rendering import render_conversation
@@ -94,13 +94,6 @@ def output_spec(body: Any) -> OutputSpec | None:
         raise ApiError(400, f"{param}: {message}", param=param, code="invalid_value") from exc
 
 
-def _output_grammar(output: OutputSpec | None) -> OutputGrammar | None:
-    grammar = None if output is None else output.grammar()
-    if output is None or grammar is None:
-        return None
-    shape = "tool call" if output.mode == "required" else "schema" if output.response_schema else "answer"
-    return OutputGrammar(grammar, required=output.needs_grammar, shape=shape)
-
 
 def decoding_options(body: Any) -> DecodingOptions:
     """The body's decoding options; what it leaves out takes the option table's default (as the chat model)."""
@@ -156,7 +149,7 @@ def start_run(
                 layout=_option(body, "preference_layout"), negative_preference=body.negative_preference,
             ),
             model_name=model_name, profile=profile, stop=stop, truncation=_option(body, "truncation"),
-            template_kwargs=template_kwargs, output=_output_grammar(output), timeout=settings.timeout,
+            template_kwargs=template_kwargs, output=None if output is None else output.output_grammar(), timeout=settings.timeout,
             cancelled=cancelled, max_concurrency=settings.max_concurrency, max_queue=settings.max_queue,
         )
     except GrammarError as exc:  # a schema the grammar engine cannot compile: the tools' or the response format's
