@@ -39,8 +39,10 @@ class RequestRun:
         cancelled: threading.Event | None = None,
         max_concurrency: int | None = None,
         max_queue: int | None = None,
+        user: str | None = None,
     ) -> None:
         self.request = request
+        self.user = user  # the admission queue serves users round-robin (None: the anonymous bucket)
         self.timeout = timeout
         self.cancelled = cancelled
         self.max_concurrency = max_concurrency
@@ -72,7 +74,7 @@ class RequestRun:
         queue = admission_queue(request.model)
         if self.max_concurrency is not None or self.max_queue is not None:
             queue.configure(self.max_concurrency, self.max_queue)
-        with queue.admit(deadline, self.cancelled) as admitted:
+        with queue.admit(deadline, self.cancelled, self.user) as admitted:
             if not admitted:  # cancelled while waiting for a slot: nothing was decoded
                 return
             # Looked up on the module at call time, so a test can watch or replace the engine.
