@@ -18,6 +18,8 @@ and open http://127.0.0.1:8000/. Configuration (environment variables):
                          any other Host header gets 400 (DNS rebinding)
     CHAT_MAX_BODY_BYTES  the largest request body (default 262144; larger: 413)
     CHAT_MAX_MESSAGE_CHARS  the longest message (default 8000 characters; longer: 422)
+    CHAT_MAX_MESSAGE_TOKENS  the longest message in the model's tokens, counted before anything is stored
+                         (default 1024; longer: 422): what one request may cost the model to read
     CHAT_MAX_CONVERSATIONS  conversations per user (default 200; one more: 409)
     CHAT_MAX_IN_FLIGHT   answers one user may have queued or decoding at once (default 2; one more: 429)
     CHAT_MAX_USERS       accounts this server creates (default 10000; then POST /api/users: 403)
@@ -27,8 +29,9 @@ and open http://127.0.0.1:8000/. Configuration (environment variables):
     CHAT_TEMPERATURE     temperature when a request does not set one (default 0.7; 0 = greedy)
     CHAT_REPETITION_PENALTY  repetition penalty of every answer (default 1.2; 1 = off)
     CHAT_HISTORY         how many earlier messages of the conversation the model sees (default 16)
-    MAX_CONCURRENT       generations decoded at once; the others wait in the model's first-come first-served
-                         admission queue (default 2: one model, a few CPU cores)
+    MAX_CONCURRENT       generations decoded at once; the others wait in the model's admission queue, served
+                         round-robin by user, one user decoding at most MAX_CONCURRENT - 1 at once (default 2: one
+                         model, a few CPU cores)
     MAX_QUEUE            generations that may wait in that queue; one more is refused with HTTP 429 (default 16)
     CHAT_MODEL           model to serve (default: $PERSONA_JUDGE_MODEL, else the embedded SmolLM2-135M-Instruct)
     CHAT_TORCH_THREADS   torch intra-op threads per generation (default: CPU cores // MAX_CONCURRENT, at least 1:
@@ -74,7 +77,8 @@ A message that picks no persona and no free-text preference is decoded with the 
 one (``ChatPersonaJudge(profile=...)``; its ``done`` event and stored metadata say so under ``profile``).
 
 Admission: the library's own queue (``ChatPersonaJudge(max_concurrency=MAX_CONCURRENT, max_queue=MAX_QUEUE)``,
-one FIFO queue per model) decides which generations decode and which wait; a generation is ``queued`` until
+one queue per model, served round-robin by account, ``astream(..., user=account id)``) decides which generations
+decode and which wait (comparisons decode and score through the same slots); a generation is ``queued`` until
 its first chunk arrives. The app refuses (429, before storing anything) a message that would not fit: the
 generations it has accepted and not finished already fill MAX_CONCURRENT + MAX_QUEUE, or the library's queue
 is full. Decoding runs in this app's executor (``ChatPersonaJudge(executor=...)``), which records, per
@@ -185,6 +189,7 @@ class Settings:
     """Host names accepted besides localhost, 127.0.0.1 and [::1]."""
     max_body_bytes: int = 256 * 1024
     max_message_chars: int = 8000
+    max_message_tokens: int = 1024
     max_conversations: int = 200
     max_in_flight: int = 2
     max_users: int = 10_000
@@ -216,6 +221,7 @@ class Settings:
             allowed_hosts=hosts,
             max_body_bytes=_env_int("CHAT_MAX_BODY_BYTES", 256 * 1024, 1024),
             max_message_chars=_env_int("CHAT_MAX_MESSAGE_CHARS", 8000, 1),
+            max_message_tokens=_env_int("CHAT_MAX_MESSAGE_TOKENS", 1024, 1),
             max_conversations=_env_int("CHAT_MAX_CONVERSATIONS", 200, 1),
             max_in_flight=_env_int("CHAT_MAX_IN_FLIGHT", 2, 1),
             max_users=_env_int("CHAT_MAX_USERS", 10_000, 1),
@@ -464,6 +470,7 @@ class ChatService:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=SHUTDOWN_GRACE_S)
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.profiles.close()
         self.store.close()
         log.info("shut down; peak RSS %.1f MB", _peak_rss_bytes() / 2**20)
 
@@ -526,6 +533,19 @@ class ChatService:
                 f"the most this server queues (MAX_QUEUE={s.max_queue}). Retry in a moment.",
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             )
+
+    async def refuse_if_too_long(self, text: str) -> None:
+        """HTTP 422 for a message over CHAT_MAX_MESSAGE_TOKENS, counted with the served model's tokenizer before
+        anything is stored or queued: a request's cost to the model is bounded in tokens, not characters."""
+        from langchain_persona_judge.errors import RequestTooLargeError
+        from langchain_persona_judge.runtime import check_prompt_tokens
+
+        if self._tokenizer is None:
+            await asyncio.to_thread(self._note_admission_queue)
+        try:
+            check_prompt_tokens(self._tokenizer, text, self.settings.max_message_tokens)
+        except RequestTooLargeError as exc:
+            raise HTTPException(422, f"{exc} (CHAT_MAX_MESSAGE_TOKENS={exc.limit})") from None
 
     @asynccontextmanager
     async def job(self, user: User) -> AsyncIterator[None]:
@@ -796,6 +816,7 @@ class ChatService:
             options["seed"] = body.seed
         if plan.profile is not None:
             options["profile"] = plan.profile
+        options["user"] = gen.user_id  # the model's admission queue serves users round-robin
         final: dict[str, Any] = {}
         stream = self.llm.astream(context, **options)
         try:
@@ -864,13 +885,36 @@ def _public_error(exc: Exception) -> str:
     return "The answer failed because of an error on the server (its log has the details)."
 
 
+def _public_model_name(name: str) -> str:
+    """A model's name as clients see it: a local file or folder by its last part, never the server's path."""
+    path = Path(name).expanduser()
+    if path.is_absolute() or name.startswith((".", "~")) or path.exists():
+        return path.name
+    return name
+
+
 def _peak_rss_bytes() -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
 
 
 def _sse(name: str, data: dict[str, Any]) -> str:
-    return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+    try:
+        text = json.dumps(data, ensure_ascii=False, allow_nan=False)
+    except ValueError:  # a NaN or infinity somewhere: null, so that the page can still parse the event
+        text = json.dumps(_finite(data), ensure_ascii=False, allow_nan=False)
+    return f"event: {name}\ndata: {text}\n\n"
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 async def _event_stream(service: ChatService, gen: Generation) -> AsyncIterator[str]:
@@ -961,7 +1005,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "max_preference_chars": PREFERENCE_CHARS,
             "max_conversations": settings.max_conversations,
             "max_in_flight": settings.max_in_flight,
-            "model": service.llm.display_name,
+            "model": _public_model_name(service.llm.display_name),
             "user_id": user.id,
             "profile_every": settings.profile_every,
             "profile_max_tokens": settings.profile_max_tokens,
@@ -1002,6 +1046,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if len(body.content) > settings.max_message_chars:
             raise HTTPException(422, f"The message has {len(body.content)} characters; the most is "
                                      f"{settings.max_message_chars} (CHAT_MAX_MESSAGE_CHARS).")
+        await service.refuse_if_too_long(body.content)
         if body.max_tokens is not None and body.max_tokens > settings.max_tokens_cap:
             raise HTTPException(422, f"max_tokens={body.max_tokens} is over this server's cap of "
                                      f"{settings.max_tokens_cap} (CHAT_MAX_TOKENS_CAP).")

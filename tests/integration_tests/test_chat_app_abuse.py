@@ -1,0 +1,155 @@
+"""The chat app under abuse (issue 27): what one hostile account must not be able to do to the others.
+
+In-process (httpx's ASGI transport), as the other chat app tests:
+
+- a message over the token cap (CHAT_MAX_MESSAGE_TOKENS) is refused with 422 and nothing is stored;
+- every hostile value in an uploaded profile is refused with 422 naming the field, and nothing is imported;
+- a deeply nested upload is refused at once;
+- a second import by the same account while one is being read is refused with 429 (imports have their own
+  executor, never the decoding threads).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from fastapi import HTTPException
+
+from tests.integration_tests.test_chat_app import TEST_HOST, _reset_admission_queue, _server_module
+
+pytestmark = pytest.mark.embedded
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    server = _server_module()
+    settings = server.Settings(db_path=tmp_path_factory.mktemp("abuse") / "chat.db", max_tokens=4, temperature=0.0,
+                               preload=False, allowed_hosts=(TEST_HOST,), max_message_tokens=50)
+    application = server.create_app(settings)
+    yield application
+    application.state.service.profiles.close()
+    application.state.service.store.close()
+    _reset_admission_queue()
+
+
+def _client(app: Any, token: str | None = None) -> httpx.AsyncClient:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=f"http://{TEST_HOST}",
+                             headers=headers, timeout=120)
+
+
+async def _account(app: Any) -> str:
+    async with _client(app) as c:
+        return (await c.post("/api/users")).json()["token"]
+
+
+def _profile() -> dict[str, Any]:
+    from langchain_persona_judge.profiles import ModelIdentity, PreferenceProfile, resolve_basis
+
+    basis = resolve_basis(None)
+    profile = PreferenceProfile(basis, [0.1] * len(basis), ModelIdentity(None, "m", "f"),
+                                evidence={"comparisons": 2})
+    return profile.to_dict()
+
+
+async def test_a_message_over_the_token_cap_is_422_and_nothing_is_stored(app: Any) -> None:
+    token = await _account(app)
+    async with _client(app, token) as c:
+        session = (await c.post("/api/sessions")).json()["id"]
+        long = " ".join(["rain"] * 200)  # 200 words: far over 50 tokens, well under the character cap
+        response = await c.post(f"/api/sessions/{session}/messages", json={"content": long})
+        assert response.status_code == 422, response.text
+        assert "CHAT_MAX_MESSAGE_TOKENS=50" in response.json()["detail"]
+        assert (await c.get(f"/api/sessions/{session}")).json()["messages"] == []
+
+
+HOSTILE = [
+    ("basis.personas.0.weight", 10**400, "weight"),
+    ("basis.personas.0.weight", 1e308, "weight"),
+    ("evidence.comparisons", "many", "evidence.comparisons"),
+    ("evidence.l2", float("nan"), "evidence.l2"),
+    ("evidence.junk", 1, "unknown key"),
+    ("description", "banana", "description"),
+    ("poles", 10**9, "poles"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "named"), HOSTILE, ids=[f"{p}={v!r}"[:40] for p, v, _ in HOSTILE])
+async def test_each_hostile_profile_value_is_422_naming_the_field(app: Any, path: str, value: Any,
+                                                                  named: str) -> None:
+    data = copy.deepcopy(_profile())
+    *parents, last = [int(p) if p.isdigit() else p for p in path.split(".")]
+    node: Any = data
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    token = await _account(app)
+    async with _client(app, token) as c:
+        response = await c.put("/api/profile/import", content=yaml.safe_dump(data).encode())
+        assert response.status_code == 422, response.text
+        assert named in response.json()["detail"]
+        assert (await c.get("/api/profile")).json()["exists"] is False
+
+
+async def test_a_nested_upload_is_refused_at_once(app: Any) -> None:
+    token = await _account(app)
+    body = ("format: persona-judge-profile\nbasis: " + "[" * 100_000 + "]" * 100_000).encode()
+    async with _client(app, token) as c:
+        began = time.perf_counter()
+        response = await c.put("/api/profile/import", content=body)
+        assert response.status_code == 422 and "nested" in response.json()["detail"]
+        assert time.perf_counter() - began < 1.0  # the check itself: well under 0.1 s (test_profile_files.py)
+
+
+async def test_a_second_import_while_one_is_read_is_429(app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    profiles = app.state.service.profiles
+    reading, release = threading.Event(), threading.Event()
+
+    def slow_read(raw: bytes) -> Any:
+        if raw != b"slow":
+            raise HTTPException(422, "read at once")
+        reading.set()
+        release.wait(10)
+        raise HTTPException(422, "never imported")
+
+    monkeypatch.setattr(profiles, "_read_upload", slow_read)
+    token = await _account(app)
+    async with _client(app, token) as c:
+        first = asyncio.create_task(c.put("/api/profile/import", content=b"slow"))
+        while not reading.is_set():
+            await asyncio.sleep(0.01)
+        second = await c.put("/api/profile/import", content=b"x: 1")
+        assert second.status_code == 429
+        other = await _account(app)  # another account is not held up by it
+        async with _client(app, other) as d:
+            assert (await d.put("/api/profile/import", content=b"x: 1")).json()["detail"] == "read at once"
+        reading_thread = [t.name for t in threading.enumerate() if t.name.startswith("profile-import")]
+        assert reading_thread, "the upload is read on the imports' own executor"
+        release.set()
+        assert (await first).json()["detail"] == "never imported"
+    assert profiles._importing == {}
+
+
+async def test_the_config_never_shows_the_model_files_path(tmp_path: Path) -> None:
+    server = _server_module()
+    secret = tmp_path / "private" / "weights" / "model.gguf"
+    settings = server.Settings(db_path=tmp_path / "chat.db", preload=False, allowed_hosts=(TEST_HOST,),
+                               model=str(secret))
+    application = server.create_app(settings)
+    try:
+        token = await _account(application)
+        async with _client(application, token) as c:
+            config = (await c.get("/api/config")).json()
+        assert config["model"] == "model.gguf" and "private" not in str(config)
+    finally:
+        application.state.service.profiles.close()
+        application.state.service.store.close()
