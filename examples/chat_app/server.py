@@ -46,7 +46,7 @@ HTTP API (JSON unless said otherwise). Every /api/ endpoint but POST /api/users 
 user's conversation or generation: 404, exactly as an unknown one):
 
     GET  /                              the one-page chat UI (static/index.html)
-    GET  /healthz                       liveness (no token)
+    GET  /healthz                       liveness and the store answering (no token); 503 when it does not
     POST /api/users                     a new account -> {"user_id", "token"}; the token is shown this once
     GET  /api/personas                  the built-in personas: name, description, tags, rendered text
     GET  /api/config                    limits and defaults the UI needs
@@ -137,6 +137,7 @@ STATIC = HERE / "static"
 HEARTBEAT_S = 2.0  # an SSE comment this often while nothing else is sent: keeps proxies open, notices dead peers
 SHUTDOWN_GRACE_S = 60.0  # how long shutdown waits for the generations' tasks to end
 RETRY_AFTER_S = 5  # what a refused request (HTTP 429) is told to wait
+HEALTH_TIMEOUT_S = 2.0  # /healthz: how long the store may take to answer before the probe says 503
 ID = re.compile(r"[0-9a-f]{32}")  # conversation and generation ids; fullmatch: "$" would let a trailing newline in
 SEED_LIMIT = 2**63  # torch.Generator.manual_seed takes [0, 2**63) here (and wraps negatives): strict ints in range
 NAME_CHARS = 64  # a persona name
@@ -980,8 +981,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         headers={"Content-Security-Policy": page_csp(html), "Cache-Control": "no-cache"})
 
     @app.get("/healthz")
-    async def healthz() -> dict[str, Any]:
-        return {"ok": True}
+    async def healthz() -> JSONResponse:
+        try:  # the store answers a trivial query (PostgreSQL may be restarting): else 503
+            await asyncio.wait_for(service.store.ping(), HEALTH_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - logged; the probe only needs the verdict
+            log.warning("health check: the database does not answer", exc_info=True)
+            return JSONResponse({"ok": False, "store": "unavailable"}, status_code=503)
+        return JSONResponse({"ok": True})
 
     @app.post("/api/users", status_code=201)
     async def create_user() -> dict[str, Any]:
