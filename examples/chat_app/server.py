@@ -23,12 +23,16 @@ and open http://127.0.0.1:8000/. Configuration (environment variables):
     CHAT_MAX_CONVERSATIONS  conversations per user (default 200; one more: 409)
     CHAT_MAX_IN_FLIGHT   answers one user may have queued or decoding at once (default 2; one more: 429)
     CHAT_MAX_USERS       accounts this server creates (default 10000; then POST /api/users: 403)
+    CHAT_SIGNUPS_PER_MINUTE  accounts one client address may create a minute, after a burst of 20 (default 30;
+                         0: no limit; more: 429). Behind a proxy every client shares its address: limit there
     CHAT_DOCS            1: serve /docs and /openapi.json (default off)
     CHAT_MAX_TOKENS      answer length when a request does not ask for one (default 160)
     CHAT_MAX_TOKENS_CAP  the most tokens a request may ask for (default 1024)
     CHAT_TEMPERATURE     temperature when a request does not set one (default 0.7; 0 = greedy)
     CHAT_REPETITION_PENALTY  repetition penalty of every answer (default 1.2; 1 = off)
-    CHAT_HISTORY         how many earlier messages of the conversation the model sees (default 16)
+    CHAT_HISTORY         how many earlier messages of the conversation the model sees (default 16; only those
+                         are read from the store; older turns are dropped first if they overflow the context)
+    CHAT_REQUEST_TIMEOUT seconds one answer may take, waiting for a slot included (default 600)
     MAX_CONCURRENT       generations decoded at once; the others wait in the model's admission queue, served
                          round-robin by user, one user decoding at most MAX_CONCURRENT - 1 at once (default 2: one
                          model, a few CPU cores)
@@ -129,6 +133,7 @@ from langchain_persona_judge import QueueFullError
 from .locks import KeyedLocks
 from .profiles import Profiles
 from .provenance import provenance
+from .ratelimit import RateLimiter
 from .security import Guard, allowed_hosts, bearer_token, hash_token, new_token, page_csp, token_matches
 from .storage import ConversationGone, Store, default_db_path, open_store
 
@@ -137,6 +142,7 @@ STATIC = HERE / "static"
 HEARTBEAT_S = 2.0  # an SSE comment this often while nothing else is sent: keeps proxies open, notices dead peers
 SHUTDOWN_GRACE_S = 60.0  # how long shutdown waits for the generations' tasks to end
 RETRY_AFTER_S = 5  # what a refused request (HTTP 429) is told to wait
+SIGNUP_BURST = 20  # sign-ups one client address may make at once before CHAT_SIGNUPS_PER_MINUTE applies
 HEALTH_TIMEOUT_S = 2.0  # /healthz: how long the store may take to answer before the probe says 503
 ID = re.compile(r"[0-9a-f]{32}")  # conversation and generation ids; fullmatch: "$" would let a trailing newline in
 SEED_LIMIT = 2**63  # torch.Generator.manual_seed takes [0, 2**63) here (and wraps negatives): strict ints in range
@@ -194,6 +200,9 @@ class Settings:
     max_conversations: int = 200
     max_in_flight: int = 2
     max_users: int = 10_000
+    signups_per_minute: int = 0
+    """Sign-ups per client address a minute, after a burst of SIGNUP_BURST (0: no limit; the server's environment
+    default, CHAT_SIGNUPS_PER_MINUTE, is 30)."""
     docs: bool = False
     max_tokens: int = 160
     max_tokens_cap: int = 1024
@@ -201,6 +210,8 @@ class Settings:
     repetition_penalty: float | None = 1.2
     """Applied to every persona alike (answers stay exact); a 135M model loops without one. None or 1: off."""
     history: int = 16
+    request_timeout: float | None = 600.0
+    """Seconds one answer may take, waiting for a slot included (past it: stopped, the text so far kept)."""
     max_concurrent: int = 2
     max_queue: int = 16
     model: str | None = None
@@ -226,12 +237,14 @@ class Settings:
             max_conversations=_env_int("CHAT_MAX_CONVERSATIONS", 200, 1),
             max_in_flight=_env_int("CHAT_MAX_IN_FLIGHT", 2, 1),
             max_users=_env_int("CHAT_MAX_USERS", 10_000, 1),
+            signups_per_minute=_env_int("CHAT_SIGNUPS_PER_MINUTE", 30, 0),
             docs=_env_flag("CHAT_DOCS", False),
             max_tokens=_env_int("CHAT_MAX_TOKENS", 160, 1),
             max_tokens_cap=_env_int("CHAT_MAX_TOKENS_CAP", 1024, 1),
             temperature=_env_float("CHAT_TEMPERATURE", 0.7),
             repetition_penalty=_env_float("CHAT_REPETITION_PENALTY", 1.2),
             history=_env_int("CHAT_HISTORY", 16, 0),
+            request_timeout=float(_env_int("CHAT_REQUEST_TIMEOUT", 600, 1)),
             max_concurrent=max_concurrent,
             max_queue=_env_int("MAX_QUEUE", 16, 0),
             model=os.environ.get("CHAT_MODEL") or None,
@@ -443,6 +456,9 @@ class ChatService:
             **model, temperature=settings.temperature, max_tokens=settings.max_tokens,
             repetition_penalty=settings.repetition_penalty,
             max_concurrency=settings.max_concurrent, max_queue=settings.max_queue, executor=self.executor,
+            # A runaway answer ends (waiting for a slot included); a conversation longer than the model's context
+            # drops its oldest turns rather than failing every later answer.
+            timeout=settings.request_timeout, truncation="drop_oldest",
         )
         self.store: Store = open_store(settings.database_url, settings.db_path, private_dir=settings.default_db)
         self.generations: OrderedDict[str, Generation] = OrderedDict()
@@ -688,15 +704,10 @@ class ChatService:
         return self._session_locks.hold(session_id)
 
     async def _context(self, gen: Generation) -> list[BaseMessage]:
-        """The conversation the model sees: users' messages and complete answers, the last CHAT_HISTORY + 1."""
-        messages: list[BaseMessage] = []
-        for m in await self.store.messages(gen.user_id, gen.session_id):
-            if m["role"] == "user":
-                messages.append(HumanMessage(m["content"]))
-            elif m["status"] == "complete":
-                messages.append(AIMessage(m["content"]))
-        keep = self.settings.history + 1
-        return messages[-keep:]
+        """The conversation the model sees: users' messages and complete answers, the last CHAT_HISTORY + 1 (only
+        those are read from the store, however long the conversation)."""
+        rows = await self.store.context(gen.user_id, gen.session_id, self.settings.history + 1)
+        return [HumanMessage(m["content"]) if m["role"] == "user" else AIMessage(m["content"]) for m in rows]
 
     async def _run(self, gen: Generation, body: MessageIn, plan: Plan) -> None:
         CURRENT_GENERATION.set(gen)  # this task's own context: tags the decoding thread(s) astream starts
@@ -989,8 +1000,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return JSONResponse({"ok": False, "store": "unavailable"}, status_code=503)
         return JSONResponse({"ok": True})
 
+    signups = RateLimiter(settings.signups_per_minute, SIGNUP_BURST) if settings.signups_per_minute else None
+
     @app.post("/api/users", status_code=201)
-    async def create_user() -> dict[str, Any]:
+    async def create_user(request: Request) -> dict[str, Any]:
+        wait = signups.take(request.client.host if request.client else "?") if signups else 0.0
+        if wait:
+            raise HTTPException(429, f"Too many new accounts from your address; retry in {wait:.0f} s "
+                                     f"(CHAT_SIGNUPS_PER_MINUTE={settings.signups_per_minute}).",
+                                headers={"Retry-After": RateLimiter.retry_after(wait)})
         token = new_token()
         row = await service.store.create_user(hash_token(token), settings.max_users)
         if row is None:

@@ -148,6 +148,11 @@ class Store(ABC):
         """The conversation's messages in order (none when it is not the user's)."""
 
     @abstractmethod
+    async def context(self, user_id: str, session_id: str, limit: int) -> list[dict[str, Any]]:
+        """The last ``limit`` messages a model reads (the users' and complete answers: role, content), oldest
+        first; only those rows are read, however long the conversation."""
+
+    @abstractmethod
     async def add_message(self, session_id: str, role: str, content: str, *, status: str = "complete",
                           personas: list[str] | None = None, preferences: list[str] | None = None,
                           meta: dict[str, Any] | None = None) -> int:
@@ -332,6 +337,15 @@ class SQLStore(Store):
                 item[key] = json.loads(item[key])
         return rows
 
+    def _context(self, user_id: str, session_id: str, limit: int) -> list[dict[str, Any]]:
+        rows = self._rows(
+            "SELECT m.id, m.role, m.content FROM messages m JOIN sessions s ON s.id = m.session_id "
+            "WHERE m.session_id = ? AND s.user_id = ? AND (m.role = 'user' OR m.status = 'complete') "
+            "ORDER BY m.id DESC LIMIT ?",
+            (session_id, user_id, max(0, int(limit))),
+        )
+        return [{"role": r["role"], "content": r["content"]} for r in reversed(rows)]
+
     def _add_message(self, session_id: str, role: str, content: str, status: str, personas: list[str],
                      preferences: list[str], meta: dict[str, Any]) -> int:
         try:
@@ -449,6 +463,9 @@ class SQLStore(Store):
 
     async def messages(self, user_id: str, session_id: str) -> list[dict[str, Any]]:
         return await self._run(self._messages, user_id, session_id)
+
+    async def context(self, user_id: str, session_id: str, limit: int) -> list[dict[str, Any]]:
+        return await self._run(self._context, user_id, session_id, limit)
 
     async def add_message(self, session_id: str, role: str, content: str, *, status: str = "complete",
                           personas: list[str] | None = None, preferences: list[str] | None = None,

@@ -6,7 +6,9 @@ In-process (httpx's ASGI transport), as the other chat app tests:
 - every hostile value in an uploaded profile is refused with 422 naming the field, and nothing is imported;
 - a deeply nested upload is refused at once;
 - a second import by the same account while one is being read is refused with 429 (imports have their own
-  executor, never the decoding threads).
+  executor, never the decoding threads);
+- /api/config names a local model file by its last part, never the server's path;
+- 50 sign-ups in a row from one address: all but the burst refused with 429, another address unaffected.
 """
 
 from __future__ import annotations
@@ -153,3 +155,43 @@ async def test_the_config_never_shows_the_model_files_path(tmp_path: Path) -> No
     finally:
         application.state.service.profiles.close()
         application.state.service.store.close()
+
+
+async def test_a_burst_of_sign_ups_from_one_address_is_mostly_refused(tmp_path: Path) -> None:
+    server = _server_module()
+    settings = server.Settings(db_path=tmp_path / "chat.db", preload=False, allowed_hosts=(TEST_HOST,),
+                               signups_per_minute=30)
+    application = server.create_app(settings)
+
+    def client(address: str) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=application, client=(address, 40000))
+        return httpx.AsyncClient(transport=transport, base_url=f"http://{TEST_HOST}")
+
+    try:
+        async with client("203.0.113.7") as c:
+            began = time.monotonic()
+            statuses = [(await c.post("/api/users")).status_code for _ in range(50)]
+            refill = (time.monotonic() - began) * 30 / 60  # sign-ups earned back meanwhile (30 a minute)
+            refused = await c.post("/api/users")
+        assert server.SIGNUP_BURST <= statuses.count(201) <= server.SIGNUP_BURST + int(refill) + 1
+        assert statuses.count(429) == 50 - statuses.count(201) and statuses.count(429) > 25  # mostly refused
+        assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
+        async with client("198.51.100.9") as other:  # another address is not held up
+            assert (await other.post("/api/users")).status_code == 201
+    finally:
+        application.state.service.profiles.close()
+        application.state.service.store.close()
+
+
+def test_the_rate_limiter_refills_and_forgets_old_keys() -> None:
+    from examples.chat_app.ratelimit import RateLimiter
+
+    now = [0.0]
+    limiter = RateLimiter(60, 2, max_keys=2, clock=lambda: now[0])
+    assert [limiter.take("a"), limiter.take("a")] == [0.0, 0.0]
+    assert limiter.take("a") == pytest.approx(1.0)  # one a second: the next in 1 s
+    now[0] += 1.0
+    assert limiter.take("a") == 0.0
+    limiter.take("b")
+    limiter.take("c")  # a third key: "a", the least recently seen, is forgotten
+    assert limiter.take("a") == 0.0 and limiter.take("a") == 0.0
