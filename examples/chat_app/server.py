@@ -26,6 +26,7 @@ and open http://127.0.0.1:8000/. Configuration (environment variables):
     CHAT_SIGNUPS_PER_MINUTE  accounts one client address may create a minute, after a burst of 20 (default 30;
                          0: no limit; more: 429). Behind a proxy every client shares its address: limit there
     CHAT_DOCS            1: serve /docs and /openapi.json (default off)
+    CHAT_HEADER_TIMEOUT  seconds a connection may take to send a request's headers (default 10; then closed)
     CHAT_MAX_TOKENS      answer length when a request does not ask for one (default 160)
     CHAT_MAX_TOKENS_CAP  the most tokens a request may ask for (default 1024)
     CHAT_TEMPERATURE     temperature when a request does not set one (default 0.7; 0 = greedy)
@@ -1138,7 +1139,15 @@ def main() -> None:
     app = create_app()
     print(f"Persona-judge chat on http://{host}:{port}/ (conversations in {app.state.service.store.description})",
           flush=True)
-    uvicorn.run(app, host=host, port=port, log_level=level.lower(), timeout_graceful_shutdown=5)
+    # Half-open connections (headers never finished) are closed after CHAT_HEADER_TIMEOUT; idle keep-alive ones
+    # after 5 s; the open-files limit is raised to its hard limit. A reverse proxy in front still should limit
+    # connections per client.
+    from .connections import HeaderTimeoutProtocol, raise_open_files_limit
+
+    protocol = type("Protocol", (HeaderTimeoutProtocol,), {"header_timeout": _env_float("CHAT_HEADER_TIMEOUT", 10.0)})
+    raise_open_files_limit()
+    uvicorn.run(app, host=host, port=port, log_level=level.lower(), timeout_graceful_shutdown=5, http=protocol,
+                timeout_keep_alive=5)
 
 
 if __name__ == "__main__":

@@ -195,3 +195,38 @@ def test_the_rate_limiter_refills_and_forgets_old_keys() -> None:
     limiter.take("b")
     limiter.take("c")  # a third key: "a", the least recently seen, is forgotten
     assert limiter.take("a") == 0.0 and limiter.take("a") == 0.0
+
+
+def test_half_open_connections_are_closed_and_healthz_keeps_answering(tmp_path: Path) -> None:
+    """300 sockets that stop mid-header (as a slowloris client): /healthz answers meanwhile, and the server closes
+    each of them once CHAT_HEADER_TIMEOUT has passed."""
+    import socket
+
+    from tests.integration_tests.test_chat_app import LiveServer
+
+    live = LiveServer(tmp_path / "chat.db", CHAT_PRELOAD="0", CHAT_HEADER_TIMEOUT="1")
+    live.start()
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(300):
+            s = socket.create_connection(("127.0.0.1", live.port), timeout=5)
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")  # and never the rest
+            sockets.append(s)
+        with httpx.Client(base_url=live.url, timeout=5) as c:
+            assert c.get("/healthz").status_code == 200
+            time.sleep(2.5)
+            closed = 0
+            for s in sockets:
+                s.settimeout(0.2)
+                try:
+                    closed += s.recv(1024) == b""
+                except ConnectionResetError:
+                    closed += 1
+                except TimeoutError:  # still open
+                    pass
+            assert closed == len(sockets)
+            assert c.get("/healthz").status_code == 200  # the keep-alive client itself was not cut off
+    finally:
+        for s in sockets:
+            s.close()
+        live.stop()
