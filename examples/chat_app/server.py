@@ -21,6 +21,7 @@ and open http://127.0.0.1:8000/. Configuration (environment variables):
     CHAT_MAX_MESSAGE_TOKENS  the longest message in the model's tokens, counted before anything is stored
                          (default 1024; longer: 422): what one request may cost the model to read
     CHAT_MAX_CONVERSATIONS  conversations per user (default 200; one more: 409)
+    CHAT_MAX_MESSAGES    messages one conversation may hold, answers included (default 2000; one more: 409)
     CHAT_MAX_IN_FLIGHT   answers one user may have queued or decoding at once (default 2; one more: 429)
     CHAT_MAX_USERS       accounts this server creates (default 10000; then POST /api/users: 403)
     CHAT_SIGNUPS_PER_MINUTE  accounts one client address may create a minute, after a burst of 20 (default 30;
@@ -57,7 +58,8 @@ user's conversation or generation: 404, exactly as an unknown one):
     GET  /api/config                    limits and defaults the UI needs
     POST /api/sessions                  a new conversation -> {"id", "created_at"}
     GET  /api/sessions                  the caller's recent conversations
-    GET  /api/sessions/{id}             one conversation with its messages
+    GET  /api/sessions/{id}             one conversation with its last messages (?limit=, default 500, at most
+                                        1000; ?before=<message id> pages back)
     DELETE /api/sessions/{id}           forget a conversation; its running answer (if any) is cancelled
     POST /api/sessions/{id}/messages    {"content", "personas": [names], "preferences": [texts], "temperature"?,
                                         "guidance"?, "combine"?, "seed"?, "max_tokens"?} -> text/event-stream:
@@ -199,6 +201,8 @@ class Settings:
     max_message_chars: int = 8000
     max_message_tokens: int = 1024
     max_conversations: int = 200
+    max_messages: int = 2000
+    """Messages one conversation may hold (a message and its answer are two); one more: 409."""
     max_in_flight: int = 2
     max_users: int = 10_000
     signups_per_minute: int = 0
@@ -236,6 +240,7 @@ class Settings:
             max_message_chars=_env_int("CHAT_MAX_MESSAGE_CHARS", 8000, 1),
             max_message_tokens=_env_int("CHAT_MAX_MESSAGE_TOKENS", 1024, 1),
             max_conversations=_env_int("CHAT_MAX_CONVERSATIONS", 200, 1),
+            max_messages=_env_int("CHAT_MAX_MESSAGES", 2000, 2),
             max_in_flight=_env_int("CHAT_MAX_IN_FLIGHT", 2, 1),
             max_users=_env_int("CHAT_MAX_USERS", 10_000, 1),
             signups_per_minute=_env_int("CHAT_SIGNUPS_PER_MINUTE", 30, 0),
@@ -1053,9 +1058,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return await service.store.list_sessions(user.id, max(1, min(limit, 500)))
 
     @app.get("/api/sessions/{session_id}")
-    async def get_session(session_id: str, user: Caller) -> dict[str, Any]:
+    async def get_session(session_id: str, user: Caller, limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+                          before: Annotated[int | None, Query(ge=1)] = None) -> dict[str, Any]:
+        """The last ``limit`` messages (with ids below ``before``: page back with the first id seen)."""
         await owned_session(user, session_id)
-        return {"id": session_id, "messages": await service.store.messages(user.id, session_id)}
+        messages = await service.store.messages(user.id, session_id, limit=limit, before=before)
+        return {"id": session_id, "messages": messages}
 
     @app.delete("/api/sessions/{session_id}")
     async def delete_session(session_id: str, user: Caller) -> dict[str, Any]:
@@ -1072,6 +1080,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(422, f"The message has {len(body.content)} characters; the most is "
                                      f"{settings.max_message_chars} (CHAT_MAX_MESSAGE_CHARS).")
         await service.refuse_if_too_long(body.content)
+        held = await service.store.count_messages(user.id, session_id)
+        if held + 2 > settings.max_messages:  # this message and its answer
+            raise HTTPException(409, f"This conversation has {held} messages, the most one may keep "
+                                     f"(CHAT_MAX_MESSAGES={settings.max_messages}); start a new one.")
         if body.max_tokens is not None and body.max_tokens > settings.max_tokens_cap:
             raise HTTPException(422, f"max_tokens={body.max_tokens} is over this server's cap of "
                                      f"{settings.max_tokens_cap} (CHAT_MAX_TOKENS_CAP).")

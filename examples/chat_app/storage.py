@@ -32,6 +32,7 @@ from typing import Any
 
 APP_DIR = "langchain-persona-judge"
 log = logging.getLogger("examples.chat_app")
+ALL = 2**62  # a LIMIT, or an id bound, that leaves nothing out (both databases take it as a BIGINT)
 
 
 def default_db_path() -> Path:
@@ -144,8 +145,14 @@ class Store(ABC):
         """How many conversations the user has."""
 
     @abstractmethod
-    async def messages(self, user_id: str, session_id: str) -> list[dict[str, Any]]:
-        """The conversation's messages in order (none when it is not the user's)."""
+    async def messages(self, user_id: str, session_id: str, *, limit: int | None = None,
+                       before: int | None = None) -> list[dict[str, Any]]:
+        """The conversation's messages in order (none when it is not the user's): the last ``limit`` of them
+        (None: all) with ids below ``before`` (None: from the newest), for paging back through a long one."""
+
+    @abstractmethod
+    async def count_messages(self, user_id: str, session_id: str) -> int:
+        """How many messages the user's conversation holds (0 when it is not the user's)."""
 
     @abstractmethod
     async def context(self, user_id: str, session_id: str, limit: int) -> list[dict[str, Any]]:
@@ -324,13 +331,15 @@ class SQLStore(Store):
         row = self._one("SELECT COUNT(*) AS n FROM sessions WHERE user_id = ?", (user_id,))
         return int(row["n"]) if row else 0
 
-    def _messages(self, user_id: str, session_id: str) -> list[dict[str, Any]]:
+    def _messages(self, user_id: str, session_id: str, limit: int | None = None,
+                  before: int | None = None) -> list[dict[str, Any]]:
         rows = self._rows(
             "SELECT m.id, m.role, m.content, m.status, m.personas, m.preferences, m.meta, m.created_at "
             "FROM messages m JOIN sessions s ON s.id = m.session_id "
-            "WHERE m.session_id = ? AND s.user_id = ? ORDER BY m.id",
-            (session_id, user_id),
+            "WHERE m.session_id = ? AND s.user_id = ? AND m.id < ? ORDER BY m.id DESC LIMIT ?",
+            (session_id, user_id, ALL if before is None else int(before), ALL if limit is None else max(0, int(limit))),
         )
+        rows.reverse()
         for item in rows:
             item["id"] = int(item["id"])
             for key in ("personas", "preferences", "meta"):
@@ -461,8 +470,14 @@ class SQLStore(Store):
     async def count_sessions(self, user_id: str) -> int:
         return await self._run(self._count_sessions, user_id)
 
-    async def messages(self, user_id: str, session_id: str) -> list[dict[str, Any]]:
-        return await self._run(self._messages, user_id, session_id)
+    async def messages(self, user_id: str, session_id: str, *, limit: int | None = None,
+                       before: int | None = None) -> list[dict[str, Any]]:
+        return await self._run(self._messages, user_id, session_id, limit, before)
+
+    async def count_messages(self, user_id: str, session_id: str) -> int:
+        row = await self._run(self._one, "SELECT COUNT(*) AS n FROM messages m JOIN sessions s ON s.id = "
+                              "m.session_id WHERE m.session_id = ? AND s.user_id = ?", (session_id, user_id))
+        return int(row["n"]) if row else 0
 
     async def context(self, user_id: str, session_id: str, limit: int) -> list[dict[str, Any]]:
         return await self._run(self._context, user_id, session_id, limit)
