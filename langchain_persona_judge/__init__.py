@@ -44,6 +44,7 @@ if TYPE_CHECKING:
         PromptTemplateError,
         QueueFullError,
         RequestTimeoutError,
+        RequestTooLargeError,
         UnknownPersonaError,
     )
     from .personas import Persona, PersonaRegistry, load_registry
@@ -103,6 +104,7 @@ _EXPORTS = {
     "PromptTemplateError": "errors",
     "QueueFullError": "errors",
     "RequestTimeoutError": "errors",
+    "RequestTooLargeError": "errors",
     "UnknownPersonaError": "errors",
 }
 

@@ -38,6 +38,7 @@ PUBLIC = [
     "PromptTemplateError",
     "QueueFullError",
     "RequestTimeoutError",
+    "RequestTooLargeError",
     "TokenConstraint",
     "TraceEntry",
     "UnknownPersonaError",
@@ -88,6 +89,7 @@ BUILTINS = {
     "ContextLengthError": (RuntimeError, ValueError),
     "OutOfMemoryError": (RuntimeError, MemoryError),
     "ProfileError": (ValueError,),
+    "RequestTooLargeError": (ValueError,),
 }
 
 
