@@ -159,6 +159,7 @@ class ManagedServer:
             "MAX_QUEUE": str(2 * args.clients),
             "CHAT_MAX_IN_FLIGHT": str(2 * args.clients),
             "CHAT_MAX_CONVERSATIONS": "100000",
+            "CHAT_SIGNUPS_PER_MINUTE": "0",  # every account is made from this one address, at once
             "LOG_LEVEL": "warning",
         }
         self.log_path = workdir / "server.log"

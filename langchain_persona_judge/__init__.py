@@ -48,6 +48,7 @@ if TYPE_CHECKING:
         PromptTemplateError,
         QueueFullError,
         RequestTimeoutError,
+        RequestTooLargeError,
         UnknownPersonaError,
     )
     from .personas import Persona, PersonaRegistry, load_registry
@@ -110,6 +111,7 @@ _EXPORTS = {
     "PromptTemplateError": "errors",
     "QueueFullError": "errors",
     "RequestTimeoutError": "errors",
+    "RequestTooLargeError": "errors",
     "UnknownPersonaError": "errors",
 }
 

@@ -66,6 +66,9 @@ _HOSTED_ONLY_ARGUMENTS = ("max_retries", "api_key")
 _IGNORED_KWARGS = ("stream",)
 # Per-call keyword arguments that shape the answer (bound by bind_tools and with_structured_output).
 _OUTPUT_KWARGS = ("tools", "tool_choice", "parallel_tool_calls", "response_format")
+# Per-call keyword arguments for admission: ``user`` (an account id or API key) is the key the model's admission
+# queue serves round-robin, so that one user cannot starve the others.
+_ADMISSION_KWARGS = ("user",)
 # Held while an hf_model is wrapped into its handle (once per chat model and hf_model).
 _WRAPPING = threading.Lock()
 
@@ -610,12 +613,13 @@ class ChatPersonaJudge(_OptionFields):  # type: ignore[misc,valid-type]
         unknown = [
             k for k in kwargs
             if k not in _CALL_OVERRIDES and k not in _IGNORED_KWARGS and k not in _OUTPUT_KWARGS
+            and k not in _ADMISSION_KWARGS
             and not k.startswith("ls_")
         ]
         if unknown:
             raise InvalidArgumentError(
                 f"Unknown argument(s) {sorted(unknown)} for ChatPersonaJudge; per-call options are "
-                f"{list(_CALL_OVERRIDES) + list(_OUTPUT_KWARGS)}."
+                f"{list(_CALL_OVERRIDES) + list(_OUTPUT_KWARGS) + list(_ADMISSION_KWARGS)}."
             )
         output = OutputSpec.from_kwargs(kwargs)
         settings = self._with_overrides({k: kwargs[k] for k in _CALL_OVERRIDES if k in kwargs and k != "model"})
@@ -646,6 +650,7 @@ class ChatPersonaJudge(_OptionFields):  # type: ignore[misc,valid-type]
             cancelled=cancelled,
             max_concurrency=self.max_concurrency,
             max_queue=self.max_queue,
+            user=kwargs.get("user"),
         )
         return run, output
 

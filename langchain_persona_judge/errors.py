@@ -95,6 +95,15 @@ class ContextLengthError(PersonaJudgeError, RuntimeError, ValueError):
         self.limit = limit
 
 
+class RequestTooLargeError(PersonaJudgeError, ValueError):
+    """A request's prompt is over the token cap a server set for one request (a server answers 422)."""
+
+    def __init__(self, message: str, tokens: int, limit: int) -> None:
+        super().__init__(message)
+        self.tokens = tokens
+        self.limit = limit
+
+
 class OutOfMemoryError(PersonaJudgeError, RuntimeError, MemoryError):
     """The accelerator ran out of memory; the request's caches were freed, and the next request can run."""
 
@@ -123,5 +132,6 @@ __all__ = [
     "PromptTemplateError",
     "QueueFullError",
     "RequestTimeoutError",
+    "RequestTooLargeError",
     "UnknownPersonaError",
 ]

@@ -82,21 +82,18 @@ class AnswerRun:
             gen.publish(None)
 
     async def _context(self) -> list[BaseMessage]:
-        """The conversation the model sees: users' messages and complete answers, the last CHAT_HISTORY + 1."""
-        messages: list[BaseMessage] = []
-        for m in await self.host.store.messages(self.gen.user_id, self.gen.session_id):
-            if m["role"] == "user":
-                messages.append(HumanMessage(m["content"]))
-            elif m["status"] == "complete":
-                messages.append(AIMessage(m["content"]))
-        keep = self.host.settings.history + 1
-        return messages[-keep:]
+        """The conversation the model sees: users' messages and complete answers, the last CHAT_HISTORY + 1 (only
+        those are read from the store, however long the conversation)."""
+        rows = await self.host.store.context(self.gen.user_id, self.gen.session_id, self.host.settings.history + 1)
+        return [HumanMessage(m["content"]) if m["role"] == "user" else AIMessage(m["content"]) for m in rows]
 
     async def _decode(self, context: list[BaseMessage]) -> dict[str, Any]:
         """Stream the answer into the generation's events; what the last chunks said (usage, metadata, trace)."""
         gen = self.gen
         final: dict[str, Any] = {}
-        stream = self.host.llm.astream(context, **decoding_options(self.body, self.plan))
+        options = decoding_options(self.body, self.plan)
+        options["user"] = gen.user_id  # the model's admission queue serves users round-robin
+        stream = self.host.llm.astream(context, **options)
         try:
             async for chunk in stream:
                 if gen.state == "queued":  # the admission queue let it in, and it has read its prompt

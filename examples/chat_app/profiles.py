@@ -35,13 +35,13 @@ import re
 import tempfile
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from fastapi import HTTPException
 
 from langchain_persona_judge import QueueFullError
@@ -60,6 +60,10 @@ KEEP_COMPARISONS = 50
 LEARNERS = 64
 """Users whose learner this process keeps in memory (least recently used first out)."""
 UPLOAD_SOURCE = "the uploaded file"
+IMPORT_WORKERS = 2
+"""Threads that read uploaded profile files (their own: an import never takes a decoding thread)."""
+IMPORTS_PER_USER = 1
+"""Imports one user may have being read at once; one more is refused with 429."""
 CHOICE_LABELS = {"a": "the first answer (A)", "b": "the second answer (B)", "none": "no preference"}
 
 
@@ -100,6 +104,13 @@ class Profiles:
         self._locks = KeyedLocks()  # one per user id
         self._basis: Any = None
         self._handle: Any = None
+        # Uploaded files are read off the decoding threads, on a small executor of their own, one per user at a time.
+        self._import_executor = ThreadPoolExecutor(max_workers=IMPORT_WORKERS, thread_name_prefix="profile-import")
+        self._importing: dict[str, int] = {}
+
+    def close(self) -> None:
+        """Stop the imports' executor (the server is shutting down)."""
+        self._import_executor.shutdown(wait=False, cancel_futures=True)
 
     # -- plumbing
 
@@ -124,7 +135,17 @@ class Profiles:
             from langchain_persona_judge.profiles import resolve_model
 
             self._handle = resolve_model(self.llm)
+            self._share_slots(self._handle.model)
         return self._handle
+
+    def _share_slots(self, scoring_model: Any) -> None:
+        """Comparisons decode and score on a transformers copy of the served model when it is served by llama.cpp:
+        make that copy wait in the served model's admission queue, so they count against the same slots."""
+        from langchain_persona_judge.runtime import REGISTRY
+
+        served = self.llm.model_handle()  # the served model's handle (shared; its weights key its queue)
+        if served.weights is not scoring_model:
+            REGISTRY.share_queue(scoring_model, served)
 
     @staticmethod
     def _parse(record: dict[str, Any] | None) -> PreferenceProfile | None:
@@ -289,7 +310,7 @@ class Profiles:
             ties = int((before.evidence.get("ties") if before is not None else 0) or 0) + (choice == "none")
             profile = profile.with_weights(profile.vector, comparisons=choices, ties=ties)
             saved = await self.store.save_profile(
-                user.id, json.dumps(profile.to_dict(), ensure_ascii=False), choices=choices,
+                user.id, json.dumps(profile.to_dict(), ensure_ascii=False, allow_nan=False), choices=choices,
                 expected_revision=entry.revision, comparison_id=comparison_id, choice=choice,
             )
             if saved is None:  # the profile changed meanwhile (another process), or this pick was made there
@@ -338,22 +359,8 @@ class Profiles:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise HTTPException(422, "The uploaded file is not UTF-8 text; a profile file is YAML or JSON.") from None
-        if "\x00" in text:
-            raise HTTPException(422, "The uploaded file holds a NUL character; it is not a profile file.")
-        try:
-            if text.lstrip().startswith("{"):  # JSON first when it looks like JSON, else YAML (as load() reads)
-                data = json.loads(text)
-            else:
-                if any(isinstance(t, (yaml.AliasToken, yaml.AnchorToken)) for t in yaml.scan(text)):
-                    raise HTTPException(422, "The uploaded file uses YAML anchors or aliases; a profile file has "
-                                             "none (it may be a crafted file).")
-                data = yaml.safe_load(text)
-        except (ValueError, yaml.YAMLError, RecursionError) as exc:
-            kind = "JSON" if text.lstrip().startswith("{") else "YAML"
-            raise HTTPException(422, f"The uploaded file is corrupted: it is not valid {kind} "
-                                     f"({type(exc).__name__}).") from None
-        try:
-            profile = PreferenceProfile.from_dict(data, source=UPLOAD_SOURCE)
+        try:  # size, nesting (before parsing), libyaml or JSON, no anchors, every field bounded
+            profile = PreferenceProfile.from_text(text, source=UPLOAD_SOURCE)
         except ProfileError as exc:
             raise HTTPException(422, str(exc)) from None
         if profile.description and len(profile.description) > self.max_description_chars:
@@ -368,14 +375,29 @@ class Profiles:
         return profile
 
     async def import_(self, user_id: str, raw: bytes) -> dict[str, Any]:
-        """Replace the user's profile with an uploaded profile file; the new summary."""
-        profile = await self._in_thread(self._read_upload, raw)
+        """Replace the user's profile with an uploaded profile file; the new summary. The file is read on the
+        imports' own small executor (never on the threads that decode answers), one import per user at a time
+        (another one meanwhile: 429)."""
+        if self._importing.get(user_id, 0) >= IMPORTS_PER_USER:
+            raise HTTPException(429, "One of your profile imports is still being read; wait for it to finish.",
+                                headers={"Retry-After": "5"})
+        self._importing[user_id] = self._importing.get(user_id, 0) + 1
+        try:
+            loop = asyncio.get_running_loop()
+            profile = await loop.run_in_executor(self._import_executor, self._read_upload, raw)
+        finally:
+            left = self._importing[user_id] - 1
+            if left:
+                self._importing[user_id] = left
+            else:
+                del self._importing[user_id]
         comparisons = profile.evidence.get("comparisons", 0)
         counted = isinstance(comparisons, int) and not isinstance(comparisons, bool) and comparisons >= 0
         choices = min(comparisons, 10**9) if counted else 0
         async with self._user(user_id):
-            saved = await self.store.save_profile(user_id, json.dumps(profile.to_dict(), ensure_ascii=False),
-                                                  choices=choices, expected_revision=None, replace=True)
+            text = json.dumps(profile.to_dict(), ensure_ascii=False, allow_nan=False)
+            saved = await self.store.save_profile(user_id, text, choices=choices, expected_revision=None,
+                                                  replace=True)
             self._forget(user_id)
         assert saved is not None
         return self.summary(profile, saved)

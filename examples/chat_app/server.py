@@ -14,13 +14,14 @@ HTTP API (JSON unless said otherwise). Every /api/ endpoint but POST /api/users 
 user's conversation or generation: 404, exactly as an unknown one):
 
     GET  /                              the one-page chat UI (static/index.html)
-    GET  /healthz                       liveness (no token)
+    GET  /healthz                       liveness and the store answering (no token); 503 when it does not
     POST /api/users                     a new account -> {"user_id", "token"}; the token is shown this once
     GET  /api/personas                  the built-in personas: name, description, tags, rendered text
     GET  /api/config                    limits and defaults the UI needs
     POST /api/sessions                  a new conversation -> {"id", "created_at"}
     GET  /api/sessions                  the caller's recent conversations
-    GET  /api/sessions/{id}             one conversation with its messages
+    GET  /api/sessions/{id}             one conversation with its last messages (?limit=, default 500, at most
+                                        1000; ?before=<message id> pages back)
     DELETE /api/sessions/{id}           forget a conversation; its running answer (if any) is cancelled
     POST /api/sessions/{id}/messages    {"content", "personas": [names], "preferences": [texts], "temperature"?,
                                         "guidance"?, "combine"?, "seed"?, "max_tokens"?} -> text/event-stream:
@@ -65,6 +66,8 @@ This module is the routes and the entry point; the rest is beside it:
 ``service``         ``ChatService``: model and admission, store, accounts, personas, the generations
 ``answers``         ``AnswerRun``: one answer from the message stored to the answer stored
 ``generations``     ``Generation`` (one answer's state and events) and the executor that tracks its threads
+``ratelimit``       ``RateLimiter``: sign-ups per client address (a token bucket)
+``connections``     the server protocol closing connections whose headers never finish; the open-files limit
 ==================  ==========================================================================================
 """
 
@@ -73,6 +76,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -84,10 +88,22 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from .generations import Generation
+from .ratelimit import RateLimiter
 from .schemas import ChoiceIn, ComparisonIn, MessageIn, User
 from .security import Guard, allowed_hosts, hash_token, new_token, page_csp
 from .service import ChatService
-from .settings import HEARTBEAT_S, ID, PREFERENCE_CHARS, Settings, env_int
+from .settings import (
+    HEALTH_TIMEOUT_S,
+    HEARTBEAT_S,
+    ID,
+    PREFERENCE_CHARS,
+    SIGNUP_BURST,
+    Settings,
+    env_float,
+    env_int,
+)
+
+log = logging.getLogger("examples.chat_app")
 
 HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
@@ -103,7 +119,30 @@ Caller = Annotated[User, Depends(current_user)]
 
 
 def _sse(name: str, data: dict[str, Any]) -> str:
-    return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+    try:
+        text = json.dumps(data, ensure_ascii=False, allow_nan=False)
+    except ValueError:  # a NaN or infinity somewhere: null, so that the page can still parse the event
+        text = json.dumps(_finite(data), ensure_ascii=False, allow_nan=False)
+    return f"event: {name}\ndata: {text}\n\n"
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _public_model_name(name: str) -> str:
+    """A model's name as clients see it: a local file or folder by its last part, never the server's path."""
+    path = Path(name).expanduser()
+    if path.is_absolute() or name.startswith((".", "~")) or path.exists():
+        return path.name
+    return name
 
 
 async def _event_stream(service: ChatService, gen: Generation) -> AsyncIterator[str]:
@@ -175,11 +214,23 @@ def _page_routes(app: FastAPI, service: ChatService) -> None:
                         headers={"Content-Security-Policy": page_csp(html), "Cache-Control": "no-cache"})
 
     @app.get("/healthz")
-    async def healthz() -> dict[str, Any]:
-        return {"ok": True}
+    async def healthz() -> JSONResponse:
+        try:  # the store answers a trivial query (PostgreSQL may be restarting): else 503
+            await asyncio.wait_for(service.store.ping(), HEALTH_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - logged; the probe only needs the verdict
+            log.warning("health check: the database does not answer", exc_info=True)
+            return JSONResponse({"ok": False, "store": "unavailable"}, status_code=503)
+        return JSONResponse({"ok": True})
+
+    signups = RateLimiter(settings.signups_per_minute, SIGNUP_BURST) if settings.signups_per_minute else None
 
     @app.post("/api/users", status_code=201)
-    async def create_user() -> dict[str, Any]:
+    async def create_user(request: Request) -> dict[str, Any]:
+        wait = signups.take(request.client.host if request.client else "?") if signups else 0.0
+        if wait:
+            raise HTTPException(429, f"Too many new accounts from your address; retry in {wait:.0f} s "
+                                     f"(CHAT_SIGNUPS_PER_MINUTE={settings.signups_per_minute}).",
+                                headers={"Retry-After": RateLimiter.retry_after(wait)})
         token = new_token()
         row = await service.store.create_user(hash_token(token), settings.max_users)
         if row is None:
@@ -200,7 +251,7 @@ def _page_routes(app: FastAPI, service: ChatService) -> None:
             "max_preference_chars": PREFERENCE_CHARS,
             "max_conversations": settings.max_conversations,
             "max_in_flight": settings.max_in_flight,
-            "model": service.llm.display_name,
+            "model": _public_model_name(service.llm.display_name),
             "user_id": user.id,
             "profile_every": settings.profile_every,
             "profile_max_tokens": settings.profile_max_tokens,
@@ -228,9 +279,12 @@ def _session_routes(app: FastAPI, service: ChatService) -> None:
         return await service.store.list_sessions(user.id, max(1, min(limit, 500)))
 
     @app.get("/api/sessions/{session_id}")
-    async def get_session(session_id: str, user: Caller) -> dict[str, Any]:
+    async def get_session(session_id: str, user: Caller, limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+                          before: Annotated[int | None, Query(ge=1)] = None) -> dict[str, Any]:
+        """The last ``limit`` messages (with ids below ``before``: page back with the first id seen)."""
         await _owned_session(service, user, session_id)
-        return {"id": session_id, "messages": await service.store.messages(user.id, session_id)}
+        messages = await service.store.messages(user.id, session_id, limit=limit, before=before)
+        return {"id": session_id, "messages": messages}
 
     @app.delete("/api/sessions/{session_id}")
     async def delete_session(session_id: str, user: Caller) -> dict[str, Any]:
@@ -258,6 +312,11 @@ def _message_routes(app: FastAPI, service: ChatService) -> None:
         if len(body.content) > settings.max_message_chars:
             raise HTTPException(422, f"The message has {len(body.content)} characters; the most is "
                                      f"{settings.max_message_chars} (CHAT_MAX_MESSAGE_CHARS).")
+        await service.refuse_if_too_long(body.content)
+        held = await service.store.count_messages(user.id, session_id)
+        if held + 2 > settings.max_messages:  # this message and its answer
+            raise HTTPException(409, f"This conversation has {held} messages, the most one may keep "
+                                     f"(CHAT_MAX_MESSAGES={settings.max_messages}); start a new one.")
         if body.max_tokens is not None and body.max_tokens > settings.max_tokens_cap:
             raise HTTPException(422, f"max_tokens={body.max_tokens} is over this server's cap of "
                                      f"{settings.max_tokens_cap} (CHAT_MAX_TOKENS_CAP).")
@@ -325,7 +384,15 @@ def main() -> None:
     app = create_app()
     print(f"Persona-judge chat on http://{host}:{port}/ (conversations in {app.state.service.store.description})",
           flush=True)
-    uvicorn.run(app, host=host, port=port, log_level=level.lower(), timeout_graceful_shutdown=5)
+    # Half-open connections (headers never finished) are closed after CHAT_HEADER_TIMEOUT; idle keep-alive ones
+    # after 5 s; the open-files limit is raised to its hard limit. A reverse proxy in front still should limit
+    # connections per client.
+    from .connections import HeaderTimeoutProtocol, raise_open_files_limit
+
+    protocol = type("Protocol", (HeaderTimeoutProtocol,), {"header_timeout": env_float("CHAT_HEADER_TIMEOUT", 10.0)})
+    raise_open_files_limit()
+    uvicorn.run(app, host=host, port=port, log_level=level.lower(), timeout_graceful_shutdown=5, http=protocol,
+                timeout_keep_alive=5)
 
 
 if __name__ == "__main__":

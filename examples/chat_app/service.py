@@ -2,7 +2,8 @@
 store, the generations, the accounts, the personas).
 
 Admission: the library's own queue (``ChatPersonaJudge(max_concurrency=MAX_CONCURRENT, max_queue=MAX_QUEUE)``,
-one FIFO queue per model) decides which generations decode and which wait; a generation is ``queued`` until
+one queue per model, served round-robin by account, ``astream(..., user=account id)``) decides which generations
+decode and which wait (comparisons decode and score through the same slots); a generation is ``queued`` until
 its first chunk arrives. The app refuses (429, before storing anything) a message that would not fit: the
 generations it has accepted and not finished already fill MAX_CONCURRENT + MAX_QUEUE, or the library's queue
 is full. Decoding runs in this app's executor (``ChatPersonaJudge(executor=...)``), which records, per
@@ -57,6 +58,9 @@ class ChatService:
             **model, temperature=settings.temperature, max_tokens=settings.max_tokens,
             repetition_penalty=settings.repetition_penalty,
             max_concurrency=settings.max_concurrent, max_queue=settings.max_queue, executor=self.executor,
+            # A runaway answer ends (waiting for a slot included); a conversation longer than the model's context
+            # drops its oldest turns rather than failing every later answer.
+            timeout=settings.request_timeout, truncation="drop_oldest",
         )
         self.store: Store = open_store(settings.database_url, settings.db_path, private_dir=settings.default_db)
         self.generations: OrderedDict[str, Generation] = OrderedDict()
@@ -86,6 +90,7 @@ class ChatService:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=SHUTDOWN_GRACE_S)
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.profiles.close()
         self.store.close()
         log.info("shut down; peak RSS %.1f MB", peak_rss_bytes() / 2**20)
 
@@ -146,6 +151,19 @@ class ChatService:
                 f"the most this server queues (MAX_QUEUE={s.max_queue}). Retry in a moment.",
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             )
+
+    async def refuse_if_too_long(self, text: str) -> None:
+        """HTTP 422 for a message over CHAT_MAX_MESSAGE_TOKENS, counted with the served model's tokenizer before
+        anything is stored or queued: a request's cost to the model is bounded in tokens, not characters."""
+        from langchain_persona_judge.errors import RequestTooLargeError
+        from langchain_persona_judge.runtime import check_prompt_tokens
+
+        if self.tokenizer is None:
+            await asyncio.to_thread(self.note_admission_queue)
+        try:
+            check_prompt_tokens(self.tokenizer, text, self.settings.max_message_tokens)
+        except RequestTooLargeError as exc:
+            raise HTTPException(422, f"{exc} (CHAT_MAX_MESSAGE_TOKENS={exc.limit})") from None
 
     @asynccontextmanager
     async def job(self, user: User) -> AsyncIterator[None]:

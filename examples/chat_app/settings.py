@@ -10,17 +10,26 @@
                          any other Host header gets 400 (DNS rebinding)
     CHAT_MAX_BODY_BYTES  the largest request body (default 262144; larger: 413)
     CHAT_MAX_MESSAGE_CHARS  the longest message (default 8000 characters; longer: 422)
+    CHAT_MAX_MESSAGE_TOKENS  the longest message in the model's tokens, counted before anything is stored
+                         (default 1024; longer: 422): what one request may cost the model to read
     CHAT_MAX_CONVERSATIONS  conversations per user (default 200; one more: 409)
+    CHAT_MAX_MESSAGES    messages one conversation may hold, answers included (default 2000; one more: 409)
     CHAT_MAX_IN_FLIGHT   answers one user may have queued or decoding at once (default 2; one more: 429)
     CHAT_MAX_USERS       accounts this server creates (default 10000; then POST /api/users: 403)
+    CHAT_SIGNUPS_PER_MINUTE  accounts one client address may create a minute, after a burst of 20 (default 30;
+                         0: no limit; more: 429). Behind a proxy every client shares its address: limit there
     CHAT_DOCS            1: serve /docs and /openapi.json (default off)
+    CHAT_HEADER_TIMEOUT  seconds a connection may take to send a request's headers (default 10; then closed)
     CHAT_MAX_TOKENS      answer length when a request does not ask for one (default 160)
     CHAT_MAX_TOKENS_CAP  the most tokens a request may ask for (default 1024)
     CHAT_TEMPERATURE     temperature when a request does not set one (default 0.7; 0 = greedy)
     CHAT_REPETITION_PENALTY  repetition penalty of every answer (default 1.2; 1 = off)
-    CHAT_HISTORY         how many earlier messages of the conversation the model sees (default 16)
-    MAX_CONCURRENT       generations decoded at once; the others wait in the model's first-come first-served
-                         admission queue (default 2: one model, a few CPU cores)
+    CHAT_HISTORY         how many earlier messages of the conversation the model sees (default 16; only those
+                         are read from the store; older turns are dropped first if they overflow the context)
+    CHAT_REQUEST_TIMEOUT seconds one answer may take, waiting for a slot included (default 600)
+    MAX_CONCURRENT       generations decoded at once; the others wait in the model's admission queue, served
+                         round-robin by user, one user decoding at most MAX_CONCURRENT - 1 at once (default 2: one
+                         model, a few CPU cores)
     MAX_QUEUE            generations that may wait in that queue; one more is refused with HTTP 429 (default 16)
     CHAT_MODEL           model to serve (default: $PERSONA_JUDGE_MODEL, else the embedded SmolLM2-135M-Instruct)
     CHAT_TORCH_THREADS   torch intra-op threads per generation (default: CPU cores // MAX_CONCURRENT, at least 1:
@@ -44,6 +53,8 @@ from .storage import default_db_path
 HEARTBEAT_S = 2.0  # an SSE comment this often while nothing else is sent: keeps proxies open, notices dead peers
 SHUTDOWN_GRACE_S = 60.0  # how long shutdown waits for the generations' tasks to end
 RETRY_AFTER_S = 5  # what a refused request (HTTP 429) is told to wait
+SIGNUP_BURST = 20  # sign-ups one client address may make at once before CHAT_SIGNUPS_PER_MINUTE applies
+HEALTH_TIMEOUT_S = 2.0  # /healthz: how long the store may take to answer before the probe says 503
 ID = re.compile(r"[0-9a-f]{32}")  # conversation and generation ids; fullmatch: "$" would let a trailing newline in
 SEED_LIMIT = 2**63  # torch.Generator.manual_seed takes [0, 2**63) here (and wraps negatives): strict ints in range
 NAME_CHARS = 64  # a persona name
@@ -96,9 +107,15 @@ class Settings:
     """Host names accepted besides localhost, 127.0.0.1 and [::1]."""
     max_body_bytes: int = 256 * 1024
     max_message_chars: int = 8000
+    max_message_tokens: int = 1024
     max_conversations: int = 200
+    max_messages: int = 2000
+    """Messages one conversation may hold (a message and its answer are two); one more: 409."""
     max_in_flight: int = 2
     max_users: int = 10_000
+    signups_per_minute: int = 0
+    """Sign-ups per client address a minute, after a burst of SIGNUP_BURST (0: no limit; the server's environment
+    default, CHAT_SIGNUPS_PER_MINUTE, is 30)."""
     docs: bool = False
     max_tokens: int = 160
     max_tokens_cap: int = 1024
@@ -106,6 +123,8 @@ class Settings:
     repetition_penalty: float | None = 1.2
     """Applied to every persona alike (answers stay exact); a 135M model loops without one. None or 1: off."""
     history: int = 16
+    request_timeout: float | None = 600.0
+    """Seconds one answer may take, waiting for a slot included (past it: stopped, the text so far kept)."""
     max_concurrent: int = 2
     max_queue: int = 16
     model: str | None = None
@@ -127,15 +146,19 @@ class Settings:
             allowed_hosts=hosts,
             max_body_bytes=env_int("CHAT_MAX_BODY_BYTES", 256 * 1024, 1024),
             max_message_chars=env_int("CHAT_MAX_MESSAGE_CHARS", 8000, 1),
+            max_message_tokens=env_int("CHAT_MAX_MESSAGE_TOKENS", 1024, 1),
             max_conversations=env_int("CHAT_MAX_CONVERSATIONS", 200, 1),
+            max_messages=env_int("CHAT_MAX_MESSAGES", 2000, 2),
             max_in_flight=env_int("CHAT_MAX_IN_FLIGHT", 2, 1),
             max_users=env_int("CHAT_MAX_USERS", 10_000, 1),
+            signups_per_minute=env_int("CHAT_SIGNUPS_PER_MINUTE", 30, 0),
             docs=env_flag("CHAT_DOCS", False),
             max_tokens=env_int("CHAT_MAX_TOKENS", 160, 1),
             max_tokens_cap=env_int("CHAT_MAX_TOKENS_CAP", 1024, 1),
             temperature=env_float("CHAT_TEMPERATURE", 0.7),
             repetition_penalty=env_float("CHAT_REPETITION_PENALTY", 1.2),
             history=env_int("CHAT_HISTORY", 16, 0),
+            request_timeout=float(env_int("CHAT_REQUEST_TIMEOUT", 600, 1)),
             max_concurrent=max_concurrent,
             max_queue=env_int("MAX_QUEUE", 16, 0),
             model=os.environ.get("CHAT_MODEL") or None,

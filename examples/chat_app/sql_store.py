@@ -21,6 +21,8 @@ from typing import Any
 
 from .store import ConversationGone, Store
 
+ALL = 2**62  # a LIMIT, or an id bound, that leaves nothing out (both databases take it as a BIGINT)
+
 
 class _NotWritten(Exception):
     """Raised inside a transaction to roll it back: a condition checked in it did not hold."""
@@ -198,18 +200,29 @@ class SQLStore(Store):
         row = self._one("SELECT COUNT(*) AS n FROM sessions WHERE user_id = ?", (user_id,))
         return int(row["n"]) if row else 0
 
-    def _messages(self, user_id: str, session_id: str) -> list[dict[str, Any]]:
+    def _messages(self, user_id: str, session_id: str, limit: int | None = None,
+                  before: int | None = None) -> list[dict[str, Any]]:
         rows = self._rows(
             "SELECT m.id, m.role, m.content, m.status, m.personas, m.preferences, m.meta, m.created_at "
             "FROM messages m JOIN sessions s ON s.id = m.session_id "
-            "WHERE m.session_id = ? AND s.user_id = ? ORDER BY m.id",
-            (session_id, user_id),
+            "WHERE m.session_id = ? AND s.user_id = ? AND m.id < ? ORDER BY m.id DESC LIMIT ?",
+            (session_id, user_id, ALL if before is None else int(before), ALL if limit is None else max(0, int(limit))),
         )
+        rows.reverse()
         for item in rows:
             item["id"] = int(item["id"])
             for key in ("personas", "preferences", "meta"):
                 item[key] = json.loads(item[key])
         return rows
+
+    def _context(self, user_id: str, session_id: str, limit: int) -> list[dict[str, Any]]:
+        rows = self._rows(
+            "SELECT m.id, m.role, m.content FROM messages m JOIN sessions s ON s.id = m.session_id "
+            "WHERE m.session_id = ? AND s.user_id = ? AND (m.role = 'user' OR m.status = 'complete') "
+            "ORDER BY m.id DESC LIMIT ?",
+            (session_id, user_id, max(0, int(limit))),
+        )
+        return [{"role": r["role"], "content": r["content"]} for r in reversed(rows)]
 
     def _add_message(self, session_id: str, role: str, content: str, status: str, personas: list[str],
                      preferences: list[str], meta: dict[str, Any]) -> int:
@@ -326,8 +339,17 @@ class SQLStore(Store):
     async def count_sessions(self, user_id: str) -> int:
         return await self._run(self._count_sessions, user_id)
 
-    async def messages(self, user_id: str, session_id: str) -> list[dict[str, Any]]:
-        return await self._run(self._messages, user_id, session_id)
+    async def messages(self, user_id: str, session_id: str, *, limit: int | None = None,
+                       before: int | None = None) -> list[dict[str, Any]]:
+        return await self._run(self._messages, user_id, session_id, limit, before)
+
+    async def count_messages(self, user_id: str, session_id: str) -> int:
+        row = await self._run(self._one, "SELECT COUNT(*) AS n FROM messages m JOIN sessions s ON s.id = "
+                              "m.session_id WHERE m.session_id = ? AND s.user_id = ?", (session_id, user_id))
+        return int(row["n"]) if row else 0
+
+    async def context(self, user_id: str, session_id: str, limit: int) -> list[dict[str, Any]]:
+        return await self._run(self._context, user_id, session_id, limit)
 
     async def add_message(self, session_id: str, role: str, content: str, *, status: str = "complete",
                           personas: list[str] | None = None, preferences: list[str] | None = None,
@@ -363,5 +385,8 @@ class SQLStore(Store):
     async def recent_prompts(self, user_id: str, limit: int) -> list[str]:
         return await self._run(self._recent_prompts, user_id, limit)
 
+    async def ping(self) -> None:
+        await self._run(self._one, "SELECT 1 AS ok")
 
-__all__ = ["LIST_SESSIONS", "SCHEMA", "USER_INDEX", "SQLStore"]
+
+__all__ = ["ALL", "LIST_SESSIONS", "SCHEMA", "USER_INDEX", "SQLStore"]

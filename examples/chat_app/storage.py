@@ -6,16 +6,19 @@ implementations that share their SQL (:mod:`.sql_store`), both here:
 - :class:`SQLiteStore` (the default): one file, WAL journal, created owner-only (0700 directory when this
   module makes it, 0600 file; SQLite gives the -wal and -shm files the database file's mode);
 - :class:`PostgresStore` (``CHAT_DATABASE_URL=postgresql://...``): several app processes can share one
-  database; needs ``psycopg`` (the ``app`` extra).
+  database; needs ``psycopg`` and ``psycopg-pool`` (the ``app`` extra); a lost connection is replaced.
 
 :func:`open_store` picks one.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import sqlite3
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from .sql_store import SCHEMA, USER_INDEX, SQLStore
 from .store import ConversationGone, Store
 
 APP_DIR = "langchain-persona-judge"
+log = logging.getLogger("examples.chat_app")
 
 
 def default_db_path() -> Path:
@@ -86,8 +90,13 @@ class SQLiteStore(SQLStore):
 class PostgresStore(SQLStore):
     """Conversations in PostgreSQL (``CHAT_DATABASE_URL``), which several app processes can share.
 
-    A few threads, each with its own connection (autocommit; explicit transactions where a limit is checked:
-    the user's row is locked, so two processes cannot both create the user's last allowed conversation).
+    A few threads sharing psycopg's connection pool (autocommit; explicit transactions where a limit is checked:
+    the user's row is locked, so two processes cannot both create the user's last allowed conversation). The
+    database may come and go (a restart, a killed backend, a failover, an idle timeout): the pool checks each
+    connection before lending it and replaces a broken one, and an operation that fails on a connection error is
+    run once more on a fresh connection when that is safe: always for a read, and for a write only when it is
+    known not to have been committed (it failed inside its transaction, before the commit was sent). A write
+    whose commit may or may not have happened is never run twice; its request fails, as the client sees.
     """
 
     threads = 4
@@ -95,16 +104,29 @@ class PostgresStore(SQLStore):
     real = "DOUBLE PRECISION"
     SCHEMA_LOCK = 0x63686174  # pg_advisory_xact_lock key while creating tables ("chat")
     USERS_LOCK = 0x75736572  # ... while counting users before adding one ("user")
+    CONNECT_TIMEOUT_S = 5.0  # how long an operation waits for a connection (the database down: then it fails)
+    RETRY_PAUSE_S = 0.2  # before the one retry of an operation that met a connection error
 
     def __init__(self, url: str) -> None:
         try:
             import psycopg
-        except ImportError as exc:  # pragma: no cover - the app extra installs it
-            raise SystemExit("CHAT_DATABASE_URL needs psycopg: pip install -e '.[app]'") from exc
+            from psycopg.rows import dict_row
+            from psycopg_pool import ConnectionPool
+        except ImportError as exc:  # pragma: no cover - the app extra installs them
+            raise SystemExit("CHAT_DATABASE_URL needs psycopg and psycopg-pool: pip install -e '.[app]'") from exc
         self._psycopg = psycopg
         self.url = url
         self.integrity_errors = (psycopg.errors.ForeignKeyViolation,)
-        super().__init__()
+        self._pool = ConnectionPool(
+            url, min_size=1, max_size=self.threads, timeout=self.CONNECT_TIMEOUT_S, open=True,
+            kwargs={"autocommit": True, "row_factory": dict_row}, check=ConnectionPool.check_connection,
+            name="chat-db",
+        )
+        try:
+            super().__init__()
+        except BaseException:
+            self._pool.close()
+            raise
 
     @property
     def description(self) -> str:
@@ -115,14 +137,46 @@ class PostgresStore(SQLStore):
         return f"PostgreSQL database {info.get('dbname') or info.get('user') or '?'} on {where}"
 
     def _sql(self, sql: str) -> str:
+        if not self._local.in_transaction and not sql.lstrip().upper().startswith("SELECT"):
+            self._local.unsure = True  # an autocommit write is sent: from now on it may have been committed
         return sql.replace("?", "%s")
 
-    def _connect(self) -> Any:
-        from psycopg.rows import dict_row
+    def _connect(self) -> Any:  # pragma: no cover - connections come from the pool, lent per operation
+        raise RuntimeError("PostgresStore lends pooled connections per operation (_with_connection)")
 
-        return self._psycopg.connect(self.url, autocommit=True, row_factory=dict_row)
+    def _db(self) -> Any:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            raise RuntimeError("a PostgresStore statement ran outside _with_connection")
+        return db
+
+    def _with_connection(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on a pooled connection (checked before it is lent); once more on a fresh one after a
+        connection error, unless a write may have been committed."""
+        errors = (self._psycopg.OperationalError, self._psycopg.InterfaceError)
+        for attempt in (1, 2):
+            self._local.in_transaction = self._local.unsure = False
+            try:
+                with self._pool.connection() as db:
+                    self._local.db = db
+                    try:
+                        return fn(*args)
+                    finally:
+                        self._local.db = None
+            except errors as exc:
+                if attempt == 2 or self._local.unsure:
+                    raise
+                log.warning("database connection error (%s); retrying once on a fresh connection", exc)
+                time.sleep(self.RETRY_PAUSE_S)
+        raise AssertionError("unreachable")
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.wrap_future(self._executor.submit(self._with_connection, fn, *args))
 
     def _init_schema(self) -> None:
+        self._with_connection(self._create_schema)
+
+    def _create_schema(self) -> None:
         db = self._db()
         with db.transaction():  # two processes starting at once: one creates the tables, the other waits
             db.execute("SELECT pg_advisory_xact_lock(%s)", (self.SCHEMA_LOCK,))
@@ -133,12 +187,21 @@ class PostgresStore(SQLStore):
 
     @contextmanager
     def _transaction(self, db: Any, lock: str) -> Iterator[None]:
-        with db.transaction():
-            if lock == "users":
-                db.execute("SELECT pg_advisory_xact_lock(%s)", (self.USERS_LOCK,))
-            else:
-                db.execute("SELECT id FROM users WHERE id = %s FOR UPDATE", (lock,))
-            yield
+        self._local.in_transaction = True
+        try:
+            with db.transaction():
+                if lock == "users":
+                    db.execute("SELECT pg_advisory_xact_lock(%s)", (self.USERS_LOCK,))
+                else:
+                    db.execute("SELECT id FROM users WHERE id = %s FOR UPDATE", (lock,))
+                yield
+                self._local.unsure = True  # the commit is sent next: it may happen even if its answer is lost
+        finally:
+            self._local.in_transaction = False
+
+    def close(self) -> None:
+        super().close()
+        self._pool.close()
 
 
 def open_store(database_url: str | None, db_path: Path, *, private_dir: bool = False) -> Store:

@@ -44,8 +44,19 @@ class Store(ABC):
         """How many conversations the user has."""
 
     @abstractmethod
-    async def messages(self, user_id: str, session_id: str) -> list[dict[str, Any]]:
-        """The conversation's messages in order (none when it is not the user's)."""
+    async def messages(self, user_id: str, session_id: str, *, limit: int | None = None,
+                       before: int | None = None) -> list[dict[str, Any]]:
+        """The conversation's messages in order (none when it is not the user's): the last ``limit`` of them
+        (None: all) with ids below ``before`` (None: from the newest), for paging back through a long one."""
+
+    @abstractmethod
+    async def count_messages(self, user_id: str, session_id: str) -> int:
+        """How many messages the user's conversation holds (0 when it is not the user's)."""
+
+    @abstractmethod
+    async def context(self, user_id: str, session_id: str, limit: int) -> list[dict[str, Any]]:
+        """The last ``limit`` messages a model reads (the users' and complete answers: role, content), oldest
+        first; only those rows are read, however long the conversation."""
 
     @abstractmethod
     async def add_message(self, session_id: str, role: str, content: str, *, status: str = "complete",
@@ -96,6 +107,10 @@ class Store(ABC):
     @abstractmethod
     async def recent_prompts(self, user_id: str, limit: int) -> list[str]:
         """The prompts of the user's ``limit`` newest comparisons, newest first."""
+
+    @abstractmethod
+    async def ping(self) -> None:
+        """Raise unless the database answers a trivial query now (``/healthz``)."""
 
     @abstractmethod
     def close(self) -> None:

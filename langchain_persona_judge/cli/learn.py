@@ -5,8 +5,10 @@
     persona-judge "How do I sleep better?" --profile me.yaml
 
 Each round shows two answers to an everyday question, decoded under contrasting personas and chosen to teach the
-most (PReF's rule); type 1, 2 or = (no preference), q to finish early. At the end the profile is drawn as a bar
-chart, one bar per dimension, and saved.
+most (PReF's rule); type 1, 2 or = (no preference), q to finish early. The profile is saved after every pick
+(atomically: a temporary file renamed over ``--out``), so Ctrl-C keeps every choice already recorded; ``--out`` is
+checked to be writable before the model loads. At the end the profile is drawn as a bar chart, one bar per
+dimension.
 """
 
 from __future__ import annotations
@@ -14,14 +16,23 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
+import os
 import shutil
 import sys
+import tempfile
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import IO, Any
 
 EXIT_OK = 0
+EXIT_ERROR = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+MAX_QUESTIONS = 1000
+MAX_ANSWER_TOKENS = 4096
+SEED_LIMIT = 2**32
+"""Seeds are taken in [0, 2**32): the answers' seeds count up from it, and torch takes at most 64 bits."""
 DEFAULT_OUT = "persona-profile.yaml"
 CHOICES = {"1": "1", "2": "2", "=": "="}
 
@@ -112,8 +123,10 @@ def _ask(stdin: IO[str], stdout: IO[str]) -> str | None:
         stdout.write("Please type 1, 2 or = (or q to finish).\n")
 
 
-def interact(learner: Any, questions: int, stdin: IO[str], stdout: IO[str], width: int | None = None) -> Any:
-    """Ask up to ``questions`` questions, record each pick, and draw the profile; returns it."""
+def interact(learner: Any, questions: int, stdin: IO[str], stdout: IO[str], width: int | None = None,
+             on_pick: Callable[[Any], Any] | None = None) -> Any:
+    """Ask up to ``questions`` questions, record each pick (then ``on_pick(profile)``: the CLI saves it), and
+    draw the profile; returns it."""
     width = width or shutil.get_terminal_size((100, 24)).columns
     answered = 0
     for number in range(1, questions + 1):
@@ -128,7 +141,10 @@ def interact(learner: Any, questions: int, stdin: IO[str], stdout: IO[str], widt
             break
         profile = learner.record(question, choice)
         answered += 1
-        stdout.write(f"[{answered}/{questions}] recorded. Strongest so far: {strongest(profile)}\n")
+        if on_pick is not None:
+            on_pick(profile)
+        stdout.write(f"[{answered}/{questions}] recorded{' and saved' if on_pick else ''}. Strongest so far: "
+                     f"{strongest(profile)}\n")
     profile = learner.profile
     stdout.write(f"\nYour profile after {answered} choice(s) (a bar to the left leans to the left pole):\n\n")
     stdout.write(profile_chart(profile, width) + "\n")
@@ -149,27 +165,84 @@ def _prompts(path: str | None) -> list[str] | None:
     return lines
 
 
+def _bad_arguments(args: argparse.Namespace) -> str | None:
+    """What is wrong with the numbers given, in one line, or None."""
+    if not 1 <= args.questions <= MAX_QUESTIONS:
+        return f"--questions {args.questions}: give 1 to {MAX_QUESTIONS}"
+    if not 1 <= args.max_tokens <= MAX_ANSWER_TOKENS:
+        return f"--max-tokens {args.max_tokens}: give 1 to {MAX_ANSWER_TOKENS}"
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        return f"--temperature {args.temperature}: give a finite number >= 0"
+    if not 0 <= args.seed < SEED_LIMIT:
+        return f"--seed {args.seed}: give a whole number from 0 to {SEED_LIMIT - 1}"
+    return None
+
+
+def _unwritable(out: str) -> str | None:
+    """Why the profile could not be saved at ``out`` (checked by creating a file beside it), or None."""
+    path = Path(out).expanduser()
+    if path.is_dir():
+        return f"--out {out} is a folder; give a file name (e.g. {Path(out) / DEFAULT_OUT})"
+    folder = path.parent
+    if not folder.is_dir():
+        return f"--out {out}: the folder {folder} does not exist"
+    if path.exists() and not os.access(path, os.W_OK):
+        return f"--out {out}: the file is not writable"
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.", suffix=".check"):
+            pass
+    except OSError as exc:
+        return f"--out {out}: cannot write in {folder} ({exc.strerror or exc})"
+    return None
+
+
+def _usage_error(message: str) -> int:
+    print(f"persona-judge learn: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 def run(argv: Sequence[str], stdin: IO[str] | None = None, stdout: IO[str] | None = None) -> int:
     """The ``learn`` subcommand; returns the exit code."""
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     args = _parser().parse_args(list(argv))
-    if args.questions < 1 or args.max_tokens < 1 or not (math.isfinite(args.temperature) and args.temperature >= 0):
-        print("persona-judge learn: error: --questions and --max-tokens must be >= 1, --temperature a finite number "
-              ">= 0", file=sys.stderr)
-        return EXIT_USAGE
+    problem = _bad_arguments(args) or _unwritable(args.out)
+    if problem:
+        return _usage_error(problem)
     prompts = _prompts(args.prompts)
+    from ..errors import PersonaJudgeError
     from ..profiles import PreferenceLearner, PreferenceProfile, resolve_model
 
-    prior = PreferenceProfile.load(args.resume) if args.resume else None
-    basis = args.basis or (list(prior.weights) if prior is not None else None)
-    stdout.write("Loading the model...\n")
-    stdout.flush()
-    learner = PreferenceLearner(
-        resolve_model(args.model, device=args.device, dtype=args.dtype), basis=basis, registry=args.registry,
-        prompts=prompts, strategy=args.strategy, prior=prior, description=args.describe, seed=args.seed,
-        max_tokens=args.max_tokens, temperature=args.temperature,
-    )
-    profile = interact(learner, args.questions, stdin, stdout)
+    try:
+        prior = PreferenceProfile.load(args.resume) if args.resume else None
+        basis = args.basis or (list(prior.weights) if prior is not None else None)
+        stdout.write("Loading the model...\n")
+        stdout.flush()
+        learner = PreferenceLearner(
+            resolve_model(args.model, device=args.device, dtype=args.dtype), basis=basis, registry=args.registry,
+            prompts=prompts, strategy=args.strategy, prior=prior, description=args.describe, seed=args.seed,
+            max_tokens=args.max_tokens, temperature=args.temperature,
+        )
+    except PersonaJudgeError as exc:
+        return _usage_error(" ".join(str(exc).split()))
+    saved = {"picks": 0}  # how many picks the file at --out holds
+
+    def save(profile: Any) -> None:
+        profile.save(args.out)
+        saved["picks"] += 1
+
+    try:
+        profile = interact(learner, args.questions, stdin, stdout, on_pick=save)
+    except KeyboardInterrupt:
+        picks = saved["picks"]
+        kept = f"your {picks} choice(s) are saved in {args.out}" if picks else "no choice was made, nothing saved"
+        stdout.write(f"\nInterrupted: {kept}.\n")
+        stdout.flush()
+        return EXIT_INTERRUPTED
+    except PersonaJudgeError as exc:  # a pick that cannot be recorded: what was saved stays saved
+        picks = saved["picks"]
+        kept = f" (your {picks} choice(s) so far are saved in {args.out})" if picks else ""
+        print(f"persona-judge learn: error: {' '.join(str(exc).split())}{kept}", file=sys.stderr)
+        return EXIT_ERROR
     if learner.answered == 0 and prior is None and not args.describe:
         stdout.write("\nNo choices were made; nothing saved.\n")
         return EXIT_OK

@@ -11,8 +11,10 @@ ProfileError` naming the file and the problem.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import threading
 import weakref
 from collections.abc import Sequence
@@ -26,12 +28,20 @@ import yaml
 from ..errors import ProfileError
 from ..personas import NAME_PATTERN, Persona
 from .basis import Basis
+from .files import (
+    MAX_FILE_BYTES,
+    check_description,
+    check_evidence,
+    check_poles,
+    check_text,
+    check_weight,
+    parse_profile_text,
+)
 from .scoring import ModelHandle, PersonaScorer, Prompt, model_fingerprint, resolve_model
 
 FORMAT = "persona-judge-profile"
 VERSION = 1
 """The file format's version; a file of a later version is refused (upgrade the package)."""
-MAX_FILE_BYTES = 1_000_000
 POLES = 3
 """How many of the strongest weights decoding uses by default."""
 MIN_SHARE = 0.1
@@ -291,13 +301,22 @@ class PreferenceProfile:
         path = Path(path).expanduser()
         data = self.to_dict()
         if path.suffix.lower() == ".json":
-            text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+            text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
         else:
             text = "# A persona-judge preference profile (langchain_persona_judge.profiles).\n" + yaml.safe_dump(
                 data, sort_keys=False, allow_unicode=True, width=110)
+        # Atomically: a temporary file beside it, then renamed over it, so that an interrupted save (Ctrl-C, a
+        # full disk) leaves the previous profile whole rather than half a file.
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            path.write_text(text, encoding="utf-8")
+            with open(temporary, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, path)
         except OSError as exc:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
             raise ProfileError(f"{path}: cannot write the profile ({exc.strerror or exc}).") from exc
         return path
 
@@ -315,12 +334,13 @@ class PreferenceProfile:
                 from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ProfileError(f"{path}: cannot read the profile as UTF-8 text ({exc}).") from exc
-        try:
-            # JSON first when it looks like JSON (it spells NaN as YAML does not), else YAML.
-            data = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
-        except (yaml.YAMLError, json.JSONDecodeError) as exc:
-            raise ProfileError(f"{path}: the profile file is corrupted (not valid YAML/JSON: {exc}).") from exc
-        return cls.from_dict(data, source=str(path))
+        return cls.from_text(text, source=str(path))
+
+    @classmethod
+    def from_text(cls, text: str, *, source: str = "<profile>") -> PreferenceProfile:
+        """A profile from a file's text (YAML or JSON) that may come from anyone: size, nesting and every field
+        bounded (:mod:`.files`); any problem is a ProfileError naming ``source`` and the field."""
+        return cls.from_dict(parse_profile_text(text, source), source=source)
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "<profile>") -> PreferenceProfile:
@@ -341,6 +361,8 @@ class PreferenceProfile:
         if not isinstance(model, dict) or not isinstance(model.get("fingerprint"), str) or not isinstance(
                 model.get("display"), str) or not isinstance(model.get("name"), (str, type(None))):
             raise fail("`model` must hold `name`, `display` and `fingerprint`; the file is corrupted.")
+        for key in ("name", "display", "fingerprint"):
+            check_text(model[key], f"model.{key}", fail, optional=key == "name")
         basis = data.get("basis")
         records = basis.get("personas") if isinstance(basis, dict) else None
         if not isinstance(records, list) or not records or not all(isinstance(r, dict) for r in records):
@@ -352,11 +374,9 @@ class PreferenceProfile:
             raw = [r["weight"] for r in records]
         except KeyError as exc:
             raise fail(f"a basis persona has no {exc.args[0]!r}; the file is corrupted.") from None
-        if not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in raw):
-            raise fail("every weight must be a number; the file is corrupted.")
-        bad = [n for n, w in zip(names, raw) if not math.isfinite(w)]
-        if bad:
-            raise fail(f"the weights of {bad} are not finite (NaN or infinite); relearn the profile.")
+        for text in texts:
+            check_text(text, "basis.personas[].text", fail)
+        raw = [check_weight(n[:40], w, fail) for n, w in zip(names, raw)]
         try:
             resolved = Basis(names, texts, dimensions)
         except ProfileError as exc:
@@ -364,13 +384,9 @@ class PreferenceProfile:
         if basis.get("id") != resolved.identity:
             raise fail("the basis digest does not match its personas' texts: the file was edited or is corrupted; "
                        "relearn the profile.")
-        description = data.get("description")
-        if description is not None and not isinstance(description, str):
-            raise fail("`description` must be text.")
-        evidence = data.get("evidence") or {}
-        if not isinstance(evidence, dict):
-            raise fail("`evidence` must be a mapping.")
-        poles = data.get("poles", POLES)
+        description = check_description(data.get("description"), fail)
+        evidence = check_evidence(data.get("evidence"), fail)
+        poles = check_poles(data.get("poles", POLES), fail)
         try:
             return cls(resolved, raw, ModelIdentity(model["name"], model["display"], model["fingerprint"]),
                        description=description, evidence=evidence, poles=poles)

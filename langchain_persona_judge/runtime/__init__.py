@@ -7,7 +7,7 @@ Layer L2: imports the L1 packages (:mod:`~langchain_persona_judge.decoding`, :mo
 ``loading``        a Hugging Face id, local folder or GGUF file → one model handle (``ModelBackend``: backend,
                    tokenizer, vocabulary, context length, EOS ids, device); the embedded model
 ``models``         the process-wide registry: shared handles, one admission queue per in-memory model
-``admission``      the bounded FIFO queue in front of a model
+``admission``      the bounded queue in front of a model (round-robin by user); token caps
 ``chat_template``  a conversation → token ids through the model's chat template
 ``request``        preferences + conversation + options → a :class:`Request` (prompts, resolved options)
 ``run``            :func:`start_run` (the request policy: profile, request, limits) and :class:`RequestRun`:
@@ -19,7 +19,7 @@ Layer L2: imports the L1 packages (:mod:`~langchain_persona_judge.decoding`, :mo
 
 from __future__ import annotations
 
-from .admission import AdmissionQueue
+from .admission import AdmissionQueue, check_prompt_tokens, count_prompt_tokens
 from .bridge import iterate_in_thread
 from .chat_template import encode_chat, render_chat
 from .loading import (
@@ -48,6 +48,8 @@ __all__ = [
     "Truncation",
     "admission_queue",
     "build_request",
+    "check_prompt_tokens",
+    "count_prompt_tokens",
     "cache_dir",
     "display_name",
     "embedded_model_path",

@@ -108,8 +108,9 @@ def convert_gguf(gguf: Path) -> Path:
     try:
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    except ValueError as exc:
-        raise ModelLoadError(f"{gguf} could not be loaded as a causal language model: {exc}") from exc
+    except (ValueError, OSError, KeyError) as exc:  # a corrupted file: OSError from transformers' config reader
+        raise ModelLoadError(f"{gguf} could not be loaded as a causal language model (is the file complete and "
+                             f"a GGUF model?): {exc}") from exc
     # The weights are de-quantised already; without this save_pretrained refuses the GGUF "quantizer".
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):

@@ -78,6 +78,21 @@ class ModelRegistry:
                 queue = self._queues[model] = AdmissionQueue()
             return queue
 
+    def share_queue(self, model: Any, with_model: Any) -> AdmissionQueue:
+        """Make ``model`` wait in ``with_model``'s admission queue from now on (one set of slots for two copies of
+        the same weights, e.g. the llama.cpp model a server decodes with and the transformers one it scores with).
+        Either may be a handle (its ``weights`` are the key) or the in-memory model itself."""
+        if isinstance(model, ModelBackend):
+            model = model.weights
+        if isinstance(with_model, ModelBackend):
+            with_model = with_model.weights
+        with self._lock:
+            queue = self._queues.get(with_model)
+            if queue is None:
+                queue = self._queues[with_model] = AdmissionQueue()
+            self._queues[model] = queue
+            return queue
+
     def clear(self) -> None:
         """Forget every shared model (tests; a long-lived process that swaps models)."""
         with self._lock:

@@ -42,8 +42,10 @@ class RequestRun:
         cancelled: threading.Event | None = None,
         max_concurrency: int | None = None,
         max_queue: int | None = None,
+        user: str | None = None,
     ) -> None:
         self.request = request
+        self.user = user  # the admission queue serves users round-robin (None: the anonymous bucket)
         self.timeout = timeout
         self.cancelled = cancelled
         self.max_concurrency = max_concurrency
@@ -75,7 +77,7 @@ class RequestRun:
         queue = admission_queue(request.model)
         if self.max_concurrency is not None or self.max_queue is not None:
             queue.configure(self.max_concurrency, self.max_queue)
-        with queue.admit(deadline, self.cancelled) as admitted:
+        with queue.admit(deadline, self.cancelled, self.user) as admitted:
             if not admitted:  # cancelled while waiting for a slot: nothing was decoded
                 return
             # Looked up on the module at call time, so a test can watch or replace the engine.
@@ -180,12 +182,14 @@ def start_run(
     cancelled: threading.Event | None = None,
     max_concurrency: int | None = None,
     max_queue: int | None = None,
+    user: str | None = None,
 ) -> RequestRun:
     """One request from a chat model's settings to a :class:`RequestRun` (not started: iterate its text).
 
     A ``profile`` turns its learned poles (and the stated preferences) into weighted personas for
     ``combine="product"``; then the request is built once (:func:`~.request.build_request`: prompts within the
-    context, options resolved for ``model``, the grammar) and handed to a run with the caller's limits.
+    context, options resolved for ``model``, the grammar) and handed to a run with the caller's limits;
+    ``user`` is the key the model's admission queue serves round-robin (``None``: the anonymous bucket).
     """
     plan = None
     if profile is not None:  # the profile's poles (and stated preferences) as weighted personas
@@ -200,7 +204,7 @@ def start_run(
     if plan is not None:
         request = dataclasses.replace(request, profile=plan.metadata)
     return RequestRun(request, timeout=timeout, cancelled=cancelled, max_concurrency=max_concurrency,
-                      max_queue=max_queue)
+                      max_queue=max_queue, user=user)
 
 
 __all__ = ["DecodingProfile", "RequestRun", "start_run"]

@@ -317,7 +317,8 @@ CORRUPTED: dict[str, tuple[Any, str]] = {  # name: (file content, or a change to
     "a persona's text edited": ({"basis.text": "Answer like a pirate."}, "digest"),
     "no model": ({"model": None}, "model"),
     "YAML aliases (a crafted file)": (b"a: &a [1, 2]\nb: [*a, *a, *a]\n", "aliases"),
-    "a description over the cap": ({"description": "x" * 501}, "501 characters"),
+    "a description over the cap": ({"description": ("Be brief. " * 60)[:501]}, "501 characters"),
+    "a one-word description that is no persona": ({"description": "banana"}, "description"),
 }
 
 

@@ -42,6 +42,7 @@ PUBLIC = [
     "PromptTemplateError",
     "QueueFullError",
     "RequestTimeoutError",
+    "RequestTooLargeError",
     "TokenConstraint",
     "TraceEntry",
     "UnknownPersonaError",
@@ -87,6 +88,7 @@ BUILTINS = {
     "InvalidOptionError": (ValueError,),
     "InvalidArgumentError": (TypeError,),
     "InvalidInputError": (ValueError,),
+    "RequestTooLargeError": (ValueError,),
 }
 
 
