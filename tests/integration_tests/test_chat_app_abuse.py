@@ -26,21 +26,21 @@ import pytest
 import yaml
 from fastapi import HTTPException
 
-from tests.integration_tests.test_chat_app import TEST_HOST, _reset_admission_queue, _server_module
+from tests.helpers.chat_app import TEST_HOST, reset_admission_queue, server_module
 
 pytestmark = pytest.mark.embedded
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    server = _server_module()
+    server = server_module()
     settings = server.Settings(db_path=tmp_path_factory.mktemp("abuse") / "chat.db", max_tokens=4, temperature=0.0,
                                preload=False, allowed_hosts=(TEST_HOST,), max_message_tokens=50)
     application = server.create_app(settings)
     yield application
     application.state.service.profiles.close()
     application.state.service.store.close()
-    _reset_admission_queue()
+    reset_admission_queue()
 
 
 def _client(app: Any, token: str | None = None) -> httpx.AsyncClient:
@@ -142,7 +142,7 @@ async def test_a_second_import_while_one_is_read_is_429(app: Any, monkeypatch: p
 
 
 async def test_the_config_never_shows_the_model_files_path(tmp_path: Path) -> None:
-    server = _server_module()
+    server = server_module()
     secret = tmp_path / "private" / "weights" / "model.gguf"
     settings = server.Settings(db_path=tmp_path / "chat.db", preload=False, allowed_hosts=(TEST_HOST,),
                                model=str(secret))
@@ -158,7 +158,7 @@ async def test_the_config_never_shows_the_model_files_path(tmp_path: Path) -> No
 
 
 async def test_a_burst_of_sign_ups_from_one_address_is_mostly_refused(tmp_path: Path) -> None:
-    server = _server_module()
+    server = server_module()
     settings = server.Settings(db_path=tmp_path / "chat.db", preload=False, allowed_hosts=(TEST_HOST,),
                                signups_per_minute=30)
     application = server.create_app(settings)
@@ -202,7 +202,7 @@ def test_half_open_connections_are_closed_and_healthz_keeps_answering(tmp_path: 
     each of them once CHAT_HEADER_TIMEOUT has passed."""
     import socket
 
-    from tests.integration_tests.test_chat_app import LiveServer
+    from tests.helpers.chat_app import LiveServer
 
     live = LiveServer(tmp_path / "chat.db", CHAT_PRELOAD="0", CHAT_HEADER_TIMEOUT="1")
     live.start()

@@ -59,9 +59,9 @@ async def test_a_conversation_is_paged_back_from_the_newest(tmp_path: Path) -> N
 async def test_a_full_conversation_refuses_one_more_message_with_409(tmp_path: Path) -> None:
     import httpx
 
-    from tests.integration_tests.test_chat_app import TEST_HOST, _server_module
+    from tests.helpers.chat_app import TEST_HOST, server_module
 
-    server = _server_module()
+    server = server_module()
     settings = server.Settings(db_path=tmp_path / "chat.db", preload=False, allowed_hosts=(TEST_HOST,),
                                max_messages=4)
     app = server.create_app(settings)

@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration_tests.test_chat_app import TEST_HOST, _server_module
-from tests.integration_tests.test_chat_app_store import PostgresServer, _pg_bindir
+from tests.helpers.chat_app import TEST_HOST, server_module
+from tests.helpers.postgres import PostgresServer, pg_bindir
 
 RECOVERY_S = 5.0
 LOAD_S = 2.0  # of load before the restart, and again after it
@@ -43,7 +43,7 @@ class DurablePostgres(PostgresServer):
 
 @pytest.fixture
 def postgres() -> Iterator[DurablePostgres]:
-    bindir = _pg_bindir()
+    bindir = pg_bindir()
     if bindir is None:
         pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl): apt-get install postgresql")
     pytest.importorskip("psycopg_pool", reason="psycopg-pool comes with the app extra: pip install -e '.[app]'")
@@ -105,7 +105,7 @@ async def _until_answers(load: Load, token: str, limit: float) -> float:
 
 
 async def test_a_postgres_restart_under_load_loses_nothing_acknowledged(postgres: DurablePostgres, tmp_path) -> None:  # noqa: ANN001
-    server = _server_module()
+    server = server_module()
     url = postgres.fresh_database("chat_restart")
     settings = server.Settings(db_path=tmp_path / "unused.db", database_url=url, preload=False,
                                allowed_hosts=(TEST_HOST,), max_conversations=10_000)

@@ -238,3 +238,25 @@ def test_the_layer_contract_can_fail(tmp_path: Path, module: str, line: str, con
     )
     assert result.returncode != 0
     assert f"{contract}" in result.stdout and "BROKEN" in result.stdout
+
+
+def _test_module_imports(source: str) -> list[str]:
+    """The ``tests.unit_tests``/``tests.integration_tests`` modules that ``source`` imports."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+        names += [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+        found += [n for n in names if n.startswith(("tests.unit_tests", "tests.integration_tests"))]
+    return found
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared test code lives in tests/helpers or in fixtures: a test module imported by another runs its
+    module-level set-up twice and ties the two files together."""
+    offenders = {
+        path.relative_to(ROOT).as_posix(): imported
+        for path in sorted((ROOT / "tests").rglob("*.py"))
+        if (imported := _test_module_imports(path.read_text()))
+    }
+    assert offenders == {}
+    assert _test_module_imports("from tests.integration_tests.test_chat_app import LiveServer\n")
