@@ -384,8 +384,8 @@ def test_disconnects_stop_generation_and_free_the_slot(live: LiveServer) -> None
 def test_the_page_streams_an_answer_in_headless_chromium(live: LiveServer) -> None:
     """Two people in two browser contexts: each page signs up on its first visit (its token in localStorage),
     streams its answer, and sees only its own conversations; the provenance toggle colours the answer's tokens."""
-    chromium = chromium()
-    if chromium is None:
+    browser_path = chromium()
+    if browser_path is None:
         pytest.skip("no chromium at /usr/bin/chromium (or $CHROMIUM, or on PATH): run scripts/install-browser.sh, "
                     "which installs Debian's chromium; CI runs it before the tests")
     from playwright.sync_api import expect, sync_playwright
@@ -413,7 +413,7 @@ def test_the_page_streams_an_answer_in_headless_chromium(live: LiveServer) -> No
         return {"Authorization": f"Bearer {token}"}
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        browser = p.chromium.launch(executable_path=browser_path, args=CHROMIUM_ARGS, headless=True)
         try:
             problems: list[str] = []
             page = open_page(browser.new_context(), problems)

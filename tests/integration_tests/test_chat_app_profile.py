@@ -442,8 +442,8 @@ def live_profile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServe
 def test_picks_in_the_page_change_the_profile_panel(live_profile: LiveServer, tmp_path: Path) -> None:
     """A user answers the card a few times (offered after an answer, then on demand) and the panel's bars
     change; the next answer, with no persona picked, is decoded with the profile; export, reset and import."""
-    chromium = chromium()
-    if chromium is None:
+    browser_path = chromium()
+    if browser_path is None:
         pytest.skip("no chromium at /usr/bin/chromium (or $CHROMIUM, or on PATH): run scripts/install-browser.sh, "
                     "which installs Debian's chromium; CI runs it before the tests")
     from playwright.sync_api import expect, sync_playwright
@@ -466,7 +466,7 @@ def test_picks_in_the_page_change_the_profile_panel(live_profile: LiveServer, tm
         expect(page.locator("#profile-summary")).to_have_attribute("data-choices", str(choices), timeout=60_000)
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        browser = p.chromium.launch(executable_path=browser_path, args=CHROMIUM_ARGS, headless=True)
         try:
             problems: list[str] = []
             page = browser.new_context(accept_downloads=True).new_page()

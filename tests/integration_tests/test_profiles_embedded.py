@@ -57,7 +57,6 @@ def test_a_profile_and_its_negation_move_the_answer_opposite_ways(embedded: Any)
     that flipped the weights' signs fails on every prompt)."""
     from langchain_persona_judge import profile_from_description
 
-    model, tokenizer = embedded[0], embedded[1]
     basis = ["concise", "informative", "formal", "casual"]
     weights = [1.0, -1.0, 0.0, 0.0]  # short answers rather than long ones: a dimension the model follows well
     profile = profile_from_description("x", model=embedded, basis=basis).with_weights(weights) \
@@ -66,7 +65,7 @@ def test_a_profile_and_its_negation_move_the_answer_opposite_ways(embedded: Any)
     prompts = ["Why is the sky blue?", "What is rain?"]
 
     def answers(**params: Any) -> list[str]:
-        llm = ChatPersonaJudge(hf_model=model, tokenizer=tokenizer, temperature=0, max_tokens=16, **params)
+        llm = ChatPersonaJudge(hf_model=embedded, temperature=0, max_tokens=16, **params)
         return [llm.invoke(prompt).content for prompt in prompts]
 
     for prompt, up, down in zip(prompts, answers(profile=profile), answers(profile=negated)):

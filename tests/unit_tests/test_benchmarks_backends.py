@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from benchmarks import backends, tables
+from langchain_persona_judge.decoding.backends import TransformersBackend
 from tests.helpers import tiny_llama
 
 
@@ -86,7 +87,7 @@ def test_runs_on_a_tiny_model_emit_exactly_n_tokens_and_the_direct_prompt_matche
     model = tiny_llama(seed=3, sharpness=4.0)
     prompts = {"direct": [torch.tensor([1, 5, 7, 2])], "personas": [torch.tensor([1, 5, 9]), torch.tensor([1, 6, 9])],
                "reference": torch.tensor([1, 9])}
-    models = {"transformers": model}
+    models = {"transformers": TransformersBackend(model)}  # what load_model returns
     plain = backends.run_once("transformers", "generate", models, prompts, 6)
     direct = backends.run_once("transformers", "direct", models, prompts, 6)
     assert plain["tokens"] == direct["tokens"] == 6
@@ -99,7 +100,7 @@ def test_runs_on_a_tiny_model_emit_exactly_n_tokens_and_the_direct_prompt_matche
 
 def test_decode_costs_measure_every_size_and_layout_on_transformers():
     model = tiny_llama(seed=1, vocab_size=512)  # the cost probe feeds token 500
-    costs = backends.decode_costs({"transformers": model}, [1, 2, 3, 4], sizes=(1, 2), reps=2)
+    costs = backends.decode_costs({"transformers": TransformersBackend(model)}, [1, 2, 3, 4], sizes=(1, 2), reps=2)
     assert set(costs) == {"transformers"}
     assert set(costs["transformers"]) == {"1 tokens", "1 sequences", "2 tokens", "2 sequences"}
     assert all(v > 0 for v in costs["transformers"].values())
