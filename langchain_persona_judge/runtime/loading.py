@@ -291,21 +291,35 @@ def load_model(
         :class:`~langchain_persona_judge.decoding.backends.TransformersBackend` (the model, in eval mode, is its
         ``.model``); on llama.cpp a :class:`~langchain_persona_judge.decoding.backends.llamacpp.LlamaCppModel`.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     if resolve_backend(backend, name, device, dtype if not prepack else "prepacked") == "llamacpp":
         if dtype is not None or prepack:
             raise ModelLoadError(
                 "dtype= and prepack= apply to the transformers backend; llama.cpp runs the GGUF's own quantised "
                 "weights. Drop them, or pass backend='transformers'."
             )
-        from ..decoding.backends.llamacpp import load_llamacpp
+        return _load_llamacpp(name, n_threads)
+    return _load_transformers(name, device, dtype, prepack)
 
-        gguf = gguf_file(name)
-        assert gguf is not None
-        handle = load_llamacpp(gguf, tokenizer=gguf_tokenizer(gguf), n_threads=n_threads)
-        handle.name = str(name) if name else EMBEDDED_NAME
-        return handle
+
+def _load_llamacpp(name: str | os.PathLike[str] | None, n_threads: int | None) -> ModelBackend:
+    """A GGUF file's handle on llama.cpp, its tokenizer read from the file."""
+    from ..decoding.backends.llamacpp import load_llamacpp
+
+    gguf = gguf_file(name)
+    assert gguf is not None
+    handle = load_llamacpp(gguf, tokenizer=gguf_tokenizer(gguf), n_threads=n_threads)
+    handle.name = str(name) if name else EMBEDDED_NAME
+    return handle
+
+
+def _load_transformers(
+    name: str | os.PathLike[str] | None,
+    device: str | torch.device | None,
+    dtype: str | torch.dtype | None,
+    prepack: bool | None,
+) -> ModelBackend:
+    """A causal LM's handle on transformers: the model in eval mode on its device (prepacked where asked)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(name)
     extra, target = _device_kwargs(device)
