@@ -117,8 +117,9 @@ class PersonaRegistry:
         """
         check_extends(self._personas, missing_ok)
 
-    def render(self, name: str, **variables: Any) -> str:
-        """The preference text of ``name``, with inheritance: parents' variables are defaults, and a
+    def render(self, name: str, /, **variables: Any) -> str:
+        """The preference text of ``name`` (positional only, so a template variable may be called ``name`` too),
+        with inheritance: parents' variables are defaults, and a
         child's description can include its parent's text as ``{{ parent }}`` (no description: the parent's)."""
         chain = self._chain(name)
         defaults = self.defaults(name)

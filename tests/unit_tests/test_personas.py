@@ -68,6 +68,18 @@ def test_variables_inheritance_and_parent_text():
     assert Persona(name="x", description="for {{ who }}", variables={"who": "kids"}).render() == "for kids"
 
 
+def test_a_template_variable_may_be_called_name(tmp_path):
+    """``registry.render(persona, name=...)``: the persona is positional, so ``name`` is the template's (it was a
+    TypeError, "got multiple values for argument 'name'")."""
+    path = tmp_path / "named.yaml"
+    path.write_text("personas:\n  - name: greeter\n    description: Address the reader as {{ name }}.\n"
+                    "    variables: {name: friend}\n")
+    registry = load_registry(path)
+    assert registry.render("greeter") == "Address the reader as friend."
+    assert registry.render("greeter", name="Ada") == "Address the reader as Ada."
+    assert resolve_preference(("greeter", {"name": "Ada"}), registry).text == "Address the reader as Ada."
+
+
 def test_folder_loading_and_merge_warns_on_override(tmp_path):
     (tmp_path / "a.yaml").write_text("personas:\n  - name: one\n    description: First.\n")
     (tmp_path / "b.yml").write_text("personas:\n  - name: one\n    description: Second.\n  - name: two\n    description: Two.\n")
