@@ -61,6 +61,15 @@ def vs_direct(d: dict, setting: str, dim: str, cond: str) -> dict:
     return settings(d)[setting]["dimensions"][dim]["comparisons"][f"{cond} vs direct"]
 
 
+def fresh_row(check: dict) -> str:
+    """The start of a γ's row in benchmarks/README.md's fresh-prompt table: its win rates, guards, perplexity."""
+    sf, cf = check["settings"]["simple+friendly"], check["settings"]["concise+friendly"]
+    gamma = float(check["condition"].removeprefix("persona_judge_g"))
+    return "| {:g} | {:.1%}, {:.1%} | {:.1%}, {:.1%} | {}, {} | {:.2f}×, {:.2f}× | {} |".format(
+        gamma, *sf["win_rates"].values(), *cf["win_rates"].values(), sf["guard_failures"], cf["guard_failures"],
+        sf["perplexity_ratio"], cf["perplexity_ratio"], "yes" if check["passes"] else "no")[:-2]
+
+
 def tps(d: dict, key: str) -> float:
     return d["table"][key]["tokens_per_s"]
 
@@ -191,6 +200,17 @@ FIGURES: list[tuple[str, str, str, Callable[[Any], str]]] = [
      lambda d: "simple {} [{}, {}] and friendly {} [{}, {}] of simple+friendly with it".format(
          pct(d["pairs"]["simple+friendly/simple"]["win_rate"]), *map(pct, d["pairs"]["simple+friendly/simple"]["ci"]),
          pct(d["pairs"]["simple+friendly/friendly"]["win_rate"]), *map(pct, d["pairs"]["simple+friendly/friendly"]["ci"]))),
+    ("fresh_recommended", "README.md", "quality_fresh_rule.json",
+     lambda d: "no γ passes, so no guided strength is recommended" if d["recommended"] is None
+     else f"recommended γ = {d['recommended']}"),
+    *[(f"fresh_row_{gamma}", "benchmarks/README.md", "quality_fresh_rule.json",
+       lambda d, gamma=gamma: fresh_row(d["checks"][gamma])) for gamma in ("1.25", "1.5", "2")],
+    ("fresh_g125_cis", "benchmarks/README.md", "quality_fresh.json",
+     lambda d: "simple [{}, {}], friendly [{}, {}], concise [{}, {}], friendly [{}, {}]".format(
+         *map(pct, vs_direct(d, "simple+friendly", "simple", "persona_judge_g1.25")["ci95"]),
+         *map(pct, vs_direct(d, "simple+friendly", "friendly", "persona_judge_g1.25")["ci95"]),
+         *map(pct, vs_direct(d, "concise+friendly", "concise", "persona_judge_g1.25")["ci95"]),
+         *map(pct, vs_direct(d, "concise+friendly", "friendly", "persona_judge_g1.25")["ci95"]))),
     ("loop_at_1024", "benchmarks/README.md", "speed_rules.json",
      lambda d: "{} of its last window's 4-grams repeat earlier ones".format(
          pct(d["lengths"]["series"]["persona_judge"][-1]["window_repeated_ngram_share"]))),
@@ -257,8 +277,8 @@ def test_marked_tables_render_from_their_results_files():
         assert TABLES[m["name"]](source) == m["body"], f"table {m['name']} ({m['source']}) is stale"
 
 
-PENDING = {"quality_fresh.json"}
-"""Results files the docs name as the output of a run still in progress (the fresh-prompt γ run)."""
+PENDING: set[str] = set()
+"""Results files the docs name as the output of a run still in progress (none now)."""
 
 
 def test_results_files_quoted_in_the_docs_exist():
