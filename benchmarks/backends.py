@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "config": {"max_new_tokens": args.max_new_tokens, "questions": questions, "repeats": args.repeats,
                    "lookahead": LOOKAHEAD, "greedy": True, "eos_ignored": True, "preferences": PREFERENCES,
                    "model": "SmolLM2-135M-Instruct Q4_1 GGUF (embedded)", "threads": args.threads,
-                   "transformers_prepacked": is_prepacked(models["transformers"]) if "transformers" in models else None,
+                   "transformers_prepacked": is_prepacked(models["transformers"].model) if "transformers" in models else None,
                    "llamacpp_weights": "Q4_1 (as embedded)" if args.requantize is None else
                    f"{args.requantize.upper()} (the embedded Q4_1 re-quantised; transformers: the embedded weights)",
                    "machine": machine_info("cpu", args.threads), "seconds": round(time.perf_counter() - started, 1)},
