@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import numpy as np
 import torch
@@ -251,3 +252,24 @@ def export_gguf(model, path) -> None:
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+def count_context_checks(monkeypatch: Any) -> list[int | None]:
+    """Record each context check the runtime makes (the limit it checked against) and fail the test if decoding
+    starts: for tests that an over-long conversation is refused once, before any forward."""
+    from langchain_persona_judge import decoding
+    from langchain_persona_judge.runtime import request
+
+    checks: list[int | None] = []
+    original = request.context_budget
+
+    def counting(limit: int | None, *args: Any, **kwargs: Any) -> int:
+        checks.append(limit)
+        return original(limit, *args, **kwargs)
+
+    def no_forward(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("decoding started for a conversation that does not fit")
+
+    monkeypatch.setattr(request, "context_budget", counting)
+    monkeypatch.setattr(decoding, "stream", no_forward)
+    return checks

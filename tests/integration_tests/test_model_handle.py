@@ -9,6 +9,7 @@ import pytest
 
 from langchain_persona_judge import ChatPersonaJudge, ContextLengthError
 from langchain_persona_judge.runtime import EMBEDDED_NAME, embedded_model_path
+from tests.helpers import count_context_checks
 
 pytestmark = pytest.mark.embedded
 
@@ -55,22 +56,8 @@ def test_the_handle_reports_the_same_facts_on_both_backends(handles: dict[str, A
 def test_an_over_long_conversation_is_one_context_length_error(
     handles: dict[str, Any], kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from langchain_persona_judge import decoding
-    from langchain_persona_judge.runtime import request
-
     handle = handles[kind]
-    checks: list[int | None] = []
-    original = request.context_budget
-
-    def counting(limit: int | None, *args: Any, **kwargs: Any) -> int:
-        checks.append(limit)
-        return original(limit, *args, **kwargs)
-
-    def no_forward(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("decoding started for a conversation that does not fit")
-
-    monkeypatch.setattr(request, "context_budget", counting)
-    monkeypatch.setattr(decoding, "stream", no_forward)
+    checks = count_context_checks(monkeypatch)
     llm = ChatPersonaJudge(hf_model=handle, preferences=["Be brief."], max_tokens=4)
     limit = handle.context_length
     with pytest.raises(ContextLengthError, match=f"context holds {limit}") as info:

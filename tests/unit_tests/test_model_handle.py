@@ -15,7 +15,7 @@ from langchain_persona_judge import ChatPersonaJudge, ContextLengthError, genera
 from langchain_persona_judge.decoding import ModelBackend
 from langchain_persona_judge.decoding.backends import TransformersBackend
 from langchain_persona_judge.runtime import REGISTRY, admission_queue, load_model, shared_model
-from tests.helpers import tiny_llama
+from tests.helpers import count_context_checks, tiny_llama
 
 PREFS = ["Answer formally.", "Answer with a joke."]
 
@@ -109,21 +109,7 @@ def test_the_handle_reads_the_model_facts_once_for_every_layer(tokenizer: Any) -
 def test_an_over_long_conversation_is_one_context_length_error_before_any_forward(
     tokenizer: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from langchain_persona_judge import decoding
-    from langchain_persona_judge.runtime import request
-
-    checks: list[int | None] = []
-    original = request.context_budget
-
-    def counting(limit: int | None, *args: Any, **kwargs: Any) -> int:
-        checks.append(limit)
-        return original(limit, *args, **kwargs)
-
-    def no_forward(*args: Any, **kwargs: Any) -> Any:
-        raise AssertionError("decoding started for a conversation that does not fit")
-
-    monkeypatch.setattr(request, "context_budget", counting)
-    monkeypatch.setattr(decoding, "stream", no_forward)
+    checks = count_context_checks(monkeypatch)
     llm = ChatPersonaJudge(hf_model=_model(tokenizer, context=64), tokenizer=tokenizer, preferences=PREFS,
                            max_tokens=4)
     with pytest.raises(ContextLengthError, match="context holds 64") as info:
