@@ -10,6 +10,17 @@ from contextlib import contextmanager
 from typing import Any
 
 
+WEATHER = {  # an OpenAI-format tool the server tests call
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}},
+                       "required": ["city"]},
+    },
+}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -18,20 +18,12 @@ from langchain_persona_judge.cli.ask import UsageError
 from langchain_persona_judge.cli.serve import build_parser, settings_from
 from langchain_persona_judge.errors import InvalidOptionError
 from tests.helpers import tiny_llama
+from tests.serve_helpers import WEATHER
 
 pytest.importorskip("fastapi", reason="the server needs the serve extra")
 from langchain_persona_judge.serve import ServeSettings, create_app, is_loopback, read_api_keys  # noqa: E402
 
 USER = [{"role": "user", "content": "What is rain?"}]
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city.",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}},
-                       "required": ["city"]},
-    },
-}
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 
 from langchain_persona_judge.runtime import admission_queue
 from tests.helpers import tiny_llama
-from tests.serve_helpers import running_server
+from tests.serve_helpers import WEATHER, running_server
 
 openai = pytest.importorskip("openai", reason="the client tests need the serve extra")
 langchain_openai = pytest.importorskip("langchain_openai", reason="the client tests need the serve extra")
@@ -28,15 +28,6 @@ from langchain_persona_judge.serve import ServeSettings, create_app  # noqa: E40
 KEY = "test-key-123"
 PREFERENCES = ["Be brief.", "Be playful."]
 QUESTION = [{"role": "user", "content": "What is rain?"}]
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city.",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}},
-                       "required": ["city"]},
-    },
-}
 
 
 class Rain(BaseModel):
