@@ -123,7 +123,7 @@ def _registry(name: str, template: str) -> str:
 
 
 _RUNNER = r'''
-import json, resource, signal, sys, time, tracemalloc, traceback
+import gc, json, resource, signal, sys, time, tracemalloc, traceback
 resource.setrlimit(resource.RLIMIT_AS, ({address_space}, {address_space}))
 from langchain_persona_judge.errors import PersonaError
 from langchain_persona_judge.personas import PersonaRegistry
@@ -139,6 +139,7 @@ registries = json.loads(sys.stdin.read())
 results = {{}}
 tracemalloc.start()
 for name, text in registries.items():
+    gc.collect()  # what an earlier probe left in reference cycles (tracebacks) does not count here
     tracemalloc.reset_peak()
     start = time.perf_counter()
     signal.setitimer(signal.ITIMER_REAL, {alarm})
