@@ -30,7 +30,7 @@ from typing import Any
 from jinja2.exceptions import SecurityError
 
 from .clock import MAX_RENDER_SECONDS
-from .sizes import MAX_DUMP_DEPTH, TooDeep, json_size, nodes_within
+from .sizes import MAX_DUMP_DEPTH, TOO_DEEP, count_nodes, json_size
 
 MAX_TEXT = 10_000
 """Characters of a rendered persona text, and of anything a template builds beyond the size of its inputs."""
@@ -339,10 +339,9 @@ def _check_format(value: Any, *args: Any, **kwargs: Any) -> None:
 
 def _check_tojson(value: Any, indent: Any = None) -> None:
     limit = current_budget().limit
-    try:
-        written = json_size(value, indent, limit)
-    except TooDeep:
-        raise refuse(f"|tojson of a value nested more than {MAX_DUMP_DEPTH} levels deep") from None
+    written = json_size(value, indent, limit)
+    if written == TOO_DEEP:
+        raise refuse(f"|tojson of a value nested more than {MAX_DUMP_DEPTH} levels deep")
     if written > limit:
         raise refuse(f"|tojson would write more than {limit} characters; pass a smaller indent or a smaller value")
 
@@ -367,11 +366,11 @@ class _CappedStream:
 def bounded_pprint(value: Any) -> str:
     """``pprint.pformat(value)`` (what ``|pprint`` writes), within the render's limit and time."""
     limit = current_budget().limit
-    try:
-        if not nodes_within(value, limit):
-            raise refuse(f"|pprint would write more than {limit} characters; pass a smaller value")
-    except TooDeep:
-        raise refuse(f"|pprint of a value nested more than {MAX_DUMP_DEPTH} levels deep") from None
+    nodes = count_nodes(value, limit)
+    if nodes == TOO_DEEP:
+        raise refuse(f"|pprint of a value nested more than {MAX_DUMP_DEPTH} levels deep")
+    if nodes > limit:
+        raise refuse(f"|pprint would write more than {limit} characters; pass a smaller value")
     stream = _CappedStream(limit + 1)  # pprint() ends with a line break, which pformat() does not write
     pprint.PrettyPrinter(stream=stream).pprint(value)
     return "".join(stream.parts)[:-1]

@@ -4,8 +4,8 @@ Both filters can turn a small value into a huge text: ``tojson(indent=n)`` write
 level before every item, and ``pprint`` indents the items of a dict's value by the length of its key, so a value
 that holds a few thousand characters can print gigabytes. The sandbox's guards (:mod:`.guards`) refuse
 ``tojson`` when :func:`json_size` (an upper bound of what it writes) is over the render's limit, and ``pprint``
-when the value is too large or too deep (:func:`nodes_within`; it then writes to a stream that stops at the
-limit). Each walk counts at least one for each node it visits and stops past ``cap``: its cost is O(cap). No
+when the value is too large or too deep (:func:`count_nodes`; it then writes to a stream that stops at the
+limit). A value nested past :data:`MAX_DUMP_DEPTH` levels counts as :data:`TOO_DEEP`. Each walk counts at least one for each node it visits and stops past ``cap``: its cost is O(cap). No
 Jinja, no LangChain.
 """
 
@@ -19,10 +19,8 @@ MAX_DUMP_DEPTH = 100
 
 _DICT_VIEWS = (type({}.keys()), type({}.values()), type({}.items()))
 _HTML_UNSAFE = "<>&'"  # tojson writes each as \\u00XX: 5 characters more
-
-
-class TooDeep(ValueError):
-    """The value nests more than :data:`MAX_DUMP_DEPTH` levels."""
+TOO_DEEP = -1
+"""What :func:`json_size` and :func:`count_nodes` return for a value nested past :data:`MAX_DUMP_DEPTH` levels."""
 
 
 def _json_scalar(value: Any) -> int:
@@ -39,7 +37,7 @@ def _json_scalar(value: Any) -> int:
 
 def json_size(value: Any, indent: Any, cap: int) -> int:
     """At most how many characters ``|tojson(indent=indent)`` writes for ``value`` (``cap + 1``: more than
-    ``cap``); raises :class:`TooDeep` past :data:`MAX_DUMP_DEPTH` levels."""
+    ``cap``); :data:`TOO_DEEP` past :data:`MAX_DUMP_DEPTH` levels."""
     width = len(indent) if isinstance(indent, str) else max(indent, 0) if isinstance(indent, int) else 0
     if width > cap:
         return cap + 1  # json.dumps builds the indent string first
@@ -49,7 +47,7 @@ def json_size(value: Any, indent: Any, cap: int) -> int:
     while stack:
         item, level = stack.pop()
         if level > MAX_DUMP_DEPTH:
-            raise TooDeep(f"the value nests more than {MAX_DUMP_DEPTH} levels")
+            return TOO_DEEP
         if isinstance(item, dict):
             children: list[Any] = list(item.values())
             total += sum(_json_scalar(k if isinstance(k, str) else str(k)) + 2 for k in item)
@@ -68,24 +66,24 @@ def json_size(value: Any, indent: Any, cap: int) -> int:
     return total
 
 
-def nodes_within(value: Any, cap: int) -> bool:
-    """Whether ``value`` holds at most ``cap`` items, nested at most :data:`MAX_DUMP_DEPTH` levels (raises
-    :class:`TooDeep` past that): ``pprint`` writes at least a character an item, and walks the whole value again
-    at every level."""
+def count_nodes(value: Any, cap: int) -> int:
+    """How many items ``value`` holds, itself included (``cap + 1``: more than ``cap``); :data:`TOO_DEEP` past
+    :data:`MAX_DUMP_DEPTH` levels. ``pprint`` writes at least a character an item, and walks the whole value
+    again at every level."""
     count = 0
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         item, level = stack.pop()
         if level > MAX_DUMP_DEPTH:
-            raise TooDeep(f"the value nests more than {MAX_DUMP_DEPTH} levels")
+            return TOO_DEEP
         count += 1
         if count > cap:
-            return False
+            return cap + 1
         if isinstance(item, dict):
             stack.extend((child, level + 1) for pair in item.items() for child in pair)
         elif isinstance(item, (list, tuple, set, frozenset, *_DICT_VIEWS)):
             stack.extend((child, level + 1) for child in item)
-    return True
+    return count
 
 
-__all__ = ["MAX_DUMP_DEPTH", "TooDeep", "json_size", "nodes_within"]
+__all__ = ["MAX_DUMP_DEPTH", "TOO_DEEP", "count_nodes", "json_size"]

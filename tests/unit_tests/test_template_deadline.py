@@ -226,6 +226,17 @@ def test_pprint_writes_what_pformat_writes_within_the_limit(value):
         render_template(template, {"value": value}, limit=len(expected) - 1)
 
 
+@pytest.mark.parametrize("dump", ["tojson", "pprint"])
+def test_tojson_and_pprint_refuse_a_value_nested_past_100_levels(dump):
+    deep: list = ["x"]
+    for _ in range(99):
+        deep = [deep]  # 100 lists, "x" on level 100
+    template = compile_template(f"{{{{ value|{dump}|length }}}}")
+    assert render_template(template, {"value": deep}) == "203"  # 100 [ and 100 ], "x" between quotes
+    with pytest.raises(SecurityError, match=rf"\|{dump} of a value nested more than 100 levels deep"):
+        render_template(template, {"value": [deep]})
+
+
 # -- the clocks: a persona's chain shares one; reading a registry has one too ---------------------------------
 
 
