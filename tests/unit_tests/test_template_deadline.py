@@ -19,6 +19,7 @@ import pprint
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,8 +27,8 @@ from jinja2.exceptions import SecurityError
 from jinja2.filters import do_tojson
 from jinja2.nodes import EvalContext
 
-from langchain_persona_judge.errors import PersonaError
-from langchain_persona_judge.personas import PersonaRegistry
+from langchain_persona_judge.errors import PersonaError, PromptTemplateError
+from langchain_persona_judge.personas import PersonaRegistry, render_preferences
 from langchain_persona_judge.personas import parsing as registry_parsing
 from langchain_persona_judge.personas.clock import shared_clock
 from langchain_persona_judge.personas.sandbox import ENVIRONMENT, compile_template, render_template
@@ -125,8 +126,8 @@ def _registry(name: str, template: str) -> str:
 _RUNNER = r'''
 import gc, json, resource, signal, sys, time, tracemalloc, traceback
 resource.setrlimit(resource.RLIMIT_AS, ({address_space}, {address_space}))
-from langchain_persona_judge.errors import PersonaError
-from langchain_persona_judge.personas import PersonaRegistry
+from langchain_persona_judge.errors import PersonaError, PromptTemplateError
+from langchain_persona_judge.personas import PersonaRegistry, render_preferences
 
 class ProbeTimeout(BaseException):
     pass
@@ -250,6 +251,15 @@ def test_a_persona_chain_renders_on_one_clock():
     assert 0 < 10.0 - clock.left < 1.0  # both renders ran on this clock
     with shared_clock(0.0), pytest.raises(PersonaError, match=r"persona 'a': .*it ran for more than 0 s"):
         registry.render("b")
+
+
+def test_a_slow_preference_template_ends_in_a_prompt_template_error_within_2_s():
+    # 2**18 macro calls: about 3 s here without the deadline
+    fan_out = "{% macro m(f, n) %}{% if n %}{{ f(f, n - 1) }}{{ f(f, n - 1) }}{% endif %}{% endmacro %}{{ m(m, 18) }}"
+    start = time.perf_counter()
+    with pytest.raises(PromptTemplateError, match=rf"{DEADLINE}.* It receives `system`"):
+        render_preferences("system", ["Be kind."], "", fan_out)
+    assert time.perf_counter() - start < SECONDS
 
 
 def test_reading_a_registry_has_a_time_limit(monkeypatch):
