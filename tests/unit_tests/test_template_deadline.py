@@ -7,8 +7,8 @@ the wall-clock deadline of a render, the work counted for ``in`` and the tests, 
 ``pprint`` estimated before they write, the sizes of list and dict literals.
 
 The probes run in one subprocess under ``RLIMIT_AS`` (2 GiB), each with a 6 s alarm, measuring wall-clock time
-(``time.perf_counter``) and the peak of Python's allocations (``tracemalloc``), so a regression shows as a failed
-test, not as a hung or swapped-out test run.
+(``time.perf_counter``), then, in a second pass, the peak of Python's allocations (``tracemalloc``), so a
+regression shows as a failed test, not as a hung or swapped-out test run.
 """
 
 from __future__ import annotations
@@ -136,12 +136,8 @@ def alarm(signum, frame):
     raise ProbeTimeout()
 
 signal.signal(signal.SIGALRM, alarm)
-registries = json.loads(sys.stdin.read())
-results = {{}}
-tracemalloc.start()
-for name, text in registries.items():
-    gc.collect()  # what an earlier probe left in reference cycles (tracebacks) does not count here
-    tracemalloc.reset_peak()
+
+def probe(name, text):
     start = time.perf_counter()
     signal.setitimer(signal.ITIMER_REAL, {alarm})
     try:
@@ -156,21 +152,32 @@ for name, text in registries.items():
         outcome = ["raw " + type(exc).__name__, traceback.format_exc()[-2000:]]
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-    results[name] = outcome + [time.perf_counter() - start, tracemalloc.get_traced_memory()[1]]
+    return outcome + [time.perf_counter() - start]
+
+registries = json.loads(sys.stdin.read())
+# Times first (tracemalloc slows Python several times over), then each probe again for its peak of memory.
+results = {{name: probe(name, text) for name, text in registries.items()}}
+tracemalloc.start()
+for name, text in registries.items():
+    gc.collect()  # what an earlier probe left in reference cycles (tracebacks) does not count here
+    tracemalloc.reset_peak()
+    probe(name, text)
+    results[name].append(tracemalloc.get_traced_memory()[1])
 print(json.dumps(results))
 '''
 
 
 @pytest.fixture(scope="module")
 def probe_results() -> dict[str, list]:
-    """Every probe, run once in a subprocess limited to 2 GiB of address space, each under an alarm."""
+    """Every probe, run in a subprocess limited to 2 GiB of address space, each under an alarm: once for its
+    time, once for its peak of memory."""
     script = _RUNNER.format(address_space=ADDRESS_SPACE, alarm=ALARM_SECONDS)
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": str(root)}
     registries = {name: _registry(name, template) for name, (template, _) in PROBES.items()}
     result = subprocess.run(
         [sys.executable, "-c", script], input=json.dumps(registries), capture_output=True, text=True,
-        timeout=len(PROBES) * ALARM_SECONDS + 60, cwd=root, env=env,
+        timeout=2 * len(PROBES) * ALARM_SECONDS + 60, cwd=root, env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
