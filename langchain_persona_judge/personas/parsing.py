@@ -13,14 +13,17 @@ A registry file looks like this (see ``prompts/personas.yaml`` for the built-ins
 
 A registry is untrusted input (registries are shared between people). Its fields are always inline text,
 never file paths. YAML loads with the safe loader; a registry holds at most :data:`MAX_REGISTRY_BYTES`,
-:data:`MAX_PERSONAS` personas and :data:`MAX_TEMPLATE_CHARS` characters of Jinja templates. Every problem,
+:data:`MAX_PERSONAS` personas and :data:`MAX_TEMPLATE_CHARS` characters of Jinja templates, and reads within
+:data:`MAX_LOAD_SECONDS` (checked after each persona). Every problem,
 hostile or not, raises :class:`~langchain_persona_judge.errors.PersonaError` naming the file, the line, the
 persona, the problem and the fix.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -38,6 +41,9 @@ MAX_PERSONAS = 1_000
 MAX_TEMPLATE_CHARS = 50_000
 """Characters of Jinja templates (texts with a ``{``; plain text does not count) in a registry (a file, or the
 files of a folder together): parsing them all takes well under a second."""
+MAX_LOAD_SECONDS = 1.0
+"""Wall-clock seconds to read a registry (a file, or the files of a folder together), its templates parsed: the
+largest registry allowed reads in about 0.15 s."""
 
 
 class _ReportValueErrors:
@@ -180,6 +186,8 @@ class Allowance:
     bytes: int = MAX_REGISTRY_BYTES
     personas: int = MAX_PERSONAS
     template_chars: int = MAX_TEMPLATE_CHARS
+    deadline: float = dataclasses.field(default_factory=lambda: time.perf_counter() + MAX_LOAD_SECONDS)
+    """:func:`time.perf_counter` value past which reading is refused."""
 
 
 def parse_registry_text(text: str, source: str = "<string>") -> list[Persona]:
@@ -271,6 +279,11 @@ def _persona(
                     "shorten them."
                 )
             check_template(template, persona.name, persona.source, field)
+    if time.perf_counter() > allowance.deadline:
+        raise PersonaError(
+            f"{where}persona {persona.name!r}: reading the registry took more than {MAX_LOAD_SECONDS:g} s (the "
+            "files of a folder together); shorten its templates or hold fewer personas."
+        )
     return persona
 
 
@@ -302,6 +315,7 @@ def read_registry(path: Path, allowed: int = MAX_REGISTRY_BYTES) -> str:
 
 
 __all__ = [
+    "MAX_LOAD_SECONDS",
     "MAX_PERSONAS",
     "MAX_REGISTRY_BYTES",
     "MAX_TEMPLATE_CHARS",

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from ..errors import PersonaError
+from .clock import MAX_RENDER_SECONDS, shared_clock
 from .parsing import Allowance, parse_registry, parse_registry_text, read_registry, registry_files
 from .persona import Persona, located, render_persona
 from .sandbox import InlineTemplate
@@ -120,13 +121,15 @@ class PersonaRegistry:
     def render(self, name: str, /, **variables: Any) -> str:
         """The preference text of ``name`` (positional only, so a template variable may be called ``name`` too),
         with inheritance: parents' variables are defaults, and a
-        child's description can include its parent's text as ``{{ parent }}`` (no description: the parent's)."""
+        child's description can include its parent's text as ``{{ parent }}`` (no description: the parent's).
+        The templates of the whole chain render within :data:`~.clock.MAX_RENDER_SECONDS` in all."""
         chain = self._chain(name)
         defaults = self.defaults(name)
         text: str | None = None
-        for ancestor in reversed(chain):
-            if ancestor.description is not None:
-                text = render_persona(ancestor, defaults, variables, parent=text)
+        with shared_clock(MAX_RENDER_SECONDS):
+            for ancestor in reversed(chain):
+                if ancestor.description is not None:
+                    text = render_persona(ancestor, defaults, variables, parent=text)
         if text is None:
             raise PersonaError(f"persona {name!r} and its parents have no description; write one.")
         return text

@@ -16,7 +16,11 @@ memory a template may take. This environment does, so that any template finishes
   holds at most :data:`~.guards.MAX_RANGE` items; the loops of one render run
   :data:`~.guards.MAX_LOOP_ITERATIONS` iterations in all; output (captured output included:
   ``{% set %}...{% endset %}``, macros, filter blocks) is counted; calls nest at most
-  :data:`~.guards.MAX_CALL_DEPTH` deep; and the rendered text is at most the limit.
+  :data:`~.guards.MAX_CALL_DEPTH` deep; list, tuple and dict literals are sized like the values a template
+  builds; ``|tojson`` and ``|pprint`` are sized before they write (:mod:`.sizes`); the ``in`` operator and the
+  tests look through :data:`~.guards.MAX_TEST_WORK` items or characters in all; the rendered text is at most the
+  limit; and the render ends after :data:`~.clock.MAX_RENDER_SECONDS` of wall-clock time (checked at every
+  loop iteration, call, operator, filter, test, attribute lookup and output).
 - The globals no persona needs are gone (``lipsum``, ``cycler``, ``joiner``, ``namespace``, ``dict``).
 
 A limit passed raises :class:`jinja2.exceptions.SecurityError` (at render) or
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import re
+import time
 from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any
@@ -39,6 +44,7 @@ from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.visitor import NodeTransformer
 
+from .clock import CLOCK, Clock
 from .guards import (
     BUDGET,
     BUILTIN_METHODS,
@@ -50,12 +56,16 @@ from .guards import (
     check_method,
     check_size,
     concat,
+    container,
     current_budget,
     emit,
     guard_filter,
+    guard_test,
     iterate,
+    literal,
     refuse,
     small_range,
+    tick,
 )
 
 MAX_SOURCE = 10_000
@@ -134,7 +144,26 @@ def _guard_call(function: str, argument: nodes.Expr, lineno: int) -> nodes.Call:
 
 
 class _Guards(NodeTransformer):
-    """Rewrite the parsed template so that loops, ``~`` and output go through the budget."""
+    """Rewrite the parsed template so that loops, ``~``, output, literals and ``in`` go through the budget."""
+
+    def visit_List(self, node: nodes.List) -> nodes.Node:
+        self.generic_visit(node)
+        return _guard_call("persona_literal", node, node.lineno)
+
+    def visit_Dict(self, node: nodes.Dict) -> nodes.Node:
+        self.generic_visit(node)
+        return _guard_call("persona_literal", node, node.lineno)
+
+    def visit_Tuple(self, node: nodes.Tuple) -> nodes.Node:
+        self.generic_visit(node)
+        return _guard_call("persona_literal", node, node.lineno) if node.ctx == "load" else node
+
+    def visit_Compare(self, node: nodes.Compare) -> nodes.Node:
+        self.generic_visit(node)
+        for operand in node.ops:
+            if operand.op in ("in", "notin"):
+                operand.expr = _guard_call("persona_container", operand.expr, operand.lineno)
+        return node
 
     def visit_For(self, node: nodes.For) -> nodes.Node:
         self.generic_visit(node)
@@ -169,11 +198,14 @@ class HardenedSandbox(ImmutableSandboxedEnvironment):
             self.globals.pop(name, None)
         self.globals["range"] = small_range
         self.filters = {name: guard_filter(name, f) for name, f in self.filters.items()}
+        self.tests = {name: guard_test(name, t) for name, t in self.tests.items()}
 
     # The rewritten template calls these as ``environment.persona_*``.
     persona_iterate = staticmethod(iterate)
     persona_concat = staticmethod(concat)
     persona_emit = staticmethod(emit)
+    persona_literal = staticmethod(literal)
+    persona_container = staticmethod(container)
 
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
         if len(source) > MAX_SOURCE:
@@ -202,6 +234,14 @@ class HardenedSandbox(ImmutableSandboxedEnvironment):
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         return binop(operator, left, right)
 
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        tick()
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        tick()
+        return super().getitem(obj, argument)
+
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
         wrapper = super().wrap_str_format(value)
         if wrapper is None:
@@ -216,11 +256,11 @@ class HardenedSandbox(ImmutableSandboxedEnvironment):
         return bounded
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
-        if __obj is iterate or __obj is emit or __obj is concat:
+        if __obj is iterate or __obj is emit or __obj is concat or __obj is literal or __obj is container:
             return __obj(*args)
         if isinstance(__obj, BUILTIN_METHODS):
             args = check_method(__obj, args, kwargs)
-        budget = current_budget()
+        budget = tick()
         budget.depth += 1
         try:
             if budget.depth > MAX_CALL_DEPTH:
@@ -264,8 +304,11 @@ def input_size(*values: Any) -> int:
 
 def render_template(template: Template, variables: Mapping[str, Any], limit: int = MAX_TEXT) -> str:
     """Render ``template`` with ``variables``, within ``limit`` (characters of output, and of any value it
-    builds). Raises SecurityError past a limit, or whatever the template raised."""
-    token = BUDGET.set(Budget(limit))
+    builds) and the time left on the shared :class:`~.clock.Clock` (:func:`~.clock.shared_clock`; a clock of
+    its own otherwise). Raises SecurityError past a limit, or whatever the template raised."""
+    clock = CLOCK.get() or Clock()
+    start = time.perf_counter()
+    token = BUDGET.set(Budget(limit, deadline=start + clock.left, seconds=clock.seconds))
     try:
         context = template.new_context(dict(variables))
         parts: list[str] = []
@@ -279,6 +322,7 @@ def render_template(template: Template, variables: Mapping[str, Any], limit: int
             parts.append(chunk)
         return "".join(parts)
     finally:
+        clock.left -= time.perf_counter() - start
         BUDGET.reset(token)
 
 

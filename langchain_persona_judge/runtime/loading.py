@@ -14,6 +14,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import struct
 import sys
 import tempfile
 from pathlib import Path
@@ -94,6 +95,19 @@ def _converted_path(gguf: Path) -> Path:
     return converted / f"{gguf.stem}-{digest}"
 
 
+_CORRUPTED = (ValueError, OSError, KeyError, IndexError, TypeError, OverflowError, EOFError, struct.error)
+"""What reading a damaged GGUF file raises in transformers' and gguf's readers (a truncated array, a bad magic,
+an offset past the end...)."""
+
+
+def corrupted_gguf(gguf: Path, exc: BaseException) -> ModelLoadError:
+    """The error for a GGUF file that cannot be read: which file, why, and what to do."""
+    return ModelLoadError(
+        f"{gguf} could not be loaded as a GGUF model ({type(exc).__name__}: {exc}). The file is damaged or "
+        "incomplete (an interrupted download or copy?), or not a GGUF model: download or convert it again."
+    )
+
+
 def convert_gguf(gguf: Path) -> Path:
     """De-quantise ``gguf`` once into a transformers checkpoint in the cache folder; return that folder."""
     target = _converted_path(gguf)
@@ -108,9 +122,8 @@ def convert_gguf(gguf: Path) -> Path:
     try:
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    except (ValueError, OSError, KeyError) as exc:  # a corrupted file: OSError from transformers' config reader
-        raise ModelLoadError(f"{gguf} could not be loaded as a causal language model (is the file complete and "
-                             f"a GGUF model?): {exc}") from exc
+    except _CORRUPTED as exc:  # a corrupted file: OSError from transformers' config reader
+        raise corrupted_gguf(gguf, exc) from exc
     # The weights are de-quantised already; without this save_pretrained refuses the GGUF "quantizer".
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -307,7 +320,14 @@ def _load_llamacpp(name: str | os.PathLike[str] | None, n_threads: int | None) -
 
     gguf = gguf_file(name)
     assert gguf is not None
-    handle = load_llamacpp(gguf, tokenizer=gguf_tokenizer(gguf), n_threads=n_threads)
+    # llama.cpp first: it checks the file's structure and that every tensor lies within it in a fraction of a
+    # second, where transformers builds the tokenizer (seconds) before it reads the tensor table.
+    handle = load_llamacpp(gguf, n_threads=n_threads)
+    try:
+        handle.tokenizer = gguf_tokenizer(gguf)
+    except _CORRUPTED as exc:
+        handle.close()
+        raise corrupted_gguf(gguf, exc) from exc
     handle.name = str(name) if name else EMBEDDED_NAME
     return handle
 

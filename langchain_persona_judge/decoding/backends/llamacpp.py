@@ -96,7 +96,10 @@ class LlamaCppModel(ModelBackend):
         self._lib = lib
         self._model = lib.llama_model_load_from_file(str(self.path).encode(), params)
         if not self._model:
-            raise ModelLoadError(f"llama.cpp could not load {self.path} (not a GGUF model it supports?).")
+            raise ModelLoadError(
+                f"llama.cpp could not load {self.path}: the file is damaged or incomplete (an interrupted download "
+                "or copy?), or not a GGUF model llama.cpp supports; download or convert it again."
+            )
         self._vocab = lib.llama_model_get_vocab(self._model)
         self._n_vocab = int(lib.llama_vocab_n_tokens(self._vocab))
         self._n_ctx_train = int(lib.llama_model_n_ctx_train(self._model))
