@@ -40,6 +40,7 @@ log = logging.getLogger("examples.chat_app")
 CONNECT_TIMEOUT_S = 5.0
 """How long connecting to the model server may take before it counts as unreachable."""
 DEFAULT_RETRY_AFTER_S = 5
+DROPPED = "The model server dropped the answer (a replica stopped?); retry in a moment."
 SHORT_TIMEOUT_S = 30.0
 """How long counting a message's tokens or asking the model's name may take."""
 
@@ -246,17 +247,22 @@ class RemoteModel:
     async def stream(self, messages: list[dict[str, str]], options: dict[str, Any],
                      user: str) -> AsyncGenerator[Any, None]:
         body = self.request_body(messages, options, user)
+        began = False
         try:
             async with self._client().stream("POST", "/v1/chat/completions", json=body) as response:
                 if response.status_code != 200:
                     await response.aread()
                     raise self._refusal(response)
                 async for item in self._events(response):
+                    began = True
                     yield item
         except httpx.TimeoutException as exc:
             raise RequestTimeoutError(f"the model server sent nothing for {self.timeout} s ({exc!r})") from exc
         except httpx.TransportError as exc:
-            raise self._unreachable(exc) from exc
+            if not began:
+                raise self._unreachable(exc) from exc
+            raise ModelUnavailableError(f"the model server at {self.url} dropped the answer: {exc!r}",
+                                        public=DROPPED, retry_after=DEFAULT_RETRY_AFTER_S) from exc
 
     async def _events(self, response: httpx.Response) -> AsyncIterator[Any]:
         """The server's chunks as text pieces, then the :class:`Ending`."""
@@ -285,8 +291,7 @@ class RemoteModel:
                                        "profile": judge.get("profile"), "replica": judge.get("replica")}
         if not finished:
             raise ModelUnavailableError("the model server ended the stream before the answer's end",
-                                        public="The model server dropped the answer; retry in a moment.",
-                                        retry_after=DEFAULT_RETRY_AFTER_S)
+                                        public=DROPPED, retry_after=DEFAULT_RETRY_AFTER_S)
         yield ending
 
     async def _call(self, request: Any) -> httpx.Response:

@@ -296,6 +296,26 @@ async def test_a_stream_cut_short_or_failing_is_an_error_not_an_answer() -> None
     assert type(caught.value).__name__ == "ModelBusyError"
 
 
+async def test_a_connection_lost_mid_answer_is_a_dropped_answer_not_an_unreachable_server() -> None:
+    from examples.chat_app.models import RemoteModel
+
+    class CutStream(httpx.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            yield b'data: {"choices": [{"index": 0, "delta": {"content": "Hel"}}]}\n\n'
+            raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=CutStream(), headers={"content-type": "text/event-stream"})
+
+    model = RemoteModel("http://model.test", transport=httpx.MockTransport(handler))
+    pieces: list[Any] = []
+    with pytest.raises(Exception) as caught:
+        async for item in model.stream([{"role": "user", "content": "Hi"}], {}, user="u1"):
+            pieces.append(item)
+    assert pieces == ["Hel"]
+    assert type(caught.value).__name__ == "ModelUnavailableError" and "dropped the answer" in caught.value.public
+
+
 def test_chat_model_url_must_be_an_http_url(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = server_module().Settings
     for bad in ("ftp://models", "127.0.0.1:8000", "http://"):
