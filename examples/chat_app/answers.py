@@ -14,14 +14,13 @@ from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
-
 from langchain_persona_judge import QueueFullError
 
 from .generations import CURRENT_GENERATION, Generation
+from .models import AnswerModel, Ending, ModelTierError
 from .provenance import provenance
 from .schemas import MessageIn, Plan
-from .settings import Settings
+from .settings import RETRY_AFTER_S, Settings
 from .storage import ConversationGone, Store
 
 log = logging.getLogger("examples.chat_app")
@@ -32,17 +31,14 @@ class Host(Protocol):
 
     settings: Settings
     store: Store
-    llm: Any
+    model: AnswerModel
+    """Where the answer is decoded (this process, or a remote model tier)."""
     totals: dict[str, int]
     generations: Mapping[str, Generation]
-    tokenizer: Any
-    """The served model's tokenizer, once its weights are loaded (for the provenance view)."""
 
     def turn(self, session_id: str) -> AbstractAsyncContextManager[None]: ...
 
     def finished(self, gen: Generation) -> None: ...
-
-    def note_admission_queue(self) -> None: ...
 
 
 class AnswerRun:
@@ -81,40 +77,32 @@ class AnswerRun:
             host.finished(gen)
             gen.publish(None)
 
-    async def _context(self) -> list[BaseMessage]:
+    async def _context(self) -> list[dict[str, str]]:
         """The conversation the model sees: users' messages and complete answers, the last CHAT_HISTORY + 1 (only
-        those are read from the store, however long the conversation)."""
+        those are read from the store, however long the conversation), as role/content dicts."""
         rows = await self.host.store.context(self.gen.user_id, self.gen.session_id, self.host.settings.history + 1)
-        return [HumanMessage(m["content"]) if m["role"] == "user" else AIMessage(m["content"]) for m in rows]
+        return [{"role": "user" if m["role"] == "user" else "assistant", "content": m["content"]} for m in rows]
 
-    async def _decode(self, context: list[BaseMessage]) -> dict[str, Any]:
-        """Stream the answer into the generation's events; what the last chunks said (usage, metadata, trace)."""
+    async def _decode(self, context: list[dict[str, str]]) -> Ending:
+        """Stream the answer into the generation's events; what the last chunks said (usage, metadata, trace).
+        The model's admission queue (this process's or the server's) serves users round-robin by account id."""
         gen = self.gen
-        final: dict[str, Any] = {}
-        options = decoding_options(self.body, self.plan)
-        options["user"] = gen.user_id  # the model's admission queue serves users round-robin
-        stream = self.host.llm.astream(context, **options)
+        final = Ending()
+        stream = self.host.model.stream(context, decoding_options(self.body, self.plan), user=gen.user_id)
         try:
-            async for chunk in stream:
+            async for item in stream:
                 if gen.state == "queued":  # the admission queue let it in, and it has read its prompt
                     self._started()
-                text = chunk.content if isinstance(chunk.content, str) else ""
-                if text:
+                if isinstance(item, Ending):
+                    final = item
+                elif item:
                     if gen.first_token is None:
                         gen.first_token = time.monotonic()
-                    gen.text.append(text)
+                    gen.text.append(item)
                     gen.pieces += 1
-                    gen.publish("token", {"text": text})
-                if chunk.usage_metadata:
-                    final["usage_metadata"] = dict(chunk.usage_metadata)
-                if chunk.response_metadata.get("finish_reason"):
-                    final["response_metadata"] = {
-                        k: chunk.response_metadata.get(k)
-                        for k in ("finish_reason", "persona_judge", "model_name", "profile")
-                    }
-                    final["trace"] = chunk.response_metadata.get("trace")
+                    gen.publish("token", {"text": item})
         finally:
-            await stream.aclose()
+            await stream.aclose()  # closing it stops the decode (the model's thread, or the server's)
         return final
 
     def _started(self) -> None:
@@ -123,13 +111,12 @@ class AnswerRun:
         gen.state = "running"
         gen.started = time.monotonic()
         gen.publish("start", {"generation_id": gen.id, "queue_wait_s": round(gen.started - gen.created, 4)})
-        self.host.note_admission_queue()
 
-    async def _complete(self, final: dict[str, Any]) -> None:
+    async def _complete(self, final: Ending) -> None:
         """Store the whole answer with its usage, timings and provenance, and tell the client."""
         gen, plan, meta, totals = self.gen, self.plan, self.meta, self.host.totals
-        metadata = final.get("response_metadata", {})
-        usage = final.get("usage_metadata") or {}
+        metadata = final.metadata
+        usage = final.usage
         gen.output_tokens = int(usage.get("output_tokens", gen.pieces))
         meta.update(timings(gen), finish_reason=metadata.get("finish_reason"), usage=usage,
                     persona_judge=metadata.get("persona_judge"),
@@ -138,11 +125,11 @@ class AnswerRun:
             meta["profile"] = metadata.get("profile") or {}
         elif plan.profile_note:
             meta["profile_not_used"] = plan.profile_note
-        trace = final.get("trace")
-        if trace and self.host.tokenizer is not None:
+        trace, tokenizer = final.trace, self.host.model.tokenizer
+        if trace and tokenizer is not None:  # a remote model tier sends no trace: no provenance view
             labels = plan.labels or ["no preference"]
             try:
-                meta["provenance"] = await asyncio.to_thread(provenance, trace, self.host.tokenizer, labels)
+                meta["provenance"] = await asyncio.to_thread(provenance, trace, tokenizer, labels)
             except Exception:  # noqa: BLE001 - the answer stands without its provenance
                 log.exception("generation %s: could not build the provenance view", gen.id)
         await self._store_answer()
@@ -166,17 +153,29 @@ class AnswerRun:
             await self._store_answer(status="cancelled")
 
     async def _fail(self, exc: Exception) -> None:
-        """Log the error with its details; tell the client in general terms (a full admission queue: status 429,
-        and the message that was stored is taken back, as if the request had been refused at the door)."""
+        """Log the error with its details; tell the client in general terms (a full admission queue: status 429
+        with ``retry_after``, and the message that was stored is taken back, as if the request had been refused at
+        the door; a remote model tier that cannot be reached, or dropped the answer before its first piece: status
+        503, likewise)."""
         gen, totals = self.gen, self.host.totals
         gen.state = "error"
         event: dict[str, Any] = {"generation_id": gen.id}
         if isinstance(exc, QueueFullError):
             gen.error = "busy"
             totals["refused"] += 1
-            event.update(status=429, message="The model is busy; retry in a moment.")
+            event.update(status=429, message="The model is busy; retry in a moment.",
+                         retry_after=getattr(exc, "retry_after", RETRY_AFTER_S))
             log.warning("generation %s refused by the admission queue: %s", gen.id, exc)
             await self._take_back_message()
+        elif isinstance(exc, ModelTierError):
+            gen.error = exc.public
+            totals["errors"] += 1
+            event.update(status=exc.status, message=exc.public)
+            if exc.retry_after:
+                event["retry_after"] = exc.retry_after
+            log.error("generation %s (conversation %s): %s", gen.id, gen.session_id, exc)
+            if not gen.text:  # nothing was said: as if refused at the door, the client may send it again
+                await self._take_back_message()
         elif isinstance(exc, ConversationGone):
             gen.error = "conversation deleted"
             event.update(status=410, message="The conversation was deleted.")

@@ -22,6 +22,10 @@ scoring again.
 Generating the two answers and scoring them take seconds on the embedded model: they run on the app's decoding
 executor, through the model's admission queue, and count as one of the caller's answers in flight (429 when the
 caller or the model is at its limit), like a chat message.
+
+On a remote model tier (CHAT_MODEL_URL), answers are decoded by the server, with the stored profile sent along
+(the server checks it fits its model); learning and importing still need the model's scores, so they load the
+model named by CHAT_MODEL in this process on first use, with an admission queue of its own.
 """
 
 from __future__ import annotations
@@ -87,11 +91,13 @@ class Profiles:
             full) and counts it until it ends.
         max_tokens, temperature, repetition_penalty: how the two answers are decoded.
         max_description_chars: the longest description an imported profile may carry (it becomes a preference).
+        local_tier: answers are decoded by ``llm`` in this process (False: by a remote model tier, which checks a
+            profile against its model itself; nothing is loaded here until a comparison or an import needs it).
     """
 
     def __init__(self, store: Store, llm: Any, executor: Any, job: Callable[[Any], AbstractAsyncContextManager[Any]],
                  *, max_tokens: int = 48, temperature: float = 0.7, repetition_penalty: float | None = 1.2,
-                 max_description_chars: int = 500) -> None:
+                 max_description_chars: int = 500, local_tier: bool = True) -> None:
         self.store = store
         self.llm = llm
         self.executor = executor
@@ -100,6 +106,7 @@ class Profiles:
         self.temperature = temperature
         self.repetition_penalty = repetition_penalty
         self.max_description_chars = max_description_chars
+        self.local_tier = local_tier
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._locks = KeyedLocks()  # one per user id
         self._basis: Any = None
@@ -135,7 +142,8 @@ class Profiles:
             from langchain_persona_judge.profiles import resolve_model
 
             self._handle = resolve_model(self.llm)
-            self._share_slots(self._handle.model)
+            if self.local_tier:  # a remote tier's slots are the server's: learning here has a queue of its own
+                self._share_slots(self._handle.model)
         return self._handle
 
     def _share_slots(self, scoring_model: Any) -> None:
@@ -223,6 +231,8 @@ class Profiles:
         try:
             profile = self._parse(record)
             assert profile is not None
+            if not self.local_tier:  # the server checks it against its own model (a 400 if it does not fit)
+                return profile, None
             handle = self._handle or await self._in_thread(self._model_handle)
             profile.check_model(handle)
         except ProfileError as exc:

@@ -53,6 +53,9 @@ at its next chunk. The generation is marked cancelled at once; its slot in the a
 library's, held until that thread has really returned. A thread still waiting for a slot leaves the queue at
 once.
 
+With CHAT_MODEL_URL=http://... the answers are decoded by a Persona-judge server (``persona-judge serve``) instead
+of in this process: the remote model tier (:mod:`.models`), so app processes and model replicas scale apart.
+
 Several processes on one PostgreSQL database share users and conversations; what lives in a process's memory
 stays per process: its generations (``/api/generations/{id}`` answers on the process that runs it; deleting a
 conversation cancels an answer running on the same process), the one-answer-at-a-time order per conversation,
@@ -64,6 +67,7 @@ This module is the routes and the entry point; the rest is beside it:
 ``settings``        the limits, and ``Settings`` read from the environment
 ``schemas``         the request bodies (``MessageIn``...), the caller (``User``), a message's ``Plan``
 ``service``         ``ChatService``: model and admission, store, accounts, personas, the generations
+``models``          where answers are decoded: ``LocalModel`` (this process) or ``RemoteModel`` (CHAT_MODEL_URL)
 ``answers``         ``AnswerRun``: one answer from the message stored to the answer stored
 ``generations``     ``Generation`` (one answer's state and events) and the executor that tracks its threads
 ``ratelimit``       ``RateLimiter``: sign-ups per client address (a token bucket)
@@ -251,7 +255,7 @@ def _page_routes(app: FastAPI, service: ChatService) -> None:
             "max_preference_chars": PREFERENCE_CHARS,
             "max_conversations": settings.max_conversations,
             "max_in_flight": settings.max_in_flight,
-            "model": _public_model_name(service.llm.display_name),
+            "model": _public_model_name(await service.model_name()),
             "user_id": user.id,
             "profile_every": settings.profile_every,
             "profile_max_tokens": settings.profile_max_tokens,

@@ -8,6 +8,12 @@ its first chunk arrives. The app refuses (429, before storing anything) a messag
 generations it has accepted and not finished already fill MAX_CONCURRENT + MAX_QUEUE, or the library's queue
 is full. Decoding runs in this app's executor (``ChatPersonaJudge(executor=...)``), which records, per
 generation, when its thread starts and returns. One answer's run is :class:`~.answers.AnswerRun`.
+
+Where answers are decoded is :attr:`ChatService.model` (:mod:`.models`): this process (``LocalModel``), or a
+Persona-judge server at CHAT_MODEL_URL (``RemoteModel``). On the remote tier the admission queue is the server's,
+served round-robin by the ``user`` each request names (the account id); its 429 reaches the client as an ``error``
+event with status 429 and ``retry_after`` (the message taken back), and this app's own count (MAX_CONCURRENT +
+MAX_QUEUE answers in flight in this process) still refuses with HTTP 429 before anything is stored.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from fastapi import HTTPException
 from .answers import AnswerRun
 from .generations import Generation, TrackingExecutor
 from .locks import KeyedLocks
+from .models import AnswerModel, LocalModel, ModelTierError, RemoteModel
 from .profiles import Profiles
 from .schemas import MessageIn, Plan, User
 from .security import bearer_token, hash_token, token_matches
@@ -62,13 +69,12 @@ class ChatService:
             # drops its oldest turns rather than failing every later answer.
             timeout=settings.request_timeout, truncation="drop_oldest",
         )
+        self.model: AnswerModel = self._answer_model(settings)
+        """Where answers are decoded: this process, or the Persona-judge server at CHAT_MODEL_URL."""
         self.store: Store = open_store(settings.database_url, settings.db_path, private_dir=settings.default_db)
         self.generations: OrderedDict[str, Generation] = OrderedDict()
         self.started_at = time.time()
         self.totals = {"completed": 0, "cancelled": 0, "errors": 0, "refused": 0, "output_tokens": 0}
-        self._admission: Any = None  # the model's admission queue, once its weights are loaded
-        self.tokenizer: Any = None
-        """The served model's tokenizer, once its weights are loaded."""
         self._session_locks = KeyedLocks()  # one per conversation id
         self._tasks: set[asyncio.Task[None]] = set()
         self._active = 0  # generations (and comparisons being made) accepted and not finished
@@ -77,12 +83,39 @@ class ChatService:
         self.profiles = Profiles(
             self.store, self.llm, self.executor, self.job, max_tokens=settings.profile_max_tokens,
             repetition_penalty=settings.repetition_penalty, max_description_chars=PREFERENCE_CHARS,
+            local_tier=settings.model_url is None,
         )
 
+    def _answer_model(self, settings: Settings) -> AnswerModel:
+        if settings.model_url is None:
+            return LocalModel(self.llm)
+        # What ChatPersonaJudge above is built with, sent with every request (the server's defaults are the library's).
+        defaults = {"temperature": settings.temperature, "max_tokens": settings.max_tokens,
+                    "repetition_penalty": settings.repetition_penalty, "truncation": "drop_oldest"}
+        return RemoteModel(settings.model_url, settings.model_api_key, defaults=defaults,
+                           timeout=settings.request_timeout)
+
+    async def model_name(self) -> str:
+        """The served model's name (a remote tier's, asked of the server once)."""
+        try:
+            return await self.model.display_name()
+        except ModelTierError as exc:
+            log.warning("the model server's name is unknown: %s", exc)
+            return "unknown (the model server is unreachable)"
+
+    @property
+    def tokenizer(self) -> Any:
+        """The served model's tokenizer once its weights are loaded in this process (None on a remote tier)."""
+        return self.model.tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, value: Any) -> None:
+        self.model.tokenizer = value
+
     async def preload(self) -> None:
-        """Load the weights (and warm the first forward) before the first request."""
-        await self.llm.ainvoke("Hi", max_tokens=1, temperature=0)
-        self.note_admission_queue()
+        """Load the weights (and warm the first forward) before the first request; on a remote tier, ask the
+        server its model's name."""
+        await self.model.preload()
 
     async def shutdown(self) -> None:
         for task in list(self._tasks):
@@ -90,6 +123,7 @@ class ChatService:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=SHUTDOWN_GRACE_S)
         self.executor.shutdown(wait=False, cancel_futures=True)
+        await self.model.close()
         self.profiles.close()
         self.store.close()
         log.info("shut down; peak RSS %.1f MB", peak_rss_bytes() / 2**20)
@@ -109,22 +143,13 @@ class ChatService:
 
     # -- the library's admission queue
 
-    def note_admission_queue(self) -> None:
-        """Keep a handle on the served model's admission queue and tokenizer (its weights are loaded by now)."""
-        if self._admission is None:
-            from langchain_persona_judge.runtime import admission_queue
-
-            model = self.llm.model_handle()  # the shared handle (loaded by now)
-            self.tokenizer = model.tokenizer
-            self._admission = admission_queue(model)
-
     def admission(self) -> dict[str, Any] | None:
-        """The admission queue's state: decoding, waiting, and its limits (None before the model is loaded)."""
-        queue = self._admission
-        if queue is None:
+        """The admission queue's state: decoding, waiting, and its limits (None before the model is loaded, and on
+        a remote tier, whose queue is the server's)."""
+        state = self.model.admission()
+        if state is None:
             return None
-        return {"running": queue.running, "waiting": queue.waiting, "max_concurrency": self.settings.max_concurrent,
-                "max_queue": self.settings.max_queue}
+        return {**state, "max_concurrency": self.settings.max_concurrent, "max_queue": self.settings.max_queue}
 
     def refuse_if_full(self, user: User) -> None:
         """HTTP 429 when this message would not fit: the user's own answers in flight, then the model's capacity
@@ -154,16 +179,19 @@ class ChatService:
 
     async def refuse_if_too_long(self, text: str) -> None:
         """HTTP 422 for a message over CHAT_MAX_MESSAGE_TOKENS, counted with the served model's tokenizer before
-        anything is stored or queued: a request's cost to the model is bounded in tokens, not characters."""
-        from langchain_persona_judge.errors import RequestTooLargeError
-        from langchain_persona_judge.runtime import check_prompt_tokens
-
-        if self.tokenizer is None:
-            await asyncio.to_thread(self.note_admission_queue)
+        anything is stored or queued: a request's cost to the model is bounded in tokens, not characters. On a
+        remote tier the server counts (``POST /tokenize``); when it cannot be reached: 503 with Retry-After."""
+        limit = self.settings.max_message_tokens
         try:
-            check_prompt_tokens(self.tokenizer, text, self.settings.max_message_tokens)
-        except RequestTooLargeError as exc:
-            raise HTTPException(422, f"{exc} (CHAT_MAX_MESSAGE_TOKENS={exc.limit})") from None
+            tokens = await self.model.count_tokens(text)
+        except ModelTierError as exc:
+            log.warning("counting a message's tokens failed: %s", exc)
+            headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+            raise HTTPException(exc.status, exc.public, headers=headers) from None
+        if tokens > limit:
+            raise HTTPException(422, f"The message is {tokens} tokens long; the most one request may carry is "
+                                     f"{limit}. Shorten it, or split it into several messages. "
+                                     f"(CHAT_MAX_MESSAGE_TOKENS={limit})")
 
     @asynccontextmanager
     async def job(self, user: User) -> AsyncIterator[None]:

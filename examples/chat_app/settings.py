@@ -32,6 +32,9 @@
                          model, a few CPU cores)
     MAX_QUEUE            generations that may wait in that queue; one more is refused with HTTP 429 (default 16)
     CHAT_MODEL           model to serve (default: $PERSONA_JUDGE_MODEL, else the embedded SmolLM2-135M-Instruct)
+    CHAT_MODEL_URL       http(s)://... of a Persona-judge server (persona-judge serve): answers are decoded there
+                         instead of in this process (the remote model tier; see README.md); unset: in process
+    CHAT_MODEL_API_KEY   the key sent to that server (Authorization: Bearer), when it was started with --api-keys
     CHAT_TORCH_THREADS   torch intra-op threads per generation (default: CPU cores // MAX_CONCURRENT, at least 1:
                          on a few cores, concurrent generations with many threads each mostly wait for each other)
     CHAT_PRELOAD         load the model at start-up (default 1) so the first answer does not wait for it
@@ -47,6 +50,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .storage import default_db_path
 
@@ -96,6 +100,18 @@ def env_flag(name: str, default: bool) -> bool:
     return raw.strip().lower() not in ("0", "false", "no", "off")
 
 
+def model_url_from_env() -> str | None:
+    """CHAT_MODEL_URL, checked: an http:// or https:// URL with a host (None when unset)."""
+    raw = (os.environ.get("CHAT_MODEL_URL") or "").strip()
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SystemExit(f"CHAT_MODEL_URL={raw!r} is not an http:// or https:// URL of a Persona-judge server "
+                         "(e.g. http://127.0.0.1:8000)")
+    return raw
+
+
 @dataclass
 class Settings:
     """Server settings; ``Settings.from_env()`` reads the variables listed in the module docstring."""
@@ -128,6 +144,10 @@ class Settings:
     max_concurrent: int = 2
     max_queue: int = 16
     model: str | None = None
+    model_url: str | None = None
+    """A Persona-judge server's URL: decode there (the remote model tier) instead of in this process."""
+    model_api_key: str | None = None
+    """The bearer key for that server (never logged)."""
     torch_threads: int | None = None  # None: leave torch's setting alone
     preload: bool = True
     profile_max_tokens: int = 48
@@ -162,6 +182,8 @@ class Settings:
             max_concurrent=max_concurrent,
             max_queue=env_int("MAX_QUEUE", 16, 0),
             model=os.environ.get("CHAT_MODEL") or None,
+            model_url=model_url_from_env(),
+            model_api_key=os.environ.get("CHAT_MODEL_API_KEY") or None,
             torch_threads=threads,
             preload=env_flag("CHAT_PRELOAD", True),
             profile_max_tokens=env_int("CHAT_PROFILE_MAX_TOKENS", 48, 1),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import json
 import threading
@@ -22,11 +23,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..decoding import ModelBackend
 from ..decoding.backends import TransformersBackend
-from ..runtime import display_name, iterate_in_thread, shared_model
+from ..runtime import count_prompt_tokens, display_name, iterate_in_thread, shared_model
 from .completions import Finished, chunk, completion, events, new_id, now, start_run, usage
 from .completions import persona_judge as persona_judge_of
 from .errors import ApiError, from_exception, from_validation
-from .schema import ChatCompletionRequest, refused_field
+from .schema import ChatCompletionRequest, TokenizeRequest, refused_field
 from .settings import ServeSettings
 
 T = TypeVar("T")
@@ -79,17 +80,29 @@ class ModelState:
         return self.model
 
 
-def check_auth(request: Request, keys: frozenset[str]) -> None:
-    """``Authorization: Bearer KEY`` against every key, in constant time per key; the key is never logged."""
+def check_auth(request: Request, keys: frozenset[str]) -> str | None:
+    """``Authorization: Bearer KEY`` against every key, in constant time per key; the key is never logged. The
+    key that matched (None when the server has no keys)."""
     if not keys:
-        return
+        return None
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     given = token.strip().encode()
-    matched = False
+    matched: str | None = None
     for key in keys:  # no early exit: the time taken does not depend on which key matched
-        matched |= hmac.compare_digest(given, key.encode())
-    if scheme.lower() != "bearer" or not matched:
+        if hmac.compare_digest(given, key.encode()):
+            matched = key
+    if scheme.lower() != "bearer" or matched is None:
         raise ApiError(401, "Invalid or missing API key; send 'Authorization: Bearer <key>'.", code="invalid_api_key")
+    return matched
+
+
+def admission_key(api_key: str | None, user: str | None) -> str | None:
+    """Whom the model's admission queue serves round-robin a request as: its API key when the server has keys (a
+    key's holder cannot pass for several users by varying ``user``), else the body's ``user``; None (one shared
+    anonymous bucket) when neither. A key is kept only as a digest."""
+    if api_key is not None:
+        return "key:" + hashlib.sha256(api_key.encode()).hexdigest()[:24]
+    return None if user is None else "user:" + user
 
 
 async def read_body(request: Request, cap: int) -> bytes:
@@ -124,6 +137,16 @@ def parse_body(raw: bytes) -> Any:
     if refused is not None:
         raise ApiError(400, refused[1], param=refused[0], code="unsupported_parameter")
     return body
+
+
+def parse_tokenize(raw: bytes) -> TokenizeRequest:
+    """The body of ``POST /tokenize``; a 400 naming the field otherwise."""
+    try:
+        return TokenizeRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        if exc.errors()[0]["type"] == "json_invalid":
+            raise ApiError(400, "The body is not valid JSON; send a JSON object.", code="invalid_json") from exc
+        raise from_validation(exc) from exc
 
 
 async def _disconnected(request: Request) -> None:
@@ -222,18 +245,32 @@ def _add_routes(app: FastAPI, state: ModelState) -> None:
     async def chat_completions(request: Request) -> Response:
         return await answer(request, state)
 
+    @app.post("/tokenize")
+    async def tokenize(request: Request) -> dict[str, Any]:
+        """``{"prompt": text}`` → ``{"count", "max_model_len"}`` (as vLLM's ``/tokenize`` counts): the text's
+        tokens for the served model, no special tokens added, so that a client (the chat app on a remote model
+        tier) can bound a message in tokens without loading the model."""
+        check_auth(request, settings.api_keys)
+        model = state.require()
+        body = parse_tokenize(await read_body(request, settings.max_body_bytes))
+        if body.model is not None:
+            state.check_name(body.model)
+        count = await asyncio.to_thread(count_prompt_tokens, model.tokenizer, body.prompt)
+        return {"count": count, "max_model_len": model.context_length}
+
 
 async def answer(request: Request, state: ModelState) -> Response:
     """``POST /v1/chat/completions``: check, parse, decode in a worker thread; a JSON answer or an SSE stream."""
     settings = state.settings
-    check_auth(request, settings.api_keys)
+    api_key = check_auth(request, settings.api_keys)
     model = state.require()
     body = parse_body(await read_body(request, settings.max_body_bytes))
     if body.model is not None:
         state.check_name(body.model)
+    user = admission_key(api_key, body.user)
 
     def produce(cancelled: threading.Event) -> Any:
-        run, output = start_run(body, model, state.name, settings, cancelled)
+        run, output = start_run(body, model, state.name, settings, cancelled, user=user)
         return events(run, output)
 
     stream = iterate_in_thread(produce, state.executor)
@@ -287,4 +324,4 @@ async def _chunks(
     yield "data: [DONE]\n\n"
 
 
-__all__ = ["ModelState", "answer", "check_auth", "create_app", "parse_body", "read_body"]
+__all__ = ["ModelState", "admission_key", "answer", "check_auth", "create_app", "parse_body", "read_body"]

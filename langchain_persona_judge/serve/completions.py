@@ -8,6 +8,7 @@ check that can fail does so here, before a slot in the admission queue is taken.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -22,6 +23,7 @@ from ..decoding import DecodingOptions, ModelBackend
 from ..errors import GrammarError
 from ..option_specs import BY_NAME
 from ..output_spec import OutputSpec
+from ..personas import PersonaRegistry
 from ..profiles import PreferenceProfile
 from ..runtime import PersonaSettings, RequestRun
 from ..runtime import start_run as start_runtime_run
@@ -128,10 +130,51 @@ def _check_budget(body: Any, model: ModelBackend, longest_prompt: int) -> None:
     )
 
 
+def preference_specs(preferences: list[Any] | None, registry: PersonaRegistry | None = None) -> list[Any]:
+    """The body's ``preferences`` as the runtime takes them: free texts and persona names as they are, and each
+    ``[name, {variables}]`` as a ``(name, variables)`` pair, checked against the registry (the persona exists, it
+    has every variable given, each value is a string or a number): a 400 naming ``preferences[i]`` otherwise."""
+    registry = registry or _builtin_registry()
+    out: list[Any] = []
+    for i, spec in enumerate(preferences or []):
+        where = f"preferences[{i}]"
+        if isinstance(spec, str):
+            out.append(spec)
+            continue
+        if not (isinstance(spec, list) and len(spec) == 2 and isinstance(spec[0], str) and isinstance(spec[1], dict)):
+            raise ApiError(400, f"{where}: a preference is a string (free text or a persona name) or a [name, "
+                                f"{{variables}}] pair, e.g. [\"expert\", {{\"field\": \"biology\"}}]; got {spec!r:.80}.",
+                           param=where, code="invalid_value")
+        name, variables = spec
+        if name not in registry:
+            raise ApiError(400, f"{where}: {name!r} is no persona of the registry; name a registry persona with "
+                                "template variables (persona-judge personas lists them).", param=where,
+                           code="invalid_value")
+        known = registry.variables_used(name)
+        unknown = sorted(set(variables) - known)
+        if unknown:
+            raise ApiError(400, f"{where}: the persona {name!r} has no variable {unknown[0]!r}; its variables are "
+                                f"{sorted(known)}.", param=where, code="invalid_value")
+        for key, value in variables.items():
+            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+                raise ApiError(400, f"{where}: the variable {key!r} is a {type(value).__name__}; give a string or "
+                                    "a number.", param=where, code="invalid_value")
+        out.append((name, dict(variables)))
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _builtin_registry() -> PersonaRegistry:
+    return PersonaRegistry.default()
+
+
 def start_run(
-    body: Any, model: ModelBackend, model_name: str, settings: ServeSettings, cancelled: threading.Event
+    body: Any, model: ModelBackend, model_name: str, settings: ServeSettings, cancelled: threading.Event,
+    user: str | None = None,
 ) -> tuple[RequestRun, OutputSpec | None]:
-    """Build the request of ``body`` and the run that decodes it (nothing decoded yet)."""
+    """Build the request of ``body`` and the run that decodes it (nothing decoded yet); ``user`` is the key the
+    model's admission queue serves round-robin (the API key's, or the body's ``user``; None: anonymous)."""
+    preferences = preference_specs(body.preferences)
     output = output_spec(body)
     conversation, template_kwargs = render_conversation(model.tokenizer, conversation_of(body.messages), output)
     profile = None
@@ -145,12 +188,12 @@ def start_run(
         run = start_runtime_run(
             model, conversation, options=decoding_options(body),
             personas=PersonaSettings(
-                preferences=list(body.preferences or []), composition=_option(body, "composition"),
+                preferences=preferences, composition=_option(body, "composition"),
                 layout=_option(body, "preference_layout"), negative_preference=body.negative_preference,
             ),
             model_name=model_name, profile=profile, stop=stop, truncation=_option(body, "truncation"),
             template_kwargs=template_kwargs, output=None if output is None else output.output_grammar(), timeout=settings.timeout,
-            cancelled=cancelled, max_concurrency=settings.max_concurrency, max_queue=settings.max_queue,
+            cancelled=cancelled, max_concurrency=settings.max_concurrency, max_queue=settings.max_queue, user=user,
         )
     except GrammarError as exc:  # a schema the grammar engine cannot compile: the tools' or the response format's
         param = "tools" if output is not None and output.mode != "none" else "response_format"
@@ -288,6 +331,7 @@ __all__ = [
     "now",
     "output_spec",
     "persona_judge",
+    "preference_specs",
     "start_run",
     "usage",
 ]

@@ -138,8 +138,9 @@ class _OpenAIFields(BaseModel):
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
     n: int | None = None
-    # Accepted, and they change nothing in the answer.
     user: str | None = None
+    """The fair-admission key when the server has no API keys (waiting requests are served round-robin by it)."""
+    # Accepted, and they change nothing in the answer.
     store: bool | None = None
     metadata: dict[str, Any] | None = None
     service_tier: str | None = None
@@ -160,7 +161,8 @@ class _OpenAIFields(BaseModel):
     verbosity: Any = None
     web_search_options: Any = None
     # Persona-judge (decoding options come from the option table).
-    preferences: list[str] | None = None
+    preferences: list[Any] | None = None
+    """Free texts, persona names, or ``[name, {variables}]`` pairs (checked by ``completions.preference_specs``)."""
     profile: dict[str, Any] | None = None
 
     @field_validator("stop")
@@ -169,6 +171,15 @@ class _OpenAIFields(BaseModel):
         if isinstance(value, list) and len(value) > 4:
             raise InvalidOptionError("at most 4 stop sequences")
         return value
+
+
+class TokenizeRequest(BaseModel):
+    """The body of ``POST /tokenize``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str
+    model: str | None = None
 
 
 ChatCompletionRequest: type[BaseModel] = create_model(  # type: ignore[call-overload]
@@ -219,6 +230,7 @@ __all__ = [
     "REFUSED",
     "ChatCompletionRequest",
     "Message",
+    "TokenizeRequest",
     "Tool",
     "refused_field",
 ]

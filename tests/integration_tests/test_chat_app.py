@@ -3,7 +3,10 @@
 - In-process (httpx's ASGI transport, no socket; each client signed in as a new account): pages and JSON
   endpoints, request validation, an answer streamed as server-sent events and stored with its per-token
   provenance, a second turn that sees the first, two conversations at once that do not mix (each answer equals
-  the same conversation decoded alone, greedy), a full admission queue refused with HTTP 429.
+  the same conversation decoded alone, greedy), a full admission queue refused with HTTP 429. Each of these runs
+  on both model tiers: ``local`` (the model in the app's process) and ``remote`` (CHAT_MODEL_URL: a Persona-judge
+  server, ``create_app`` on the same embedded model, served on loopback by uvicorn in a thread); what only the
+  remote tier does is in test_chat_app_remote.py.
 - A real server (``python -m examples.chat_app.server`` in a subprocess, its own SQLite file): a client that
   disconnects mid-answer, and one that disconnects while queued, both free their work (the decoding thread
   returns, the slot is reused); the page driven in headless Chromium by two people in two browser contexts
@@ -25,6 +28,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +45,7 @@ from tests.helpers.chat_app import (
     reset_admission_queue,
     server_module,
 )
+from tests.serve_helpers import running_server
 
 pytestmark = pytest.mark.embedded
 
@@ -72,16 +77,38 @@ async def reference(preferences: list[str], turns: list[str], answers: list[str]
 # -- in-process ----------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+@contextmanager
+def model_tier(tier: str, max_concurrency: int = 2, max_queue: int = 16) -> Iterator[str | None]:
+    """``local``: None (the app loads the model itself); ``remote``: the URL of a Persona-judge server on the same
+    embedded model (the shared handle: answers equal ``ChatPersonaJudge``'s in this process), on loopback."""
+    if tier == "local":
+        yield None
+        return
+    from langchain_persona_judge import shared_model
+    from langchain_persona_judge.runtime import display_name
+    from langchain_persona_judge.serve import ServeSettings, create_app
+
+    settings = ServeSettings(hf_model=shared_model(), served_name=display_name(None), max_concurrency=max_concurrency,
+                             max_queue=max_queue)
+    with running_server(create_app(settings)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module", params=["local", "remote"])
+def app(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     server = server_module()
-    settings = server.Settings(db_path=tmp_path_factory.mktemp("chat") / "chat.db", max_tokens=MAX_TOKENS,
-                               max_tokens_cap=64, temperature=0.0, max_concurrent=2, preload=False,
-                               allowed_hosts=(TEST_HOST,), max_in_flight=4)
-    application = server.create_app(settings)
-    yield application
-    application.state.service.store.close()
-    reset_admission_queue()
+    with model_tier(request.param) as url:
+        settings = server.Settings(db_path=tmp_path_factory.mktemp("chat") / "chat.db", max_tokens=MAX_TOKENS,
+                                   max_tokens_cap=64, temperature=0.0, max_concurrent=2, preload=False,
+                                   allowed_hosts=(TEST_HOST,), max_in_flight=4, model_url=url)
+        application = server.create_app(settings)
+        yield application
+        application.state.service.store.close()
+        reset_admission_queue()
+
+
+def remote(app: Any) -> bool:
+    return app.state.service.settings.model_url is not None
 
 
 async def signed_up(client: httpx.AsyncClient) -> dict[str, str]:
@@ -170,7 +197,7 @@ async def test_bad_requests_are_refused_before_any_decoding(client: httpx.AsyncC
 
 
 async def test_an_answer_streams_is_stored_and_the_next_turn_sees_it(
-    client: httpx.AsyncClient, registry: Any
+    app: Any, client: httpx.AsyncClient, registry: Any
 ) -> None:
     session = await _new_session(client)
     first = await _ask(client, session, "Why is the sky blue?")
@@ -185,7 +212,10 @@ async def test_an_answer_streams_is_stored_and_the_next_turn_sees_it(
     assert done["ttft_s"] >= done["queue_wait_s"] >= 0
     preferences = [registry.render(name) for name in PERSONAS]
     assert done["preferences_used"] == preferences
-    check_provenance(done, text, PERSONAS)
+    if remote(app):
+        assert "provenance" not in done  # a remote model tier sends no per-token trace
+    else:
+        check_provenance(done, text, PERSONAS)
     # The personas' texts reached the model: the same conversation through ChatPersonaJudge gives the same text.
     assert text == await reference(preferences, ["Why is the sky blue?"], [], MAX_TOKENS)
 
@@ -204,7 +234,7 @@ async def test_an_answer_streams_is_stored_and_the_next_turn_sees_it(
     assert messages[0]["personas"] == PERSONAS
     assert messages[1]["meta"]["generation_id"] == done["generation_id"]
     assert messages[1]["meta"]["usage"]["output_tokens"] == done["usage"]["output_tokens"]
-    assert messages[1]["meta"]["provenance"] == done["provenance"]  # a reload shows the same provenance
+    assert messages[1]["meta"].get("provenance") == done.get("provenance")  # a reload shows the same provenance
 
 
 def check_provenance(done: dict[str, Any], text: str, labels: list[str]) -> None:
@@ -238,16 +268,21 @@ async def test_concurrent_conversations_do_not_mix(client: httpx.AsyncClient, re
     assert stats["completed"] >= 3 and stats["errors"] == 0
 
 
-async def test_a_full_admission_queue_is_refused_with_429(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tier", ["local", "remote"])
+async def test_a_full_admission_queue_is_refused_with_429(tmp_path: Path, tier: str) -> None:
     # One slot and no room to wait: while one answer decodes, the next message is refused before it is stored.
     server = server_module()
-    settings = server.Settings(db_path=tmp_path / "chat.db", max_tokens=MAX_TOKENS, max_tokens_cap=64,
-                               temperature=0.0, max_concurrent=1, max_queue=0, preload=False,
-                               allowed_hosts=(TEST_HOST,))
-    application = server.create_app(settings)
+    with model_tier(tier, max_concurrency=1, max_queue=0) as url:
+        settings = server.Settings(db_path=tmp_path / "chat.db", max_tokens=MAX_TOKENS, max_tokens_cap=64,
+                                   temperature=0.0, max_concurrent=1, max_queue=0, preload=False,
+                                   allowed_hosts=(TEST_HOST,), model_url=url)
+        await _refuse_when_full(server.create_app(settings), remote=url is not None)
+
+
+async def _refuse_when_full(application: Any, remote: bool) -> None:
     service = application.state.service
     try:
-        await service.preload()  # loads the weights, so the app knows the model's admission queue
+        await service.preload()  # loads the weights (remote: asks the server), so the app knows the admission queue
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=application),
                                      base_url=f"http://{TEST_HOST}") as c:
             c.headers.update(await signed_up(c))
@@ -263,7 +298,8 @@ async def test_a_full_admission_queue_is_refused_with_429(tmp_path: Path) -> Non
             assert (await c.get(f"/api/sessions/{second}")).json()["messages"] == []  # nothing was stored
             assert (await busy)[-1][0] == "done"
             stats = (await c.get("/api/stats")).json()
-            assert stats["admission"] == {"running": 0, "waiting": 0, "max_concurrency": 1, "max_queue": 0}
+            expected = None if remote else {"running": 0, "waiting": 0, "max_concurrency": 1, "max_queue": 0}
+            assert stats["admission"] == expected  # a remote tier's queue is the server's
     finally:
         service.store.close()
         reset_admission_queue()

@@ -93,6 +93,16 @@ MALFORMED: list[tuple[str, Any, int, str | None]] = [
     ("seed a float", {"messages": USER, "seed": 1.5}, 400, "seed"),
     ("unknown persona", {"messages": USER, "preferences": ["nosuchpersona"]}, 400, "preferences"),
     ("preferences a string", {"messages": USER, "preferences": "concise"}, 400, "preferences"),
+    ("preference a number", {"messages": USER, "preferences": ["concise", 3]}, 400, "preferences[1]"),
+    ("persona pair of one", {"messages": USER, "preferences": [["expert"]]}, 400, "preferences[0]"),
+    ("persona pair, variables not an object", {"messages": USER, "preferences": [["expert", "biology"]]}, 400,
+     "preferences[0]"),
+    ("persona pair naming no persona", {"messages": USER, "preferences": [["nosuchpersona", {}]]}, 400,
+     "preferences[0]"),
+    ("persona pair with a misspelt variable", {"messages": USER, "preferences": ["concise", ["expert", {"feild": "x"}]]},
+     400, "preferences[1]"),
+    ("persona pair with a list value", {"messages": USER, "preferences": [["expert", {"field": ["a"]}]]}, 400,
+     "preferences[0]"),
     ("unknown schedule", {"messages": USER, "schedule": "fast"}, 400, "schedule"),
     ("unknown combine rule", {"messages": USER, "combine": "vote"}, 400, "combine"),
     ("weights for the wrong number of personas", {"messages": USER, "preferences": ["concise", "humor", "formal"],
@@ -262,6 +272,29 @@ def test_fields_clients_send_by_default_are_accepted(app: Any) -> None:
     assert response.json()["usage"]["completion_tokens"] <= 3
 
 
+def test_a_registry_persona_takes_its_template_variables_as_a_pair(app: Any) -> None:
+    body = {"messages": USER, "max_tokens": 3, "temperature": 0,
+            "preferences": [["expert", {"field": "marine biology"}], ["age", {"age": 7}], "Be brief."]}
+    response = post(app, body)
+    assert response.status_code == 200, response.text
+    personas = [" ".join(p) for p in response.json()["persona_judge"]["personas"]]
+    assert len(personas) == 3 and personas[2] == "Be brief."
+    assert "PhD Student in marine biology" in personas[0]  # the variable reached the persona's text
+    assert "7-year-old" in personas[1]
+    misspelt = post(app, {**body, "preferences": [["expert", {"feild": "x"}]]}).json()["error"]
+    assert "'feild'" in misspelt["message"] and "['field']" in misspelt["message"]  # what is wrong, and what is known
+
+
+def test_tokenize_counts_a_text_s_tokens_for_the_served_model(app: Any, tokenizer: Any) -> None:
+    text = "Why is the sky blue? Because of Rayleigh scattering."
+    counted = call(app, "POST", "/tokenize", {"prompt": text})
+    assert counted.status_code == 200, counted.text
+    assert counted.json() == {"count": len(tokenizer.encode(text, add_special_tokens=False)), "max_model_len": 512}
+    assert_openai_error(call(app, "POST", "/tokenize", {"text": text}), 400, "prompt")
+    assert_openai_error(call(app, "POST", "/tokenize", raw=b"{"), 400, None)
+    assert_openai_error(call(app, "POST", "/tokenize", {"prompt": text, "model": "gpt-4o"}), 404, "model")
+
+
 def test_models_and_health(app: Any) -> None:
     models = call(app, "GET", "/v1/models").json()
     assert models["object"] == "list" and [m["id"] for m in models["data"]] == ["tiny"]
@@ -282,6 +315,7 @@ def test_api_keys_guard_every_v1_route_but_not_health(model: Any, tokenizer: Any
                     {"authorization": "Basic k-one"}, {"authorization": "Bearer k-one-and-more"}):
         assert_openai_error(post(app, body, headers=headers), 401, None)
         assert_openai_error(call(app, "GET", "/v1/models", headers=headers), 401, None)
+        assert_openai_error(call(app, "POST", "/tokenize", {"prompt": "hi"}, headers=headers), 401, None)
     assert post(app, body, headers={"authorization": "Bearer k-two"}).status_code == 200
     assert call(app, "GET", "/v1/models", headers={"authorization": "bearer k-one"}).status_code == 200
     assert call(app, "GET", "/health").status_code == 200
