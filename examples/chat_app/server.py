@@ -71,7 +71,7 @@ This module is the routes and the entry point; the rest is beside it:
 ``answers``         ``AnswerRun``: one answer from the message stored to the answer stored
 ``generations``     ``Generation`` (one answer's state and events) and the executor that tracks its threads
 ``ratelimit``       ``RateLimiter``: sign-ups per client address (a token bucket)
-``connections``     the server protocol closing connections whose headers never finish; the open-files limit
+``connections``     the server protocol: a deadline for request headers, a cap on open connections
 ==================  ==========================================================================================
 """
 
@@ -97,13 +97,16 @@ from .schemas import ChoiceIn, ComparisonIn, MessageIn, User
 from .security import Guard, allowed_hosts, hash_token, new_token, page_csp
 from .service import ChatService
 from .settings import (
+    DEFAULT_HOST,
+    DEFAULT_LOG_LEVEL,
+    DEFAULT_PORT,
     HEALTH_TIMEOUT_S,
     HEARTBEAT_S,
     ID,
+    KEEP_ALIVE_S,
     PREFERENCE_CHARS,
     SIGNUP_BURST,
     Settings,
-    env_float,
     env_int,
 )
 
@@ -236,7 +239,7 @@ def _page_routes(app: FastAPI, service: ChatService) -> None:
                                      f"(CHAT_SIGNUPS_PER_MINUTE={settings.signups_per_minute}).",
                                 headers={"Retry-After": RateLimiter.retry_after(wait)})
         token = new_token()
-        row = await service.store.create_user(hash_token(token), settings.max_users)
+        row = await service.create_account(hash_token(token))
         if row is None:
             raise HTTPException(403, f"This server has all the accounts it takes (CHAT_MAX_USERS="
                                      f"{settings.max_users}).")
@@ -380,23 +383,26 @@ def _profile_routes(app: FastAPI, service: ChatService) -> None:
 def main() -> None:
     import uvicorn
 
-    level = os.environ.get("LOG_LEVEL", "warning").upper()
+    from .connections import TASK_SLACK, HeaderTimeoutProtocol, connection_cap, raise_open_files_limit
+
+    level = os.environ.get("LOG_LEVEL", DEFAULT_LOG_LEVEL).upper()
     logging.basicConfig(level=getattr(logging, level, logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    port = env_int("PORT", 8000, 0)
-    host = os.environ.get("HOST", "127.0.0.1")
-    app = create_app()
-    print(f"Persona-judge chat on http://{host}:{port}/ (conversations in {app.state.service.store.description})",
-          flush=True)
-    # Half-open connections (headers never finished) are closed after CHAT_HEADER_TIMEOUT; idle keep-alive ones
-    # after 5 s; the open-files limit is raised to its hard limit. A reverse proxy in front still should limit
-    # connections per client.
-    from .connections import HeaderTimeoutProtocol, raise_open_files_limit
-
-    protocol = type("Protocol", (HeaderTimeoutProtocol,), {"header_timeout": env_float("CHAT_HEADER_TIMEOUT", 10.0)})
-    raise_open_files_limit()
+    port = env_int("PORT", DEFAULT_PORT, 0)
+    host = os.environ.get("HOST", DEFAULT_HOST)
+    settings = Settings.from_env()
+    app = create_app(settings)
+    # Connections: the open-files limit is raised to its hard limit; open connections are capped below it (one
+    # more closes the one that has waited longest for its request headers); headers must arrive within
+    # CHAT_HEADER_TIMEOUT; idle keep-alive connections close after KEEP_ALIVE_S. A reverse proxy in front still
+    # should limit connections per client (README: Deployment).
+    cap = connection_cap(settings.max_connections, raise_open_files_limit())
+    protocol = type("Protocol", (HeaderTimeoutProtocol,),
+                    {"header_timeout": settings.header_timeout, "max_connections": cap})
+    print(f"Persona-judge chat on http://{host}:{port}/ (conversations in {app.state.service.store.description}; "
+          f"at most {cap} connections)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level=level.lower(), timeout_graceful_shutdown=5, http=protocol,
-                timeout_keep_alive=5)
+                timeout_keep_alive=KEEP_ALIVE_S, limit_concurrency=cap + TASK_SLACK)
 
 
 if __name__ == "__main__":

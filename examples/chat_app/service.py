@@ -38,7 +38,7 @@ from .models import AnswerModel, LocalModel, ModelTierError, RemoteModel
 from .profiles import Profiles
 from .schemas import MessageIn, Plan, User
 from .security import bearer_token, hash_token, token_matches
-from .settings import ID, PREFERENCE_CHARS, RETRY_AFTER_S, SHUTDOWN_GRACE_S, Settings
+from .settings import ID, PREFERENCE_CHARS, RETRY_AFTER_S, SHUTDOWN_GRACE_S, SWEEP_EVERY_S, TOUCH_EVERY_S, Settings
 from .storage import Store, open_store
 
 log = logging.getLogger("examples.chat_app")
@@ -73,7 +73,10 @@ class ChatService:
         """Where answers are decoded: this process, or the Persona-judge server at CHAT_MODEL_URL."""
         self.store: Store = open_store(settings.database_url, settings.db_path, private_dir=settings.default_db)
         self.generations: OrderedDict[str, Generation] = OrderedDict()
+        self.clock = time.time
+        """Wall-clock seconds since the epoch: accounts' last use and their expiry (a test fakes it)."""
         self.started_at = time.time()
+        self._next_sweep = 0.0  # when sign-up may next look for idle empty accounts
         self.totals = {"completed": 0, "cancelled": 0, "errors": 0, "refused": 0, "output_tokens": 0}
         self._session_locks = KeyedLocks()  # one per conversation id
         self._tasks: set[asyncio.Task[None]] = set()
@@ -135,11 +138,36 @@ class ChatService:
         if token is not None:
             row = await self.store.user_by_token_hash(hash_token(token))
             if row is not None and token_matches(token, row["token_hash"]):
+                now = self.clock()
+                if now - float(row["last_seen"]) >= TOUCH_EVERY_S:  # written at most hourly, not per request
+                    await self.store.touch_user(row["id"], now)
                 return User(row["id"])
         raise HTTPException(
             401, "A valid account token is needed: Authorization: Bearer <token> (POST /api/users makes one).",
             headers={"WWW-Authenticate": "Bearer"},
         )
+
+    async def create_account(self, token_hash: str) -> dict[str, Any] | None:
+        """A new account (None: the server has CHAT_MAX_USERS). Idle empty accounts are swept first, at most every
+        SWEEP_EVERY_S, and again whenever the cap is reached."""
+        await self.sweep_idle_accounts()
+        row = await self.store.create_user(token_hash, self.settings.max_users)
+        if row is None and await self.sweep_idle_accounts(force=True):
+            row = await self.store.create_user(token_hash, self.settings.max_users)
+        return row
+
+    async def sweep_idle_accounts(self, *, force: bool = False) -> int:
+        """Delete the accounts with no conversation and no profile unused for CHAT_ACCOUNT_IDLE_DAYS (0: never);
+        how many. Unless ``force``, at most once every SWEEP_EVERY_S."""
+        days = self.settings.account_idle_days
+        now = self.clock()
+        if days <= 0 or (not force and now < self._next_sweep):
+            return 0
+        self._next_sweep = now + SWEEP_EVERY_S
+        deleted = await self.store.expire_idle_users(now - days * 86400.0)
+        if deleted:
+            log.info("deleted %d idle empty account(s) (unused for %d days)", deleted, days)
+        return deleted
 
     # -- the library's admission queue
 

@@ -18,8 +18,14 @@
     CHAT_MAX_USERS       accounts this server creates (default 10000; then POST /api/users: 403)
     CHAT_SIGNUPS_PER_MINUTE  accounts one client address may create a minute, after a burst of 20 (default 30;
                          0: no limit; more: 429). Behind a proxy every client shares its address: limit there
+    CHAT_ACCOUNT_IDLE_DAYS  an account with no conversation and no profile that has not been used for this many
+                         days is deleted (default 30; swept at sign-up, at most hourly, and whenever the account
+                         cap is reached; 0: never)
     CHAT_DOCS            1: serve /docs and /openapi.json (default off)
-    CHAT_HEADER_TIMEOUT  seconds a connection may take to send a request's headers (default 10; then closed)
+    CHAT_HEADER_TIMEOUT  seconds a connection may take to send a request's headers (default 10; then closed);
+                         idle keep-alive connections are closed after 5 s
+    CHAT_MAX_CONNECTIONS open client connections the server keeps (default 1000, and at most the open-files limit
+                         less 128); one more closes the connection that has waited longest for request headers
     CHAT_MAX_TOKENS      answer length when a request does not ask for one (default 160)
     CHAT_MAX_TOKENS_CAP  the most tokens a request may ask for (default 1024)
     CHAT_TEMPERATURE     temperature when a request does not set one (default 0.7; 0 = greedy)
@@ -54,6 +60,12 @@ from urllib.parse import urlsplit
 
 from .storage import default_db_path
 
+DEFAULT_PORT = 8000
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_LOG_LEVEL = "warning"
+KEEP_ALIVE_S = 5  # uvicorn's timeout_keep_alive: an idle keep-alive connection is closed after this
+TOUCH_EVERY_S = 3600.0  # an account's last use is written at most this often (not on every request)
+SWEEP_EVERY_S = 3600.0  # idle empty accounts are looked for at sign-up at most this often
 HEARTBEAT_S = 2.0  # an SSE comment this often while nothing else is sent: keeps proxies open, notices dead peers
 SHUTDOWN_GRACE_S = 60.0  # how long shutdown waits for the generations' tasks to end
 RETRY_AFTER_S = 5  # what a refused request (HTTP 429) is told to wait
@@ -132,7 +144,13 @@ class Settings:
     signups_per_minute: int = 0
     """Sign-ups per client address a minute, after a burst of SIGNUP_BURST (0: no limit; the server's environment
     default, CHAT_SIGNUPS_PER_MINUTE, is 30)."""
+    account_idle_days: int = 30
+    """An account with no conversation and no profile, unused for this many days, is deleted (0: never)."""
     docs: bool = False
+    header_timeout: float = 10.0
+    """Seconds a connection may take to send a request's headers (the server's entry point; then closed)."""
+    max_connections: int = 1000
+    """Open client connections the server keeps (the entry point; bounded by the open-files limit too)."""
     max_tokens: int = 160
     max_tokens_cap: int = 1024
     temperature: float = 0.7
@@ -172,7 +190,10 @@ class Settings:
             max_in_flight=env_int("CHAT_MAX_IN_FLIGHT", 2, 1),
             max_users=env_int("CHAT_MAX_USERS", 10_000, 1),
             signups_per_minute=env_int("CHAT_SIGNUPS_PER_MINUTE", 30, 0),
+            account_idle_days=env_int("CHAT_ACCOUNT_IDLE_DAYS", 30, 0),
             docs=env_flag("CHAT_DOCS", False),
+            header_timeout=env_float("CHAT_HEADER_TIMEOUT", 10.0),
+            max_connections=env_int("CHAT_MAX_CONNECTIONS", 1000, 1),
             max_tokens=env_int("CHAT_MAX_TOKENS", 160, 1),
             max_tokens_cap=env_int("CHAT_MAX_TOKENS_CAP", 1024, 1),
             temperature=env_float("CHAT_TEMPERATURE", 0.7),
@@ -190,6 +211,8 @@ class Settings:
             profile_every=env_int("CHAT_PROFILE_EVERY", 5, 0),
         )
         settings.max_tokens_cap = max(settings.max_tokens_cap, settings.max_tokens)
+        if settings.header_timeout <= 0:
+            raise SystemExit(f"CHAT_HEADER_TIMEOUT={settings.header_timeout:g} must be more than 0 seconds")
         return settings
 
     @property

@@ -33,7 +33,8 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
     id TEXT PRIMARY KEY,
     token_hash TEXT NOT NULL UNIQUE,
-    created_at {real} NOT NULL
+    created_at {real} NOT NULL,
+    last_seen {real}
 );
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY,
@@ -77,6 +78,9 @@ CREATE INDEX IF NOT EXISTS comparisons_by_user ON comparisons (user_id, created_
 # whether it changed since it read it). comparisons: the pairs of answers shown for a pick, with what the pick
 # needs (the personas each was decoded under, their features, whether each ended by itself) in `data`, and the
 # pick once made; a pick names one of these, never answer text sent by the client.
+# users.last_seen: when the account was last used (written at most every TOUCH_EVERY_S; NULL in a database from
+# before it: then created_at counts). A database from before it gets the column (ADD_LAST_SEEN) after SCHEMA.
+ADD_LAST_SEEN = "ALTER TABLE users ADD COLUMN {if_not_exists}last_seen {real}"
 # After SCHEMA (an older SQLite file gets its sessions.user_id column first).
 USER_INDEX = "CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions (user_id, created_at)"
 
@@ -91,6 +95,15 @@ WHERE s.user_id = ?
 ORDER BY updated_at DESC, s.id
 LIMIT ?
 """
+
+# Accounts unused since a time that hold nothing: no conversation, no profile (comparisons go with them).
+EXPIRE_IDLE_USERS = """
+DELETE FROM users
+WHERE COALESCE(last_seen, created_at) < ?
+  AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.user_id = users.id)
+  AND NOT EXISTS (SELECT 1 FROM profiles p WHERE p.user_id = users.id)
+"""
+
 
 class SQLStore(Store):
     """The SQL both databases share; subclasses open connections, map placeholders and lock."""
@@ -169,12 +182,18 @@ class SQLStore(Store):
             if count is not None and int(count["n"]) >= max_users:
                 return None
             row = {"id": uuid.uuid4().hex, "created_at": time.time()}
-            self._execute("INSERT INTO users (id, token_hash, created_at) VALUES (?, ?, ?)",
-                          (row["id"], token_hash, row["created_at"]))
+            self._execute("INSERT INTO users (id, token_hash, created_at, last_seen) VALUES (?, ?, ?, ?)",
+                          (row["id"], token_hash, row["created_at"], row["created_at"]))
         return row
 
     def _user_by_token_hash(self, token_hash: str) -> dict[str, Any] | None:
-        return self._one("SELECT id, token_hash, created_at FROM users WHERE token_hash = ?", (token_hash,))
+        return self._one("SELECT id, token_hash, created_at, COALESCE(last_seen, created_at) AS last_seen "
+                         "FROM users WHERE token_hash = ?", (token_hash,))
+
+    def _expire_idle_users(self, idle_before: float) -> int:
+        db = self._db()
+        with self._transaction(db, "users"):  # with sign-ups: the account count changes under one lock
+            return max(0, self._execute(EXPIRE_IDLE_USERS, (float(idle_before),)))
 
     def _create_session(self, user_id: str, max_sessions: int) -> dict[str, Any] | None:
         db = self._db()
@@ -327,6 +346,12 @@ class SQLStore(Store):
     async def user_by_token_hash(self, token_hash: str) -> dict[str, Any] | None:
         return await self._run(self._user_by_token_hash, token_hash)
 
+    async def touch_user(self, user_id: str, now: float) -> None:
+        await self._run(self._execute, "UPDATE users SET last_seen = ? WHERE id = ?", (float(now), user_id))
+
+    async def expire_idle_users(self, idle_before: float) -> int:
+        return await self._run(self._expire_idle_users, idle_before)
+
     async def create_session(self, user_id: str, max_sessions: int) -> dict[str, Any] | None:
         return await self._run(self._create_session, user_id, max_sessions)
 
@@ -389,4 +414,4 @@ class SQLStore(Store):
         await self._run(self._one, "SELECT 1 AS ok")
 
 
-__all__ = ["ALL", "LIST_SESSIONS", "SCHEMA", "USER_INDEX", "SQLStore"]
+__all__ = ["ADD_LAST_SEEN", "ALL", "EXPIRE_IDLE_USERS", "LIST_SESSIONS", "SCHEMA", "USER_INDEX", "SQLStore"]

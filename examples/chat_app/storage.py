@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .sql_store import SCHEMA, USER_INDEX, SQLStore
+from .sql_store import ADD_LAST_SEEN, SCHEMA, USER_INDEX, SQLStore
 from .store import ConversationGone, Store
 
 APP_DIR = "langchain-persona-judge"
@@ -72,6 +72,8 @@ class SQLiteStore(SQLStore):
         columns = {r["name"] for r in db.execute("PRAGMA table_info(sessions)").fetchall()}
         if "user_id" not in columns:  # a database from before accounts: its conversations belong to nobody
             db.execute("ALTER TABLE sessions ADD COLUMN user_id TEXT REFERENCES users(id) ON DELETE CASCADE")
+        if "last_seen" not in {r["name"] for r in db.execute("PRAGMA table_info(users)").fetchall()}:
+            db.execute(ADD_LAST_SEEN.format(if_not_exists="", real=self.real))
         db.execute(USER_INDEX)
         for suffix in ("", "-wal", "-shm"):  # files an older version made world-readable
             _chmod_own(Path(f"{self.path}{suffix}"), 0o600)
@@ -183,6 +185,7 @@ class PostgresStore(SQLStore):
             for statement in SCHEMA.format(serial=self.serial, real=self.real).split(";"):
                 if statement.strip():
                     db.execute(statement)
+            db.execute(ADD_LAST_SEEN.format(if_not_exists="IF NOT EXISTS ", real=self.real))
             db.execute(USER_INDEX)
 
     @contextmanager

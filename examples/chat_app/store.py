@@ -25,7 +25,17 @@ class Store(ABC):
 
     @abstractmethod
     async def user_by_token_hash(self, token_hash: str) -> dict[str, Any] | None:
-        """``{"id", "token_hash", "created_at"}`` of the user whose token hashes to ``token_hash``, else None."""
+        """``{"id", "token_hash", "created_at", "last_seen"}`` of the user whose token hashes to ``token_hash``,
+        else None."""
+
+    @abstractmethod
+    async def touch_user(self, user_id: str, now: float) -> None:
+        """Record that the user used their account at ``now`` (seconds since the epoch)."""
+
+    @abstractmethod
+    async def expire_idle_users(self, idle_before: float) -> int:
+        """Delete every account last used before ``idle_before`` that has no conversation and no profile (its
+        comparisons go with it); how many."""
 
     @abstractmethod
     async def create_session(self, user_id: str, max_sessions: int) -> dict[str, Any] | None:

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -109,11 +110,12 @@ class LiveServer:
                     "LOG_LEVEL": "warning", **env}
         self.log = db.parent / "server.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.preexec: Callable[[], None] | None = None  # run in the child before the server (e.g. setrlimit)
 
     def start(self, timeout: float = 240.0) -> None:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", SERVER], env=self.env, stdout=log,
-                                         stderr=subprocess.STDOUT, cwd=ROOT)
+                                         stderr=subprocess.STDOUT, cwd=ROOT, preexec_fn=self.preexec)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from examples.chat_app.storage import ConversationGone, PostgresStore, SQLiteSto
 from tests.helpers.postgres import PostgresServer, pg_bindir
 
 # (No NUL: PostgreSQL's text cannot hold one, and the app refuses it in any field before it reaches a store.)
+DAY = 86400.0
 HOSTILE = ["' OR '1'='1", "x'; DROP TABLE sessions; --", "%s", "?", "\\", "0" * 32, "é\u202e"]
 
 
@@ -79,7 +81,8 @@ async def test_users_are_found_by_token_hash_only(store: Store) -> None:
     b = await store.create_user("b" * 64, max_users=10)
     assert a and b and a["id"] != b["id"]
     found = await store.user_by_token_hash("a" * 64)
-    assert found == {"id": a["id"], "token_hash": "a" * 64, "created_at": pytest.approx(a["created_at"])}
+    assert found == {"id": a["id"], "token_hash": "a" * 64, "created_at": pytest.approx(a["created_at"]),
+                     "last_seen": pytest.approx(a["created_at"])}
     assert await store.user_by_token_hash("c" * 64) is None
     for hostile in HOSTILE:
         assert await store.user_by_token_hash(hostile) is None
@@ -88,6 +91,30 @@ async def test_users_are_found_by_token_hash_only(store: Store) -> None:
 async def test_accounts_are_capped(store: Store) -> None:
     made = await asyncio.gather(*(store.create_user(f"{i:064x}", max_users=3) for i in range(8)))
     assert sum(m is not None for m in made) == 3
+
+
+async def test_idle_accounts_that_hold_nothing_expire_and_the_others_stay(store: Store) -> None:
+    now = time.time()
+    await store.create_user("a" * 64, 10)  # idle from the start
+    talking = (await store.create_user("b" * 64, 10))["id"]
+    await store.create_session(talking, 10)
+    learned = (await store.create_user("c" * 64, 10))["id"]
+    await store.save_profile(learned, '{"v": 1}', choices=1, expected_revision=None)
+    back = (await store.create_user("d" * 64, 10))["id"]
+    await store.touch_user(back, now + 10 * DAY)  # used again ten days on
+    compared = (await store.create_user("e" * 64, 10))["id"]
+    await store.add_comparison(compared, "Q?", "one", "two", {}, keep=10)  # comparisons alone hold nothing
+    assert (await store.user_by_token_hash("d" * 64))["last_seen"] == pytest.approx(now + 10 * DAY)
+
+    assert await store.expire_idle_users(now - DAY) == 0  # none idle since before yesterday
+    assert await store.expire_idle_users(now + 5 * DAY) == 2
+    left = {h: await store.user_by_token_hash(h * 64) for h in "abcde"}
+    assert {h for h, row in left.items() if row is not None} == {"b", "c", "d"}
+    assert await store.recent_prompts(compared, 10) == []  # its comparisons went with it
+    assert await store.expire_idle_users(now + 5 * DAY) == 0
+    assert await store.expire_idle_users(now + 11 * DAY) == 1  # then the one used on day ten, idle since
+    assert await store.user_by_token_hash("d" * 64) is None
+    assert len(await store.list_sessions(talking)) == 1 and await store.get_profile(learned) is not None
 
 
 async def test_each_user_sees_only_their_own_conversations(store: Store) -> None:
@@ -189,6 +216,39 @@ def test_a_database_from_before_accounts_opens_and_hides_its_old_conversations(t
         asyncio.run(check())
     finally:
         store.close()
+
+
+OLD_USERS = "CREATE TABLE users (id TEXT PRIMARY KEY, token_hash TEXT NOT NULL UNIQUE, created_at {real} NOT NULL)"
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_a_database_from_before_last_seen_opens_and_its_accounts_expire_by_age(
+        kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    if kind == "sqlite":
+        path = tmp_path / "old.db"
+        with sqlite3.connect(path) as db:
+            db.execute(OLD_USERS.format(real="REAL"))
+            db.execute("INSERT INTO users VALUES ('old', 'h', 1.0), ('new', 'n', ?)", (time.time(),))
+        opened: Store = SQLiteStore(path)
+    else:
+        import psycopg
+
+        server: PostgresServer = request.getfixturevalue("postgres")
+        url = server.fresh_database(f"chat_old_{next(_databases)}")
+        with psycopg.connect(url, autocommit=True) as db:
+            db.execute(OLD_USERS.format(real="DOUBLE PRECISION"))
+            db.execute("INSERT INTO users VALUES ('old', 'h', 1.0), ('new', 'n', %s)", (time.time(),))
+        opened = PostgresStore(url)
+
+    async def check() -> None:
+        assert (await opened.user_by_token_hash("h"))["last_seen"] == 1.0  # no last use: its creation counts
+        assert await opened.expire_idle_users(time.time() - DAY) == 1
+        assert await opened.user_by_token_hash("h") is None and await opened.user_by_token_hash("n") is not None
+
+    try:
+        asyncio.run(check())
+    finally:
+        opened.close()
 
 
 # -- two app processes on one PostgreSQL database ------------------------------------------------------------

@@ -273,6 +273,15 @@ FIGURES: list[tuple[str, str, str, Callable[[Any], str]]] = [
     ("load_memory", "examples/chat_app/README.md", "load.json", lambda d: f"**{d['server_peak_rss_mb']:.0f} MB** RSS"),
     ("load_counts", "examples/chat_app/README.md", "load.json",
      lambda d: f"{d['completed']} ({d['conversations']} conversations, {d['output_tokens']} tokens; {d['wall_s']} s wall"),
+    # -- the chat app with its PostgreSQL restarted under load --
+    ("db_restart", "examples/chat_app/README.md", "db_restart.json",
+     lambda d: f"**{d['acknowledged_writes']} acknowledged writes, {d['lost_writes']} lost**; serving again "
+               f"**{d['recovered_after_s']:.2f} s** after PostgreSQL was back; **{d['errors']} error(s)**, all among "
+               f"the {d['in_flight_during_restart']} requests in flight during the restart ({d['errors_outside_restart']} "
+               "outside it)"),
+    ("db_restart_run", "examples/chat_app/README.md", "db_restart.json",
+     lambda d: f"{d['requests']} requests; PostgreSQL stopped with `-m immediate` halfway and back "
+               f"{d['postgres_down_s']:.1f} s later"),
 ]
 
 
