@@ -50,7 +50,8 @@ FIELDS = {  # variable -> the Settings field it sets
 SERVER_DEFAULTS = {"PORT": settings.DEFAULT_PORT, "HOST": settings.DEFAULT_HOST,
                    "LOG_LEVEL": settings.DEFAULT_LOG_LEVEL}
 NOT_SET = {"CHAT_DATABASE_URL": ("database_url", None), "CHAT_ALLOWED_HOSTS": ("allowed_hosts", ()),
-           "CHAT_MODEL": ("model", None)}
+           "CHAT_MODEL": ("model", None), "CHAT_MODEL_URL": ("model_url", None),
+           "CHAT_MODEL_API_KEY": ("model_api_key", None)}
 """Rows whose default is a word (unset, none, embedded): the field's value when the variable is not set."""
 SPECIAL = {"CHAT_DB", "CHAT_TORCH_THREADS"}  # checked on their own below
 DELIBERATELY_DIFFERENT = {"signups_per_minute"}  # Settings(): off, so that tests can sign up freely

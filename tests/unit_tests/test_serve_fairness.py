@@ -2,7 +2,9 @@
 with API keys, by the key), so one user flooding the queue does not starve another; a full queue is 429.
 
 A tiny random model whose forwards wait on a gate holds the only slot while the test lines requests up, so the
-order in which they are answered depends on the admission queue alone, not on timing.
+order in which they are decoded depends on the admission queue alone, not on timing. The order is read from the
+model's prefill forwards (each request's prompt has its own length), not from when the HTTP answers come back:
+two answers finishing close together may resume their clients in either order.
 """
 
 from __future__ import annotations
@@ -28,15 +30,20 @@ QUESTION = [{"role": "user", "content": "What is rain?"}]
 
 @pytest.fixture
 def gated(tokenizer: Any) -> Iterator[tuple[Any, threading.Event]]:
-    """A tiny model whose every forward waits until the gate is open."""
+    """A tiny model whose every forward waits until the gate is open; ``model.prefills`` lists the prompt length
+    of every prefill forward (more than one position), in the order they ran."""
     model = tiny_llama(seed=3, vocab_size=len(tokenizer), eos_token_id=None)
+    model.prefills = []
     gate = threading.Event()
 
-    def hook(module: Any, args: Any) -> None:
+    def hook(module: Any, args: Any, kwargs: Any) -> None:
         if not gate.wait(timeout=60):
             raise RuntimeError("the test never opened the gate")
+        ids = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else (args[0] if args else None)
+        if ids is not None and ids.shape[-1] > 1:
+            model.prefills.append(int(ids.shape[-1]))
 
-    handle = model.register_forward_pre_hook(hook)
+    handle = model.register_forward_pre_hook(hook, with_kwargs=True)
     yield model, gate
     gate.set()
     handle.remove()
@@ -59,15 +66,17 @@ async def lined_up(model: Any, waiting: int) -> None:
 async def answered_in_order(app: Any, model: Any, gate: threading.Event,
                             flood: list[dict[str, Any]], late: list[dict[str, Any]]) -> list[str]:
     """Send ``flood`` (the first takes the slot, the rest wait), then ``late``, then open the gate; the requests'
-    names (``name`` in each) in the order they were answered."""
-    order: list[str] = []
+    names (``name`` in each) in the order they were decoded (request i's question ends in i extra words, so its
+    prefill is the i-th shortest)."""
+    requests = flood + late
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
         async def ask(request: dict[str, Any]) -> None:
-            body = {"model": "gated", "messages": QUESTION, "max_tokens": 2, **request.get("body", {})}
+            index = requests.index(request)
+            messages = [{"role": "user", "content": "What is rain?" + " more" * index}]
+            body = {"model": "gated", "messages": messages, "max_tokens": 2, **request.get("body", {})}
             response = await client.post("/v1/chat/completions", json=body, headers=request.get("headers", {}))
             assert response.status_code == 200, response.text
-            order.append(request["name"])
 
         tasks = [asyncio.create_task(ask(flood[0]))]
         await lined_up(model, 0)
@@ -76,7 +85,9 @@ async def answered_in_order(app: Any, model: Any, gate: threading.Event,
             await lined_up(model, i)  # one at a time: their arrival order is the order sent
         gate.set()
         await asyncio.gather(*tasks)
-    return order
+    lengths = sorted(set(model.prefills))
+    assert len(lengths) == len(model.prefills) == len(requests), f"prefills {model.prefills}: not one per request"
+    return [requests[lengths.index(n)]["name"] for n in model.prefills]
 
 
 async def test_one_user_flooding_does_not_starve_another(gated: Any, tokenizer: Any) -> None:
