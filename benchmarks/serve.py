@@ -338,13 +338,16 @@ async def fault_phase(server: Managed, args: argparse.Namespace, preferences: li
     """Load for ``--duration`` seconds; a third of the way in, SIGKILL the replica that answered last."""
     refs = await references(server.url, args, preferences)
     kill: dict[str, Any] = {}
+    started = time.monotonic()
 
     async def killer(records: list[Record]) -> None:
         await asyncio.sleep(args.duration / 3)
+        while not any(r.ok and r.replica for r in records):  # a slow machine: wait for the first answer
+            if time.monotonic() - started > args.duration:
+                return
+            await asyncio.sleep(0.1)
         answered = [r for r in records if r.ok and r.replica]
-        victim = answered[-1].replica if answered else None
-        if victim is None:
-            return
+        victim = answered[-1].replica
         kill.update(victim=victim, before={r.replica for r in answered}, at=time.monotonic())
         os.kill(pid_of(victim), signal.SIGKILL)
         log(f"fault: killed replica {victim}")

@@ -34,6 +34,9 @@ from .settings import ServeSettings
 
 DEPLOYMENT = "PersonaJudge"
 """The deployment's name (its replicas are ``SERVE_REPLICA::<app>#PersonaJudge#<id>`` actors)."""
+COALESCE_S = 0.02
+"""How long a replica lets a stream's chunks gather before sending them to the web tier as one message (each
+message is a Ray object: fewer of them cost the two tiers less CPU; 20 ms is below what a reader notices)."""
 RAY_INSTALL = "pip install 'langchain-persona-judge[serve]'  (or: pip install 'ray[serve]')"
 
 
@@ -134,7 +137,8 @@ class PersonaJudgeReplica:
     async def http(self, request: dict[str, Any]) -> AsyncIterator[list[Message]]:
         """One HTTP request through the app: first this replica's name, then the app's messages."""
         yield [{"type": REPLICA_MESSAGE, "replica": self.name}]
-        async with contextlib.aclosing(run_asgi(self.app, request, self.lifespan.state)) as messages:
+        messages = run_asgi(self.app, request, self.lifespan.state, coalesce=COALESCE_S)
+        async with contextlib.aclosing(messages):
             async for batch in messages:
                 yield batch
 

@@ -206,12 +206,13 @@ _RUNNING: set[asyncio.Future[Any]] = set()
 """Requests whose client left, still winding down (the app stops their decode at its next chunk)."""
 
 
-async def run_asgi(app: Any, request: dict[str, Any], state: dict[str, Any] | None = None
+async def run_asgi(app: Any, request: dict[str, Any], state: dict[str, Any] | None = None, coalesce: float = 0.0
                    ) -> AsyncIterator[list[Message]]:
     """Run ``app`` on one request (:func:`replica_request`); yields its messages in batches, as they come.
 
-    Closing the generator early (the front cancelled: its client left) tells the app the client disconnected,
-    so the app cancels its decode.
+    ``coalesce``: seconds to let more of a stream's chunks gather after one arrives, so that a batch (one Ray
+    object to the front) carries several tokens. Closing the generator early (the front cancelled: its client
+    left) tells the app the client disconnected, so the app cancels its decode.
     """
     scope = {"type": "http", "asgi": {"version": "3.0"}, "root_path": "", "state": dict(state or {}),
              "http_version": "1.1", "scheme": "http", "query_string": b"", **{k: v for k, v in request.items()
@@ -238,6 +239,8 @@ async def run_asgi(app: Any, request: dict[str, Any], state: dict[str, Any] | No
         ended = False
         while not ended:
             batch = [await outbox.get()]
+            if coalesce and batch[0] is not None and batch[0].get("more_body"):
+                await asyncio.sleep(coalesce)
             while not outbox.empty():
                 batch.append(outbox.get_nowait())
             ended = batch[-1] is None

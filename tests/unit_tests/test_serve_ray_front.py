@@ -234,3 +234,23 @@ def test_bad_ray_flags_are_refused_with_the_fix() -> None:
     options = ray_options_from(build_parser().parse_args(
         ["--replicas", "2", "--ray-address", "10.0.0.1:6379", "--threads-per-replica", "1"]))
     assert (options.replicas, options.ray_address, options.threads()) == (2, "10.0.0.1:6379", 1)
+
+
+def test_a_replica_gathers_a_stream_s_chunks_into_fewer_messages() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for i in range(4):  # four chunks 5 ms apart, then the end
+            await send({"type": "http.response.body", "body": b"%d" % i, "more_body": True})
+            await asyncio.sleep(0.005)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def batches(coalesce: float) -> list[list[dict[str, Any]]]:
+        request = {"method": "GET", "path": "/", "headers": [], "body": b""}
+        return [batch async for batch in run_asgi(app, request, coalesce=coalesce)]
+
+    each = asyncio.run(batches(0.0))
+    gathered = asyncio.run(batches(0.2))
+    assert sum(map(len, each)) == sum(map(len, gathered)) == 6  # nothing lost, in order
+    assert b"".join(m.get("body", b"") for b in gathered for m in b) == b"0123"
+    assert len(each) >= 5 and len(gathered) <= 3
