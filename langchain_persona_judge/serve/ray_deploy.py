@@ -85,11 +85,14 @@ class RayOptions:
 
 
 def deployment_options(settings: ServeSettings, options: RayOptions, threads: int) -> dict[str, Any]:
-    """The Ray Serve deployment's options: replicas or autoscaling bounds, one replica's CPUs, its admission
-    limits (``max_concurrency`` requests at once on a replica, ``max_queue`` waiting for one), shutdown."""
+    """The Ray Serve deployment's options: replicas or autoscaling bounds, one replica's CPUs (and a GPU with
+    ``--device cuda``), its admission limits (``max_concurrency`` requests at once on a replica, ``max_queue`` waiting for one), shutdown."""
     concurrency = settings.max_concurrency or 16
+    resources: dict[str, Any] = {"num_cpus": threads}
+    if (settings.device or "").startswith("cuda"):
+        resources["num_gpus"] = 1  # Ray gives the replica a GPU of its own (its CUDA_VISIBLE_DEVICES)
     out: dict[str, Any] = {
-        "ray_actor_options": {"num_cpus": threads},
+        "ray_actor_options": resources,
         "max_ongoing_requests": concurrency,
         "max_queued_requests": -1 if settings.max_queue is None else settings.max_queue,
         "graceful_shutdown_wait_loop_s": 0.5,

@@ -216,6 +216,8 @@ def test_the_options_that_reach_ray_serve() -> None:
     assert scaled["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "initial_replicas": 2,
                                             "target_ongoing_requests": 3}
     assert "num_replicas" not in scaled and scaled["ray_actor_options"] == {"num_cpus": 2}
+    on_gpu = deployment_options(ServeSettings(device="cuda"), RayOptions(replicas=2), threads=1)
+    assert on_gpu["ray_actor_options"] == {"num_cpus": 1, "num_gpus": 1}
     # Threads: the cores shared out among the most replicas, at least one; the flag wins.
     assert RayOptions(replicas=2).threads(cpus=8) == 4
     assert RayOptions(replicas=1, max_replicas=4).threads(cpus=2) == 1
