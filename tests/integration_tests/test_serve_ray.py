@@ -8,6 +8,7 @@ file order and the last one stops it. Select them with ``-m ray``.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -26,7 +27,8 @@ import pytest
 from tests.conftest import llama_cpp_or_skip
 from tests.serve_helpers import free_port
 
-pytest.importorskip("ray.serve", reason="--replicas needs the serve extra (ray[serve])")
+if importlib.util.find_spec("ray") is None:  # not imported here: the server process runs Ray, not the tests
+    pytest.skip("--replicas needs the serve extra (ray[serve])", allow_module_level=True)
 psutil = pytest.importorskip("psutil")
 
 pytestmark = [pytest.mark.ray, pytest.mark.embedded]
