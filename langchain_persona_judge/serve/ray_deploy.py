@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import InvalidOptionError
+from ..errors import InvalidOptionError, ModelLoadError
 from .app import create_app
 from .errors import ApiError
 from .ray_front import REPLICA_MESSAGE, Lifespan, Message, RelayApp, run_asgi
@@ -211,7 +211,24 @@ def deploy(settings: ServeSettings, options: RayOptions) -> Any:
     replica_settings = dataclasses.replace(settings, hf_model=None, tokenizer=None)
     deployment = serve.deployment(PersonaJudgeReplica, name=DEPLOYMENT,
                                   **deployment_options(settings, options, threads))
-    return serve.run(deployment.bind(replica_settings, threads), name=options.app_name, route_prefix=None)
+    try:
+        return serve.run(deployment.bind(replica_settings, threads), name=options.app_name, route_prefix=None)
+    except RuntimeError as exc:  # Serve says only "failed to update the deployments": find the replica's error
+        raise ModelLoadError(
+            f"The replicas did not start: {_replica_failure(options.app_name) or exc} (the same flags without "
+            "--replicas show the whole error)."
+        ) from exc
+
+
+def _replica_failure(app_name: str) -> str | None:
+    """The last line of what Serve recorded about the deployment (a replica's constructor error)."""
+    from ray import serve
+
+    with contextlib.suppress(Exception):
+        message = serve.status().applications[app_name].deployments[DEPLOYMENT].message
+        lines = [line.strip() for line in message.splitlines() if line.strip()]
+        return lines[-1] if lines else None
+    return None
 
 
 def stop_ray(own_cluster: bool, app_name: str) -> None:
