@@ -322,8 +322,10 @@ async def phase(server: Managed, args: argparse.Namespace, preferences: list[str
                 ) -> dict[str, Any]:
     refs = await references(server.url, args, preferences)
     log(f"{label}: load, {args.clients} clients for {args.duration:.0f} s")
+    before = os.getloadavg()[0]
     records, wall = await load(server.url, args, preferences, args.duration)
     summary = summarize(records, wall, refs)
+    summary["load_average"] = [round(before, 2), round(os.getloadavg()[0], 2)]  # 1-minute, before and after
     log(f"{label}: {summary['answers']} answers, {summary['tokens_per_s']} tokens/s, {summary['errors']} errors, "
         f"{summary['mixed_up']} mixed up, TTFT p50 {summary['ttft_p50_s']} s")
     return summary
