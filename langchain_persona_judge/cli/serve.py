@@ -3,6 +3,8 @@
     persona-judge serve                                   # the embedded model on http://127.0.0.1:8000/v1
     persona-judge serve --model model.gguf --port 9000
     persona-judge serve --host 0.0.0.0 --api-keys keys.txt  # another machine may call it, with a key
+    persona-judge serve --replicas 2                        # two model replicas on a local Ray Serve
+    persona-judge serve --replicas 2 --min-replicas 1 --max-replicas 4 --ray-address HOST:6379
 
 Binding an address other than loopback needs ``--api-keys`` (or ``--no-auth``, to serve without keys on
 purpose).
@@ -39,6 +41,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="larger request bodies get 413 (default 4 MiB)")
     parser.add_argument("--timeout", type=float, metavar="S", help="seconds a request may take (default: no limit)")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    ray = parser.add_argument_group("scale-out on Ray Serve (the serve extra: ray[serve])")
+    ray.add_argument("--replicas", type=int, metavar="N",
+                     help="serve N model replicas on Ray Serve (default: one model in this process, no Ray)")
+    ray.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster (default: start a local Ray)")
+    ray.add_argument("--min-replicas", type=int, metavar="N", help="autoscaling: fewest replicas")
+    ray.add_argument("--max-replicas", type=int, metavar="N", help="autoscaling: most replicas")
+    ray.add_argument("--threads-per-replica", type=int, metavar="N",
+                     help="CPU threads of each replica (default: this machine's cores / the most replicas)")
     return parser
 
 
@@ -76,12 +86,33 @@ def settings_from(args: argparse.Namespace) -> Any:
     )
 
 
+def ray_options_from(args: argparse.Namespace) -> Any:
+    """The Ray Serve options of parsed flags, or None to serve one model in this process."""
+    ray_flags = ("ray_address", "min_replicas", "max_replicas", "threads_per_replica")
+    if args.replicas is None:
+        given = [f"--{n.replace('_', '-')}" for n in ray_flags if getattr(args, n) is not None]
+        if not given:
+            return None
+        raise UsageError(f"{', '.join(given)} apply to Ray Serve replicas; pass --replicas N too.")
+    from ..serve.ray_deploy import RayOptions
+
+    return RayOptions(replicas=args.replicas, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
+                      threads_per_replica=args.threads_per_replica, ray_address=args.ray_address,
+                      log_level=args.log_level)
+
+
 def run_args(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ..serve import create_app
 
-    app = create_app(settings_from(args))
+    settings = settings_from(args)
+    ray_options = ray_options_from(args)
+    if ray_options is not None:
+        from ..serve.ray_deploy import serve_on_ray
+
+        return serve_on_ray(settings, ray_options, host=args.host, port=args.port, log_level=args.log_level)
+    app = create_app(settings)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
@@ -98,4 +129,4 @@ def run(argv: Sequence[str]) -> int:
         return 2
 
 
-__all__ = ["add_arguments", "build_parser", "register", "run", "run_args", "settings_from"]
+__all__ = ["add_arguments", "build_parser", "ray_options_from", "register", "run", "run_args", "settings_from"]
