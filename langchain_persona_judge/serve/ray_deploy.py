@@ -258,10 +258,12 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def front_app(handle: Any, settings: ServeSettings) -> RelayApp:
-    """The web tier over a deployment handle."""
+def front_app(handle: Any, settings: ServeSettings, options: RayOptions) -> RelayApp:
+    """The web tier over a deployment handle, with fair admission to every slot the replicas hold (at their most,
+    under autoscaling, so that Ray still sees the queue it scales on)."""
     streaming = handle.options(stream=True)
-    return RelayApp(lambda request: streaming.http.remote(request), settings, classify_ray_error)
+    slots = (settings.max_concurrency or 16) * options.most_replicas
+    return RelayApp(lambda request: streaming.http.remote(request), settings, classify_ray_error, slots=slots)
 
 
 def serve_on_ray(settings: ServeSettings, options: RayOptions, *, host: str, port: int, log_level: str) -> int:
@@ -278,7 +280,7 @@ def serve_on_ray(settings: ServeSettings, options: RayOptions, *, host: str, por
         handle = deploy(settings, options)
         print(f"persona-judge serve: {options.replicas} replica(s) on Ray, {options.threads()} thread(s) each; "
               f"serving http://{host}:{port}/v1", file=sys.stderr, flush=True)
-        uvicorn.run(front_app(handle, settings), host=host, port=port, log_level=log_level)
+        uvicorn.run(front_app(handle, settings, options), host=host, port=port, log_level=log_level)
     except KeyboardInterrupt:
         pass
     finally:

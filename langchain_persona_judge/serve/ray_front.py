@@ -9,7 +9,11 @@ cannot do for itself, the moment the replica dies:
 - a request the replica was answering ends with a clean error: a 503 in OpenAI's shape when no header was sent
   yet; in a stream that has begun, an error event and then ``data: [DONE]``, as the app itself ends a stream
   that fails mid-answer;
-- a client that disconnects cancels the replica's request (and so its decode).
+- a client that disconnects cancels the replica's request (and so its decode);
+- fair admission (``admission``): chat completions wait here, in the runtime's round-robin queue keyed as the
+  single-process server keys it (the API key, else the body's ``user``), for one of the ``slots`` the replicas
+  hold in all, so one user flooding the deployment delays another by at most one request per free slot, and a
+  full queue is a 429 with ``Retry-After`` before any replica is asked.
 
 Each response carries the answering replica in an ``X-Persona-Judge-Replica`` header (the body's
 ``persona_judge.replica`` says the same, where the body has one).
@@ -20,15 +24,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fastapi import Request
 
-from .app import check_auth, read_body
-from ..errors import ModelLoadError
-from .errors import ApiError
+from .app import admission_key, check_auth, read_body
+from ..errors import ModelLoadError, QueueFullError
+from ..runtime.admission import AdmissionQueue
+from .errors import ApiError, from_exception
 from .settings import ServeSettings
 
 REPLICA_HEADER = "x-persona-judge-replica"
@@ -95,11 +102,18 @@ class RelayApp:
     client's error; ``retries``: how many times a request no replica received is sent again.
     """
 
-    def __init__(self, dispatch: Dispatch, settings: ServeSettings, classify: Classify, retries: int = 2) -> None:
+    def __init__(self, dispatch: Dispatch, settings: ServeSettings, classify: Classify, retries: int = 2,
+                 slots: int | None = None) -> None:
         self.dispatch = dispatch
         self.settings = settings
         self.classify = classify
         self.retries = retries
+        self.admission: AdmissionQueue | None = None
+        if slots is not None:
+            self.admission = AdmissionQueue(limit=slots, max_queue=settings.max_queue)
+            waiting = settings.max_queue if settings.max_queue is not None else 256
+            # one thread per request waiting for its turn (the queue is the runtime's, a blocking one)
+            self._waiters = ThreadPoolExecutor(max_workers=slots + waiting + 1, thread_name_prefix="admission")
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -107,14 +121,19 @@ class RelayApp:
             return
         if scope["type"] != "http":
             return  # no websockets
+        api_key = None
         try:
             if scope["path"].startswith("/v1"):
-                check_auth(Request(scope), self.settings.api_keys)  # before reading a body nobody may send
+                api_key = check_auth(Request(scope), self.settings.api_keys)  # before reading a body nobody may send
             body = await read_body(Request(scope, receive), self.settings.max_body_bytes)
         except ApiError as error:
             await send_error(send, error)
             return
-        relay = asyncio.ensure_future(self.relay(replica_request(scope, body), send))
+        request = replica_request(scope, body)
+        if self.admission is not None and scope["path"] == "/v1/chat/completions":
+            relay = asyncio.ensure_future(self.admitted(request, admission_key(api_key, body_user(body)), send))
+        else:
+            relay = asyncio.ensure_future(self.relay(request, send))
         watcher = asyncio.ensure_future(_until_disconnect(receive))
         try:
             await asyncio.wait({relay, watcher}, return_when=asyncio.FIRST_COMPLETED)
@@ -126,6 +145,28 @@ class RelayApp:
                         await task
         if relay.done() and not relay.cancelled():
             relay.result()
+
+    async def admitted(self, request: dict[str, Any], user: str | None, send: Any) -> None:
+        """:meth:`relay` once the admission queue gives ``user`` a slot (429 when it is full); the slot is held
+        until the answer ends, and given back however the request ends (a client gone while waiting included)."""
+        assert self.admission is not None
+        cancelled = threading.Event()
+        gate = self.admission.admit(cancelled=cancelled, user=user)
+        entered = asyncio.get_running_loop().run_in_executor(self._waiters, gate.__enter__)
+        try:
+            admitted = await asyncio.shield(entered)
+        except asyncio.CancelledError:
+            cancelled.set()  # the client left while waiting: leave the line (or give back a slot just taken)
+            entered.add_done_callback(lambda done: _leave(gate, done))
+            raise
+        except QueueFullError as exc:
+            await send_error(send, from_exception(exc))
+            return
+        try:
+            if admitted:
+                await self.relay(request, send)
+        finally:
+            gate.__exit__(None, None, None)
 
     async def relay(self, request: dict[str, Any], send: Any) -> None:
         """One request through a replica, sent again while no replica has received it."""
@@ -182,6 +223,21 @@ class RelayApp:
         if progress.event_stream:
             tail = f"data: {json.dumps(error.body(), ensure_ascii=False)}\n\ndata: [DONE]\n\n".encode()
         await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+
+def body_user(body: bytes) -> str | None:
+    """The request body's ``user`` (a string), or None; a body that does not parse is the replica's to refuse."""
+    try:
+        user = json.loads(body).get("user")
+    except (ValueError, AttributeError):
+        return None
+    return user if isinstance(user, str) else None
+
+
+def _leave(gate: Any, entered: "asyncio.Future[bool]") -> None:
+    """Close an admission that finished entering after its request was cancelled."""
+    if not entered.cancelled() and entered.exception() is None:
+        gate.__exit__(None, None, None)
 
 
 async def _until_disconnect(receive: Any) -> None:

@@ -5,6 +5,7 @@ Ray Serve. The real cluster is exercised in tests/integration_tests/test_serve_r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -256,3 +257,106 @@ def test_a_replica_gathers_a_stream_s_chunks_into_fewer_messages() -> None:
     assert sum(map(len, each)) == sum(map(len, gathered)) == 6  # nothing lost, in order
     assert b"".join(m.get("body", b"") for b in gathered for m in b) == b"0123"
     assert len(each) >= 5 and len(gathered) <= 3
+
+
+class GatedReplica:
+    """A replica that answers each request with a tiny JSON body once ``gate`` is open, recording the order in
+    which requests reached it (the order the front admitted them) by their body's ``name``."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.reached: list[str] = []
+
+    def __call__(self, request: dict[str, Any]) -> Any:
+        replica = self
+
+        class Stream:
+            def cancel(self) -> None:
+                pass
+
+            async def __aiter__(self) -> AsyncIterator[list[dict[str, Any]]]:
+                replica.reached.append(json.loads(request["body"])["name"])
+                yield [{"type": REPLICA_MESSAGE, "replica": "gated"}]
+                await replica.gate.wait()
+                yield [{"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json")]},
+                       {"type": "http.response.body", "body": b"{}", "more_body": False}]
+
+        return Stream()
+
+
+def lined_up_front(front: RelayApp, running: int, waiting: int) -> Any:
+    async def wait() -> None:
+        assert front.admission is not None
+        for _ in range(3000):
+            if front.admission.running == running and front.admission.waiting == waiting:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"{front.admission.running} running, {front.admission.waiting} waiting")
+
+    return wait()
+
+
+@pytest.mark.parametrize("keys", [False, True], ids=["by-user", "by-api-key"])
+def test_the_front_admits_users_round_robin_and_refuses_a_full_queue(keys: bool) -> None:
+    replica = GatedReplica()
+    settings = ServeSettings(max_queue=5, api_keys=frozenset({"alice-key", "bob-key"}) if keys else frozenset())
+    front = RelayApp(replica, settings, classify, slots=1)
+
+    def request(name: str, user: str) -> tuple[dict[str, Any], dict[str, str]]:
+        headers = {"Authorization": f"Bearer {user}-key"} if keys else {}
+        # With keys the key decides: the body's user is the same for everyone and changes nothing.
+        return {"name": name, "messages": USER, "user": "same" if keys else user}, headers
+
+    async def go() -> tuple[list[int], list[str]]:
+        transport = httpx.ASGITransport(app=front)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
+            async def ask(name: str, user: str) -> int:
+                body, headers = request(name, user)
+                response = await client.post("/v1/chat/completions", json=body, headers=headers)
+                return response.status_code
+
+            tasks = [asyncio.create_task(ask("alice0", "alice"))]
+            await lined_up_front(front, 1, 0)
+            for i, (name, user) in enumerate([("alice1", "alice"), ("alice2", "alice"), ("alice3", "alice"),
+                                              ("bob", "bob")], start=1):
+                tasks.append(asyncio.create_task(ask(name, user)))
+                await lined_up_front(front, 1, i)
+            # a sixth waiting request would pass max_queue=5? 4 wait now: one more fits, the one after is refused
+            tasks.append(asyncio.create_task(ask("alice4", "alice")))
+            await lined_up_front(front, 1, 5)
+            body, headers = request("refused", "bob")
+            refused = await client.post("/v1/chat/completions", json=body, headers=headers)
+            assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+            assert refused.json()["error"]["type"] == "rate_limit_error"
+            replica.gate.set()
+            statuses = await asyncio.gather(*tasks)
+        return statuses, replica.reached
+
+    statuses, reached = asyncio.run(go())
+    assert statuses == [200] * 6
+    # alice0 held the slot and alice1 was first in line; then bob's turn, before the rest of alice's flood.
+    assert reached == ["alice0", "alice1", "bob", "alice2", "alice3", "alice4"]
+    assert front.admission is not None and front.admission.running == front.admission.waiting == 0
+
+
+def test_a_client_gone_while_waiting_leaves_the_front_s_line() -> None:
+    replica = GatedReplica()
+    front = RelayApp(replica, ServeSettings(max_queue=4), classify, slots=1)
+
+    async def go() -> None:
+        transport = httpx.ASGITransport(app=front)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
+            first = asyncio.create_task(client.post("/v1/chat/completions", json={"name": "a", "messages": USER}))
+            await lined_up_front(front, 1, 0)
+            gone = asyncio.create_task(client.post("/v1/chat/completions", json={"name": "b", "messages": USER}))
+            await lined_up_front(front, 1, 1)
+            gone.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await gone
+            replica.gate.set()
+            assert (await first).status_code == 200
+            await lined_up_front(front, 0, 0)
+
+    asyncio.run(go())
+    assert replica.reached == ["a"]  # the request whose client left never reached a replica
