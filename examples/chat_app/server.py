@@ -71,7 +71,6 @@ This module is the routes and the entry point; the rest is beside it:
 ``answers``         ``AnswerRun``: one answer from the message stored to the answer stored
 ``generations``     ``Generation`` (one answer's state and events) and the executor that tracks its threads
 ``ratelimit``       ``RateLimiter``: sign-ups per client address (a token bucket)
-``connections``     the server protocol: a deadline for request headers, a cap on open connections
 ==================  ==========================================================================================
 """
 
@@ -383,7 +382,7 @@ def _profile_routes(app: FastAPI, service: ChatService) -> None:
 def main() -> None:
     import uvicorn
 
-    from .connections import TASK_SLACK, HeaderTimeoutProtocol, connection_cap, raise_open_files_limit
+    from langchain_persona_judge.serve.connections import uvicorn_options
 
     level = os.environ.get("LOG_LEVEL", DEFAULT_LOG_LEVEL).upper()
     logging.basicConfig(level=getattr(logging, level, logging.WARNING),
@@ -395,14 +394,12 @@ def main() -> None:
     # Connections: the open-files limit is raised to its hard limit; open connections are capped below it (one
     # more closes the one that has waited longest for its request headers); headers must arrive within
     # CHAT_HEADER_TIMEOUT; idle keep-alive connections close after KEEP_ALIVE_S. A reverse proxy in front still
-    # should limit connections per client (README: Deployment).
-    cap = connection_cap(settings.max_connections, raise_open_files_limit())
-    protocol = type("Protocol", (HeaderTimeoutProtocol,),
-                    {"header_timeout": settings.header_timeout, "max_connections": cap})
+    # should limit connections per client (README: Deployment). The same guard as `persona-judge serve`'s.
+    connections = uvicorn_options(settings.header_timeout, settings.max_connections, KEEP_ALIVE_S)
+    cap = connections.pop("cap")
     print(f"Persona-judge chat on http://{host}:{port}/ (conversations in {app.state.service.store.description}; "
           f"at most {cap} connections)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level=level.lower(), timeout_graceful_shutdown=5, http=protocol,
-                timeout_keep_alive=KEEP_ALIVE_S, limit_concurrency=cap + TASK_SLACK)
+    uvicorn.run(app, host=host, port=port, log_level=level.lower(), timeout_graceful_shutdown=5, **connections)
 
 
 if __name__ == "__main__":

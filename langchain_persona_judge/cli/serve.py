@@ -40,6 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024, metavar="N",
                         help="larger request bodies get 413 (default 4 MiB)")
     parser.add_argument("--timeout", type=float, metavar="S", help="seconds a request may take (default: no limit)")
+    parser.add_argument("--header-timeout", type=float, default=10.0, metavar="S",
+                        help="seconds a connection may take to send a request's headers, then it is closed (default 10)")
+    parser.add_argument("--max-connections", type=int, default=1000, metavar="N",
+                        help="open client connections kept, at most the open-files limit less 128 (default 1000)")
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     ray = parser.add_argument_group("scale-out on Ray Serve (the serve extra: ray[serve])")
     ray.add_argument("--replicas", type=int, metavar="N",
@@ -106,14 +110,22 @@ def run_args(args: argparse.Namespace) -> int:
 
     from ..serve import create_app
 
+    from ..serve.connections import uvicorn_options
+
+    if args.header_timeout <= 0 or args.max_connections < 1:
+        raise UsageError("--header-timeout must be more than 0 seconds and --max-connections at least 1")
     settings = settings_from(args)
     ray_options = ray_options_from(args)
+    # The chat app's guard: headers due within --header-timeout, open connections capped below the open-files limit.
+    connections = uvicorn_options(args.header_timeout, args.max_connections)
+    connections.pop("cap")
     if ray_options is not None:
         from ..serve.ray_deploy import serve_on_ray
 
-        return serve_on_ray(settings, ray_options, host=args.host, port=args.port, log_level=args.log_level)
+        return serve_on_ray(settings, ray_options, host=args.host, port=args.port, log_level=args.log_level,
+                            connections=connections)
     app = create_app(settings)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, **connections)
     return 0
 
 

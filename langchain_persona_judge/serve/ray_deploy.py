@@ -266,7 +266,8 @@ def front_app(handle: Any, settings: ServeSettings, options: RayOptions) -> Rela
     return RelayApp(lambda request: streaming.http.remote(request), settings, classify_ray_error, slots=slots)
 
 
-def serve_on_ray(settings: ServeSettings, options: RayOptions, *, host: str, port: int, log_level: str) -> int:
+def serve_on_ray(settings: ServeSettings, options: RayOptions, *, host: str, port: int, log_level: str,
+                 connections: dict[str, Any] | None = None) -> int:
     """Start (or join) Ray, deploy the replicas, serve the web tier until Ctrl-C or SIGTERM, then stop every
     replica (and the local Ray) before returning 0."""
     import uvicorn
@@ -280,7 +281,8 @@ def serve_on_ray(settings: ServeSettings, options: RayOptions, *, host: str, por
         handle = deploy(settings, options)
         print(f"persona-judge serve: {options.replicas} replica(s) on Ray, {options.threads()} thread(s) each; "
               f"serving http://{host}:{port}/v1", file=sys.stderr, flush=True)
-        uvicorn.run(front_app(handle, settings, options), host=host, port=port, log_level=log_level)
+        uvicorn.run(front_app(handle, settings, options), host=host, port=port, log_level=log_level,
+                    **(connections or {}))
     except KeyboardInterrupt:
         pass
     finally:

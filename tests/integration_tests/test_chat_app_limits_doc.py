@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from examples.chat_app import connections, settings
+from examples.chat_app import settings
+from langchain_persona_judge.serve import connections
 from examples.chat_app.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

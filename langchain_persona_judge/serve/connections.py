@@ -15,6 +15,9 @@ other connection is busy with a request, the new one is closed instead. uvicorn'
 answers 503 but still accepts (and holds) each socket, so it alone cannot keep the server under its open-files
 limit; the server passes it ``cap + TASK_SLACK`` as a backstop on requests in progress (an answer's task may
 outlive its connection by a heartbeat).
+
+Both servers use it: ``persona-judge serve`` (``--header-timeout``, ``--max-connections``) and the chat app
+(``CHAT_HEADER_TIMEOUT``, ``CHAT_MAX_CONNECTIONS``), through :func:`uvicorn_options`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from typing import Any
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 HEADER_TIMEOUT_S = 10.0
+MAX_CONNECTIONS = 1000
+KEEP_ALIVE_S = 5  # uvicorn's timeout_keep_alive: an idle keep-alive connection is closed after this
 FD_RESERVE = 128  # file descriptors kept for everything but client connections: the database, the model, logs
 TASK_SLACK = 16  # uvicorn's limit_concurrency = the connection cap + this
 
@@ -108,5 +113,16 @@ def raise_open_files_limit() -> int:
     return soft
 
 
-__all__ = ["FD_RESERVE", "HEADER_TIMEOUT_S", "TASK_SLACK", "HeaderTimeoutProtocol", "connection_cap",
-           "raise_open_files_limit"]
+def uvicorn_options(header_timeout: float = HEADER_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS,
+                    keep_alive: float = KEEP_ALIVE_S) -> dict[str, Any]:
+    """``uvicorn.run``'s connection options: the open-files limit raised to its hard limit, open connections capped
+    below it (:func:`connection_cap`), request headers due within ``header_timeout`` seconds, idle keep-alive
+    connections closed after ``keep_alive``; ``cap`` (not a uvicorn option) says the cap chosen."""
+    cap = connection_cap(max_connections, raise_open_files_limit())
+    protocol = type("Protocol", (HeaderTimeoutProtocol,),
+                    {"header_timeout": header_timeout, "max_connections": cap})
+    return {"http": protocol, "timeout_keep_alive": keep_alive, "limit_concurrency": cap + TASK_SLACK, "cap": cap}
+
+
+__all__ = ["FD_RESERVE", "HEADER_TIMEOUT_S", "KEEP_ALIVE_S", "MAX_CONNECTIONS", "TASK_SLACK", "HeaderTimeoutProtocol",
+           "connection_cap", "raise_open_files_limit", "uvicorn_options"]
