@@ -279,6 +279,12 @@ OPTIONS: tuple[OptionSpec, ...] = (
         group="decoding rule and strength",
     ),
     OptionSpec(
+        "eos_bias", float, 0.0, "added to the end-of-turn tokens' logits: above 0 ends answers sooner, below 0 later",
+        frozenset({"engine"}), bounds=Bounds(ge=-20.0, le=20.0, finite=True),
+        doc="Applied to every row alike before the rule combines them, so the combined distribution's log-odds of "
+        "stopping shift by exactly this much (a preference profile's learned length weight sets it).",
+    ),
+    OptionSpec(
         "eos_token_id", object, None, "token id(s) that end decoding (None: the model's generation config)",
         frozenset({"engine"}), nullable=True,
     ),

@@ -208,6 +208,7 @@ class PersonaScorer:
         model: anything :func:`resolve_model` takes (None: the embedded model, shared).
         basis: registry persona names, a :class:`~.basis.Basis`, or None for the built-in basis.
         registry: a registry (object or YAML path) over the built-ins, for the names.
+        features: whole-answer features of the basis (e.g. ``("length",)``; :mod:`.features`).
         layout: where the persona's preference goes (as in decoding).
         chunk: response positions per forward.
     """
@@ -218,13 +219,14 @@ class PersonaScorer:
         basis: Basis | Sequence[str] | None = None,
         *,
         registry: PersonaRegistry | str | Path | None = None,
+        features: Sequence[str] = (),
         layout: Layout = "system",
         chunk: int = CHUNK,
     ) -> None:
         if chunk < 1:
             raise ProfileError(f"chunk={chunk}: pass an integer >= 1.")
         self.handle = resolve_model(model)
-        self.basis = resolve_basis(basis, registry)
+        self.basis = resolve_basis(basis, registry, features)
         self.layout = layout
         self.chunk = chunk
         self.forwards = 0
@@ -299,7 +301,8 @@ class PersonaScorer:
     def features(
         self, prompt: Prompt, responses: Sequence[str], complete: bool | Sequence[bool] = True
     ) -> np.ndarray:
-        """φ of each response to ``prompt``: shape (len(responses), K). Cached per (prompt, response, complete).
+        """φ of each response to ``prompt``: shape (len(responses), K + F), the basis's whole-answer features
+        after the personas' implicit rewards. Cached per (prompt, response, complete).
 
         ``complete``: whether each response ended by itself (its end-of-turn token is then scored: how much a
         persona wants the answer to stop there) or was cut short at a token limit (not scored)."""
@@ -318,7 +321,7 @@ class PersonaScorer:
             ids = [self.response_ids(response, done) for response, done in missing]
             for item, (token_logps, _) in zip(missing, self._run(rows, ids, moments=False)):
                 ratios = token_logps[:-1] - token_logps[-1:]
-                known[item] = ratios.mean(axis=1)
+                known[item] = np.concatenate([ratios.mean(axis=1), self.basis.feature_values(item[0])])
             with self._lock:
                 for item in missing:
                     self._features[(key, *item)] = known[item]

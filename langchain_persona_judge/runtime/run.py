@@ -163,7 +163,7 @@ class DecodingProfile(Protocol):
 
     def check_model(self, model: Any) -> None: ...
 
-    def decoding_plan(self, stated: Sequence[Any] = ()) -> Any: ...
+    def decoding_plan(self, stated: Sequence[Any] = (), *, strength: float = 1.0) -> Any: ...
 
 
 def start_run(
@@ -187,7 +187,7 @@ def start_run(
     """One request from a chat model's settings to a :class:`RequestRun` (not started: iterate its text).
 
     A ``profile`` turns its learned poles (and the stated preferences) into weighted personas for
-    ``combine="product"``; then the request is built once (:func:`~.request.build_request`: prompts within the
+    ``combine="product"``, and its learned length weight into a bias on the end-of-turn token; then the request is built once (:func:`~.request.build_request`: prompts within the
     context, options resolved for ``model``, the grammar) and handed to a run with the caller's limits;
     ``user`` is the key the model's admission queue serves round-robin (``None``: the anonymous bucket).
     """
@@ -196,9 +196,10 @@ def start_run(
         if options.weights is not None:
             raise ProfileError("Pass weights or a profile, not both: a profile sets the personas' weights.")
         profile.check_model(model)
-        plan = profile.decoding_plan(personas.preferences)
+        plan = profile.decoding_plan(personas.preferences, strength=options.guidance)
         personas = dataclasses.replace(personas, preferences=plan.preferences)
-        options = dataclasses.replace(options, combine="product", weights=tuple(plan.weights) or None)
+        options = dataclasses.replace(options, combine="product", weights=tuple(plan.weights) or None,
+                                      eos_bias=plan.eos_bias)
     request = build_request(model, conversation, options=options, personas=personas, model_name=model_name,
                             stop=stop, truncation=truncation, template_kwargs=template_kwargs, output=output)
     if plan is not None:
