@@ -141,7 +141,8 @@ def resolve_basis(
     features: Sequence[str] = (),
 ) -> Basis:
     """A :class:`Basis` from registry persona names (None: the built-in basis), rendered with ``registry``
-    (the built-ins, with a user registry over them), with whole-answer ``features`` (e.g. ``("length",)``)."""
+    (the built-ins, with a user registry over them), with whole-answer ``features`` (e.g. ``("length",)``; a
+    feature's name among ``basis`` counts as one too, so ``basis=list(profile.weights)`` is the profile's basis)."""
     if isinstance(features, str):
         raise ProfileError(f"features={features!r}: pass a list of feature names, e.g. ['length'].")
     if isinstance(basis, Basis):
@@ -156,11 +157,14 @@ def resolve_basis(
         raise ProfileError(f"basis={basis!r}: pass a list of persona names, e.g. ['concise', 'informative'].")
     else:
         names = list(basis)
+    # A feature's name among the names (``basis=list(profile.weights)``) is that feature, unless a persona has it.
+    named = [n for n in names if n in FEATURES and n not in resolved]
+    names = [n for n in names if n not in named]
     return Basis(
         names=tuple(names),
         texts=tuple(resolved.render(n) for n in names),
         dimensions=tuple(dimension_of(resolved, n) for n in names),
-        features=tuple(features),
+        features=(*features, *(n for n in named if n not in features)),
     )
 
 

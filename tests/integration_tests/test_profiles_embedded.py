@@ -73,26 +73,29 @@ def test_a_profile_and_its_negation_move_the_answer_opposite_ways(embedded: Any)
         assert rewards[0] > rewards[1] + 0.1, (prompt, rewards, (up, down))
 
 
-def test_a_profile_that_prefers_short_answers_gets_shorter_answers(embedded: Any) -> None:
-    """The learned length weight honoured in decoding: the same profile with ``length = −3`` (an answer half as
-    long is preferred with odds e³ : 1) against ``length = 0``, greedy on the same prompts: the median answer is
-    at least 25% shorter in words (the issue's bar), and the metadata names the end-of-turn bias that did it."""
+def test_a_profile_that_prefers_short_answers_gets_shorter_answers(embedded_llamacpp: Any) -> None:
+    """The learned length weight honoured in decoding: the same profile with ``length = −4`` (an answer half as
+    long is preferred with odds e⁴ : 1) against ``length = 0``, greedy on the same prompts (on llama.cpp, for
+    speed): the median answer is at least 25% shorter in words (the issue's bar; measured: about a third shorter),
+    and the metadata names the end-of-turn bias that did it."""
     from langchain_persona_judge import profile_from_description
 
-    base = profile_from_description("x", model=embedded, basis=["informative", "concise"], features=["length"]) \
-        .with_description(None)
-    neutral, short = base.with_weights([0.5, 0.0, 0.0]), base.with_weights([0.5, 0.0, -3.0])
+    base = profile_from_description("x", model=embedded_llamacpp, basis=["informative", "concise"],
+                                    features=["length"]).with_description(None)
+    neutral, short = base.with_weights([0.5, 0.0, 0.0]), base.with_weights([0.5, 0.0, -4.0])
     prompts = ["Why is the sky blue?", "How do I start running?", "What is inflation?", "How do plants grow?"]
 
     def words(profile: Any) -> tuple[list[int], list[Any]]:
-        llm = ChatPersonaJudge(hf_model=embedded, profile=profile, temperature=0, max_tokens=128,
+        llm = ChatPersonaJudge(hf_model=embedded_llamacpp, profile=profile, temperature=0, max_tokens=128,
                                repetition_penalty=1.2)
         messages = [llm.invoke(prompt) for prompt in prompts]
         return [len(m.content.split()) for m in messages], messages
 
     plain_words, _ = words(neutral)
     short_words, messages = words(short)
-    median = sorted(plain_words)[len(prompts) // 2 - 1: len(prompts) // 2 + 1]
-    shorter = sorted(short_words)[len(prompts) // 2 - 1: len(prompts) // 2 + 1]
+    median = sorted(plain_words)[1:3]  # the two middle answers of four
+    shorter = sorted(short_words)[1:3]
     assert sum(shorter) <= 0.75 * sum(median), (plain_words, short_words)
-    assert messages[0].response_metadata["profile"]["length"] == {"learned_weight": -3.0, "eos_bias": 3.0}
+    assert messages[0].response_metadata["profile"]["length"] == {"learned_weight": -4.0, "eos_bias": 4.0}
+    assert all(m.response_metadata["finish_reason"] == "stop" for m in messages)  # they ended, not cut
+

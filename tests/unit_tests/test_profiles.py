@@ -648,17 +648,17 @@ def test_the_length_feature_recovers_a_planted_weight_from_simulated_choices() -
     basis = resolve_basis(["concise", "informative"], features=["length"])
     rng = np.random.default_rng(3)
     planted = np.array([0.8, -0.4, -1.5])  # prefers answers half as long with odds e^1.5 : 1
-    n = 3000
+    n = 20000
     counts = np.exp(rng.uniform(np.log(5), np.log(400), size=(n, 2))).astype(int)
     personas = rng.normal(scale=0.5, size=(n, 2, 2))
     true_utility = personas @ planted[:2] + planted[2] * np.log2(counts)
     first_chosen = rng.random(n) < 1 / (1 + np.exp(-(true_utility[:, 0] - true_utility[:, 1])))
-    rows = [[np.concatenate([personas[i, k], basis.feature_values(words_text(int(counts[i, k])))]) for k in (0, 1)]
-            for i in range(n)]
+    length = {int(c): basis.feature_values(words_text(int(c))) for c in np.unique(counts)}  # what the basis scores
+    rows = [[np.concatenate([personas[i, k], length[int(counts[i, k])]]) for k in (0, 1)] for i in range(n)]
     differences = np.stack([a - b if chosen else b - a for (a, b), chosen in zip(rows, first_chosen)])
     fit = fit_bradley_terry(differences, np.ones(n), l2=1e-3)
     assert fit.converged
-    np.testing.assert_allclose(fit.weights, planted, atol=0.15)
+    np.testing.assert_allclose(fit.weights, planted, atol=0.1)  # about 3 standard errors at 20,000 choices
 
 
 def test_a_basis_with_features_scores_them_after_the_personas(model: Any, tokenizer: Any,
@@ -699,13 +699,14 @@ def test_learning_with_the_length_feature_shows_it_in_the_profile(model: Any, to
 def test_a_profile_with_features_round_trips_and_refuses_a_changed_basis(model: Any, tokenizer: Any,
                                                                            tmp_path: Path) -> None:
     profile = profile_from_description("x", model=(model, tokenizer), basis=BASIS, features=["length"]) \
-        .with_weights([0.5, -0.25, 0.125, -1.5])
+        .with_weights([0.5, -0.25, 0.125, -1.5]).with_description("Keep it short.")
     for suffix in (".yaml", ".json"):
         loaded = PreferenceProfile.load(profile.save(tmp_path / f"p{suffix}"))
         assert loaded.weights == profile.weights and loaded.basis == profile.basis
         assert loaded.to_dict() == profile.to_dict()
     data = profile.to_dict()
     assert data["basis"]["features"][0]["name"] == "length" and data["basis"]["features"][0]["weight"] == -1.5
+    assert resolve_basis(list(profile.weights)) == profile.basis  # what `learn --resume` and the chat app pass
     # Learning more over the basis without the feature is refused (its weights mean something else).
     with pytest.raises(ProfileError, match="another basis"):
         learn_profile([(PROMPT, "a", "b")], model=(model, tokenizer), basis=BASIS, prior=profile)
@@ -764,3 +765,4 @@ def test_the_eos_bias_shifts_every_rules_log_odds_of_stopping_by_exactly_itself(
         shift = stop_log_odds(rule(processed)) - stop_log_odds(rule(logits))
         # the bias multiplies the odds of every stop token by e^bias; the odds of stopping at all follow
         assert shift == pytest.approx(bias, abs=1e-4)
+
