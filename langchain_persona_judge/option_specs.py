@@ -289,6 +289,16 @@ OPTIONS: tuple[OptionSpec, ...] = (
         frozenset({"engine"}), nullable=True,
     ),
     OptionSpec(
+        "profile_decoding", str, "product", "how a preference profile decodes: its poles as one weighted product "
+        "(product), or N answers (the product's, the plain one, one per pole) ranked by the profile's reward "
+        "(best_of_n, PReF's)", _REQUEST, choices=("product", "best_of_n"), group="decoding rule and strength",
+    ),
+    OptionSpec(
+        "best_of", int, 4, "how many candidate answers profile_decoding=best_of_n ranks", _REQUEST,
+        bounds=Bounds(ge=2, le=16), metavar="N", group="decoding rule and strength",
+        note="each is a whole decode: N times the time of one answer",
+    ),
+    OptionSpec(
         "composition", str, "split", "how several preferences become personas: one each, roles rotating (split); "
         "two groups (pair, the paper's); one persona with all of them (all, the direct prompt)", _REQUEST,
         choices=("split", "pair", "all"), group="personas",

@@ -78,6 +78,9 @@ class DecodingPlan:
     metadata: dict[str, Any] = field(default_factory=dict)
     eos_bias: float = 0.0
     """The end-of-turn logit bias that honours a learned length weight (:func:`.features.eos_bias`; 0: none)."""
+    poles: list[tuple[str, Any]] = field(default_factory=list)
+    """``(name, persona)`` of the pole each chosen weight leans to (its persona, or for a negative weight the
+    other pole of its dimension; left out when the basis has none): what best-of-N decodes candidates under."""
 
 
 _scorers: weakref.WeakKeyDictionary[Any, dict[str, PersonaScorer]] = weakref.WeakKeyDictionary()
@@ -249,6 +252,15 @@ class PreferenceProfile:
         """``w · φ(prompt, response)``: how much this user should like the response (higher is better)."""
         return self.rewards(prompt, [response])[0]
 
+    def score_answers(self, model: Any, prompt: Prompt, responses: Sequence[str],
+                      complete: bool | Sequence[bool] = True) -> list[float]:
+        """``w · φ`` of each response, scored on ``model`` (the one that decoded them; checked to be the
+        profile's): what best-of-N ranks by. ``complete``: whether each response ended by itself."""
+        handle = resolve_model(model)
+        self.check_model(handle)
+        features = shared_scorer(handle, self.basis).features(prompt, list(responses), complete)
+        return [float(v) for v in features @ self._weights]
+
     def rank(self, prompt: Prompt, responses: Sequence[str]) -> list[tuple[str, float]]:
         """The responses with their rewards, best first (best-of-N: take the first)."""
         scored = zip(responses, self.rewards(prompt, responses))
@@ -274,11 +286,13 @@ class PreferenceProfile:
         total = sum(abs(w) for _, w in chosen)
         preferences: list[Any] = []
         weights: list[float] = []
+        poles: list[tuple[str, Any]] = []
         for name, weight in chosen:
-            text = self.basis.text(name)
-            usable = NAME_PATTERN.match(name) and "{" not in text
-            preferences.append(Persona(name=name, description=text) if usable else text)
+            preferences.append(self._persona(name))
             weights.append(learned_share * weight / total)
+            pole = self.pole_of(name, weight)
+            if pole in self.basis.names and pole not in dict(poles):
+                poles.append((pole, self._persona(pole)))
         for text in texts:
             preferences.append(text)
             weights.append((1.0 - learned_share if chosen else 1.0) / len(texts))
@@ -295,7 +309,13 @@ class PreferenceProfile:
         bias = eos_bias(self.length_weight, strength)
         if LENGTH in self.basis.features:
             metadata["length"] = {"learned_weight": round(self.length_weight, 4), "eos_bias": round(bias, 4)}
-        return DecodingPlan(preferences, weights, metadata, bias)
+        return DecodingPlan(preferences, weights, metadata, bias, poles)
+
+    def _persona(self, name: str) -> Any:
+        """A basis persona as a preference: a Persona with the profile's text (its own text when the name or the
+        text cannot make one)."""
+        text = self.basis.text(name)
+        return Persona(name=name, description=text) if NAME_PATTERN.match(name) and "{" not in text else text
 
     # -- files --------------------------------------------------------------------------------------------
 

@@ -766,3 +766,61 @@ def test_the_eos_bias_shifts_every_rules_log_odds_of_stopping_by_exactly_itself(
         # the bias multiplies the odds of every stop token by e^bias; the odds of stopping at all follow
         assert shift == pytest.approx(bias, abs=1e-4)
 
+
+# -- best-of-N: candidates ranked by the profile's reward --------------------------------------------------------
+
+
+def direct_reward(model: Any, tokenizer: Any, profile: PreferenceProfile, text: str, complete: bool) -> float:
+    """``w · φ`` of one answer to PROMPT written out: unbatched forwards with no cache, the mean log-ratio of each
+    persona's copy of the conversation against the plain one, then log2(words / 100) for the length."""
+    conversation = [{"role": "user", "content": PROMPT}]
+    response = tokenizer(text.strip(), add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    response += [tokenizer.eos_token_id] if complete else []
+    plain = direct_log_probs(model, conversation_ids(tokenizer, conversation, []), response)
+    reward = 0.0
+    for name, weight in profile.weights.items():
+        if name == "length":
+            reward += weight * math.log2(max(1, len(text.split())) / 100)
+        else:
+            persona = direct_log_probs(model, conversation_ids(tokenizer, conversation, [profile.basis.text(name)]),
+                                       response)
+            reward += weight * float((persona - plain).mean())
+    return reward
+
+
+def test_best_of_n_answers_with_the_rewards_argmax_among_its_candidates(model: Any, tokenizer: Any) -> None:
+    profile = profile_from_description("x", model=(model, tokenizer), basis=BASIS, features=["length"]) \
+        .with_weights([0.6, -0.3, 0.2, -0.5]).with_description(None)
+    llm = ChatPersonaJudge(hf_model=model, tokenizer=tokenizer, profile=profile, profile_decoding="best_of_n",
+                           best_of=5, temperature=1.0, top_p=None, seed=3, max_tokens=8)
+    answer = llm.invoke(PROMPT)
+    report = answer.response_metadata["profile"]
+    assert report["rule"] == "best_of_n"
+    candidates = report["candidates"]
+    # The profile's own product decode, the plain answer, then the poles it leans to (concise: +0.6 on concise,
+    # and −0.3 on informative leans there too; friendly); sampling starts the list over for the fifth.
+    assert [c["decoded_under"] for c in candidates] == ["profile", "plain", "concise", "friendly", "profile"]
+    texts = [c["text"] for c in candidates]
+    assert len({t.strip() for t in texts}) >= 3  # the candidates differ: the ranking has something to choose
+    expected = [direct_reward(model, tokenizer, profile, t, c["finish_reason"] == "stop") if t.strip()
+                else -math.inf for t, c in zip(texts, candidates)]
+    best = int(np.argmax(expected))
+    assert sorted(expected)[-1] - sorted(expected)[-2] > 1e-4  # a clear winner
+    assert report["chosen"] == best and answer.content == texts[best]
+    np.testing.assert_allclose([c["reward"] for c in candidates if c["reward"] is not None],
+                               [e for e in expected if e != -math.inf], atol=2e-4)
+    # Each candidate carried the profile's end-of-turn bias (length −0.5: +0.5).
+    assert report["length"] == {"learned_weight": -0.5, "eos_bias": 0.5}
+
+
+def test_best_of_n_greedy_stops_at_the_list_and_needs_a_profile(model: Any, tokenizer: Any) -> None:
+    profile = make_profile(model, tokenizer, [0.6, -0.3, 0.2])
+    answer = ChatPersonaJudge(hf_model=model, tokenizer=tokenizer, profile=profile, profile_decoding="best_of_n",
+                              best_of=16, temperature=0, max_tokens=4).invoke(PROMPT)
+    assert [c["decoded_under"] for c in answer.response_metadata["profile"]["candidates"]] == [
+        "profile", "plain", "concise", "friendly"]  # greedy would only repeat these
+    product = ChatPersonaJudge(hf_model=model, tokenizer=tokenizer, profile=profile, temperature=0, max_tokens=4)
+    assert product.invoke(PROMPT).response_metadata["profile"]["rule"] == "product"
+    with pytest.raises(ProfileError, match="best_of_n.*pass a profile"):
+        ChatPersonaJudge(hf_model=model, tokenizer=tokenizer, profile_decoding="best_of_n", max_tokens=3) \
+            .invoke(PROMPT)
