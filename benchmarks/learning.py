@@ -1,6 +1,7 @@
-"""Learning a user's preferences from a few choices: simulated users, PReF's active questions against random ones.
+"""Learning a user's preferences from a few choices: simulated users, PReF's active questions against random ones,
+and every way of decoding with the learned profile against the plain answer and against the direct prompt.
 
-    nice -n 10 .venv/bin/python -m benchmarks.learning              # the default run (about 30 minutes on 2 cores)
+    nice -n 10 .venv/bin/python -m benchmarks.learning              # the default run (hours on 2 cores)
     .venv/bin/python -m benchmarks.learning --quick                 # a smoke test (2 prompts per split)
     .venv/bin/python -m benchmarks.learning --reanalyse             # the figures again from the cached texts
     .venv/bin/python -m benchmarks.learning --guidance 1.5 --out benchmarks/results/learning_guidance.json
@@ -9,11 +10,16 @@ Run it from the repository root, as a module. Results: benchmarks/results/learni
 their features and the decoded answers are cached in benchmarks/results/learning_candidates.json (a rerun with the
 same settings reuses them; --fresh starts over).
 
-1. **Candidates** (generated once, cached): for each prompt of ../shared/bench/prompts.jsonl, one plain answer and
-   answers decoded under basis poles (a contrasting pair of one dimension, cycling through the dimensions, and one
-   more pole), sampled (temperature 0.7, top-p 0.95, repetition penalty 1.2) to --max-tokens.
-2. **Features**: φ of every candidate over the built-in basis (20 personas), one batched pass per answer
-   (``PersonaScorer``); the time and token positions it took give the scoring cost.
+0. **Repetitions**: each of --repetitions draws its own disjoint learning, held-out and evaluation prompts from
+   ../shared/bench/prompts.jsonl (seeded; ≥ 30 held-out and 30 evaluation prompts by default), so no figure rests
+   on one small prompt sample; CIs resample the prompts of every repetition (clustered by prompt).
+1. **Candidates** (generated once per prompt, cached by prompt id): one plain answer and answers decoded under
+   basis poles (a contrasting pair of one dimension, cycling through the dimensions, and one more pole), sampled
+   (temperature 0.7, top-p 0.95, repetition penalty 1.2) up to --max-tokens (200: nearly all end by themselves,
+   so length differs between them as it does in real answers).
+2. **Features**: φ of every candidate over the built-in basis (20 personas) and the length feature (``--no-length``
+   leaves it out), one batched pass per answer (``PersonaScorer``); the time and token positions it took give the
+   scoring cost.
 3. **Simulated users**: a hidden preference on one or two of the shared benchmark's measurable dimensions
    (simple = Flesch reading ease, concise = word count, friendly = informality rate; metrics, margins and guards
    from benchmarks/metrics.py). A user compares two answers on each of their dimensions (``metrics.compare``: a
@@ -29,11 +35,16 @@ same settings reuses them; --fresh starts over).
    resample users (they are conditional on the learning prompts).
    And PReF's own use of the reward, best-of-N: of each held-out prompt's candidates (the plain answer and three
    persona-decoded ones) the one ``w · φ`` ranks first, against the plain answer on the user's dimensions.
-5. **Decoding with the profile**: for each user type, the first user's 10-choice active profile decodes each
-   evaluation prompt (``ChatPersonaJudge(profile=...)``, the same sampling), against the plain answer on the user's
-   own dimensions (win = the mean per-dimension outcome; win rate, draws as half, with a 95% bootstrap CI over the
-   evaluation prompts, which every user type shares; beside it the strict win, draw and loss shares).
-   ``--guidance γ`` decodes with guidance on top of the profile (cached apart; use ``--out`` for its figures).
+5. **Decoding with the profile**: for each repetition and user type, the first user's 10-choice active profile,
+   refitted with the L2 strength chosen by leave-one-out on that user's own ten choices (never on the benchmark's
+   prompts), decodes each evaluation prompt of its repetition with every ``profile_decoding`` rule (``product``:
+   the weighted product; ``best_of_n``: PReF's best-of-N ranked by the profile's reward), the same sampling. Each
+   is compared on the user's own dimensions (win = the mean per-dimension outcome) against the plain answer and
+   against the direct prompt (the user's preference written into the prompt, ``composition="all"``), and the
+   direct prompt against the plain answer: win rates with draws as half, the strict win, draw and loss shares, and
+   a 95% bootstrap CI over the evaluation prompts of every repetition (every user type's outcome on a drawn prompt
+   counts). ``--guidance γ`` decodes with guidance on top of the profile (cached apart; use ``--out`` for its
+   figures).
 6. **Cost per choice**: scoring two ~100-token answers to a new question over the 20-persona basis, timed on
    this CPU with one torch thread and with every core: on a fresh scorer (cold: it also reads each persona's
    system turn) and on one that has scored a question before (warm: every later question of a learning
@@ -70,6 +81,10 @@ LENIENT_POLES: dict[str, set[str]] = {
 }
 """Poles whose texts also ask for what the metric counts (informality: casual, humorous, enthusiastic)."""
 CHECKPOINTS = (5, 10, 20)
+DECODING_RULES = ("product", "best_of_n")
+"""The ``profile_decoding`` rules decoded side by side."""
+BASELINES = ("plain", "direct")
+"""What each rule is compared with: the plain answer, and the preference written into the prompt."""
 DECODE_AFTER = 10
 """The profile that decodes is the one after this many choices (or after every choice of a shorter run)."""
 SAMPLING = LEARNING_SAMPLING
@@ -81,12 +96,13 @@ L2_NOTE = ("The fit's L2 strength is the package default (langchain_persona_judg
            "cross-validation on a user's own choices: the held-out figures at that value are optimistic. "
            "l2_sensitivity_after_10 gives them at the other values of L2_SWEEP, and "
            "learning.l2_by_cross_validation with each user's L2 chosen from L2_SWEEP by leave-one-out on that "
-           "user's own choices (the questions asked stay those of the default L2).")
+           "user's own choices (the questions asked stay those of the default L2). The profiles that decode (stage 5) "
+           "use that cross-validated L2: no figure of decoding depends on an L2 tuned on the benchmark's prompts.")
 STATISTICS_NOTE = ("CIs are 95% percentile bootstraps. held_out_accuracy, held_out_auc, best_of_n_vs_plain and "
-                   "auc_active_minus_random resample users and the held-out prompts (two-way: every user is scored "
-                   "on the same held-out prompts); top-pole shares resample users only (they depend on the learning "
-                   "prompts, conditioned on); decoding win rates resample the evaluation prompts (every user type "
-                   "decodes the same ones). win/tie/loss are strict shares (outcome 1, 0.5, 0); partial: a "
+                   "auc_active_minus_random resample users and the held-out prompts of every repetition (two-way: "
+                   "every user of a repetition is scored on that repetition's held-out prompts); top-pole shares "
+                   "resample users only (they depend on the learning prompts, conditioned on); decoding win rates "
+                   "resample the evaluation prompts of every repetition (every user type decodes them). win/tie/loss are strict shares (outcome 1, 0.5, 0); partial: a "
                    "two-dimension user's split outcome (0.75 or 0.25); win_rate counts a draw as half.")
 
 
@@ -101,10 +117,18 @@ def load_prompts(shared: Path) -> list[dict[str, str]]:
 def split_prompts(prompts: list[dict[str, str]], learn: int, held_out: int, evaluate: int,
                   seed: int) -> dict[str, list[dict[str, str]]]:
     """Disjoint prompt sets, drawn at random with ``seed``: learning pool, held-out pairs, decoding evaluation."""
+    if learn + held_out + evaluate > len(prompts):
+        raise SystemExit(f"{learn} + {held_out} + {evaluate} prompts asked for, but the pool has {len(prompts)}.")
     order = np.random.default_rng(seed).permutation(len(prompts))
     picked = [prompts[i] for i in order[: learn + held_out + evaluate]]
     return {"learn": picked[:learn], "held_out": picked[learn:learn + held_out],
             "evaluate": picked[learn + held_out:learn + held_out + evaluate]}
+
+
+def repetition_splits(prompts: list[dict[str, str]], learn: int, held_out: int, evaluate: int, seed: int,
+                      repetitions: int) -> list[dict[str, list[dict[str, str]]]]:
+    """One :func:`split_prompts` per repetition, each drawn afresh (seed ``seed * 1000 + r``)."""
+    return [split_prompts(prompts, learn, held_out, evaluate, seed * 1000 + r) for r in range(repetitions)]
 
 
 def candidate_personas(index: int, pairs: list[tuple[str, str, str]], rng: np.random.Generator) -> list[str | None]:
@@ -134,11 +158,15 @@ def save_cache(path: Path, cache: dict[str, Any]) -> None:
 
 
 def make_candidates(learner: Any, prompts: list[dict[str, str]], cache: dict[str, Any], path: Path,
-                    seed: int) -> None:
+                    seed: int, numbers: dict[str, int] | None = None) -> None:
+    """Candidates of each prompt (``numbers``: each prompt's place in the whole pool, which picks its poles and
+    seeds it, so a prompt has the same candidates whichever split it lands in; default: its place in
+    ``prompts``)."""
     pairs = learner.basis.pairs()
-    for index, prompt in enumerate(prompts):
+    for position, prompt in enumerate(prompts):
         if prompt["id"] in cache["candidates"]:
             continue
+        index = position if numbers is None else numbers[prompt["id"]]
         rng = np.random.default_rng([seed, index])
         personas = candidate_personas(index, pairs, rng)
         started = time.perf_counter()
@@ -325,19 +353,33 @@ def ceiling(table: dict[str, Any], metrics: dict[str, Any], splits: dict[str, An
     for dims in USER_TYPES:
         differences, labels = held_out_pairs(table, metrics, splits["learn"], dims)
         held, held_labels = held_out_pairs(table, metrics, splits["held_out"], dims)
+        if not len(labels) or not len(held_labels):  # a tiny run (--quick) may have no strict pair
+            out["+".join(dims)] = {"training_pairs": int(len(labels)), "held_out_pairs": int(len(held_labels)),
+                                   "auc": float("nan")}
+            continue
         margins = held @ fit_bradley_terry(differences, labels, l2=l2).weights
         out["+".join(dims)] = {"training_pairs": int(len(labels)), "held_out_pairs": int(len(held_labels)),
                                "auc": round(roc_auc(np.concatenate([margins, -margins]),
                                                     np.concatenate([held_labels, 1 - held_labels])), 4)}
-    out["mean_auc"] = round(float(np.mean([v["auc"] for v in out.values()])), 4)
+    out["mean_auc"] = round(float(np.nanmean([v["auc"] for v in out.values()])), 4)
     return out
 
 
-def simulate(scorer: Any, cache: dict[str, Any], splits: dict[str, list[dict[str, str]]], metrics: dict[str, Any],
-             users_per_type: int, questions: int, noise: float, l2: float, seed: int,
+def simulate(scorer: Any, cache: dict[str, Any], splits: dict[str, list[dict[str, str]]] | list[dict[str, Any]],
+             metrics: dict[str, Any], users_per_type: int, questions: int, noise: float, l2: float, seed: int,
              cross_validate: bool = False) -> list[dict[str, Any]]:
     """Every simulated user's run, per strategy: the figures at each checkpoint (and, with ``cross_validate``,
-    the weights refitted with the L2 strength chosen by :func:`cross_validated_l2` on the user's own choices)."""
+    the weights refitted with the L2 strength chosen by :func:`cross_validated_l2` on the user's own choices).
+    ``splits``: one repetition's prompt sets, or a list of them (``users_per_type`` users of each type in each;
+    each record names its ``repetition`` and where its held-out prompts start among all repetitions')."""
+    if isinstance(splits, list):
+        records, offset = [], 0
+        for number, one in enumerate(splits):
+            for record in simulate(scorer, cache, one, metrics, users_per_type, questions, noise, l2,
+                                   seed * 1000 + number, cross_validate):
+                records.append({**record, "repetition": number, "held_out_offset": offset})
+            offset += len(one["held_out"])
+        return records
     from langchain_persona_judge.profiles import PreferenceLearner
 
     table = cache["features"][scorer.basis.identity]
@@ -368,7 +410,9 @@ def simulate(scorer: Any, cache: dict[str, Any], splits: dict[str, list[dict[str
                             checkpoints[asked]["cv"] = {"l2": best, "weights": [round(float(w), 6) for w in weights],
                                                         "loo_log_likelihood": {k: round(v, 4) for k, v in scores.items()}}
                     if strategy == "active" and asked == min(DECODE_AFTER, questions):
-                        record["decoding_profile"] = learner.profile.to_dict()
+                        # The profile that decodes: refitted with the L2 chosen on the user's own choices alone.
+                        best, weights, _ = cross_validated_l2(learner.differences, learner.outcomes)
+                        record["decoding_profile"] = learner.profile.with_weights(weights, l2=best).to_dict()
                 record[strategy] = checkpoints
             records.append(record)
     return records
@@ -407,15 +451,34 @@ def cross_validated_l2(differences: Any, outcomes: Any, grid: tuple[float, ...] 
     return best, fit_bradley_terry(d, y, l2=best).weights, scores
 
 
-PairsByType = dict[tuple[str, ...], tuple[np.ndarray, np.ndarray, np.ndarray]]
-"""Per user type: the held-out pairs' feature differences, labels and prompt indices."""
+PairsByType = dict[Any, tuple[np.ndarray, np.ndarray, np.ndarray]]
+"""Per user type (or per (repetition, user type)): the held-out pairs' feature differences, labels and prompt
+indices (among the held-out prompts of every repetition)."""
+
+
+def pairs_by_type(table: dict[str, Any], metrics: dict[str, Any], splits: list[dict[str, Any]]) -> PairsByType:
+    """Every repetition's held-out pairs per user type, keyed ``(repetition, dims)``, their prompts numbered
+    across repetitions (repetition r's first held-out prompt follows the previous ones')."""
+    out: PairsByType = {}
+    offset = 0
+    for number, one in enumerate(splits):
+        for dims in USER_TYPES:
+            differences, labels, tags = held_out_pairs_by_prompt(table, metrics, one["held_out"], dims)
+            out[(number, dims)] = (differences, labels, tags + offset)
+        offset += len(one["held_out"])
+    return out
+
+
+def _pairs_of(pairs: PairsByType, record: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    dims = tuple(record["dims"])
+    return pairs[(record["repetition"], dims)] if "repetition" in record else pairs[dims]
 
 
 def user_scores(record: dict[str, Any], strategy: str, asked: int, pairs: PairsByType, prompts: int,
                 cv: bool = False) -> UserScores:
     """A user's profile after ``asked`` choices (``cv``: refitted with the L2 chosen on their own choices), scored
     on their type's held-out pairs (prompt-tagged)."""
-    differences, labels, tags = pairs[tuple(record["dims"])]
+    differences, labels, tags = _pairs_of(pairs, record)
     entry = record[strategy][asked]
     weights = np.asarray(entry["cv"]["weights"] if cv else entry["weights"])
     margins = differences @ weights if len(differences) else np.zeros(0)
@@ -426,7 +489,11 @@ def clustered_figures(records: list[dict[str, Any]], strategy: str, asked: int, 
                       prompts: int, n_boot: int) -> dict[str, list[float]]:
     """Held-out accuracy, AUC and best-of-N over ``records``, CIs two-way over users and held-out prompts."""
     users = [user_scores(r, strategy, asked, pairs, prompts) for r in records]
-    best = np.array([r[strategy][asked]["best_of_n_by_prompt"] for r in records], dtype=float)
+    best = np.full((len(records), prompts), np.nan)  # each user's row: the held-out prompts of its repetition
+    for row, r in enumerate(records):
+        outcomes = r[strategy][asked]["best_of_n_by_prompt"]
+        start = r.get("held_out_offset", 0)
+        best[row, start:start + len(outcomes)] = outcomes
     return {"held_out_accuracy": mean_over_users(users, "accuracy", n_boot),
             "held_out_auc": mean_over_users(users, "auc", n_boot),
             "best_of_n_vs_plain": matrix_mean(best, n_boot) if best.size else [float("nan")] * 3}
@@ -510,62 +577,108 @@ def cv_figures(records: list[dict[str, Any]], pairs: PairsByType, prompts: int, 
 # -- stage 5: decoding with the learned profile -------------------------------------------------------------------
 
 
-def decoded_key(name: str, guidance: float) -> str:
-    """Where a user type's profile-decoded answers are cached: by name, and by γ when guidance is on."""
-    return name if guidance == 1.0 else f"{name}|guidance={guidance:g}"
+def decoded_key(name: str, guidance: float, rule: str = "product", repetition: int = 0) -> str:
+    """Where a user type's profile-decoded answers are cached: by name, rule, repetition and γ (the defaults add
+    nothing, so the keys of earlier runs still read)."""
+    key = name if rule == "product" else f"{name}|{rule}"
+    key += f"|rep={repetition}" if repetition else ""
+    return key if guidance == 1.0 else f"{key}|guidance={guidance:g}"
 
 
-def decode_with_profiles(records: list[dict[str, Any]], splits: dict[str, list[dict[str, str]]],
+def direct_preferences(dims: tuple[str, ...], basis: Any) -> list[str]:
+    """The user's preference written in words: the text of the basis pole of each of their dimensions."""
+    return [basis.text(sorted(POLES[d])[0]) for d in dims]
+
+
+def decode_with_profiles(records: list[dict[str, Any]], splits: dict[str, Any] | list[dict[str, Any]],
                          cache: dict[str, Any], path: Path, learner: Any, max_tokens: int, seed: int,
-                         guidance: float = 1.0) -> None:
+                         guidance: float = 1.0, rules: tuple[str, ...] = DECODING_RULES) -> None:
+    """Decodes each repetition's evaluation prompts: plain (once per prompt), with the preference stated in the
+    prompt (once per user type and prompt), and with the first user of each type's profile under each rule."""
     from langchain_persona_judge import ChatPersonaJudge
     from langchain_persona_judge.profiles import PreferenceProfile
 
+    splits = splits if isinstance(splits, list) else [splits]
     handle = learner.scorer.handle
-    for index, prompt in enumerate(splits["evaluate"]):
+    common = {"hf_model": handle.model, "tokenizer": handle.tokenizer, "max_tokens": max_tokens, **SAMPLING}
+    evaluate = list({p["id"]: p for one in splits for p in one["evaluate"]}.values())
+    for prompt in evaluate:
         if prompt["id"] not in cache["plain_eval"]:
             [(text, _)] = learner.generate(prompt["prompt"], [None])
             cache["plain_eval"][prompt["id"]] = text
             save_cache(path, cache)
     for dims in USER_TYPES:
         name = "+".join(dims)
-        record = next(r for r in records if tuple(r["dims"]) == dims)
-        profile = PreferenceProfile.from_dict(record["decoding_profile"])
-        llm = ChatPersonaJudge(hf_model=handle.model, tokenizer=handle.tokenizer, profile=profile,
-                               max_tokens=max_tokens, guidance=guidance, **SAMPLING)
-        decoded = cache["decoded"].setdefault(decoded_key(name, guidance), {})
-        for index, prompt in enumerate(splits["evaluate"]):
-            if prompt["id"] in decoded:
-                continue
-            started = time.perf_counter()
-            message = llm.invoke(prompt["prompt"], seed=seed + index)
-            decoded[prompt["id"]] = {"text": message.content, "seconds": time.perf_counter() - started,
-                                     "profile": message.response_metadata.get("profile")}
-            print(f"[decode] {name} {prompt['id']} in {decoded[prompt['id']]['seconds']:.1f} s", flush=True)
-            save_cache(path, cache)
+        direct = ChatPersonaJudge(preferences=direct_preferences(dims, learner.basis), composition="all", **common)
+        _decode(direct, evaluate, cache.setdefault("direct", {}).setdefault(name, {}), cache, path,
+                f"direct {name}", seed)
+        for number, one in enumerate(splits):
+            record = next(r for r in records if tuple(r["dims"]) == dims and r.get("repetition", 0) == number)
+            profile = PreferenceProfile.from_dict(record["decoding_profile"])
+            for rule in rules:
+                llm = ChatPersonaJudge(profile=profile, profile_decoding=rule, guidance=guidance, **common)
+                decoded = cache["decoded"].setdefault(decoded_key(name, guidance, rule, number), {})
+                _decode(llm, one["evaluate"], decoded, cache, path, f"{rule} {name} rep {number}", seed)
 
 
-def decoding_win_rates(cache: dict[str, Any], splits: dict[str, list[dict[str, str]]], guidance: float = 1.0
-                       ) -> dict[str, Any]:
-    """Each user type's profile-decoded answer against the plain one on every evaluation prompt (the mean of the
-    per-dimension outcomes: 1, 0.5 or 0, or 0.75/0.25 for a split two-dimension user). Win rates count draws as
-    half, beside the strict win/draw/loss shares; CIs resample the evaluation prompts, which every user type
-    shares (so the pooled figure is not 36 independent answers)."""
+def _decode(llm: Any, prompts: list[dict[str, str]], decoded: dict[str, Any], cache: dict[str, Any], path: Path,
+            label: str, seed: int) -> None:
+    for index, prompt in enumerate(prompts):
+        if prompt["id"] in decoded:
+            continue
+        started = time.perf_counter()
+        message = llm.invoke(prompt["prompt"], seed=seed + index)
+        decoded[prompt["id"]] = {"text": message.content, "seconds": time.perf_counter() - started,
+                                 "profile": message.response_metadata.get("profile")}
+        print(f"[decode] {label} {prompt['id']} in {decoded[prompt['id']]['seconds']:.1f} s", flush=True)
+        save_cache(path, cache)
+
+
+def _answer(cache: dict[str, Any], source: str, name: str, prompt_id: str, guidance: float,
+            repetition: int) -> str | None:
+    """The text of one condition's answer (``plain``, ``direct``, or a profile rule), None when not decoded."""
+    if source == "plain":
+        return cache["plain_eval"].get(prompt_id)
+    if source == "direct":
+        entry = cache.get("direct", {}).get(name, {}).get(prompt_id)
+    else:
+        entry = cache["decoded"].get(decoded_key(name, guidance, source, repetition), {}).get(prompt_id)
+    return None if entry is None else entry["text"]
+
+
+def decoding_win_rates(cache: dict[str, Any], splits: dict[str, Any] | list[dict[str, Any]], guidance: float = 1.0,
+                       rule: str = "product", baseline: str = "plain") -> dict[str, Any]:
+    """Each user type's ``rule`` answer (a profile rule, or ``direct``) against the ``baseline`` answer (``plain``
+    or ``direct``) on every evaluation prompt of every repetition (the mean of the per-dimension outcomes: 1, 0.5
+    or 0, or 0.75/0.25 for a split two-dimension user). Win rates count draws as half, beside the strict
+    win/draw/loss shares; CIs resample the evaluation prompts, which every user type of a repetition shares (so
+    the pooled figure is not that many independent answers)."""
+    splits = splits if isinstance(splits, list) else [splits]
+    columns = [(number, prompt) for number, one in enumerate(splits) for prompt in one["evaluate"]]
     out: dict[str, Any] = {}
-    prompts = splits["evaluate"]
-    table = np.full((len(USER_TYPES), len(prompts)), np.nan)
+    table = np.full((len(USER_TYPES), len(columns)), np.nan)
     for row, dims in enumerate(USER_TYPES):
-        decoded = cache["decoded"].get(decoded_key("+".join(dims), guidance), {})
-        for column, prompt in enumerate(prompts):
-            if prompt["id"] not in decoded:
+        name = "+".join(dims)
+        for column, (number, prompt) in enumerate(columns):
+            texts = [_answer(cache, rule, name, prompt["id"], guidance, number),
+                     _answer(cache, baseline, name, prompt["id"], guidance, number)]
+            if None in texts:
                 continue
-            texts = [decoded[prompt["id"]]["text"], cache["plain_eval"][prompt["id"]]]
             scores = metric_table(texts, prompt["prompt"])
             table[row, column] = float(np.mean([outcome_on(scores[d][0], scores[d][1], d) for d in dims]))
         if not np.isnan(table[row]).all():
-            out["+".join(dims)] = clustered_win_rate(table[row:row + 1])
+            out[name] = clustered_win_rate(table[row:row + 1])
     if not np.isnan(table).all():
         out["all_user_types"] = clustered_win_rate(table)
+    return out
+
+
+def decoding_figures(cache: dict[str, Any], splits: list[dict[str, Any]], guidance: float = 1.0) -> dict[str, Any]:
+    """Every profile rule against the plain answer and against the direct prompt, and the direct prompt against
+    the plain answer: ``{rule: {"vs_plain": ..., "vs_direct": ...}, "direct": {"vs_plain": ...}}``."""
+    out: dict[str, Any] = {rule: {f"vs_{b}": decoding_win_rates(cache, splits, guidance, rule, b) for b in BASELINES}
+                           for rule in DECODING_RULES}
+    out["direct"] = {"vs_plain": decoding_win_rates(cache, splits, guidance, "direct", "plain")}
     return out
 
 
@@ -642,14 +755,18 @@ def cost_per_choice(cache: dict[str, Any], scorer_model: Any, tokens: int = 100,
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--learn-prompts", type=int, default=14, help="prompts whose candidates are asked (14)")
-    parser.add_argument("--held-out-prompts", type=int, default=6, help="prompts for held-out pairs (6)")
-    parser.add_argument("--eval-prompts", type=int, default=6, help="prompts decoded with each profile (6)")
-    parser.add_argument("--users-per-type", type=int, default=10, help=f"simulated users per type ({len(USER_TYPES)} "
-                        "types; default 10)")
+    parser.add_argument("--held-out-prompts", type=int, default=30, help="prompts for held-out pairs (30)")
+    parser.add_argument("--eval-prompts", type=int, default=30, help="prompts decoded with each profile (30)")
+    parser.add_argument("--repetitions", type=int, default=2,
+                        help="repetitions, each with its own learning, held-out and evaluation prompts (2)")
+    parser.add_argument("--users-per-type", type=int, default=5, help=f"simulated users per type and repetition "
+                        f"({len(USER_TYPES)} types; default 5)")
     parser.add_argument("--questions", type=int, default=20, help="choices per user (20)")
     parser.add_argument("--noise", type=float, default=0.1, help="label noise (0.1)")
     parser.add_argument("--l2", type=float, default=None, help="the fit's L2 strength (default: the package's)")
-    parser.add_argument("--max-tokens", type=int, default=80, help="candidate and decoded answer length (80)")
+    parser.add_argument("--max-tokens", type=int, default=200,
+                        help="candidate and decoded answers' token limit (200: nearly every answer ends by itself)")
+    parser.add_argument("--no-length", action="store_true", help="leave the length feature out of the basis")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shared", default=None, help="the project's shared/ folder (default ../shared)")
     parser.add_argument("--quick", action="store_true", help="a smoke test: 2 prompts per split, 2 users per type")
@@ -664,7 +781,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None, help="default benchmarks/results/learning.json")
     args = parser.parse_args(argv)
     if args.quick:
-        args.learn_prompts, args.held_out_prompts, args.eval_prompts = 2, 2, 1
+        args.learn_prompts, args.held_out_prompts, args.eval_prompts, args.repetitions = 2, 2, 1, 1
         args.users_per_type, args.questions, args.max_tokens = 2, 5, 24
     return args
 
@@ -679,22 +796,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     quick = "_quick" if args.quick else ""
     cache_path = args.cache or CACHE.with_name(f"learning_candidates{quick}.json")
     out_path = args.out or RESULTS / f"learning{quick}.json"
-    splits = split_prompts(load_prompts(shared_dir(args.shared)), args.learn_prompts, args.held_out_prompts,
-                           args.eval_prompts, args.seed)
-    config = {"splits": {k: [p["id"] for p in v] for k, v in splits.items()}, "max_tokens": args.max_tokens,
-              "sampling": SAMPLING, "seed": args.seed}
+    everything = load_prompts(shared_dir(args.shared))
+    numbers = {p["id"]: number for number, p in enumerate(everything)}
+    splits = repetition_splits(everything, args.learn_prompts, args.held_out_prompts, args.eval_prompts, args.seed,
+                               args.repetitions)
+    # Candidates and answers are cached by prompt id: a prompt has the same ones whichever split it lands in.
+    config = {"max_tokens": args.max_tokens, "sampling": SAMPLING, "seed": args.seed, "cache_version": 2}
     cache = {"config": config, "candidates": {}, "features": {}, "plain_eval": {}, "decoded": {}} if args.fresh \
         else load_cache(cache_path, config)
     if args.cost_only:
         return update_cost(out_path, argv, cost_per_choice(cache, PersonaScorer(None).handle,
                                                      tokens=24 if args.quick else 100))
-    scorer = PersonaScorer(None)
+    scorer = PersonaScorer(None, features=() if args.no_length else ("length",))
     learner = PreferenceLearner(scorer, prompts=[], max_tokens=args.max_tokens, seed=args.seed, **SAMPLING)
-    pool = splits["learn"] + splits["held_out"]
+    pool = list({p["id"]: p for one in splits for p in one["learn"] + one["held_out"]}.values())
     timings: dict[str, float] = {}
     if not args.reanalyse:
         mark = time.perf_counter()
-        make_candidates(learner, pool, cache, cache_path, args.seed)
+        make_candidates(learner, pool, cache, cache_path, args.seed, numbers)
         timings["candidates_s"] = time.perf_counter() - mark
         mark = time.perf_counter()
         score_candidates(scorer, pool, cache, cache_path, args.max_tokens)
@@ -708,10 +827,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     records = simulate(scorer, cache, splits, metrics, args.users_per_type, args.questions, args.noise, l2, args.seed,
                        cross_validate=not args.quick)
     timings["simulation_s"] = time.perf_counter() - mark
-    pairs = {dims: held_out_pairs_by_prompt(table, metrics, splits["held_out"], dims) for dims in USER_TYPES}
-    held = len(splits["held_out"])
+    pairs = pairs_by_type(table, metrics, splits)
+    held = sum(len(one["held_out"]) for one in splits)
     summary = summarise(records, pairs, held)
-    summary["ceiling_full_fit"] = ceiling(table, metrics, splits, l2)
+    summary["ceiling_full_fit"] = ceiling(table, metrics, splits[0], l2)
     sensitivity = {}
     for other in [] if args.quick else [v for v in L2_SWEEP if v != l2]:
         others = simulate(scorer, cache, splits, metrics, args.users_per_type, args.questions, args.noise, other,
@@ -729,7 +848,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             decode_with_profiles(records, splits, cache, cache_path, learner, args.max_tokens, args.seed,
                                  args.guidance)
             timings["decoding_s"] = time.perf_counter() - mark
-        decoding = decoding_win_rates(cache, splits, args.guidance)
+        decoding = decoding_figures(cache, splits, args.guidance)
     previous = json.loads(out_path.read_text(encoding="utf-8")) if args.reanalyse and out_path.is_file() else {}
     cost = previous.get("cost_per_choice", {})
     if not args.reanalyse:
@@ -738,16 +857,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     scoring = [v for v in table.values()]
     per_answer = [v["seconds"] / len(v["texts"]) for v in scoring]
     report = {
-        "config": {**config, "users": len(records), "user_types": ["+".join(t) for t in USER_TYPES],
+        "config": {**config, "repetitions": args.repetitions,
+                   "splits": [{k: [p["id"] for p in v] for k, v in one.items()} for one in splits],
+                   "users": len(records), "user_types": ["+".join(t) for t in USER_TYPES],
                    "decoding_guidance": args.guidance,
-                   "questions": args.questions, "noise": args.noise, "l2": l2, "basis": list(scorer.basis.names),
-                   "model": scorer.handle.display, "prompts": {k: len(v) for k, v in splits.items()}},
+                   "questions": args.questions, "noise": args.noise, "l2": l2, "basis": list(scorer.basis.labels),
+                   "decoding_l2": "chosen per user by leave-one-out on their own choices (cross_validated_l2)",
+                   "model": scorer.handle.display,
+                   "prompts_per_repetition": {k: len(v) for k, v in splits[0].items()}},
         "machine": machine_info("cpu", 1),
         "statistics": STATISTICS_NOTE,
         "l2_choice": L2_NOTE,
         "learning": summary,
         "l2_sensitivity_after_10": sensitivity,
-        "decoding_win_rate_vs_plain": decoding,
+        "decoding_win_rate_vs_plain": decoding.get("product", {}).get("vs_plain", {}),
+        "decoding": decoding,
         "cost_per_choice": cost,
         "scoring_in_run": {"answers": sum(len(v["texts"]) for v in scoring),
                            "seconds_per_answer_median": round(float(np.median(per_answer)), 2) if per_answer else None,
@@ -762,7 +886,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         profile = record.pop("decoding_profile", None)
         name = "+".join(record["dims"])
         if profile is not None and name not in decoders:
-            decoders[name] = {p["name"]: round(p["weight"], 4) for p in profile["basis"]["personas"]}
+            decoders[name] = {p["name"]: round(p["weight"], 4)
+                              for p in profile["basis"]["personas"] + profile["basis"].get("features", [])}
     report["decoding_profiles"] = decoders
     if args.reanalyse and previous:  # the figures are recomputed here; the texts were decoded where they were
         report["decoded_on"] = previous.get("decoded_on", previous.get("machine"))
@@ -793,8 +918,12 @@ def print_report(report: dict[str, Any]) -> None:
                     row["top_pole"], row["top_pole_lenient"], row["held_out_accuracy"], row["held_out_auc"],
                     row["best_of_n_vs_plain"])]
                 print(f"{asked:>7}  {strategy:8s}  " + "  ".join(f"{c:22s}" for c in cells))
-    for name, rate in report["decoding_win_rate_vs_plain"].items():
-        print(f"profile-decoded vs plain, {name}: {rate['win_rate']:.2f} {rate['ci95']}")
+    for rule, against in report.get("decoding", {}).items():
+        for baseline, rates in against.items():
+            rate = rates.get("all_user_types")
+            if rate:
+                print(f"{rule} {baseline.replace('_', ' ')}, all user types: {rate['win_rate']:.2f} {rate['ci95']} "
+                      f"(strict win {rate['win']:.2f}, loss {rate['loss']:.2f}; {rate['prompts']} prompts)")
     if report["cost_per_choice"]:
         print(f"cost per choice: {report['cost_per_choice']}")
 

@@ -337,8 +337,10 @@ class ChatPersonaJudge(_OptionFields):  # type: ignore[misc,valid-type]
     profile: PreferenceProfile | None = None
     """A learned preference profile, or the path of a saved one (``langchain_persona_judge.profiles``): its
     strongest weights become personas decoded with ``combine="product"`` and those weights (a negative one steers
-    away), and its description is added as a preference; ``response_metadata["profile"]`` shows what it added.
-    Refused on a model other than the one it was learned with."""
+    away), its learned length weight a bias on the end-of-turn token, and its description is added as a
+    preference; with ``profile_decoding="best_of_n"`` it instead ranks ``best_of`` candidate answers by its reward.
+    ``response_metadata["profile"]`` shows what it added and which rule ran (``rule``). Refused on a model other
+    than the one it was learned with."""
     stop: list[str] | None = Field(default=None, alias="stop_sequences")
     """Stop strings; the answer ends right before the first one."""
     device: str | None = Field(default_factory=from_env(DEVICE_ENV, default=None))
@@ -642,6 +644,8 @@ class ChatPersonaJudge(_OptionFields):  # type: ignore[misc,valid-type]
             ),
             model_name=self._display_name(name),
             profile=settings.profile,
+            profile_decoding=settings.profile_decoding,
+            best_of=settings.best_of,
             stop=[*(self.stop or []), *(stop or [])],
             truncation=settings.truncation,
             template_kwargs=template_kwargs,

@@ -279,8 +279,24 @@ OPTIONS: tuple[OptionSpec, ...] = (
         group="decoding rule and strength",
     ),
     OptionSpec(
+        "eos_bias", float, 0.0, "added to the end-of-turn tokens' logits: above 0 ends answers sooner, below 0 later",
+        frozenset({"engine"}), bounds=Bounds(ge=-20.0, le=20.0, finite=True),
+        doc="Applied to every row alike before the rule combines them, so the combined distribution's log-odds of "
+        "stopping shift by exactly this much (a preference profile's learned length weight sets it).",
+    ),
+    OptionSpec(
         "eos_token_id", object, None, "token id(s) that end decoding (None: the model's generation config)",
         frozenset({"engine"}), nullable=True,
+    ),
+    OptionSpec(
+        "profile_decoding", str, "product", "how a preference profile decodes: its poles as one weighted product "
+        "(product), or N answers (the product's, the plain one, one per pole) ranked by the profile's reward "
+        "(best_of_n, PReF's)", _REQUEST, choices=("product", "best_of_n"), group="decoding rule and strength",
+    ),
+    OptionSpec(
+        "best_of", int, 4, "how many candidate answers profile_decoding=best_of_n ranks", _REQUEST,
+        bounds=Bounds(ge=2, le=16), metavar="N", group="decoding rule and strength",
+        note="each is a whole decode: N times the time of one answer",
     ),
     OptionSpec(
         "composition", str, "split", "how several preferences become personas: one each, roles rotating (split); "

@@ -39,7 +39,7 @@ RULE_HEADING = "The rule asked for: {combine}, γ={guidance:g}, weights {weights
 """The fourth answer of --compare, with --combine product or --guidance (its --json field: ``rule``)."""
 
 
-_RULE_OPTIONS = ("combine", "weights", "guidance", "negative_preference")
+_RULE_OPTIONS = ("combine", "weights", "guidance", "negative_preference", "profile_decoding")
 """The options of the rule asked for, left at their defaults by the --compare baselines."""
 
 

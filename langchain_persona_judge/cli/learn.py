@@ -54,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--basis", nargs="+", metavar="NAME", help="registry personas to learn weights for "
                         "(default: the built-in basis of 20)")
     parser.add_argument("--registry", metavar="FILE", help="a YAML persona registry merged over the built-ins")
+    parser.add_argument("--length", action="store_true",
+                        help="also learn whether you prefer shorter or longer answers (the basis's length feature)")
     parser.add_argument("--strategy", choices=("active", "random"), default="active",
                         help="how questions are chosen (default active: the most informative pair)")
     parser.add_argument("--max-tokens", type=int, default=96, help="length of each answer (default 96)")
@@ -62,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-m", "--model", metavar="PATH_OR_ID", help="model (default: the embedded SmolLM2)")
     parser.add_argument("--device", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--dtype", help="weights dtype, e.g. float32")
+    parser.add_argument("--backend", choices=("auto", "transformers", "llamacpp"), default="auto",
+                        help="what runs the model (default auto: llama.cpp for a GGUF model on a CPU when installed)")
     return parser
 
 
@@ -218,7 +222,8 @@ def run(argv: Sequence[str], stdin: IO[str] | None = None, stdout: IO[str] | Non
         stdout.write("Loading the model...\n")
         stdout.flush()
         learner = PreferenceLearner(
-            resolve_model(args.model, device=args.device, dtype=args.dtype), basis=basis, registry=args.registry,
+            resolve_model(args.model, device=args.device, dtype=args.dtype, backend=args.backend), basis=basis,
+            features=["length"] if args.length and prior is None else (), registry=args.registry,
             prompts=prompts, strategy=args.strategy, prior=prior, description=args.describe, seed=args.seed,
             max_tokens=args.max_tokens, temperature=args.temperature,
         )

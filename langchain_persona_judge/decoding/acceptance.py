@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 from transformers import (
+    LogitsProcessor,
     LogitsProcessorList,
     NoRepeatNGramLogitsProcessor,
     RepetitionPenaltyLogitsProcessor,
@@ -37,8 +38,33 @@ def build_warpers(temperature: float, top_k: int | None, top_p: float | None) ->
     return warpers
 
 
-def build_processors(repetition_penalty: float | None, no_repeat_ngram_size: int | None) -> LogitsProcessorList:
-    """transformers' repetition controls, applied to every persona's logits alike before any rule combines them.
+class EosBias(LogitsProcessor):
+    """Adds ``bias`` to the logits of the end-of-turn tokens (the same at every position and in every row).
+
+    Every rule is a log-linear combination of rows that carry the same bias, with weights that sum to 1 (the
+    reference row takes the rest, :mod:`.combine`), so the combined distribution's log-odds of stopping shift by
+    exactly ``bias``."""
+
+    def __init__(self, bias: float, eos: frozenset[int]) -> None:
+        self.bias = float(bias)
+        self.eos = sorted(eos)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        ids = [t for t in self.eos if t < scores.shape[-1]]
+        if ids:
+            scores = scores.clone()
+            scores[..., ids] += self.bias
+        return scores
+
+
+def build_processors(
+    repetition_penalty: float | None,
+    no_repeat_ngram_size: int | None,
+    eos_bias: float = 0.0,
+    eos: frozenset[int] = frozenset(),
+) -> LogitsProcessorList:
+    """transformers' repetition controls and the end-of-turn bias, applied to every persona's logits alike
+    before any rule combines them.
 
     They read the answer's tokens so far (the context every row shares), so at a given position every row is
     changed by the same function and each emitted token still follows the rule's (processed) distribution exactly.
@@ -48,6 +74,8 @@ def build_processors(repetition_penalty: float | None, no_repeat_ngram_size: int
         processors.append(RepetitionPenaltyLogitsProcessor(repetition_penalty))
     if no_repeat_ngram_size:
         processors.append(NoRepeatNGramLogitsProcessor(no_repeat_ngram_size))
+    if eos_bias and eos:
+        processors.append(EosBias(eos_bias, eos))
     return processors
 
 

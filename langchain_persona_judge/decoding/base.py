@@ -127,8 +127,9 @@ class Decoder(ABC):
                 f"weights has {len(options.weights)} value(s) but there are {len(self.prompts)} persona prompts; "
                 "pass one weight per persona."
             )
-        self.processors = build_processors(options.repetition_penalty, options.no_repeat_ngram_size)
         self.eos = eos_ids(self.backend, options.eos_token_id)
+        self.processors = build_processors(options.repetition_penalty, options.no_repeat_ngram_size,
+                                           options.eos_bias, self.eos)
         self.warpers = build_warpers(options.temperature, options.top_k, options.top_p)
         self.draft_confidence = options.draft_confidence or 0.0
         self.generator: torch.Generator | None = None

@@ -124,6 +124,7 @@ class PreferenceLearner:
         description: a free-text preference kept in the profile.
         seed: seeds the random strategy and the decoding of candidates.
         max_tokens, temperature, top_p, repetition_penalty, guidance: how candidates are decoded.
+        features: whole-answer features fitted beside the personas (``("length",)``: the answer's length).
     """
 
     def __init__(
@@ -143,10 +144,11 @@ class PreferenceLearner:
         top_p: float | None = 0.9,
         repetition_penalty: float | None = 1.2,
         guidance: float = 1.0,
+        features: Sequence[str] = (),
     ) -> None:
         if strategy not in ("active", "random"):
             raise ProfileError(f"strategy={strategy!r}: pass 'active' (PReF's rule) or 'random'.")
-        self.scorer = scorer_for(model, basis, registry)
+        self.scorer = scorer_for(model, basis, registry, features)
         self.basis = self.scorer.basis
         self.prior = prior_weights(prior, self.scorer)
         self.description = description if description is not None else (prior.description if prior else None)
@@ -227,7 +229,7 @@ class PreferenceLearner:
         options: list[tuple[str, str]] = [(a, b) for _, a, b in self.basis.pairs()]
         if not options:  # no bipolar dimension: the two most uncertain single personas
             names = list(self.basis.names)
-            variances = information(np.eye(len(names)), hessian)
+            variances = information(np.eye(len(self.basis))[: len(names)], hessian)
             order = np.argsort(-variances, kind="stable")
             return [names[i] for i in order[:2]] if len(names) > 1 else [names[0]]
         directions = np.zeros((len(options), len(self.basis)))

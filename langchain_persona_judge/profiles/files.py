@@ -27,6 +27,7 @@ import yaml
 
 from ..errors import ProfileError
 from ..personas import NAME_PATTERN
+from .features import FEATURES
 
 MAX_FILE_BYTES = 256 * 1024
 """The largest profile file read (a real one is a few KB: the built-in basis writes about 8 KB)."""
@@ -106,17 +107,47 @@ def _has_anchors(loader: Any) -> bool:
     return False
 
 
-def check_weight(name: str, value: Any, fail: Any) -> float:
+def check_weight(name: str, value: Any, fail: Any, where: str = "basis.personas") -> float:
     """One basis persona's weight: a number (not a bool), finite, within ±MAX_WEIGHT."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise fail(f"`basis.personas[{name}].weight` must be a number, not {type(value).__name__}.")
+        raise fail(f"`{where}[{name}].weight` must be a number, not {type(value).__name__}.")
     if isinstance(value, float) and not math.isfinite(value):
-        raise fail(f"the weights of {[name]} are not finite (NaN or infinite): `basis.personas[{name}].weight`; "
+        raise fail(f"the weights of {[name]} are not finite (NaN or infinite): `{where}[{name}].weight`; "
                    "relearn the profile.")
     if not -MAX_WEIGHT <= value <= MAX_WEIGHT:  # compared before any float(): a 400-digit int cannot overflow
-        raise fail(f"`basis.personas[{name}].weight` is out of range (at most {MAX_WEIGHT:g} in magnitude; "
+        raise fail(f"`{where}[{name}].weight` is out of range (at most {MAX_WEIGHT:g} in magnitude; "
                    "learned weights are small): the file is corrupted or crafted.")
     return float(value)
+
+
+def check_features(records: Any, fail: Any) -> tuple[tuple[str, ...], list[float]]:
+    """``basis.features``: absent, or a list of ``{name, weight}`` (and the ``definition`` written beside them)
+    naming known whole-answer features, each once; their names and weights."""
+    if records is None:
+        return (), []
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise fail("`basis.features` must be a list of {name, weight}.")
+    if len(records) > len(FEATURES):
+        raise fail(f"`basis.features` has {len(records)} entries; the known features are {sorted(FEATURES)}.")
+    names: list[str] = []
+    weights: list[float] = []
+    for record in records:
+        name = record.get("name")
+        if not isinstance(name, str) or name not in FEATURES:
+            raise fail(f"`basis.features` names an unknown feature {str(name)[:40]!r}; the known ones are "
+                       f"{sorted(FEATURES)}.")
+        if name in names:
+            raise fail(f"`basis.features` names {name!r} twice.")
+        unknown = sorted(str(k)[:40] for k in record if k not in ("name", "weight", "definition"))
+        if unknown:
+            raise fail(f"`basis.features[{name}]` holds unknown keys {unknown}; a feature has name, definition and "
+                       "weight.")
+        if "weight" not in record:
+            raise fail(f"`basis.features[{name}]` has no weight; the file is corrupted.")
+        check_text(record.get("definition", ""), f"basis.features[{name}].definition", fail)
+        names.append(name)
+        weights.append(check_weight(name, record["weight"], fail, "basis.features"))
+    return tuple(names), weights
 
 
 def check_evidence(evidence: Any, fail: Any) -> dict[str, Any]:
@@ -188,6 +219,7 @@ __all__ = [
     "MAX_WEIGHT",
     "check_description",
     "check_evidence",
+    "check_features",
     "check_nesting",
     "check_poles",
     "check_text",

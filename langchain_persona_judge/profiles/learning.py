@@ -28,16 +28,19 @@ def scorer_for(
     model: Any = None,
     basis: Basis | Sequence[str] | None = None,
     registry: PersonaRegistry | str | Path | None = None,
+    features: Sequence[str] = (),
 ) -> PersonaScorer:
-    """The shared scorer of ``basis`` on ``model`` (see :func:`~.scoring.resolve_model` for what ``model``
-    may be); a ``PersonaScorer`` passed as ``model`` is used as it is."""
+    """The shared scorer of ``basis`` (with whole-answer ``features``) on ``model`` (see
+    :func:`~.scoring.resolve_model` for what ``model`` may be); a ``PersonaScorer`` passed as ``model`` is used as
+    it is."""
     if isinstance(model, PersonaScorer):
-        if basis is not None:
-            wanted = resolve_basis(basis, registry)
+        if basis is not None or features:
+            wanted = resolve_basis(basis if basis is not None else list(model.basis.names), registry, features)
             if wanted.identity != model.basis.identity:
-                raise ProfileError("model= is a PersonaScorer over another basis than basis=; pass one of them.")
+                raise ProfileError("model= is a PersonaScorer over another basis than basis= (or features=); pass "
+                                   "one of them.")
         return model
-    return shared_scorer(resolve_model(model), resolve_basis(basis, registry))
+    return shared_scorer(resolve_model(model), resolve_basis(basis, registry, features))
 
 
 def prior_weights(prior: PreferenceProfile | None, scorer: PersonaScorer) -> np.ndarray | None:
@@ -91,6 +94,7 @@ def learn_profile(
     l2: float = L2,
     prior: PreferenceProfile | None = None,
     description: str | None = None,
+    features: Sequence[str] = (),
 ) -> PreferenceProfile:
     """A profile from pairwise choices: ``(prompt, chosen, rejected)`` triples (a prompt is a question or a
     conversation), fitted by Bradley–Terry on ``φ(chosen) − φ(rejected)`` with an L2 penalty (towards ``prior``'s
@@ -98,11 +102,12 @@ def learn_profile(
 
     ``model``: None (the embedded model), an HF id or path, a loaded ``(model, tokenizer)`` pair, or a
     ``ChatPersonaJudge`` (its weights are shared). ``basis``: registry persona names (None: the built-in basis).
+    ``features``: whole-answer features fitted beside the personas (``("length",)``: the answer's length).
     """
     checked = [_comparison(item, number) for number, item in enumerate(comparisons, 1)]
     if not checked:
         raise ProfileError("No comparisons were given; pass at least one (prompt, chosen, rejected) triple.")
-    scorer = scorer_for(model, basis, registry)
+    scorer = scorer_for(model, basis, registry, features)
     centre = prior_weights(prior, scorer)
     differences = comparison_features(scorer, checked)
     fit = fit_bradley_terry(differences, np.ones(len(checked)), l2=l2, prior=centre)
@@ -135,6 +140,7 @@ def learn_from_texts(
     registry: PersonaRegistry | str | Path | None = None,
     l2: float = WRITING_L2,
     description: str | None = None,
+    features: Sequence[str] = (),
 ) -> PreferenceProfile:
     """A profile from text the user wrote: each a text, or a ``(context, text)`` pair (the message it replies
     to; default :data:`DEFAULT_CONTEXT`).
@@ -147,15 +153,15 @@ def learn_from_texts(
     checked = [_writing(item, number) for number, item in enumerate(texts, 1)]
     if not checked:
         raise ProfileError("No texts were given; pass at least one text the user wrote.")
-    scorer = scorer_for(model, basis, registry)
-    k = len(scorer.basis)
+    scorer = scorer_for(model, basis, registry, features)
+    k = len(scorer.basis.names)  # the personas' weights; whole-answer features are not learned from writing (0)
     score, fisher, tokens = np.zeros(k), np.zeros((k, k)), 0
     for prompt, text in checked:
         stats = scorer.writing_statistics(prompt, text)
         score += stats.score
         fisher += stats.fisher
         tokens += stats.tokens
-    weights = writing_weights(score, fisher, l2=l2)
+    weights = np.concatenate([writing_weights(score, fisher, l2=l2), np.zeros(len(scorer.basis.features))])
     return PreferenceProfile(scorer.basis, weights, ModelIdentity.of(scorer.handle), description=description,
                              evidence={"texts": len(checked), "tokens": tokens, "l2": l2}).bind(scorer.handle)
 
@@ -166,12 +172,13 @@ def profile_from_description(
     model: Any = None,
     basis: Basis | Sequence[str] | None = None,
     registry: PersonaRegistry | str | Path | None = None,
+    features: Sequence[str] = (),
 ) -> PreferenceProfile:
     """A profile that holds only an explicit description ("I'm a nurse, keep it short"): no learned weights;
     decoding adds the description as a preference. Learn weights later with ``prior=`` this profile."""
     if not isinstance(description, str) or not description.strip():
         raise ProfileError("The description is empty; write what the user wants (e.g. \"keep it short\").")
-    scorer = scorer_for(model, basis, registry)
+    scorer = scorer_for(model, basis, registry, features)
     return PreferenceProfile(scorer.basis, np.zeros(len(scorer.basis)), ModelIdentity.of(scorer.handle),
                              description=description, evidence={"description": True}).bind(scorer.handle)
 

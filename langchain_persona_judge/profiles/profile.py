@@ -28,10 +28,12 @@ import yaml
 from ..errors import ProfileError
 from ..personas import NAME_PATTERN, Persona
 from .basis import Basis
+from .features import DESCRIPTIONS, LENGTH, eos_bias
 from .files import (
     MAX_FILE_BYTES,
     check_description,
     check_evidence,
+    check_features,
     check_poles,
     check_text,
     check_weight,
@@ -74,6 +76,11 @@ class DecodingPlan:
     weights: list[float]
     """One weight per preference for ``combine="product"``; negative ones steer away."""
     metadata: dict[str, Any] = field(default_factory=dict)
+    eos_bias: float = 0.0
+    """The end-of-turn logit bias that honours a learned length weight (:func:`.features.eos_bias`; 0: none)."""
+    poles: list[tuple[str, Any]] = field(default_factory=list)
+    """``(name, persona)`` of the pole each chosen weight leans to (its persona, or for a negative weight the
+    other pole of its dimension; left out when the basis has none): what best-of-N decodes candidates under."""
 
 
 _scorers: weakref.WeakKeyDictionary[Any, dict[str, PersonaScorer]] = weakref.WeakKeyDictionary()
@@ -111,9 +118,10 @@ class PreferenceProfile:
     ) -> None:
         values = np.asarray(weights, dtype=float).reshape(-1)
         if values.shape != (len(basis),):
-            raise ProfileError(f"The profile has {values.size} weights for a basis of {len(basis)} personas.")
+            raise ProfileError(f"The profile has {values.size} weights for a basis of {len(basis.names)} personas"
+                               + (f" and {len(basis.features)} features." if basis.features else "."))
         if not np.all(np.isfinite(values)):
-            bad = [n for n, w in zip(basis.names, values) if not math.isfinite(w)]
+            bad = [n for n, w in zip(basis.labels, values) if not math.isfinite(w)]
             raise ProfileError(f"The profile's weights are not finite for {bad}; relearn it (or fix the file).")
         if description is not None and not isinstance(description, str):
             raise ProfileError("A profile's description is free text (a str).")
@@ -131,8 +139,8 @@ class PreferenceProfile:
 
     @property
     def weights(self) -> dict[str, float]:
-        """Each basis persona's weight, in basis order."""
-        return {n: float(w) for n, w in zip(self.basis.names, self._weights)}
+        """Each basis persona's weight, then each whole-answer feature's (``length``), in basis order."""
+        return {n: float(w) for n, w in zip(self.basis.labels, self._weights)}
 
     @property
     def vector(self) -> np.ndarray:
@@ -141,9 +149,15 @@ class PreferenceProfile:
 
     def top(self, k: int = POLES) -> list[tuple[str, float]]:
         """The ``k`` strongest ``(name, weight)`` pairs by magnitude (a negative weight: away from that persona);
-        zero weights are left out."""
+        zero weights are left out. A whole-answer feature (``length``: negative prefers shorter answers) ranks
+        with the personas."""
         order = np.argsort(-np.abs(self._weights), kind="stable")
-        return [(self.basis.names[i], float(self._weights[i])) for i in order[:k] if self._weights[i] != 0]
+        return [(self.basis.labels[i], float(self._weights[i])) for i in order[:k] if self._weights[i] != 0]
+
+    @property
+    def length_weight(self) -> float:
+        """The weight of the ``length`` feature (0 when the basis has none): per doubling of the word count."""
+        return self.weights.get(LENGTH, 0.0) if LENGTH in self.basis.features else 0.0
 
     def pole_of(self, name: str, weight: float) -> str:
         """The pole a weight leans to: ``name`` itself when positive, its opposite (or ``not name``) when negative."""
@@ -153,7 +167,8 @@ class PreferenceProfile:
 
     def dimensions(self) -> list[dict[str, Any]]:
         """One entry per bipolar dimension (``score = w(first) − w(second)``: positive leans to the first pole),
-        then one per persona without a pole pair (``score`` its weight); strongest first."""
+        then one per persona without a pole pair (``score`` its weight), and one per whole-answer feature
+        (``feature: True``); strongest first."""
         weights = self.weights
         out = []
         paired: set[str] = set()
@@ -163,6 +178,8 @@ class PreferenceProfile:
         for name in self.basis.names:
             if name not in paired:
                 out.append({"dimension": name, "poles": (name, None), "score": weights[name]})
+        for name in self.basis.features:
+            out.append({"dimension": name, "poles": (name, None), "score": weights[name], "feature": True})
         return sorted(out, key=lambda entry: -abs(entry["score"]))
 
     def __repr__(self) -> str:
@@ -235,6 +252,15 @@ class PreferenceProfile:
         """``w · φ(prompt, response)``: how much this user should like the response (higher is better)."""
         return self.rewards(prompt, [response])[0]
 
+    def score_answers(self, model: Any, prompt: Prompt, responses: Sequence[str],
+                      complete: bool | Sequence[bool] = True) -> list[float]:
+        """``w · φ`` of each response, scored on ``model`` (the one that decoded them; checked to be the
+        profile's): what best-of-N ranks by. ``complete``: whether each response ended by itself."""
+        handle = resolve_model(model)
+        self.check_model(handle)
+        features = shared_scorer(handle, self.basis).features(prompt, list(responses), complete)
+        return [float(v) for v in features @ self._weights]
+
     def rank(self, prompt: Prompt, responses: Sequence[str]) -> list[tuple[str, float]]:
         """The responses with their rewards, best first (best-of-N: take the first)."""
         scored = zip(responses, self.rewards(prompt, responses))
@@ -242,15 +268,17 @@ class PreferenceProfile:
 
     # -- in decoding ------------------------------------------------------------------------------------------
 
-    def decoding_plan(self, stated: Sequence[Any] = ()) -> DecodingPlan:
+    def decoding_plan(self, stated: Sequence[Any] = (), *, strength: float = 1.0) -> DecodingPlan:
         """The personas and product weights that decode with this profile.
 
-        The ``poles`` strongest weights (each at least :data:`MIN_SHARE` of the strongest) become personas
+        The ``poles`` strongest persona weights (each at least :data:`MIN_SHARE` of the strongest) become personas
         with the profile's own texts, their weights scaled to sum to 1 in magnitude (a negative one steers
         away). Stated preferences (``stated``, then the description) share :data:`STATED_SHARE` of the weight
-        equally when there are learned poles, all of it otherwise.
+        equally when there are learned poles, all of it otherwise. A learned ``length`` weight becomes a bias on
+        the end-of-turn token (``eos_bias``, :func:`.features.eos_bias`), scaled by ``strength`` (the decode's
+        guidance γ: the inverse regularisation of the KL-regularised optimum).
         """
-        chosen = self.top(self.poles)
+        chosen = [(n, w) for n, w in self.top(len(self.basis)) if not self.basis.is_feature(n)][: self.poles]
         strongest = max((abs(w) for _, w in chosen), default=0.0)
         chosen = [(n, w) for n, w in chosen if abs(w) >= MIN_SHARE * strongest]
         texts = [*stated, *([self.description] if self.description else [])]
@@ -258,11 +286,13 @@ class PreferenceProfile:
         total = sum(abs(w) for _, w in chosen)
         preferences: list[Any] = []
         weights: list[float] = []
+        poles: list[tuple[str, Any]] = []
         for name, weight in chosen:
-            text = self.basis.text(name)
-            usable = NAME_PATTERN.match(name) and "{" not in text
-            preferences.append(Persona(name=name, description=text) if usable else text)
+            preferences.append(self._persona(name))
             weights.append(learned_share * weight / total)
+            pole = self.pole_of(name, weight)
+            if pole in self.basis.names and pole not in dict(poles):
+                poles.append((pole, self._persona(pole)))
         for text in texts:
             preferences.append(text)
             weights.append((1.0 - learned_share if chosen else 1.0) / len(texts))
@@ -276,7 +306,16 @@ class PreferenceProfile:
         }
         if self.description:
             metadata["description"] = self.description
-        return DecodingPlan(preferences, weights, metadata)
+        bias = eos_bias(self.length_weight, strength)
+        if LENGTH in self.basis.features:
+            metadata["length"] = {"learned_weight": round(self.length_weight, 4), "eos_bias": round(bias, 4)}
+        return DecodingPlan(preferences, weights, metadata, bias, poles)
+
+    def _persona(self, name: str) -> Any:
+        """A basis persona as a preference: a Persona with the profile's text (its own text when the name or the
+        text cannot make one)."""
+        text = self.basis.text(name)
+        return Persona(name=name, description=text) if NAME_PATTERN.match(name) and "{" not in text else text
 
     # -- files --------------------------------------------------------------------------------------------
 
@@ -290,6 +329,10 @@ class PreferenceProfile:
                 "id": self.basis.identity,
                 "personas": [{**record, "weight": float(w)} for record, w in zip(self.basis.to_records(),
                                                                                   self._weights)],
+                **({"features": [
+                    {"name": n, "definition": DESCRIPTIONS[n], "weight": float(w)}
+                    for n, w in zip(self.basis.features, self._weights[len(self.basis.names):])
+                ]} if self.basis.features else {}),
             },
             "description": self.description,
             "poles": self.poles,
@@ -377,8 +420,10 @@ class PreferenceProfile:
         for text in texts:
             check_text(text, "basis.personas[].text", fail)
         raw = [check_weight(n[:40], w, fail) for n, w in zip(names, raw)]
+        features, feature_weights = check_features(basis.get("features"), fail)
+        raw += feature_weights
         try:
-            resolved = Basis(names, texts, dimensions)
+            resolved = Basis(names, texts, dimensions, features)
         except ProfileError as exc:
             raise fail(str(exc)) from None
         if basis.get("id") != resolved.identity:

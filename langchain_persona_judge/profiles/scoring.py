@@ -9,6 +9,9 @@ where persona ``j``'s copy of the conversation carries its preference text in th
 decoding puts it (:func:`~langchain_persona_judge.personas.persona_messages`), and the plain copy carries none
 (the reference that ``guidance`` and the weighted product read).
 
+On a llama.cpp model the same rows are sequences of one llama.cpp context (:mod:`.llamacpp_reading`), so
+learning runs on whichever backend serves the model, with one copy of it in memory; otherwise:
+
 One response costs one batched pass: ``K + 1`` left-padded rows (the ``K`` basis personas and the plain
 conversation), each the conversation's prompt and then the response's tokens; only the response positions'
 logits are kept, ``chunk`` tokens at a time. The prompt rows are read once per conversation and their cache is
@@ -33,7 +36,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -58,18 +61,15 @@ _CACHED_FEATURES = 100_000
 # -- the model a profile is tied to -------------------------------------------------------------------------
 
 
-LLAMACPP_REFUSAL = (
-    "Learning a profile scores answers on the transformers backend; this is a llama.cpp model. Pass model= its "
-    "GGUF path (loaded with transformers for scoring); the learned profile then decodes on either backend."
-)
+Backend = Literal["transformers", "llamacpp", "auto"]
 
 
 @dataclass(frozen=True)
 class ModelHandle:
-    """A loaded model's handle (its backend: the transformers model, tokenizer and facts), and what loads it
-    again."""
+    """A loaded model's handle (its backend: the transformers model or the llama.cpp one, its tokenizer and
+    facts), and what loads it again."""
 
-    backend: TransformersBackend
+    backend: ModelBackend
     name: str | None
     """What loads it again (an HF id, folder or .gguf path); None for the embedded model or an in-memory one."""
     display: str
@@ -77,8 +77,12 @@ class ModelHandle:
 
     @property
     def model(self) -> Any:
-        """The transformers model (scoring reads every position's log-probabilities through its forward)."""
-        return self.backend.model
+        """The in-memory model: the transformers model, or the llama.cpp backend itself."""
+        return self.backend.model if isinstance(self.backend, TransformersBackend) else self.backend
+
+    @property
+    def is_llamacpp(self) -> bool:
+        return self.backend.kind == "llamacpp"
 
     @property
     def tokenizer(self) -> Any:
@@ -90,39 +94,42 @@ class ModelHandle:
 
 
 def _scoring_handle(backend: ModelBackend, name: str | None, display: str) -> ModelHandle:
-    if not isinstance(backend, TransformersBackend):
-        raise ProfileError(LLAMACPP_REFUSAL)
+    if not isinstance(backend, TransformersBackend) and backend.kind != "llamacpp":
+        raise ProfileError(f"Profiles score answers on the transformers or the llama.cpp backend, not on "
+                           f"{backend.kind!r}.")
     if backend.tokenizer is None:
         raise ProfileError("The model has no tokenizer; load it with load_model, or pass (model, tokenizer).")
     return ModelHandle(backend, name, display)
 
 
-def resolve_model(model: Any = None, *, device: str | None = None, dtype: str | None = None) -> ModelHandle:
-    """The model handle of anything ``ChatPersonaJudge(model=...)`` takes (None: the embedded model), a handle
-    from ``load_model``, an already loaded ``(model, tokenizer)`` pair, or a ``ChatPersonaJudge``: its weights are
-    shared, never loaded a second time."""
+def resolve_model(model: Any = None, *, device: str | None = None, dtype: str | None = None,
+                  backend: Backend = "transformers") -> ModelHandle:
+    """The model handle of anything ``ChatPersonaJudge(model=...)`` takes (None: the embedded model; loaded on
+    ``backend``), a handle from ``load_model`` (transformers or llama.cpp), an already loaded ``(model,
+    tokenizer)`` pair, or a ``ChatPersonaJudge`` (on the backend it decodes with): its weights are shared, never
+    loaded a second time."""
     if isinstance(model, ModelHandle):
         return model
     if model is None or isinstance(model, (str, os.PathLike)):
         name = None if model is None else str(model)
-        # Scoring reads every position's log-probabilities through transformers' forward.
-        return _scoring_handle(shared_model(name, device=device, dtype=dtype, backend="transformers"), name,
+        return _scoring_handle(shared_model(name, device=device, dtype=dtype, backend=backend), name,
                                display_name(name))
     if isinstance(model, ModelBackend):
         return _scoring_handle(model, None, display_name(None, model))
     if isinstance(model, tuple) and len(model) == 2:
         loaded, tokenizer = model
         if isinstance(loaded, ModelBackend):
-            raise ProfileError(LLAMACPP_REFUSAL)
+            raise ProfileError("model=(handle, tokenizer): pass the handle from load_model alone (it holds its "
+                               "tokenizer), or a (transformers model, tokenizer) pair.")
         if not callable(getattr(tokenizer, "__call__", None)) or not hasattr(loaded, "config"):
             raise ProfileError("model=(model, tokenizer): pass a loaded transformers causal LM and its tokenizer.")
         return ModelHandle(TransformersBackend(loaded, tokenizer), None, display_name(None, loaded))
     if hasattr(model, "model_handle") and hasattr(model, "model_name"):  # a ChatPersonaJudge (duck-typed: layer L3)
         if model.hf_model is not None:
             return _scoring_handle(model.model_handle(), None, model.display_name)
+        # The weights it decodes with, on its own backend (llama.cpp included): one copy in memory.
         name = model.model_name
-        return _scoring_handle(shared_model(name, device=model.device, dtype=model.dtype, backend="transformers"),
-                               name, display_name(name))
+        return _scoring_handle(model.model_handle(), name, display_name(name))
     raise ProfileError(
         f"model={type(model).__name__}: pass None (the embedded model), a Hugging Face id or path, a handle from "
         "load_model, a loaded (model, tokenizer) pair, or a ChatPersonaJudge."
@@ -208,6 +215,7 @@ class PersonaScorer:
         model: anything :func:`resolve_model` takes (None: the embedded model, shared).
         basis: registry persona names, a :class:`~.basis.Basis`, or None for the built-in basis.
         registry: a registry (object or YAML path) over the built-ins, for the names.
+        features: whole-answer features of the basis (e.g. ``("length",)``; :mod:`.features`).
         layout: where the persona's preference goes (as in decoding).
         chunk: response positions per forward.
     """
@@ -218,13 +226,14 @@ class PersonaScorer:
         basis: Basis | Sequence[str] | None = None,
         *,
         registry: PersonaRegistry | str | Path | None = None,
+        features: Sequence[str] = (),
         layout: Layout = "system",
         chunk: int = CHUNK,
     ) -> None:
         if chunk < 1:
             raise ProfileError(f"chunk={chunk}: pass an integer >= 1.")
         self.handle = resolve_model(model)
-        self.basis = resolve_basis(basis, registry)
+        self.basis = resolve_basis(basis, registry, features)
         self.layout = layout
         self.chunk = chunk
         self.forwards = 0
@@ -241,6 +250,11 @@ class PersonaScorer:
         preferred = getattr(self.handle.tokenizer, "eos_token_id", None)
         self.end_of_turn: int | None = preferred if preferred in eos else (min(eos) if eos else None)
         """The token that ends an answer, scored after each response (None: the model has none)."""
+        self._llama: Any = None
+        if self.handle.is_llamacpp:  # the rows as sequences of one llama.cpp context (.llamacpp_reading)
+            from .llamacpp_reading import LlamaCppReader
+
+            self._llama = LlamaCppReader(self.handle.backend)
 
     @property
     def fingerprint(self) -> str:
@@ -299,7 +313,8 @@ class PersonaScorer:
     def features(
         self, prompt: Prompt, responses: Sequence[str], complete: bool | Sequence[bool] = True
     ) -> np.ndarray:
-        """φ of each response to ``prompt``: shape (len(responses), K). Cached per (prompt, response, complete).
+        """φ of each response to ``prompt``: shape (len(responses), K + F), the basis's whole-answer features
+        after the personas' implicit rewards. Cached per (prompt, response, complete).
 
         ``complete``: whether each response ended by itself (its end-of-turn token is then scored: how much a
         persona wants the answer to stop there) or was cut short at a token limit (not scored)."""
@@ -318,7 +333,7 @@ class PersonaScorer:
             ids = [self.response_ids(response, done) for response, done in missing]
             for item, (token_logps, _) in zip(missing, self._run(rows, ids, moments=False)):
                 ratios = token_logps[:-1] - token_logps[-1:]
-                known[item] = ratios.mean(axis=1)
+                known[item] = np.concatenate([ratios.mean(axis=1), self.basis.feature_values(item[0])])
             with self._lock:
                 for item in missing:
                     self._features[(key, *item)] = known[item]
@@ -373,6 +388,15 @@ class PersonaScorer:
                 f"A prompt and its response take {longest} tokens with the longest persona, but the model's context "
                 f"holds {limit}; shorten the response or the conversation."
             )
+        if self._llama is not None:
+            k = len(rows) - 1
+            with admission_queue(self.handle.backend).admit(), self._reading:
+                before = (self._llama.stats.forward_calls, self._llama.stats.positions)
+                try:
+                    return self._llama.run(rows, responses, stats_for=(lambda: _Moments(k)) if moments else None)
+                finally:
+                    self.forwards += self._llama.stats.forward_calls - before[0]
+                    self.positions += self._llama.stats.positions - before[1]
         signature = self.handle.backend.signature
         out = []
         with admission_queue(model).admit(), self._reading:

@@ -21,6 +21,7 @@ import torch
 from .. import decoding
 from ..decoding import DecodingOptions, Generation, ModelBackend, TokenStream
 from ..errors import OutOfMemoryError, ProfileError, RequestTimeoutError
+from .best_of import BestOfRun, start_best_of
 from .detokenize import IncrementalDetokenizer, StopStringFilter
 from .models import admission_queue
 from .request import OutputGrammar, PersonaSettings, Request, Truncation, build_request
@@ -163,7 +164,10 @@ class DecodingProfile(Protocol):
 
     def check_model(self, model: Any) -> None: ...
 
-    def decoding_plan(self, stated: Sequence[Any] = ()) -> Any: ...
+    def decoding_plan(self, stated: Sequence[Any] = (), *, strength: float = 1.0) -> Any: ...
+
+    def score_answers(self, model: Any, prompt: Any, responses: Sequence[str],
+                      complete: bool | Sequence[bool] = True) -> list[float]: ...
 
 
 def start_run(
@@ -174,6 +178,8 @@ def start_run(
     personas: PersonaSettings,
     model_name: str,
     profile: DecodingProfile | None = None,
+    profile_decoding: str = "product",
+    best_of: int = 4,
     stop: Sequence[str] = (),
     truncation: Truncation = "error",
     template_kwargs: dict[str, Any] | None = None,
@@ -183,28 +189,44 @@ def start_run(
     max_concurrency: int | None = None,
     max_queue: int | None = None,
     user: str | None = None,
-) -> RequestRun:
+) -> RequestRun | BestOfRun:
     """One request from a chat model's settings to a :class:`RequestRun` (not started: iterate its text).
 
     A ``profile`` turns its learned poles (and the stated preferences) into weighted personas for
-    ``combine="product"``; then the request is built once (:func:`~.request.build_request`: prompts within the
+    ``combine="product"``, and its learned length weight into a bias on the end-of-turn token; then the request is built once (:func:`~.request.build_request`: prompts within the
     context, options resolved for ``model``, the grammar) and handed to a run with the caller's limits;
     ``user`` is the key the model's admission queue serves round-robin (``None``: the anonymous bucket).
+
+    ``profile_decoding="best_of_n"`` decodes ``best_of`` candidates instead and answers with the one the
+    profile's reward ranks first (:mod:`.best_of`: a :class:`~.best_of.BestOfRun`, read like a RequestRun).
     """
+    if profile_decoding not in ("product", "best_of_n"):
+        raise ProfileError(f"profile_decoding={profile_decoding!r}: pass 'product' or 'best_of_n'.")
+    if profile_decoding == "best_of_n" and profile is None:
+        raise ProfileError("profile_decoding='best_of_n' ranks answers by a preference profile's reward; pass a "
+                           "profile (or leave profile_decoding='product').")
+    build = {"model_name": model_name, "stop": stop, "truncation": truncation, "template_kwargs": template_kwargs,
+             "output": output}
+    limits = {"timeout": timeout, "cancelled": cancelled, "max_concurrency": max_concurrency,
+              "max_queue": max_queue, "user": user}
     plan = None
     if profile is not None:  # the profile's poles (and stated preferences) as weighted personas
         if options.weights is not None:
             raise ProfileError("Pass weights or a profile, not both: a profile sets the personas' weights.")
         profile.check_model(model)
-        plan = profile.decoding_plan(personas.preferences)
+        plan = profile.decoding_plan(personas.preferences, strength=options.guidance)
+        if profile_decoding == "best_of_n":
+            untimed = {k: v for k, v in limits.items() if k != "timeout"}
+            return start_best_of(model, conversation, profile=profile, plan=plan, best_of=best_of,
+                                 options=options, personas=personas, build=build, timeout=timeout,
+                                 make_run=lambda request: RequestRun(request, **untimed))
         personas = dataclasses.replace(personas, preferences=plan.preferences)
-        options = dataclasses.replace(options, combine="product", weights=tuple(plan.weights) or None)
-    request = build_request(model, conversation, options=options, personas=personas, model_name=model_name,
-                            stop=stop, truncation=truncation, template_kwargs=template_kwargs, output=output)
+        options = dataclasses.replace(options, combine="product", weights=tuple(plan.weights) or None,
+                                      eos_bias=plan.eos_bias)
+    request = build_request(model, conversation, options=options, personas=personas, **build)
     if plan is not None:
-        request = dataclasses.replace(request, profile=plan.metadata)
-    return RequestRun(request, timeout=timeout, cancelled=cancelled, max_concurrency=max_concurrency,
-                      max_queue=max_queue, user=user)
+        request = dataclasses.replace(request, profile={**plan.metadata, "rule": "product"})
+    return RequestRun(request, **limits)
 
 
 __all__ = ["DecodingProfile", "RequestRun", "start_run"]

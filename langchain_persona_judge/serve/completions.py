@@ -191,7 +191,8 @@ def start_run(
                 preferences=preferences, composition=_option(body, "composition"),
                 layout=_option(body, "preference_layout"), negative_preference=body.negative_preference,
             ),
-            model_name=model_name, profile=profile, stop=stop, truncation=_option(body, "truncation"),
+            model_name=model_name, profile=profile, profile_decoding=_option(body, "profile_decoding"),
+            best_of=_option(body, "best_of"), stop=stop, truncation=_option(body, "truncation"),
             template_kwargs=template_kwargs, output=None if output is None else output.output_grammar(), timeout=settings.timeout,
             cancelled=cancelled, max_concurrency=settings.max_concurrency, max_queue=settings.max_queue, user=user,
         )

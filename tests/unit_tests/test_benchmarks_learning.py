@@ -206,3 +206,52 @@ def test_cross_validated_l2_scores_are_leave_one_out_log_likelihoods():
         p = 1 / (1 + np.exp(-(d[k] @ fit_bradley_terry(d[keep], y[keep], l2=0.3).weights)))
         total += y[k] * np.log(p) + (1 - y[k]) * np.log(1 - p)
     assert scores["0.3"] == pytest.approx(total / 4)
+
+
+# -- repetitions with fresh prompts, and every decoding rule against plain and direct ------------------------------
+
+
+def test_each_repetition_draws_its_own_disjoint_splits():
+    prompts = [{"id": f"q{i:03d}", "prompt": f"question {i}"} for i in range(100)]
+    splits = learning.repetition_splits(prompts, 14, 30, 30, seed=0, repetitions=3)
+    assert len(splits) == 3
+    for one in splits:
+        ids = [p["id"] for key in ("learn", "held_out", "evaluate") for p in one[key]]
+        assert (len(one["learn"]), len(one["held_out"]), len(one["evaluate"])) == (14, 30, 30)
+        assert len(set(ids)) == 74  # disjoint within a repetition
+    evaluate = [{p["id"] for p in one["evaluate"]} for one in splits]
+    assert evaluate[0] != evaluate[1] and evaluate[1] != evaluate[2]  # drawn afresh
+    assert splits[0] == learning.split_prompts(prompts, 14, 30, 30, 0)  # repetition 0 is the old single split
+    with pytest.raises(SystemExit, match="the pool has 100"):
+        learning.split_prompts(prompts, 50, 30, 30, 0)
+
+
+def test_decoding_rules_are_compared_with_plain_and_direct_across_repetitions():
+    pytest.importorskip("emoji")
+    pytest.importorskip("textstat_rs")
+    long = ("Water the plant when the top of the soil feels dry, give it bright indirect light every day, and "
+            "feed it once a month in spring and summer so that it keeps growing strong and green.")
+    short = "Water it when the soil is dry, and give it light."
+    splits = [{"evaluate": [{"id": f"r{r}p{i}", "prompt": "How do I keep a plant alive?"} for i in range(2)]}
+              for r in range(2)]
+    ids = [p["id"] for one in splits for p in one["evaluate"]]
+    cache: dict = {"plain_eval": {i: long for i in ids}, "direct": {}, "decoded": {}}
+    for dims in learning.USER_TYPES:
+        name = "+".join(dims)
+        cache["direct"][name] = {i: {"text": long} for i in ids}  # the stated preference changed nothing
+        for r, one in enumerate(splits):
+            for rule in learning.DECODING_RULES:
+                # best-of-N answers short for the concise user; the product rule never does
+                text = short if (name == "concise" and rule == "best_of_n") else long
+                key = learning.decoded_key(name, 1.0, rule, r)
+                cache["decoded"][key] = {p["id"]: {"text": text} for p in one["evaluate"]}
+    figures = learning.decoding_figures(cache, splits)
+    best = figures["best_of_n"]["vs_plain"]["concise"]
+    assert (best["win_rate"], best["win"], best["prompts"]) == (1.0, 1.0, 4)  # both repetitions' prompts
+    assert figures["best_of_n"]["vs_direct"]["concise"]["win_rate"] == 1.0
+    assert figures["product"]["vs_plain"]["concise"]["tie"] == 1.0
+    assert figures["direct"]["vs_plain"]["all_user_types"]["win_rate"] == 0.5
+    pooled = figures["best_of_n"]["vs_plain"]["all_user_types"]
+    assert pooled["comparisons"] == 24 and pooled["win_rate"] == pytest.approx(round((4 * 1.0 + 20 * 0.5) / 24, 4))
+    assert learning.decoded_key("concise", 1.0) == "concise"  # the keys of earlier runs still read
+    assert learning.decoded_key("concise", 1.5, "best_of_n", 1) == "concise|best_of_n|rep=1|guidance=1.5"

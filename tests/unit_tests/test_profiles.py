@@ -633,3 +633,194 @@ def test_the_cli_reads_a_profile_flag(model: Any, tokenizer: Any, tmp_path: Path
     assert main(["Why?", "--profile", str(tmp_path / "missing.yaml")]) == 2
     assert "profile file not found" in capsys.readouterr().err
     assert main(["Why?", "--profile", str(path), "--combine", "product", "--weight", "1"]) == 2
+
+
+# -- whole-answer features: the answer's length --------------------------------------------------------------------
+
+
+def words_text(count: int) -> str:
+    return " ".join(f"w{i % 7}" for i in range(count))
+
+
+def test_the_length_feature_recovers_a_planted_weight_from_simulated_choices() -> None:
+    """A simulated user picks by ``σ(w · Δpersona + w_len · log2(words_a / words_b))`` (its definition written
+    here); fitted on the basis's own feature values, the length weight comes back."""
+    basis = resolve_basis(["concise", "informative"], features=["length"])
+    rng = np.random.default_rng(3)
+    planted = np.array([0.8, -0.4, -1.5])  # prefers answers half as long with odds e^1.5 : 1
+    n = 20000
+    counts = np.exp(rng.uniform(np.log(5), np.log(400), size=(n, 2))).astype(int)
+    personas = rng.normal(scale=0.5, size=(n, 2, 2))
+    true_utility = personas @ planted[:2] + planted[2] * np.log2(counts)
+    first_chosen = rng.random(n) < 1 / (1 + np.exp(-(true_utility[:, 0] - true_utility[:, 1])))
+    length = {int(c): basis.feature_values(words_text(int(c))) for c in np.unique(counts)}  # what the basis scores
+    rows = [[np.concatenate([personas[i, k], length[int(counts[i, k])]]) for k in (0, 1)] for i in range(n)]
+    differences = np.stack([a - b if chosen else b - a for (a, b), chosen in zip(rows, first_chosen)])
+    fit = fit_bradley_terry(differences, np.ones(n), l2=1e-3)
+    assert fit.converged
+    np.testing.assert_allclose(fit.weights, planted, atol=0.1)  # about 3 standard errors at 20,000 choices
+
+
+def test_a_basis_with_features_scores_them_after_the_personas(model: Any, tokenizer: Any,
+                                                              scorer: PersonaScorer) -> None:
+    with_length = PersonaScorer((model, tokenizer), BASIS, features=["length"])
+    assert len(with_length.basis) == len(BASIS) + 1 and with_length.basis.labels == (*BASIS, "length")
+    assert with_length.basis.identity != scorer.basis.identity  # another basis: profiles are not interchangeable
+    features = with_length.features(PROMPT, ANSWERS)
+    np.testing.assert_allclose(features[:, :3], scorer.features(PROMPT, ANSWERS), rtol=1e-9)
+    expected = [math.log2(len(a.split()) / 100) for a in ANSWERS]  # doublings from 100 words
+    np.testing.assert_allclose(features[:, 3], expected, rtol=1e-12)
+
+
+def test_learning_with_the_length_feature_shows_it_in_the_profile(model: Any, tokenizer: Any) -> None:
+    short, long = "Blue light scatters.", words_text(60)
+    comparisons = [(PROMPT, short, long), ("What is rain?", "Water falls.", words_text(45)),
+                   ("Why do cats purr?", "Contentment.", words_text(80))]
+    profile = learn_profile(comparisons, model=(model, tokenizer), basis=BASIS, features=["length"])
+    assert list(profile.weights) == [*BASIS, "length"] and profile.length_weight < 0
+    assert ("length", profile.length_weight) in profile.top(4)
+    assert {"dimension": "length", "poles": ("length", None), "score": profile.length_weight,
+            "feature": True} in profile.dimensions()
+    # The length term of the reward: w_len times the doublings between the two answers (3 and 60 words).
+    length_only = profile.with_weights([0.0, 0.0, 0.0, profile.length_weight])
+    assert length_only.reward(PROMPT, short) - length_only.reward(PROMPT, long) == pytest.approx(
+        profile.length_weight * math.log2(3 / 60))
+    # Decoding: the personas as before, the length weight as an end-of-turn bias of −γ·w (capped).
+    plan = profile.decoding_plan()
+    assert all(getattr(p, "name", None) != "length" for p in plan.preferences)
+    assert plan.eos_bias == pytest.approx(-profile.length_weight)
+    assert profile.decoding_plan(strength=2.0).eos_bias == pytest.approx(min(8.0, -2 * profile.length_weight))
+    assert plan.metadata["length"]["eos_bias"] == pytest.approx(round(plan.eos_bias, 4))
+    # Writing evidence leaves the length weight at 0; the texts are the personas' only.
+    written = learn_from_texts(["Short and sweet."], model=(model, tokenizer), basis=BASIS, features=["length"])
+    assert written.weights["length"] == 0.0 and len(written.vector) == 4
+
+
+def test_a_profile_with_features_round_trips_and_refuses_a_changed_basis(model: Any, tokenizer: Any,
+                                                                           tmp_path: Path) -> None:
+    profile = profile_from_description("x", model=(model, tokenizer), basis=BASIS, features=["length"]) \
+        .with_weights([0.5, -0.25, 0.125, -1.5]).with_description("Keep it short.")
+    for suffix in (".yaml", ".json"):
+        loaded = PreferenceProfile.load(profile.save(tmp_path / f"p{suffix}"))
+        assert loaded.weights == profile.weights and loaded.basis == profile.basis
+        assert loaded.to_dict() == profile.to_dict()
+    data = profile.to_dict()
+    assert data["basis"]["features"][0]["name"] == "length" and data["basis"]["features"][0]["weight"] == -1.5
+    assert resolve_basis(list(profile.weights)) == profile.basis  # what `learn --resume` and the chat app pass
+    # Learning more over the basis without the feature is refused (its weights mean something else).
+    with pytest.raises(ProfileError, match="another basis"):
+        learn_profile([(PROMPT, "a", "b")], model=(model, tokenizer), basis=BASIS, prior=profile)
+    # A feature with no weight, an unknown one, a non-finite or crafted weight, or one removed: each named.
+    cases = [
+        (lambda d: d["basis"]["features"][0].pop("weight"), "has no weight"),
+        (lambda d: d["basis"]["features"][0].update(name="politeness"), "unknown feature 'politeness'"),
+        (lambda d: d["basis"]["features"][0].update(weight=float("nan")), r"basis.features\[length\]"),
+        (lambda d: d["basis"]["features"][0].update(weight=1e9), "out of range"),
+        (lambda d: d["basis"]["features"][0].update(extra=1), "unknown keys"),
+        (lambda d: d["basis"].update(features="length"), "must be a list"),
+        (lambda d: d["basis"].pop("features"), "digest does not match"),
+    ]
+    for edit, message in cases:
+        broken = json.loads(json.dumps(data))
+        edit(broken)
+        with pytest.raises(ProfileError, match=message):
+            PreferenceProfile.from_dict(broken, source="p.json")
+
+
+def test_unknown_or_clashing_features_are_refused() -> None:
+    with pytest.raises(ProfileError, match=r"features \['politeness'\] are unknown"):
+        resolve_basis(["concise"], features=["politeness"])
+    with pytest.raises(ProfileError, match="pass a list of feature names"):
+        resolve_basis(["concise"], features="length")
+    with pytest.raises(ProfileError, match="repeat"):
+        resolve_basis(["concise"], features=["length", "length"])
+    with pytest.raises(ProfileError, match="whole-answer feature"):
+        resolve_basis(["concise"], features=["length"]).text("length")
+
+
+def test_the_eos_bias_shifts_every_rules_log_odds_of_stopping_by_exactly_itself() -> None:
+    """The bias goes on every row alike; whatever the rule combines them into (judge row, guidance, product with
+    or without a reference row), the combined distribution's log-odds of stopping move by exactly the bias."""
+    from langchain_persona_judge.decoding import combine
+    from langchain_persona_judge.decoding.acceptance import build_processors, process
+
+    torch.manual_seed(0)
+    vocab, eos, bias = 50, frozenset({3, 7}), 2.5
+    logits = torch.randn(4, vocab) * 3  # three personas, then the reference row
+    processed = process(logits, build_processors(None, None, bias, eos), [[1, 2]] * 4)
+
+    def stop_log_odds(scores: torch.Tensor) -> float:
+        logp = torch.log_softmax(scores.float(), dim=-1)
+        stop = torch.logsumexp(logp[[3, 7]], dim=0)
+        go = torch.log1p(-stop.exp())
+        return float(stop - go)
+
+    rules = [
+        lambda x: x[1],  # a judge's own distribution
+        lambda x: combine.guided(x[:1], x[3], 2.0)[0],
+        lambda x: combine.product(x[:3], torch.tensor([0.5, 0.3, 0.2])),
+        lambda x: combine.product(x[:3], torch.tensor([0.6, -0.3, 0.1]), x[3], 1.5),
+    ]
+    for rule in rules:
+        shift = stop_log_odds(rule(processed)) - stop_log_odds(rule(logits))
+        # the bias multiplies the odds of every stop token by e^bias; the odds of stopping at all follow
+        assert shift == pytest.approx(bias, abs=1e-4)
+
+
+# -- best-of-N: candidates ranked by the profile's reward --------------------------------------------------------
+
+
+def direct_reward(model: Any, tokenizer: Any, profile: PreferenceProfile, text: str, complete: bool) -> float:
+    """``w · φ`` of one answer to PROMPT written out: unbatched forwards with no cache, the mean log-ratio of each
+    persona's copy of the conversation against the plain one, then log2(words / 100) for the length."""
+    conversation = [{"role": "user", "content": PROMPT}]
+    response = tokenizer(text.strip(), add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    response += [tokenizer.eos_token_id] if complete else []
+    plain = direct_log_probs(model, conversation_ids(tokenizer, conversation, []), response)
+    reward = 0.0
+    for name, weight in profile.weights.items():
+        if name == "length":
+            reward += weight * math.log2(max(1, len(text.split())) / 100)
+        else:
+            persona = direct_log_probs(model, conversation_ids(tokenizer, conversation, [profile.basis.text(name)]),
+                                       response)
+            reward += weight * float((persona - plain).mean())
+    return reward
+
+
+def test_best_of_n_answers_with_the_rewards_argmax_among_its_candidates(model: Any, tokenizer: Any) -> None:
+    profile = profile_from_description("x", model=(model, tokenizer), basis=BASIS, features=["length"]) \
+        .with_weights([0.6, -0.3, 0.2, -0.5]).with_description(None)
+    llm = ChatPersonaJudge(hf_model=model, tokenizer=tokenizer, profile=profile, profile_decoding="best_of_n",
+                           best_of=5, temperature=1.0, top_p=None, seed=3, max_tokens=8)
+    answer = llm.invoke(PROMPT)
+    report = answer.response_metadata["profile"]
+    assert report["rule"] == "best_of_n"
+    candidates = report["candidates"]
+    # The profile's own product decode, the plain answer, then the poles it leans to (concise: +0.6 on concise,
+    # and −0.3 on informative leans there too; friendly); sampling starts the list over for the fifth.
+    assert [c["decoded_under"] for c in candidates] == ["profile", "plain", "concise", "friendly", "profile"]
+    texts = [c["text"] for c in candidates]
+    assert len({t.strip() for t in texts}) >= 3  # the candidates differ: the ranking has something to choose
+    expected = [direct_reward(model, tokenizer, profile, t, c["finish_reason"] == "stop") if t.strip()
+                else -math.inf for t, c in zip(texts, candidates)]
+    best = int(np.argmax(expected))
+    assert sorted(expected)[-1] - sorted(expected)[-2] > 1e-4  # a clear winner
+    assert report["chosen"] == best and answer.content == texts[best]
+    np.testing.assert_allclose([c["reward"] for c in candidates if c["reward"] is not None],
+                               [e for e in expected if e != -math.inf], atol=2e-4)
+    # Each candidate carried the profile's end-of-turn bias (length −0.5: +0.5).
+    assert report["length"] == {"learned_weight": -0.5, "eos_bias": 0.5}
+
+
+def test_best_of_n_greedy_stops_at_the_list_and_needs_a_profile(model: Any, tokenizer: Any) -> None:
+    profile = make_profile(model, tokenizer, [0.6, -0.3, 0.2])
+    answer = ChatPersonaJudge(hf_model=model, tokenizer=tokenizer, profile=profile, profile_decoding="best_of_n",
+                              best_of=16, temperature=0, max_tokens=4).invoke(PROMPT)
+    assert [c["decoded_under"] for c in answer.response_metadata["profile"]["candidates"]] == [
+        "profile", "plain", "concise", "friendly"]  # greedy would only repeat these
+    product = ChatPersonaJudge(hf_model=model, tokenizer=tokenizer, profile=profile, temperature=0, max_tokens=4)
+    assert product.invoke(PROMPT).response_metadata["profile"]["rule"] == "product"
+    with pytest.raises(ProfileError, match="best_of_n.*pass a profile"):
+        ChatPersonaJudge(hf_model=model, tokenizer=tokenizer, profile_decoding="best_of_n", max_tokens=3) \
+            .invoke(PROMPT)

@@ -160,9 +160,11 @@ class LlamaCppModel(ModelBackend):
 
     # -- contexts ----------------------------------------------------------------------------------------
 
-    def context(self, n_seqs: int, n_ctx: int) -> _Context:
-        """A fresh llama.cpp context holding ``n_seqs`` sequences of up to ``n_ctx`` positions in all."""
-        return _Context(self, n_seqs, n_ctx)
+    def context(self, n_seqs: int, n_ctx: int, *, unified: bool = True) -> _Context:
+        """A fresh llama.cpp context holding ``n_seqs`` sequences of up to ``n_ctx`` positions in all
+        (``unified=False``: each sequence its own ``n_ctx / n_seqs`` positions, and its tokens attend to those
+        alone rather than to the whole shared buffer: far cheaper for many long sequences)."""
+        return _Context(self, n_seqs, n_ctx, unified)
 
     def sequences(self, prompt_lengths: list[int], capacity: int, stats: DecodingStats) -> LlamaCppSequences:
         return LlamaCppSequences(self, prompt_lengths, capacity, stats)
@@ -192,7 +194,7 @@ class LlamaCppModel(ModelBackend):
 class _Context:
     """One llama.cpp context (KV cache for ``n_seqs`` sequences) and a reusable batch."""
 
-    def __init__(self, model: LlamaCppModel, n_seqs: int, n_ctx: int) -> None:
+    def __init__(self, model: LlamaCppModel, n_seqs: int, n_ctx: int, unified: bool = True) -> None:
         lib = model._lib
         self.lib, self.model = lib, model
         params = lib.llama_context_default_params()
@@ -203,7 +205,7 @@ class _Context:
         params.n_seq_max = max(1, int(n_seqs))
         params.n_threads = params.n_threads_batch = model.n_threads
         if hasattr(params, "kv_unified"):
-            params.kv_unified = True
+            params.kv_unified = unified
         if hasattr(params, "no_perf"):
             params.no_perf = True
         self.n_ctx, self.n_batch = n_ctx, params.n_batch
