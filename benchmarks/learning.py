@@ -5,9 +5,10 @@
     .venv/bin/python -m benchmarks.learning --reanalyse             # the figures again from the cached texts
 
 Run it from the repository root, as a module (PERSONA_JUDGE_SHARED=/work/shared from a worktree). Results:
-benchmarks/results/learning.json (through benchmarks.common.write_results: provenance included); the candidate
-answers, their features and every decoded answer are cached in benchmarks/results/learning_candidates.json (a
-rerun with the same settings reuses them; --fresh starts over).
+benchmarks/results/learning_fresh.json (through benchmarks.common.write_results: provenance included); the
+candidate answers, their features and every decoded answer are cached in
+benchmarks/results/learning_fresh_candidates.json (a rerun with the same settings reuses them and goes on where
+it stopped; --fresh starts over). learning.json is the first version's results (README "Learn my preferences").
 
 0. **Prompts, fresh for each user**: every simulated user draws their own learning prompts (from all of
    ../shared/bench/prompts.jsonl), held-out prompts and evaluation prompts (disjoint, from the prompts *no earlier
@@ -82,7 +83,10 @@ CHECKPOINTS = (5, 10, 20)
 DECODE_AFTER = 10
 """The profile that decodes is the one after this many choices (or after every choice of a shorter run)."""
 SAMPLING = LEARNING_SAMPLING
-CACHE = RESULTS / "learning_candidates.json"
+CACHE = RESULTS / "learning_fresh_candidates.json"
+OUT = RESULTS / "learning_fresh.json"
+"""This version's results. learning.json and learning_candidates.json are the first version's (26 shared prompts,
+80-token candidates; README "Learn my preferences" quotes them): left as they are."""
 L2_SWEEP = (0.03, 0.1, 0.3, 1.0)
 """Other L2 strengths the simulation is rerun with (the figures after 10 choices): how much the default matters."""
 L2_NOTE = ("While asking, the learner fits with the package default L2 (langchain_persona_judge.profiles.L2 = 0.1; "
@@ -678,7 +682,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cost-only", action="store_true",
                         help="measure only the cost per choice (stage 6) and update it in the results file")
     parser.add_argument("--cache", type=Path, default=None, help=f"default {CACHE}")
-    parser.add_argument("--out", type=Path, default=None, help="default benchmarks/results/learning.json")
+    parser.add_argument("--out", type=Path, default=None, help=f"default {OUT}")
     args = parser.parse_args(argv)
     if args.quick:
         args.learn_prompts, args.held_out_prompts, args.eval_prompts = 1, 1, 1
@@ -702,8 +706,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     l2 = L2 if args.l2 is None else args.l2
     quick = "_quick" if args.quick else ""
-    cache_path = args.cache or CACHE.with_name(f"learning_candidates{quick}.json")
-    out_path = args.out or RESULTS / f"learning{quick}.json"
+    cache_path = args.cache or CACHE.with_name(f"{CACHE.stem}{quick}.json")
+    out_path = args.out or OUT.with_name(f"{OUT.stem}{quick}.json")
     shared = shared_dir(args.shared)
     prompts = prompt_pool(shared, args.quick)
     by_id = {p["id"]: p for p in prompts}
