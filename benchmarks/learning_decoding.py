@@ -10,7 +10,8 @@ alone) answers that user's own evaluation prompts, drawn fresh for the user, und
 ``best_of_N+length@γ``   PReF's best-of-N: N candidates (the product, the plain answer, the profile's poles) ranked
                          by the profile's reward ``w · φ`` (length included)
 
-Beside them, per prompt: the plain answer (no preference; one per prompt, shared by every user) and, per user type
+Beside them, per prompt: the plain answer (no preference; one per prompt, shared by every user; and once more with
+another seed, the A/A control, whose win rate against the first must hold one half) and, per user type
 and prompt, the direct answer (the user's preference texts, the Personalized Soups wordings, as the system prompt:
 what a user who wrote the preference down would get). An outcome is the user's own noise-free judgment: the mean
 over the user's dimensions of the per-dimension outcome (1, 0.5 or 0; benchmarks/metrics.py's margins and guards).
@@ -59,6 +60,8 @@ class Option:
         return cls("best_of_n" if match.group(2) else "product", bool(match.group(3)), float(match.group(4)), best_of)
 
 
+AA_SEED = 100_000
+"""The A/A control's plain answers use seeds this far from the others'."""
 DEFAULT_OPTIONS = ("product@1", "product@2", "product@4", "product+length@1", "product+length@2",
                    "product+length@4", "best_of_4+length@1")
 QUICK_OPTIONS = ("product@2", "product+length@2", "best_of_2+length@1")
@@ -101,6 +104,7 @@ def decode_all(records: list[dict[str, Any]], prompts: dict[str, str], options: 
 
     order = {pid: i for i, pid in enumerate(sorted(prompts))}
     plain, direct = cache.setdefault("plain_eval", {}), cache.setdefault("direct", {})
+    again = cache.setdefault("plain_again", {})
     llm = chat()
     for record in records:
         name = "+".join(record["dims"])
@@ -108,6 +112,9 @@ def decode_all(records: list[dict[str, Any]], prompts: dict[str, str], options: 
         for pid in record["splits"]["evaluate"]:
             if pid not in plain:
                 plain[pid] = answer(llm, prompts[pid], seed + order[pid])
+                save()
+            if pid not in again:  # the A/A control: the plain answer again, another seed
+                again[pid] = answer(llm, prompts[pid], seed + AA_SEED + order[pid])
                 save()
             if pid not in direct.setdefault(name, {}):
                 direct[name][pid] = answer(llm, [("system", system), ("human", prompts[pid])], seed + order[pid])
@@ -147,12 +154,14 @@ def matrices(records: list[dict[str, Any]], prompts: dict[str, str], cache: dict
     """(users × ``columns``) matrices, NaN where a user did not decode a prompt: per option, the outcome against
     the plain answer (``vs_plain``) and against the user type's direct answer (``vs_direct``), and the option's
     words; under ``"direct"``, the direct answer against the plain one and its words; under ``"plain"``, the
-    plain answer's words."""
+    plain answer's words; under ``"aa"``, the plain answer with another seed against the plain answer (the A/A
+    control: its CI must hold one half)."""
     where = {pid: c for c, pid in enumerate(columns)}
     shape = (len(records), len(columns))
     out = {name: {k: np.full(shape, np.nan) for k in ("vs_plain", "vs_direct", "words")} for name in options}
     out["direct"] = {k: np.full(shape, np.nan) for k in ("vs_plain", "words")}
     out["plain"] = {"words": np.full(shape, np.nan)}
+    out["aa"] = {"vs_plain": np.full(shape, np.nan)}
     for row, record in enumerate(records):
         dims, name = record["dims"], "+".join(record["dims"])
         decoded = cache.get("decoded", {}).get(user_key(record), {})
@@ -165,6 +174,9 @@ def matrices(records: list[dict[str, Any]], prompts: dict[str, str], cache: dict
             out["plain"]["words"][row, column] = plain["words"]
             out["direct"]["words"][row, column] = direct["words"]
             out["direct"]["vs_plain"][row, column] = pair_outcome(direct["text"], plain["text"], question, dims)
+            again = cache.get("plain_again", {}).get(pid)
+            if again is not None:
+                out["aa"]["vs_plain"][row, column] = pair_outcome(again["text"], plain["text"], question, dims)
             for option in options:
                 mine = decoded.get(pid, {}).get(option)
                 if mine is None:
@@ -202,6 +214,7 @@ def decoding_figures(records: list[dict[str, Any]], prompts: dict[str, str], cac
     direct = table["direct"]
     out["direct_vs_plain"] = {**win_summary(direct["vs_plain"], n_boot), "by_user_type": by_type(direct["vs_plain"]),
                               "concise_median_shortening": shortening(direct["words"])}
+    out["aa_control"] = win_summary(table["aa"]["vs_plain"], n_boot)
     out["options"] = {}
     for option in options:
         mine = table[option]
@@ -225,6 +238,10 @@ def print_figures(figures: dict[str, Any]) -> None:
           "evaluation prompts (win rate, draws half, 95% CI over users and prompts; strict wins/losses)")
     direct = figures["direct_vs_plain"]
     rows = [("direct prompt", direct, None, direct["concise_median_shortening"])]
+    aa = figures["aa_control"]
+    if aa["comparisons"]:
+        low, high = aa["ci95"]
+        print(f"  {'A/A (plain, new seed)':22s} vs plain {aa['win_rate']:.2f} [{low:.2f}, {high:.2f}]")
     rows += [(name, v["vs_plain"], v["vs_direct"], v["concise_median_shortening"])
              for name, v in figures["options"].items()]
     for name, plain, direct, short in rows:

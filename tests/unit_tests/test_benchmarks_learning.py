@@ -286,6 +286,7 @@ def test_decoding_figures_on_planted_answers():
     records = [{"dims": ["concise"], "seed": 1, "splits": {"evaluate": ["p0", "p1"]}},
                {"dims": ["simple"], "seed": 2, "splits": {"evaluate": ["p1", "p2"]}}]
     cache = {"plain_eval": {pid: said(LONG) for pid in prompts},
+             "plain_again": {"p0": said(SHORT), "p1": said(LONG)},  # p2's A/A answer is missing
              "direct": {name: {pid: said(LONG) for pid in prompts} for name in ("concise", "simple")},
              # the concise user's profile answers short (a strict win on word count, against plain and direct);
              # the simple user's answers the plain text (a draw)
@@ -306,3 +307,7 @@ def test_decoding_figures_on_planted_answers():
     assert option["done_when"]["strict_wins_at_least_twice_losses"]  # two strict wins, no strict loss
     assert out["direct_vs_plain"]["win_rate"] == 0.5 and out["direct_vs_plain"]["tie"] == 1.0
     assert option["ended_by_itself"] == 1.0
+    # A/A: the concise user on p0 (short against long: a win), p1 for both users (the same text: draws)
+    aa = out["aa_control"]
+    assert (aa["comparisons"], aa["strict_wins"], aa["strict_losses"]) == (3, 1, 0)
+    assert aa["win_rate"] == pytest.approx(round((1 + 0.5 + 0.5) / 3, 4))
