@@ -1,54 +1,45 @@
-"""Learning a user's preferences from a few choices: simulated users, PReF's active questions against random ones,
-and every way of decoding with the learned profile against the plain answer and against the direct prompt.
+"""Learning a user's preferences from a few choices, and decoding with what was learned: simulated users.
 
-    nice -n 10 .venv/bin/python -m benchmarks.learning              # the default run (hours on 2 cores)
-    .venv/bin/python -m benchmarks.learning --quick                 # a smoke test (2 prompts per split)
+    nice -n 10 .venv/bin/python -m benchmarks.learning              # the full run (hours on 2 cores: see README)
+    .venv/bin/python -m benchmarks.learning --quick                 # a smoke test of every stage (3 prompts)
     .venv/bin/python -m benchmarks.learning --reanalyse             # the figures again from the cached texts
-    .venv/bin/python -m benchmarks.learning --guidance 1.5 --out benchmarks/results/learning_guidance.json
 
-Run it from the repository root, as a module. Results: benchmarks/results/learning.json; the candidate answers,
-their features and the decoded answers are cached in benchmarks/results/learning_candidates.json (a rerun with the
-same settings reuses them; --fresh starts over).
+Run it from the repository root, as a module (PERSONA_JUDGE_SHARED=/work/shared from a worktree). Results:
+benchmarks/results/learning_fresh.json (through benchmarks.common.write_results: provenance included); the
+candidate answers, their features and every decoded answer are cached in
+benchmarks/results/learning_fresh_candidates.json (a rerun with the same settings reuses them and goes on where
+it stopped; --fresh starts over). learning.json is the first version's results (README "Learn my preferences").
 
-0. **Repetitions**: each of --repetitions draws its own disjoint learning, held-out and evaluation prompts from
-   ../shared/bench/prompts.jsonl (seeded; ≥ 30 held-out and 30 evaluation prompts by default), so no figure rests
-   on one small prompt sample; CIs resample the prompts of every repetition (clustered by prompt).
-1. **Candidates** (generated once per prompt, cached by prompt id): one plain answer and answers decoded under
-   basis poles (a contrasting pair of one dimension, cycling through the dimensions, and one more pole), sampled
-   (temperature 0.7, top-p 0.95, repetition penalty 1.2) up to --max-tokens (200: nearly all end by themselves,
-   so length differs between them as it does in real answers).
-2. **Features**: φ of every candidate over the built-in basis (20 personas) and the length feature (``--no-length``
-   leaves it out), one batched pass per answer (``PersonaScorer``); the time and token positions it took give the
-   scoring cost.
-3. **Simulated users**: a hidden preference on one or two of the shared benchmark's measurable dimensions
-   (simple = Flesch reading ease, concise = word count, friendly = informality rate; metrics, margins and guards
-   from benchmarks/metrics.py). A user compares two answers on each of their dimensions (``metrics.compare``: a
-   margin, guards) and prefers the one that wins on average ("no preference" on a draw), then flips a strict
-   choice with probability --noise (10%). Each user answers --questions questions asked by a
-   ``PreferenceLearner`` over the learning prompts' candidates, once with PReF's rule (active) and once with
-   random questions, from the same seed.
-4. **Figures** after 5, 10 and 20 choices: how often the strongest weight leans to the user's pole (top-1; for
-   two-dimension users also both of the two strongest dimensions); held-out pairwise accuracy and ROC AUC (the
-   held-out prompts' candidate pairs on which the noise-free user has a strict preference, scored by
-   ``w · (φ(a) − φ(b))``). 95% bootstrap CIs: every user is scored on the same held-out prompts, so the
-   held-out figures resample users and prompts (two-way; ``benchmarks/learning_stats.py``); the top-pole shares
-   resample users (they are conditional on the learning prompts).
-   And PReF's own use of the reward, best-of-N: of each held-out prompt's candidates (the plain answer and three
-   persona-decoded ones) the one ``w · φ`` ranks first, against the plain answer on the user's dimensions.
-5. **Decoding with the profile**: for each repetition and user type, the first user's 10-choice active profile,
-   refitted with the L2 strength chosen by leave-one-out on that user's own ten choices (never on the benchmark's
-   prompts), decodes each evaluation prompt of its repetition with every ``profile_decoding`` rule (``product``:
-   the weighted product; ``best_of_n``: PReF's best-of-N ranked by the profile's reward), the same sampling. Each
-   is compared on the user's own dimensions (win = the mean per-dimension outcome) against the plain answer and
-   against the direct prompt (the user's preference written into the prompt, ``composition="all"``), and the
-   direct prompt against the plain answer: win rates with draws as half, the strict win, draw and loss shares, and
-   a 95% bootstrap CI over the evaluation prompts of every repetition (every user type's outcome on a drawn prompt
-   counts). ``--guidance γ`` decodes with guidance on top of the profile (cached apart; use ``--out`` for its
-   figures).
-6. **Cost per choice**: scoring two ~100-token answers to a new question over the 20-persona basis, timed on
-   this CPU with one torch thread and with every core: on a fresh scorer (cold: it also reads each persona's
-   system turn) and on one that has scored a question before (warm: every later question of a learning
-   session). ``--cost-only`` measures just this and updates it in the results file.
+0. **Prompts, fresh for each user**: every simulated user draws their own learning prompts (from all of
+   ../shared/bench/prompts.jsonl), held-out prompts and evaluation prompts (disjoint, from the prompts *no earlier
+   learning run looked at*: :data:`USED_BEFORE`, the 26 prompts of the first version of this benchmark, on which
+   the package's L2 default and the decoding defaults were tuned, are never held out or evaluated on). So the
+   held-out and evaluation prompts number in the dozens across users, and every CI resamples users *and* prompts.
+1. **Candidates** (generated once per prompt, cached): one plain answer and answers decoded under basis poles (a
+   contrasting pair of one dimension, cycling, and one more pole), sampled (temperature 0.7, top-p 0.95,
+   repetition penalty 1.2) until they end by themselves (end of turn) or reach --max-tokens (200); only
+   candidates that ended by themselves are asked about or scored (the share is reported).
+2. **Features**: φ of every candidate over the built-in basis (20 personas) *and the length feature*, one batched
+   pass per answer (``PersonaScorer(features=["length"])``).
+3. **Simulated users** (--users-per-type × 6 types, default 54): a hidden preference on one or two of the
+   measurable dimensions (simple = Flesch reading ease, concise = word count, friendly = informality rate; margins
+   and guards from benchmarks/metrics.py). A user prefers the answer that wins on average over their dimensions
+   ("no preference" on a draw) and flips a strict choice with probability --noise (10%). Each user answers
+   --questions questions asked by a ``PreferenceLearner`` over their learning prompts' candidates, once with PReF's
+   rule (active) and once with random questions, from the same seed. After each checkpoint the weights are also
+   refitted with the L2 strength chosen by leave-one-out on the user's own choices (:func:`cross_validated_l2`;
+   no benchmark prompt is read).
+4. **Figures** after 5, 10 and 20 choices: top pole, held-out pairwise accuracy and ROC AUC (the user's held-out
+   prompts' candidate pairs with a strict noise-free preference), best-of-N among the cached candidates; CIs
+   two-way over users and held-out prompts (``benchmarks/learning_stats.py``).
+5. **Decoding with the profile** (``benchmarks/learning_decoding.py``): each user's active profile after 10
+   choices, its L2 chosen by cross-validation, answers the user's evaluation prompts under every --options
+   (weighted product at guidance γ, with and without the length feature, best-of-N), against the plain answer
+   and against the direct prompt stating the user's preference; win rates with draws as half beside strict wins
+   and losses, CIs two-way over users and prompts, the median-word shortening for short-answer users, and which
+   of issue 25's bars each option meets.
+6. **Cost per choice**: scoring two ~100-token answers to a new question over the 20-persona basis, cold and warm,
+   one torch thread and every core. ``--cost-only`` measures just this.
 """
 
 from __future__ import annotations
@@ -66,8 +57,9 @@ import numpy as np
 import torch
 
 from benchmarks.common import LEARNING_SAMPLING, RESULTS, machine_info, shared_dir, write_results
-from benchmarks.learning_stats import (UserScores, clustered_win_rate, matrix_mean, mean_over_users,
-                                       paired_difference, roc_auc)
+from benchmarks.learning_decoding import (DEFAULT_OPTIONS, QUICK_OPTIONS, Option, decode_all, decoding_figures,
+                                         print_figures)
+from benchmarks.learning_stats import UserScores, matrix_mean, mean_over_users, paired_difference, roc_auc
 from benchmarks.metrics import DIMENSIONS, compare, guard_failures
 from langchain_persona_judge.profiles import ModelIdentity
 
@@ -80,30 +72,36 @@ LENIENT_POLES: dict[str, set[str]] = {
     "simple": {"elementary"}, "concise": {"concise"}, "friendly": {"friendly", "casual", "humor", "enthusiastic"},
 }
 """Poles whose texts also ask for what the metric counts (informality: casual, humorous, enthusiastic)."""
+USED_BEFORE = frozenset(
+    "q082 q036 q020 q005 q093 q016 q094 q052 q072 q090 q083 q013 q081 q037 "  # its learning prompts
+    "q011 q010 q075 q008 q027 q009 "  # held-out
+    "q097 q023 q022 q019 q050 q098".split())  # evaluation
+"""The prompts of the first version of this benchmark (seed 0: 14 learning, 6 held-out, 6 evaluation; its
+results are in git history), on which the package's L2 default and the profile-decoding choices were looked at:
+never held out or evaluated on here (they may still be learning prompts: a user's choices are what is learned)."""
 CHECKPOINTS = (5, 10, 20)
-DECODING_RULES = ("product", "best_of_n")
-"""The ``profile_decoding`` rules decoded side by side."""
-BASELINES = ("plain", "direct")
-"""What each rule is compared with: the plain answer, and the preference written into the prompt."""
 DECODE_AFTER = 10
 """The profile that decodes is the one after this many choices (or after every choice of a shorter run)."""
 SAMPLING = LEARNING_SAMPLING
-CACHE = RESULTS / "learning_candidates.json"
+CACHE = RESULTS / "learning_fresh_candidates.json"
+OUT = RESULTS / "learning_fresh.json"
+"""This version's results. learning.json and learning_candidates.json are the first version's (26 shared prompts,
+80-token candidates; README "Learn my preferences" quotes them): left as they are."""
 L2_SWEEP = (0.03, 0.1, 0.3, 1.0)
 """Other L2 strengths the simulation is rerun with (the figures after 10 choices): how much the default matters."""
-L2_NOTE = ("The fit's L2 strength is the package default (langchain_persona_judge.profiles.L2 = 0.1), which was "
-           "chosen while looking at this benchmark's own prompt pool (its learning and held-out prompts), not by "
-           "cross-validation on a user's own choices: the held-out figures at that value are optimistic. "
-           "l2_sensitivity_after_10 gives them at the other values of L2_SWEEP, and "
-           "learning.l2_by_cross_validation with each user's L2 chosen from L2_SWEEP by leave-one-out on that "
-           "user's own choices (the questions asked stay those of the default L2). The profiles that decode (stage 5) "
-           "use that cross-validated L2: no figure of decoding depends on an L2 tuned on the benchmark's prompts.")
-STATISTICS_NOTE = ("CIs are 95% percentile bootstraps. held_out_accuracy, held_out_auc, best_of_n_vs_plain and "
-                   "auc_active_minus_random resample users and the held-out prompts of every repetition (two-way: "
-                   "every user of a repetition is scored on that repetition's held-out prompts); top-pole shares "
-                   "resample users only (they depend on the learning prompts, conditioned on); decoding win rates "
-                   "resample the evaluation prompts of every repetition (every user type decodes them). win/tie/loss are strict shares (outcome 1, 0.5, 0); partial: a "
-                   "two-dimension user's split outcome (0.75 or 0.25); win_rate counts a draw as half.")
+L2_NOTE = ("While asking, the learner fits with the package default L2 (langchain_persona_judge.profiles.L2 = 0.1; "
+           "it was chosen while looking at the first version of this benchmark, whose prompts are never held "
+           "out or evaluated on here). The profiles that decode use each user's L2 chosen from L2_SWEEP by "
+           "leave-one-out on that user's own choices alone (decoding.l2 in each user's record); "
+           "learning.l2_by_cross_validation gives the held-out figures with it, l2_sensitivity_after_10 with the "
+           "learner's L2 at the other values of L2_SWEEP.")
+STATISTICS_NOTE = ("CIs are 95% percentile bootstraps. Every user draws their own held-out and evaluation prompts "
+                   "(fresh: none of USED_BEFORE), so a prompt is seen by several users and a user sees several "
+                   "prompts: held_out_accuracy, held_out_auc, best_of_n_vs_plain, auc_active_minus_random and every "
+                   "decoding win rate resample users and prompts (two-way, clustered by prompt); top-pole shares "
+                   "resample users only. win/tie/loss are strict shares (outcome 1, 0.5, 0); partial: a "
+                   "two-dimension user's split outcome (0.75 or 0.25); win_rate counts a draw as half; "
+                   "strict_wins/strict_losses are counts, wins_per_loss their ratio.")
 
 
 # -- inputs -----------------------------------------------------------------------------------------------
@@ -114,21 +112,32 @@ def load_prompts(shared: Path) -> list[dict[str, str]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def split_prompts(prompts: list[dict[str, str]], learn: int, held_out: int, evaluate: int,
-                  seed: int) -> dict[str, list[dict[str, str]]]:
-    """Disjoint prompt sets, drawn at random with ``seed``: learning pool, held-out pairs, decoding evaluation."""
-    if learn + held_out + evaluate > len(prompts):
-        raise SystemExit(f"{learn} + {held_out} + {evaluate} prompts asked for, but the pool has {len(prompts)}.")
-    order = np.random.default_rng(seed).permutation(len(prompts))
-    picked = [prompts[i] for i in order[: learn + held_out + evaluate]]
-    return {"learn": picked[:learn], "held_out": picked[learn:learn + held_out],
-            "evaluate": picked[learn + held_out:learn + held_out + evaluate]}
+def load_texts(shared: Path) -> dict[str, str]:
+    """The measurable dimensions' preference texts (Personalized Soups wordings): what the direct prompt says."""
+    path = shared / "reference" / "preferences.json"
+    if not path.is_file():
+        raise SystemExit(f"{path} is missing: the preference texts (Personalized Soups wordings) live there.")
+    psoups = json.loads(path.read_text(encoding="utf-8"))["psoups"]
+    return {name: psoups[DIMENSIONS[name].psoups] for name in POLES}
 
 
-def repetition_splits(prompts: list[dict[str, str]], learn: int, held_out: int, evaluate: int, seed: int,
-                      repetitions: int) -> list[dict[str, list[dict[str, str]]]]:
-    """One :func:`split_prompts` per repetition, each drawn afresh (seed ``seed * 1000 + r``)."""
-    return [split_prompts(prompts, learn, held_out, evaluate, seed * 1000 + r) for r in range(repetitions)]
+def user_splits(prompts: list[dict[str, str]], users: int, learn: int, held_out: int, evaluate: int,
+                seed: int) -> list[dict[str, list[str]]]:
+    """Each user's prompt ids, drawn fresh for the user (``numpy`` generator seeded ``[seed, user]``): learning
+    prompts from every prompt, then held-out and evaluation prompts (disjoint) from the fresh ones (not in
+    :data:`USED_BEFORE`) that the user does not learn from."""
+    fresh = [p["id"] for p in prompts if p["id"] not in USED_BEFORE]
+    if held_out + evaluate > len(fresh) - learn:
+        raise SystemExit(f"{held_out} held-out and {evaluate} evaluation prompts per user do not fit in the "
+                         f"{len(fresh)} fresh prompts; ask for fewer.")
+    out = []
+    for user in range(users):
+        rng = np.random.default_rng([seed, user])
+        taught = [prompts[i]["id"] for i in rng.permutation(len(prompts))[:learn]]
+        rest = [pid for pid in fresh if pid not in taught]
+        order = [rest[i] for i in rng.permutation(len(rest))]
+        out.append({"learn": taught, "held_out": order[:held_out], "evaluate": order[held_out:held_out + evaluate]})
+    return out
 
 
 def candidate_personas(index: int, pairs: list[tuple[str, str, str]], rng: np.random.Generator) -> list[str | None]:
@@ -158,15 +167,11 @@ def save_cache(path: Path, cache: dict[str, Any]) -> None:
 
 
 def make_candidates(learner: Any, prompts: list[dict[str, str]], cache: dict[str, Any], path: Path,
-                    seed: int, numbers: dict[str, int] | None = None) -> None:
-    """Candidates of each prompt (``numbers``: each prompt's place in the whole pool, which picks its poles and
-    seeds it, so a prompt has the same candidates whichever split it lands in; default: its place in
-    ``prompts``)."""
+                    seed: int) -> None:
     pairs = learner.basis.pairs()
-    for position, prompt in enumerate(prompts):
+    for index, prompt in enumerate(prompts):
         if prompt["id"] in cache["candidates"]:
             continue
-        index = position if numbers is None else numbers[prompt["id"]]
         rng = np.random.default_rng([seed, index])
         personas = candidate_personas(index, pairs, rng)
         started = time.perf_counter()
@@ -179,13 +184,17 @@ def make_candidates(learner: Any, prompts: list[dict[str, str]], cache: dict[str
 
 
 def score_candidates(scorer: Any, prompts: list[dict[str, str]], cache: dict[str, Any], path: Path,
-                     max_tokens: int) -> None:
+                     max_tokens: int, complete_only: bool = True) -> None:
     key = scorer.basis.identity
     table = cache["features"].setdefault(key, {})
     for prompt in prompts:
         if "complete" in table.get(prompt["id"], {}):
             continue
-        texts, complete = usable(cache["candidates"][prompt["id"]], scorer, max_tokens)
+        texts, complete = usable(cache["candidates"][prompt["id"]], scorer, max_tokens, complete_only)
+        if not texts:
+            table[prompt["id"]] = {"texts": [], "complete": [], "features": [], "seconds": 0.0, "positions": 0,
+                                   "forwards": 0, "response_tokens": []}
+            continue
         forwards, positions = scorer.forwards, scorer.positions
         started = time.perf_counter()
         features = scorer.features(prompt["prompt"], texts, complete)
@@ -198,14 +207,17 @@ def score_candidates(scorer: Any, prompts: list[dict[str, str]], cache: dict[str
         save_cache(path, cache)
 
 
-def usable(candidates: list[dict[str, Any]], scorer: Any, max_tokens: int) -> tuple[list[str], list[bool]]:
-    """Distinct, non-empty texts (in order), and whether each ended by itself. Candidates cached before the
-    finish reason was recorded: complete when they are shorter than the token limit."""
+def usable(candidates: list[dict[str, Any]], scorer: Any, max_tokens: int, complete_only: bool = False
+           ) -> tuple[list[str], list[bool]]:
+    """Distinct, non-empty texts (in order), and whether each ended by itself (``complete_only``: only those).
+    Candidates cached before the finish reason was recorded: complete when shorter than the token limit."""
     seen: dict[str, bool] = {}
     for c in candidates:
         if c["text"].strip() and c["text"] not in seen:
             done = c.get("complete")
             seen[c["text"]] = done if done is not None else len(scorer.response_ids(c["text"], False)) < max_tokens - 1
+    if complete_only:
+        seen = {t: True for t, done in seen.items() if done}
     return list(seen), list(seen.values())
 
 
@@ -254,10 +266,12 @@ def held_out_pairs(features: dict[str, Any], metrics: dict[str, Any], prompts: l
 
 
 def held_out_pairs_by_prompt(features: dict[str, Any], metrics: dict[str, Any], prompts: list[dict[str, str]],
-                             dims: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`held_out_pairs`, and the index (in ``prompts``) of the prompt each pair answers."""
+                             dims: tuple[str, ...], index: dict[str, int] | None = None
+                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`held_out_pairs`, and the index of the prompt each pair answers (in ``prompts``, or ``index[id]``)."""
     rows, labels, tags = [], [], []
-    for number, prompt in enumerate(prompts):
+    for position, prompt in enumerate(prompts):
+        number = position if index is None else index[prompt["id"]]
         entry = features[prompt["id"]]
         phi = np.asarray(entry["features"])
         scores = metrics[prompt["prompt"]]["scores"]
@@ -272,19 +286,21 @@ def held_out_pairs_by_prompt(features: dict[str, Any], metrics: dict[str, Any], 
 
 
 def best_of_n_sets(cache: dict[str, Any], table: dict[str, Any], metrics: dict[str, Any],
-                   prompts: list[dict[str, str]]) -> list[tuple[np.ndarray, Any, int]]:
-    """Per held-out prompt: its candidates' features, their metric scores, and which one is the plain answer."""
+                   prompts: list[dict[str, str]], index: dict[str, int] | None = None
+                   ) -> list[tuple[np.ndarray, Any, int, int]]:
+    """Per held-out prompt: its candidates' features, their metric scores, which one is the plain answer, and the
+    prompt's index (in ``prompts``, or ``index[id]``)."""
     out = []
-    for prompt in prompts:
+    for position, prompt in enumerate(prompts):
         entry = table[prompt["id"]]
         plain = [c["text"] for c in cache["candidates"][prompt["id"]] if c["persona"] is None]
         if plain and plain[0] in entry["texts"]:
             out.append((np.asarray(entry["features"]), metrics[prompt["prompt"]]["scores"],
-                        entry["texts"].index(plain[0])))
+                        entry["texts"].index(plain[0]), position if index is None else index[prompt["id"]]))
     return out
 
 
-def best_of_n(weights: np.ndarray, dims: tuple[str, ...], sets: list[tuple[np.ndarray, Any, int]]) -> float:
+def best_of_n(weights: np.ndarray, dims: tuple[str, ...], sets: list[tuple[np.ndarray, Any, int, int]]) -> float:
     """PReF's use of a learned reward: of each held-out prompt's candidates (the plain answer among them), take
     the one ``w · φ`` ranks first; its mean outcome against the plain answer on the user's dimensions (a pick of
     the plain answer itself is a draw)."""
@@ -293,15 +309,15 @@ def best_of_n(weights: np.ndarray, dims: tuple[str, ...], sets: list[tuple[np.nd
     return float(np.mean(best_of_n_outcomes(weights, dims, sets)))
 
 
-def best_of_n_outcomes(weights: np.ndarray, dims: tuple[str, ...], sets: list[tuple[np.ndarray, Any, int]]
+def best_of_n_outcomes(weights: np.ndarray, dims: tuple[str, ...], sets: list[tuple[np.ndarray, Any, int, int]]
                        ) -> list[float]:
     """:func:`best_of_n`'s outcome on each prompt of ``sets`` (1 win, 0.5 draw, 0 loss)."""
-    return [outcome(scores, dims, int(np.argmax(phi @ weights)), plain) for phi, scores, plain in sets]
+    return [outcome(scores, dims, int(np.argmax(phi @ weights)), plain) for phi, scores, plain, _ in sets]
 
 
 def evaluate_profile(profile: Any, dims: tuple[str, ...], pairs: tuple[np.ndarray, np.ndarray],
                      full_fit_pole: str | None = None,
-                     sets: list[tuple[np.ndarray, Any, int]] | None = None) -> dict[str, Any]:
+                     sets: list[tuple[np.ndarray, Any, int, int]] | None = None) -> dict[str, Any]:
     weights = profile.vector
     top = profile.top(2)
     leaning = [profile.pole_of(n, w) for n, w in top]
@@ -330,13 +346,13 @@ def evaluate_profile(profile: Any, dims: tuple[str, ...], pairs: tuple[np.ndarra
     }
 
 
-def full_fit_pole(scorer: Any, table: dict[str, Any], metrics: dict[str, Any], splits: dict[str, Any],
+def full_fit_pole(scorer: Any, table: dict[str, Any], metrics: dict[str, Any], pool: list[dict[str, str]],
                   dims: tuple[str, ...], l2: float) -> str | None:
     """The pole the strongest weight leans to when the profile is fitted to every strict noise-free choice of the
-    learning and held-out prompts: what this basis on this model can say about the user, with ample data."""
+    whole candidate pool: what this basis on this model can say about the user, with ample data."""
     from langchain_persona_judge.profiles import PreferenceProfile, fit_bradley_terry
 
-    differences, labels = held_out_pairs(table, metrics, splits["learn"] + splits["held_out"], dims)
+    differences, labels = held_out_pairs(table, metrics, pool, dims)
     if not len(labels):
         return None
     fit = fit_bradley_terry(differences, labels, l2=l2)
@@ -344,78 +360,92 @@ def full_fit_pole(scorer: Any, table: dict[str, Any], metrics: dict[str, Any], s
     return profile.pole_of(*profile.top(1)[0]) if profile.top(1) else None
 
 
-def ceiling(table: dict[str, Any], metrics: dict[str, Any], splits: dict[str, Any], l2: float) -> dict[str, Any]:
-    """Held-out AUC of a profile fitted to every strict, noise-free choice of the learning prompts' candidates: how
-    well this basis on this model can predict each user type with ample clean data (what ten choices approach)."""
+def ceiling(table: dict[str, Any], metrics: dict[str, Any], pool: list[dict[str, str]], l2: float) -> dict[str, Any]:
+    """Held-out AUC of a profile fitted to every strict, noise-free choice of the pool's :data:`USED_BEFORE`
+    prompts, scored on its fresh ones: how well this basis on this model can predict each user type with ample
+    clean data (what ten choices approach). Empty when the pool has no prompt of one kind."""
     from langchain_persona_judge.profiles import fit_bradley_terry
 
+    train = [p for p in pool if p["id"] in USED_BEFORE]
+    test = [p for p in pool if p["id"] not in USED_BEFORE]
+    if not train or not test:
+        return {}
     out = {}
     for dims in USER_TYPES:
-        differences, labels = held_out_pairs(table, metrics, splits["learn"], dims)
-        held, held_labels = held_out_pairs(table, metrics, splits["held_out"], dims)
-        if not len(labels) or not len(held_labels):  # a tiny run (--quick) may have no strict pair
-            out["+".join(dims)] = {"training_pairs": int(len(labels)), "held_out_pairs": int(len(held_labels)),
-                                   "auc": float("nan")}
+        differences, labels = held_out_pairs(table, metrics, train, dims)
+        held, held_labels = held_out_pairs(table, metrics, test, dims)
+        if not len(labels) or not len(held_labels):
             continue
         margins = held @ fit_bradley_terry(differences, labels, l2=l2).weights
         out["+".join(dims)] = {"training_pairs": int(len(labels)), "held_out_pairs": int(len(held_labels)),
                                "auc": round(roc_auc(np.concatenate([margins, -margins]),
                                                     np.concatenate([held_labels, 1 - held_labels])), 4)}
-    out["mean_auc"] = round(float(np.nanmean([v["auc"] for v in out.values()])), 4)
+    if out:
+        out["mean_auc"] = round(float(np.mean([v["auc"] for v in out.values()])), 4)
     return out
 
 
-def simulate(scorer: Any, cache: dict[str, Any], splits: dict[str, list[dict[str, str]]] | list[dict[str, Any]],
-             metrics: dict[str, Any], users_per_type: int, questions: int, noise: float, l2: float, seed: int,
-             cross_validate: bool = False) -> list[dict[str, Any]]:
+def simulate(scorer: Any, cache: dict[str, Any], splits: list[dict[str, list[str]]], metrics: dict[str, Any],
+             by_id: dict[str, dict[str, str]], index: dict[str, int], users_per_type: int, questions: int,
+             noise: float, l2: float, seed: int, cross_validate: bool = False) -> list[dict[str, Any]]:
     """Every simulated user's run, per strategy: the figures at each checkpoint (and, with ``cross_validate``,
     the weights refitted with the L2 strength chosen by :func:`cross_validated_l2` on the user's own choices).
-    ``splits``: one repetition's prompt sets, or a list of them (``users_per_type`` users of each type in each;
-    each record names its ``repetition`` and where its held-out prompts start among all repetitions')."""
-    if isinstance(splits, list):
-        records, offset = [], 0
-        for number, one in enumerate(splits):
-            for record in simulate(scorer, cache, one, metrics, users_per_type, questions, noise, l2,
-                                   seed * 1000 + number, cross_validate):
-                records.append({**record, "repetition": number, "held_out_offset": offset})
-            offset += len(one["held_out"])
-        return records
+    User ``n`` (over all types) learns from and is scored on ``splits[n]``; ``index``: a held-out prompt's
+    cluster (column) in the CIs. With ``cross_validate``, ``record["decoding"]`` holds the weights that decode
+    (after ``DECODE_AFTER`` active choices, L2 chosen by cross-validation): with the length feature and refitted
+    on the personas alone."""
     from langchain_persona_judge.profiles import PreferenceLearner
 
     table = cache["features"][scorer.basis.identity]
-    sets = best_of_n_sets(cache, table, metrics, splits["held_out"])
+    pool = [by_id[pid] for pid in dict.fromkeys(pid for s in splits for k in ("learn", "held_out") for pid in s[k])]
     records = []
     for type_index, dims in enumerate(USER_TYPES):
-        pairs = held_out_pairs(table, metrics, splits["held_out"], dims)
-        full_pole = full_fit_pole(scorer, table, metrics, splits, dims, l2)
+        full_pole = full_fit_pole(scorer, table, metrics, pool, dims, l2)
         for number in range(users_per_type):
+            split = splits[type_index * users_per_type + number]
+            held = [by_id[pid] for pid in split["held_out"]]
+            rows, labels, tags = held_out_pairs_by_prompt(table, metrics, held, dims, index)
+            sets = best_of_n_sets(cache, table, metrics, held, index)
             user_seed = seed * 1000 + type_index * 100 + number
-            record: dict[str, Any] = {"dims": list(dims), "seed": user_seed, "held_out_pairs": int(len(pairs[1])),
-                                      "full_fit_pole": full_pole}
+            record: dict[str, Any] = {"dims": list(dims), "seed": user_seed, "splits": split,
+                                      "held_out_pairs": int(len(labels)), "full_fit_pole": full_pole,
+                                      "best_of_n_tags": [s[3] for s in sets]}
             for strategy in ("active", "random"):
                 learner = PreferenceLearner(scorer, prompts=[], strategy=strategy, l2=l2, seed=user_seed)
-                for prompt in splits["learn"]:
-                    entry = table[prompt["id"]]
-                    learner.add_candidates(prompt["prompt"], entry["texts"], features=np.asarray(entry["features"]),
-                                           complete=entry["complete"])
+                for pid in split["learn"]:
+                    entry = table[pid]
+                    if len(entry["texts"]) >= 2:
+                        learner.add_candidates(by_id[pid]["prompt"], entry["texts"],
+                                               features=np.asarray(entry["features"]), complete=entry["complete"])
                 user = SimulatedUser(dims, user_seed, noise, metrics)
                 checkpoints = {}
                 for asked in range(1, questions + 1):
                     question = learner.next_question()
                     learner.record(question, user.choose(question.prompt, *question.answers))
                     if asked in CHECKPOINTS:
-                        checkpoints[asked] = evaluate_profile(learner.profile, dims, pairs, full_pole, sets)
+                        checkpoints[asked] = evaluate_profile(learner.profile, dims, (rows, labels), full_pole, sets)
                         if cross_validate:
                             best, weights, scores = cross_validated_l2(learner.differences, learner.outcomes)
-                            checkpoints[asked]["cv"] = {"l2": best, "weights": [round(float(w), 6) for w in weights],
-                                                        "loo_log_likelihood": {k: round(v, 4) for k, v in scores.items()}}
-                    if strategy == "active" and asked == min(DECODE_AFTER, questions):
-                        # The profile that decodes: refitted with the L2 chosen on the user's own choices alone.
-                        best, weights, _ = cross_validated_l2(learner.differences, learner.outcomes)
-                        record["decoding_profile"] = learner.profile.with_weights(weights, l2=best).to_dict()
+                            checkpoints[asked]["cv"] = {
+                                "l2": best, "weights": [round(float(w), 6) for w in weights],
+                                "loo_log_likelihood": {k: round(v, 4) for k, v in scores.items()}}
+                    if strategy == "active" and cross_validate and asked == min(DECODE_AFTER, questions):
+                        record["decoding"] = decoding_weights(learner.differences, learner.outcomes,
+                                                              len(scorer.basis.features))
                 record[strategy] = checkpoints
             records.append(record)
     return records
+
+
+def decoding_weights(differences: Any, outcomes: Any, features: int) -> dict[str, Any]:
+    """The weights a user's profile decodes with: fitted to the user's choices with the L2 strength chosen on them
+    by leave-one-out, once over the whole basis (personas and the ``features`` whole-answer features, last) and
+    once over the personas alone (the same choices, the feature columns dropped)."""
+    d = np.asarray(differences, dtype=float)
+    l2, weights, _ = cross_validated_l2(d, outcomes)
+    alone_l2, alone, _ = cross_validated_l2(d[:, :d.shape[1] - features] if features else d, outcomes)
+    return {"l2": l2, "weights": [round(float(w), 6) for w in weights],
+            "personas_l2": alone_l2, "personas_weights": [round(float(w), 6) for w in alone]}
 
 
 def _ci(values: list[float], n_boot: int = 2000, seed: int = 0) -> list[float]:
@@ -451,55 +481,34 @@ def cross_validated_l2(differences: Any, outcomes: Any, grid: tuple[float, ...] 
     return best, fit_bradley_terry(d, y, l2=best).weights, scores
 
 
-PairsByType = dict[Any, tuple[np.ndarray, np.ndarray, np.ndarray]]
-"""Per user type (or per (repetition, user type)): the held-out pairs' feature differences, labels and prompt
-indices (among the held-out prompts of every repetition)."""
+PairsByUser = dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]
+"""Per user (by seed): their held-out pairs' feature differences, labels and prompt indices (CI clusters)."""
 
 
-def pairs_by_type(table: dict[str, Any], metrics: dict[str, Any], splits: list[dict[str, Any]]) -> PairsByType:
-    """Every repetition's held-out pairs per user type, keyed ``(repetition, dims)``, their prompts numbered
-    across repetitions (repetition r's first held-out prompt follows the previous ones')."""
-    out: PairsByType = {}
-    offset = 0
-    for number, one in enumerate(splits):
-        for dims in USER_TYPES:
-            differences, labels, tags = held_out_pairs_by_prompt(table, metrics, one["held_out"], dims)
-            out[(number, dims)] = (differences, labels, tags + offset)
-        offset += len(one["held_out"])
-    return out
-
-
-def _pairs_of(pairs: PairsByType, record: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    dims = tuple(record["dims"])
-    return pairs[(record["repetition"], dims)] if "repetition" in record else pairs[dims]
-
-
-def user_scores(record: dict[str, Any], strategy: str, asked: int, pairs: PairsByType, prompts: int,
+def user_scores(record: dict[str, Any], strategy: str, asked: int, pairs: PairsByUser, prompts: int,
                 cv: bool = False) -> UserScores:
     """A user's profile after ``asked`` choices (``cv``: refitted with the L2 chosen on their own choices), scored
-    on their type's held-out pairs (prompt-tagged)."""
-    differences, labels, tags = _pairs_of(pairs, record)
+    on their own held-out pairs (prompt-tagged)."""
+    differences, labels, tags = pairs[record["seed"]]
     entry = record[strategy][asked]
     weights = np.asarray(entry["cv"]["weights"] if cv else entry["weights"])
     margins = differences @ weights if len(differences) else np.zeros(0)
     return UserScores(margins, labels, tags, prompts)
 
 
-def clustered_figures(records: list[dict[str, Any]], strategy: str, asked: int, pairs: PairsByType,
+def clustered_figures(records: list[dict[str, Any]], strategy: str, asked: int, pairs: PairsByUser,
                       prompts: int, n_boot: int) -> dict[str, list[float]]:
     """Held-out accuracy, AUC and best-of-N over ``records``, CIs two-way over users and held-out prompts."""
     users = [user_scores(r, strategy, asked, pairs, prompts) for r in records]
-    best = np.full((len(records), prompts), np.nan)  # each user's row: the held-out prompts of its repetition
+    best = np.full((len(records), prompts), np.nan)
     for row, r in enumerate(records):
-        outcomes = r[strategy][asked]["best_of_n_by_prompt"]
-        start = r.get("held_out_offset", 0)
-        best[row, start:start + len(outcomes)] = outcomes
+        best[row, r["best_of_n_tags"]] = r[strategy][asked]["best_of_n_by_prompt"]
     return {"held_out_accuracy": mean_over_users(users, "accuracy", n_boot),
             "held_out_auc": mean_over_users(users, "auc", n_boot),
-            "best_of_n_vs_plain": matrix_mean(best, n_boot) if best.size else [float("nan")] * 3}
+            "best_of_n_vs_plain": matrix_mean(best, n_boot) if not np.isnan(best).all() else [float("nan")] * 3}
 
 
-def summarise(records: list[dict[str, Any]], pairs: PairsByType, prompts: int, n_boot: int = 2000,
+def summarise(records: list[dict[str, Any]], pairs: PairsByUser, prompts: int, n_boot: int = 2000,
               detail: bool = True) -> dict[str, Any]:
     """The figures per strategy and checkpoint. Held-out accuracy, AUC and best-of-N: every user is scored on the
     same held-out prompts, so their CIs resample users and prompts (two-way); the top-pole shares depend on the
@@ -555,7 +564,7 @@ def summarise(records: list[dict[str, Any]], pairs: PairsByType, prompts: int, n
     return out
 
 
-def cv_figures(records: list[dict[str, Any]], pairs: PairsByType, prompts: int, n_boot: int) -> dict[str, Any]:
+def cv_figures(records: list[dict[str, Any]], pairs: PairsByUser, prompts: int, n_boot: int) -> dict[str, Any]:
     """Held-out AUC with each user's L2 chosen on their own choices (leave-one-out), per checkpoint: both
     strategies, their paired difference (two-way CIs), and how often each L2 was chosen."""
     out: dict[str, Any] = {"grid": list(L2_SWEEP)}
@@ -571,114 +580,6 @@ def cv_figures(records: list[dict[str, Any]], pairs: PairsByType, prompts: int, 
             "auc_active_minus_random": paired_difference(users["active"], users["random"], "auc", n_boot),
             "l2_chosen": {f"{v:g}": round(chosen.count(v) / len(chosen), 4) for v in L2_SWEEP},
         }
-    return out
-
-
-# -- stage 5: decoding with the learned profile -------------------------------------------------------------------
-
-
-def decoded_key(name: str, guidance: float, rule: str = "product", repetition: int = 0) -> str:
-    """Where a user type's profile-decoded answers are cached: by name, rule, repetition and γ (the defaults add
-    nothing, so the keys of earlier runs still read)."""
-    key = name if rule == "product" else f"{name}|{rule}"
-    key += f"|rep={repetition}" if repetition else ""
-    return key if guidance == 1.0 else f"{key}|guidance={guidance:g}"
-
-
-def direct_preferences(dims: tuple[str, ...], basis: Any) -> list[str]:
-    """The user's preference written in words: the text of the basis pole of each of their dimensions."""
-    return [basis.text(sorted(POLES[d])[0]) for d in dims]
-
-
-def decode_with_profiles(records: list[dict[str, Any]], splits: dict[str, Any] | list[dict[str, Any]],
-                         cache: dict[str, Any], path: Path, learner: Any, max_tokens: int, seed: int,
-                         guidance: float = 1.0, rules: tuple[str, ...] = DECODING_RULES) -> None:
-    """Decodes each repetition's evaluation prompts: plain (once per prompt), with the preference stated in the
-    prompt (once per user type and prompt), and with the first user of each type's profile under each rule."""
-    from langchain_persona_judge import ChatPersonaJudge
-    from langchain_persona_judge.profiles import PreferenceProfile
-
-    splits = splits if isinstance(splits, list) else [splits]
-    handle = learner.scorer.handle
-    common = {"hf_model": handle.model, "tokenizer": handle.tokenizer, "max_tokens": max_tokens, **SAMPLING}
-    evaluate = list({p["id"]: p for one in splits for p in one["evaluate"]}.values())
-    for prompt in evaluate:
-        if prompt["id"] not in cache["plain_eval"]:
-            [(text, _)] = learner.generate(prompt["prompt"], [None])
-            cache["plain_eval"][prompt["id"]] = text
-            save_cache(path, cache)
-    for dims in USER_TYPES:
-        name = "+".join(dims)
-        direct = ChatPersonaJudge(preferences=direct_preferences(dims, learner.basis), composition="all", **common)
-        _decode(direct, evaluate, cache.setdefault("direct", {}).setdefault(name, {}), cache, path,
-                f"direct {name}", seed)
-        for number, one in enumerate(splits):
-            record = next(r for r in records if tuple(r["dims"]) == dims and r.get("repetition", 0) == number)
-            profile = PreferenceProfile.from_dict(record["decoding_profile"])
-            for rule in rules:
-                llm = ChatPersonaJudge(profile=profile, profile_decoding=rule, guidance=guidance, **common)
-                decoded = cache["decoded"].setdefault(decoded_key(name, guidance, rule, number), {})
-                _decode(llm, one["evaluate"], decoded, cache, path, f"{rule} {name} rep {number}", seed)
-
-
-def _decode(llm: Any, prompts: list[dict[str, str]], decoded: dict[str, Any], cache: dict[str, Any], path: Path,
-            label: str, seed: int) -> None:
-    for index, prompt in enumerate(prompts):
-        if prompt["id"] in decoded:
-            continue
-        started = time.perf_counter()
-        message = llm.invoke(prompt["prompt"], seed=seed + index)
-        decoded[prompt["id"]] = {"text": message.content, "seconds": time.perf_counter() - started,
-                                 "profile": message.response_metadata.get("profile")}
-        print(f"[decode] {label} {prompt['id']} in {decoded[prompt['id']]['seconds']:.1f} s", flush=True)
-        save_cache(path, cache)
-
-
-def _answer(cache: dict[str, Any], source: str, name: str, prompt_id: str, guidance: float,
-            repetition: int) -> str | None:
-    """The text of one condition's answer (``plain``, ``direct``, or a profile rule), None when not decoded."""
-    if source == "plain":
-        return cache["plain_eval"].get(prompt_id)
-    if source == "direct":
-        entry = cache.get("direct", {}).get(name, {}).get(prompt_id)
-    else:
-        entry = cache["decoded"].get(decoded_key(name, guidance, source, repetition), {}).get(prompt_id)
-    return None if entry is None else entry["text"]
-
-
-def decoding_win_rates(cache: dict[str, Any], splits: dict[str, Any] | list[dict[str, Any]], guidance: float = 1.0,
-                       rule: str = "product", baseline: str = "plain") -> dict[str, Any]:
-    """Each user type's ``rule`` answer (a profile rule, or ``direct``) against the ``baseline`` answer (``plain``
-    or ``direct``) on every evaluation prompt of every repetition (the mean of the per-dimension outcomes: 1, 0.5
-    or 0, or 0.75/0.25 for a split two-dimension user). Win rates count draws as half, beside the strict
-    win/draw/loss shares; CIs resample the evaluation prompts, which every user type of a repetition shares (so
-    the pooled figure is not that many independent answers)."""
-    splits = splits if isinstance(splits, list) else [splits]
-    columns = [(number, prompt) for number, one in enumerate(splits) for prompt in one["evaluate"]]
-    out: dict[str, Any] = {}
-    table = np.full((len(USER_TYPES), len(columns)), np.nan)
-    for row, dims in enumerate(USER_TYPES):
-        name = "+".join(dims)
-        for column, (number, prompt) in enumerate(columns):
-            texts = [_answer(cache, rule, name, prompt["id"], guidance, number),
-                     _answer(cache, baseline, name, prompt["id"], guidance, number)]
-            if None in texts:
-                continue
-            scores = metric_table(texts, prompt["prompt"])
-            table[row, column] = float(np.mean([outcome_on(scores[d][0], scores[d][1], d) for d in dims]))
-        if not np.isnan(table[row]).all():
-            out[name] = clustered_win_rate(table[row:row + 1])
-    if not np.isnan(table).all():
-        out["all_user_types"] = clustered_win_rate(table)
-    return out
-
-
-def decoding_figures(cache: dict[str, Any], splits: list[dict[str, Any]], guidance: float = 1.0) -> dict[str, Any]:
-    """Every profile rule against the plain answer and against the direct prompt, and the direct prompt against
-    the plain answer: ``{rule: {"vs_plain": ..., "vs_direct": ...}, "direct": {"vs_plain": ...}}``."""
-    out: dict[str, Any] = {rule: {f"vs_{b}": decoding_win_rates(cache, splits, guidance, rule, b) for b in BASELINES}
-                           for rule in DECODING_RULES}
-    out["direct"] = {"vs_plain": decoding_win_rates(cache, splits, guidance, "direct", "plain")}
     return out
 
 
@@ -754,36 +655,47 @@ def cost_per_choice(cache: dict[str, Any], scorer_model: Any, tokens: int = 100,
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--learn-prompts", type=int, default=14, help="prompts whose candidates are asked (14)")
-    parser.add_argument("--held-out-prompts", type=int, default=30, help="prompts for held-out pairs (30)")
-    parser.add_argument("--eval-prompts", type=int, default=30, help="prompts decoded with each profile (30)")
-    parser.add_argument("--repetitions", type=int, default=2,
-                        help="repetitions, each with its own learning, held-out and evaluation prompts (2)")
-    parser.add_argument("--users-per-type", type=int, default=5, help=f"simulated users per type and repetition "
-                        f"({len(USER_TYPES)} types; default 5)")
+    parser.add_argument("--learn-prompts", type=int, default=14, help="learning prompts per user (14)")
+    parser.add_argument("--held-out-prompts", type=int, default=30, help="held-out prompts per user (30)")
+    parser.add_argument("--eval-prompts", type=int, default=4,
+                        help="evaluation prompts per user, decoded under every option (4; 54 users draw them "
+                             "from the 74 fresh prompts, so nearly all are evaluated on)")
+    parser.add_argument("--users-per-type", type=int, default=9, help=f"simulated users per type ({len(USER_TYPES)} "
+                        "types; default 9: 54 users)")
     parser.add_argument("--questions", type=int, default=20, help="choices per user (20)")
     parser.add_argument("--noise", type=float, default=0.1, help="label noise (0.1)")
-    parser.add_argument("--l2", type=float, default=None, help="the fit's L2 strength (default: the package's)")
+    parser.add_argument("--l2", type=float, default=None,
+                        help="the learner's L2 strength while asking (default: the package's); the decoding "
+                             "profiles use the L2 chosen by leave-one-out on each user's choices")
     parser.add_argument("--max-tokens", type=int, default=200,
-                        help="candidate and decoded answers' token limit (200: nearly every answer ends by itself)")
-    parser.add_argument("--no-length", action="store_true", help="leave the length feature out of the basis")
+                        help="candidate and decoded answer limit (200: answers end by themselves)")
+    parser.add_argument("--options", nargs="+", default=None, metavar="OPTION",
+                        help=f"decoding options (default: {' '.join(DEFAULT_OPTIONS)})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shared", default=None, help="the project's shared/ folder (default ../shared)")
-    parser.add_argument("--quick", action="store_true", help="a smoke test: 2 prompts per split, 2 users per type")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke test of every stage: 3 prompts, 1 user per type, 5 choices, 48 tokens, "
+                             f"options {' '.join(QUICK_OPTIONS)}")
     parser.add_argument("--reanalyse", action="store_true", help="no decoding: figures from the cache only")
     parser.add_argument("--fresh", action="store_true", help="ignore the cache")
     parser.add_argument("--no-decode", action="store_true", help="skip decoding with the profiles (stage 5)")
-    parser.add_argument("--guidance", type=float, default=1.0,
-                        help="decode with the profiles at this guidance strength γ (stage 5; default 1: none)")
     parser.add_argument("--cost-only", action="store_true",
                         help="measure only the cost per choice (stage 6) and update it in the results file")
     parser.add_argument("--cache", type=Path, default=None, help=f"default {CACHE}")
-    parser.add_argument("--out", type=Path, default=None, help="default benchmarks/results/learning.json")
+    parser.add_argument("--out", type=Path, default=None, help=f"default {OUT}")
     args = parser.parse_args(argv)
     if args.quick:
-        args.learn_prompts, args.held_out_prompts, args.eval_prompts, args.repetitions = 2, 2, 1, 1
-        args.users_per_type, args.questions, args.max_tokens = 2, 5, 24
+        args.learn_prompts, args.held_out_prompts, args.eval_prompts = 1, 1, 1
+        args.users_per_type, args.questions, args.max_tokens = 1, 5, 48
+        args.options = args.options or list(QUICK_OPTIONS)
+    args.options = [Option.parse(o) for o in args.options or DEFAULT_OPTIONS]
     return args
+
+
+def prompt_pool(shared: Path, quick: bool) -> list[dict[str, str]]:
+    """The benchmark's prompts; ``quick``: the first three fresh ones."""
+    prompts = load_prompts(shared)
+    return [p for p in prompts if p["id"] not in USED_BEFORE][:3] if quick else prompts
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -794,107 +706,118 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     l2 = L2 if args.l2 is None else args.l2
     quick = "_quick" if args.quick else ""
-    cache_path = args.cache or CACHE.with_name(f"learning_candidates{quick}.json")
-    out_path = args.out or RESULTS / f"learning{quick}.json"
-    everything = load_prompts(shared_dir(args.shared))
-    numbers = {p["id"]: number for number, p in enumerate(everything)}
-    splits = repetition_splits(everything, args.learn_prompts, args.held_out_prompts, args.eval_prompts, args.seed,
-                               args.repetitions)
-    # Candidates and answers are cached by prompt id: a prompt has the same ones whichever split it lands in.
-    config = {"max_tokens": args.max_tokens, "sampling": SAMPLING, "seed": args.seed, "cache_version": 2}
-    cache = {"config": config, "candidates": {}, "features": {}, "plain_eval": {}, "decoded": {}} if args.fresh \
-        else load_cache(cache_path, config)
+    cache_path = args.cache or CACHE.with_name(f"{CACHE.stem}{quick}.json")
+    out_path = args.out or OUT.with_name(f"{OUT.stem}{quick}.json")
+    shared = shared_dir(args.shared)
+    prompts = prompt_pool(shared, args.quick)
+    by_id = {p["id"]: p for p in prompts}
+    users = args.users_per_type * len(USER_TYPES)
+    splits = user_splits(prompts, users, args.learn_prompts, args.held_out_prompts, args.eval_prompts, args.seed)
+    fresh = sorted(p["id"] for p in prompts if p["id"] not in USED_BEFORE)
+    index = {pid: i for i, pid in enumerate(fresh)}
+    config = {"prompt_ids": sorted(by_id), "users": users, "per_user": {
+        "learn": args.learn_prompts, "held_out": args.held_out_prompts, "evaluate": args.eval_prompts},
+        "max_tokens": args.max_tokens, "sampling": SAMPLING, "seed": args.seed, "features": ["length"]}
+    cache = {"config": config, "candidates": {}, "features": {}} if args.fresh else load_cache(cache_path, config)
     if args.cost_only:
         return update_cost(out_path, argv, cost_per_choice(cache, PersonaScorer(None).handle,
-                                                     tokens=24 if args.quick else 100))
-    scorer = PersonaScorer(None, features=() if args.no_length else ("length",))
+                                                           tokens=24 if args.quick else 100))
+    scorer = PersonaScorer(None, features=["length"])
     learner = PreferenceLearner(scorer, prompts=[], max_tokens=args.max_tokens, seed=args.seed, **SAMPLING)
-    pool = list({p["id"]: p for one in splits for p in one["learn"] + one["held_out"]}.values())
+    pool = [by_id[pid] for pid in sorted({pid for s in splits for k in ("learn", "held_out") for pid in s[k]})]
     timings: dict[str, float] = {}
     if not args.reanalyse:
         mark = time.perf_counter()
-        make_candidates(learner, pool, cache, cache_path, args.seed, numbers)
+        make_candidates(learner, pool, cache, cache_path, args.seed)
         timings["candidates_s"] = time.perf_counter() - mark
         mark = time.perf_counter()
-        score_candidates(scorer, pool, cache, cache_path, args.max_tokens)
+        score_candidates(scorer, pool, cache, cache_path, args.max_tokens, complete_only=not args.quick)
         timings["features_s"] = time.perf_counter() - mark
     table = cache["features"][scorer.basis.identity]
-    metrics = {}
-    for prompt in pool:
-        texts = table[prompt["id"]]["texts"]
-        metrics[prompt["prompt"]] = {"texts": texts, "scores": metric_table(texts, prompt["prompt"])}
+    metrics = {p["prompt"]: {"texts": table[p["id"]]["texts"],
+                             "scores": metric_table(table[p["id"]]["texts"], p["prompt"])} for p in pool}
     mark = time.perf_counter()
-    records = simulate(scorer, cache, splits, metrics, args.users_per_type, args.questions, args.noise, l2, args.seed,
-                       cross_validate=not args.quick)
+    records = simulate(scorer, cache, splits, metrics, by_id, index, args.users_per_type, args.questions, args.noise,
+                       l2, args.seed, cross_validate=True)
     timings["simulation_s"] = time.perf_counter() - mark
-    pairs = pairs_by_type(table, metrics, splits)
-    held = sum(len(one["held_out"]) for one in splits)
-    summary = summarise(records, pairs, held)
-    summary["ceiling_full_fit"] = ceiling(table, metrics, splits[0], l2)
-    sensitivity = {}
-    for other in [] if args.quick else [v for v in L2_SWEEP if v != l2]:
-        others = simulate(scorer, cache, splits, metrics, args.users_per_type, args.questions, args.noise, other,
-                          args.seed)
-        rows = summarise(others, pairs, held, n_boot=500, detail=False)
-        asked = min(10, args.questions)
-        sensitivity[str(other)] = {s: {k: rows[s][str(asked)][k] for k in ("top_pole", "held_out_auc")}
-                                   for s in ("active", "random")}
-        sensitivity[str(other)]["auc_active_minus_random"] = paired_difference(
-            *[[user_scores(r, s, asked, pairs, held) for r in others] for s in ("active", "random")], "auc", 500)
-    decoding = {}
+    pairs = {r["seed"]: held_out_pairs_by_prompt(table, metrics, [by_id[pid] for pid in r["splits"]["held_out"]],
+                                                 tuple(r["dims"]), index) for r in records}
+    summary = summarise(records, pairs, len(fresh))
+    summary["ceiling_full_fit"] = ceiling(table, metrics, pool, l2)
+    sensitivity = l2_sensitivity(scorer, cache, splits, metrics, by_id, index, pairs, len(fresh), args, l2)
+    decoding: dict[str, Any] = {}
+    options = [o.name for o in args.options]
     if not args.no_decode:
         if not args.reanalyse:
             mark = time.perf_counter()
-            decode_with_profiles(records, splits, cache, cache_path, learner, args.max_tokens, args.seed,
-                                 args.guidance)
+            texts = load_texts(shared)
+            decode_all(records, {p["id"]: p["prompt"] for p in prompts}, args.options, texts, cache,
+                       lambda: save_cache(cache_path, cache), scorer.handle, scorer.basis, args.max_tokens,
+                       SAMPLING, args.seed)
             timings["decoding_s"] = time.perf_counter() - mark
-        decoding = decoding_figures(cache, splits, args.guidance)
+        decoding = decoding_figures(records, {p["id"]: p["prompt"] for p in prompts}, cache, options)
     previous = json.loads(out_path.read_text(encoding="utf-8")) if args.reanalyse and out_path.is_file() else {}
     cost = previous.get("cost_per_choice", {})
     if not args.reanalyse:
         cost = cost_per_choice(cache, scorer.handle, tokens=24 if args.quick else 100)
     timings = {**previous.get("timings", {}), **timings}
-    scoring = [v for v in table.values()]
-    per_answer = [v["seconds"] / len(v["texts"]) for v in scoring]
     report = {
-        "config": {**config, "repetitions": args.repetitions,
-                   "splits": [{k: [p["id"] for p in v] for k, v in one.items()} for one in splits],
-                   "users": len(records), "user_types": ["+".join(t) for t in USER_TYPES],
-                   "decoding_guidance": args.guidance,
-                   "questions": args.questions, "noise": args.noise, "l2": l2, "basis": list(scorer.basis.labels),
-                   "decoding_l2": "chosen per user by leave-one-out on their own choices (cross_validated_l2)",
-                   "model": scorer.handle.display,
-                   "prompts_per_repetition": {k: len(v) for k, v in splits[0].items()}},
+        "config": {**config, "user_types": ["+".join(t) for t in USER_TYPES], "options": options,
+                   "questions": args.questions, "noise": args.noise, "l2_while_asking": l2,
+                   "decode_after": min(DECODE_AFTER, args.questions), "basis": list(scorer.basis.labels),
+                   "model": scorer.handle.display, "fresh_prompts": len(fresh),
+                   "used_before": sorted(USED_BEFORE)},
         "machine": machine_info("cpu", 1),
         "statistics": STATISTICS_NOTE,
         "l2_choice": L2_NOTE,
+        "candidates": candidate_stats(cache, table, pool),
         "learning": summary,
         "l2_sensitivity_after_10": sensitivity,
-        "decoding_win_rate_vs_plain": decoding.get("product", {}).get("vs_plain", {}),
         "decoding": decoding,
         "cost_per_choice": cost,
-        "scoring_in_run": {"answers": sum(len(v["texts"]) for v in scoring),
-                           "seconds_per_answer_median": round(float(np.median(per_answer)), 2) if per_answer else None,
-                           "mean_answer_tokens": round(float(np.mean([t for v in scoring
-                                                                       for t in v["response_tokens"]])), 1)},
         "timings": {k: round(v, 1) for k, v in timings.items()},
         "wall_minutes": round((time.perf_counter() - started) / 60, 1),
         "users": records,
     }
-    decoders = {}
-    for record in records:  # the profiles that decoded (the first user of each type), as weights only
-        profile = record.pop("decoding_profile", None)
-        name = "+".join(record["dims"])
-        if profile is not None and name not in decoders:
-            decoders[name] = {p["name"]: round(p["weight"], 4)
-                              for p in profile["basis"]["personas"] + profile["basis"].get("features", [])}
-    report["decoding_profiles"] = decoders
     if args.reanalyse and previous:  # the figures are recomputed here; the texts were decoded where they were
         report["decoded_on"] = previous.get("decoded_on", previous.get("machine"))
     write_results(out_path, report, module="benchmarks.learning", argv=argv, backend="transformers", threads=1)
     print_report(report)
     print(f"\nwrote {out_path}", flush=True)
     return report
+
+
+def l2_sensitivity(scorer: Any, cache: dict[str, Any], splits: list[dict[str, list[str]]], metrics: dict[str, Any],
+                   by_id: dict[str, Any], index: dict[str, int], pairs: PairsByUser, prompts: int,
+                   args: argparse.Namespace, l2: float) -> dict[str, Any]:
+    """The figures after 10 choices with the learner's L2 at the other values of :data:`L2_SWEEP` (not in
+    --quick): how much the default matters."""
+    out: dict[str, Any] = {}
+    for other in [] if args.quick else [v for v in L2_SWEEP if v != l2]:
+        others = simulate(scorer, cache, splits, metrics, by_id, index, args.users_per_type, args.questions,
+                          args.noise, other, args.seed)
+        rows = summarise(others, pairs, prompts, n_boot=500, detail=False)
+        asked = min(10, args.questions)
+        out[str(other)] = {s: {k: rows[s][str(asked)][k] for k in ("top_pole", "held_out_auc")}
+                           for s in ("active", "random")}
+        out[str(other)]["auc_active_minus_random"] = paired_difference(
+            *[[user_scores(r, s, asked, pairs, prompts) for r in others] for s in ("active", "random")], "auc", 500)
+    return out
+
+
+def candidate_stats(cache: dict[str, Any], table: dict[str, Any], pool: list[dict[str, str]]) -> dict[str, Any]:
+    """How many candidates ended by themselves (the rest are left out of the learning), their length and the
+    scoring cost."""
+    every = [c for p in pool for c in cache["candidates"].get(p["id"], [])]
+    scored = [table[p["id"]] for p in pool if p["id"] in table]
+    per_answer = [v["seconds"] / len(v["texts"]) for v in scored if v["texts"]]
+    return {"prompts": len(pool), "generated": len(every),
+            "ended_by_itself": round(float(np.mean([bool(c.get("complete")) for c in every])), 4) if every else None,
+            "median_words": float(np.median([len(c["text"].split()) for c in every])) if every else None,
+            "scored": sum(len(v["texts"]) for v in scored),
+            "seconds_per_answer_median": round(float(np.median(per_answer)), 2) if per_answer else None,
+            "mean_answer_tokens": round(float(np.mean([t for v in scored for t in v["response_tokens"]])), 1)
+            if any(v["response_tokens"] for v in scored) else None}
 
 
 def update_cost(out_path: Path, argv: list[str] | None, cost: dict[str, Any]) -> dict[str, Any]:
@@ -918,12 +841,8 @@ def print_report(report: dict[str, Any]) -> None:
                     row["top_pole"], row["top_pole_lenient"], row["held_out_accuracy"], row["held_out_auc"],
                     row["best_of_n_vs_plain"])]
                 print(f"{asked:>7}  {strategy:8s}  " + "  ".join(f"{c:22s}" for c in cells))
-    for rule, against in report.get("decoding", {}).items():
-        for baseline, rates in against.items():
-            rate = rates.get("all_user_types")
-            if rate:
-                print(f"{rule} {baseline.replace('_', ' ')}, all user types: {rate['win_rate']:.2f} {rate['ci95']} "
-                      f"(strict win {rate['win']:.2f}, loss {rate['loss']:.2f}; {rate['prompts']} prompts)")
+    if report["decoding"]:
+        print_figures(report["decoding"])
     if report["cost_per_choice"]:
         print(f"cost per choice: {report['cost_per_choice']}")
 

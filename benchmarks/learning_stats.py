@@ -9,6 +9,7 @@ Pure numpy, so it imports (and is tested) without a model.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -140,3 +141,61 @@ def clustered_win_rate(outcomes: np.ndarray, n_boot: int = 2000, seed: int = 0) 
     return {"win_rate": point, "ci95": [low, high], **outcome_shares(outcomes),
             "comparisons": int((~np.isnan(outcomes)).sum()), "prompts": int(outcomes.shape[1]),
             "ci": "bootstrap over the evaluation prompts (every user type's outcome on a drawn prompt counts)"}
+
+
+def win_summary(outcomes: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """One decoding option against a baseline: a (users × prompts) matrix of outcomes (1 win, 0.5 draw, 0 loss,
+    0.75/0.25 a split two-dimension user; NaN where the user did not see the prompt). The win rate counts a draw
+    as half; its 95% CI resamples users and prompts (two-way: each user sees a few prompts drawn fresh, and a
+    prompt is seen by several users). Beside it the strict shares and how many strict wins per strict loss."""
+    outcomes = np.asarray(outcomes, dtype=float)
+    point, low, high = matrix_mean(outcomes, n_boot, seed, resample_rows=True)
+    shares = outcome_shares(outcomes)
+    seen = ~np.isnan(outcomes)
+    wins, losses = int((outcomes == 1).sum()), int((outcomes == 0).sum())
+    return {"win_rate": point, "ci95": [low, high], **shares, "strict_wins": wins, "strict_losses": losses,
+            "wins_per_loss": round(wins / losses, 3) if losses else (float("inf") if wins else float("nan")),
+            "comparisons": int(seen.sum()), "users": int(seen.any(axis=1).sum()) if seen.size else 0,
+            "prompts": int(seen.any(axis=0).sum()) if seen.size else 0}
+
+
+def median_shortening(words: np.ndarray, baseline_words: np.ndarray, n_boot: int = 2000,
+                      seed: int = 0) -> list[float]:
+    """``1 − median(words) / median(baseline_words)`` over the cells where both are known: how much shorter the
+    option's answers are (0.25: a quarter fewer words at the median). ``[point, low, high]``, the CI two-way
+    over users (rows) and prompts (columns), a cell counted as often as its row and its prompt were drawn."""
+    a, b = np.asarray(words, dtype=float), np.asarray(baseline_words, dtype=float)
+    both = ~np.isnan(a) & ~np.isnan(b)
+    if not both.any():
+        return [float("nan")] * 3
+
+    def statistic(picked: np.ndarray, counts: np.ndarray) -> float:
+        weights = (np.broadcast_to(counts, a.shape) * both)[picked].ravel()
+        keep = weights > 0
+        if not keep.any():
+            return float("nan")
+        reps = weights[keep].astype(int)
+        ours = np.repeat(a[picked].ravel()[keep], reps)
+        theirs = np.repeat(b[picked].ravel()[keep], reps)
+        return float(1.0 - np.median(ours) / np.median(theirs))
+
+    return two_way_ci(statistic, a.shape[0], a.shape[1], n_boot, seed)
+
+
+DONE_WHEN = {"win_rate": 0.70, "ci_low": 0.55, "wins_per_loss": 2.0, "shortening": 0.25}
+"""Issue 25's bars: win rate vs plain (draws half), its CI's lower bound, strict wins per strict loss, and the
+median-word shortening for a short-answer user; and a win rate above one half against the direct prompt."""
+
+
+def done_when(vs_plain: dict[str, Any], vs_direct: dict[str, Any], shortening: list[float] | None) -> dict[str, bool]:
+    """Which of issue 25's bars one decoding option meets (from :func:`win_summary` and
+    :func:`median_shortening` figures)."""
+    ratio = vs_plain["wins_per_loss"]
+    return {
+        "win_rate_vs_plain_at_least_70": bool(vs_plain["win_rate"] >= DONE_WHEN["win_rate"]),
+        "ci_low_vs_plain_above_55": bool(vs_plain["ci95"][0] > DONE_WHEN["ci_low"]),
+        "strict_wins_at_least_twice_losses": bool(not math.isnan(ratio) and ratio >= DONE_WHEN["wins_per_loss"]),
+        "beats_direct": bool(vs_direct["win_rate"] > 0.5 and vs_direct["ci95"][0] > 0.5),
+        "short_answers_25_percent_shorter": bool(shortening is not None and not math.isnan(shortening[0])
+                                                  and shortening[0] >= DONE_WHEN["shortening"]),
+    }

@@ -11,9 +11,11 @@ import itertools
 import numpy as np
 import pytest
 
-from benchmarks import learning
-from benchmarks.learning_stats import (UserScores, clustered_win_rate, matrix_mean, mean_over_users,
-                                       outcome_shares, paired_difference, roc_auc, two_way_ci)
+from benchmarks import learning, learning_decoding
+from benchmarks.learning_decoding import Option
+from benchmarks.learning_stats import (UserScores, clustered_win_rate, done_when, matrix_mean, mean_over_users,
+                                       median_shortening, outcome_shares, paired_difference, roc_auc, two_way_ci,
+                                       win_summary)
 
 
 def _mann_whitney(scores: list[float], labels: list[int]) -> float:
@@ -156,28 +158,6 @@ def test_clustered_win_rate_resamples_prompts_not_user_types():
     assert same_prompts["ci95"] == [0.5, 0.5]  # the rows differ, every prompt is alike: no prompt spread
 
 
-def test_decoding_win_rates_pool_user_types_by_prompt():
-    pytest.importorskip("emoji")
-    pytest.importorskip("textstat_rs")
-    long = ("Water the plant when the top of the soil feels dry, give it bright indirect light every day, and "
-            "feed it once a month in spring and summer so that it keeps growing strong and green.")
-    short = "Water it when the soil is dry, and give it light."
-    prompts = [{"id": f"p{i}", "prompt": "How do I keep a plant alive?"} for i in range(3)]
-    cache = {"plain_eval": {p["id"]: long for p in prompts}, "decoded": {}}
-    for dims in learning.USER_TYPES:
-        name = "+".join(dims)
-        # the concise user's profile answers short on every prompt: a strict win on word count
-        cache["decoded"][name] = {p["id"]: {"text": short if name == "concise" else long} for p in prompts}
-    out = learning.decoding_win_rates(cache, {"evaluate": prompts})
-    concise = out["concise"]
-    assert (concise["win_rate"], concise["win"], concise["loss"], concise["prompts"]) == (1.0, 1.0, 0.0, 3)
-    assert out["simple"]["tie"] == 1.0 and out["simple"]["win_rate"] == 0.5  # the same text: a draw
-    pooled = out["all_user_types"]
-    assert pooled["comparisons"] == 18 and pooled["prompts"] == 3
-    assert pooled["win_rate"] == pytest.approx(round((3 * 1.0 + 15 * 0.5) / 18, 4))
-    assert pooled["ci95"] == [pooled["win_rate"]] * 2  # every prompt alike
-
-
 # -- L2 chosen on a user's own choices -------------------------------------------------------------------------------
 
 
@@ -208,50 +188,126 @@ def test_cross_validated_l2_scores_are_leave_one_out_log_likelihoods():
     assert scores["0.3"] == pytest.approx(total / 4)
 
 
-# -- repetitions with fresh prompts, and every decoding rule against plain and direct ------------------------------
+# -- the decoding comparison: users x prompts, each user on prompts drawn fresh -----------------------------------
 
 
-def test_each_repetition_draws_its_own_disjoint_splits():
+def test_win_summary_counts_strict_outcomes_and_draws_as_half():
+    # 3 users x 4 prompts; NaN: the user did not see the prompt. Seen: 1, 1, 0.5, 0 | 1, 0.75 | 0.5, 1, 0
+    table = np.array([[1.0, 1.0, 0.5, 0.0], [np.nan, 1.0, 0.75, np.nan], [0.5, np.nan, 1.0, 0.0]])
+    out = win_summary(table, n_boot=300)
+    assert out["win_rate"] == pytest.approx(round((1 + 1 + 0.5 + 0 + 1 + 0.75 + 0.5 + 1 + 0) / 9, 4))
+    assert (out["strict_wins"], out["strict_losses"], out["comparisons"]) == (4, 2, 9)
+    assert out["wins_per_loss"] == 2.0
+    assert (out["win"], out["tie"], out["loss"]) == (round(4 / 9, 4), round(2 / 9, 4), round(2 / 9, 4))
+    assert (out["users"], out["prompts"]) == (3, 4)
+    assert 0 <= out["ci95"][0] < out["win_rate"] < out["ci95"][1] <= 1
+    inverted = win_summary(1 - table, n_boot=300)  # the baseline's view: wins and losses trade places
+    assert inverted["win_rate"] == pytest.approx(1 - out["win_rate"], abs=1e-4)
+    assert (inverted["strict_wins"], inverted["strict_losses"], inverted["wins_per_loss"]) == (2, 4, 0.5)
+
+
+def test_win_summary_ci_is_clustered_by_prompt():
+    # 50 users, 30 prompts, each user sees 3; a prompt is a win for everyone or a loss for everyone (15 each):
+    # the users agree, the prompts do not. A users-only bootstrap would be narrow; this one must not be.
+    rng = np.random.default_rng(3)
+    per_prompt = np.array([1.0, 0.0] * 15)
+    table = np.full((50, 30), np.nan)
+    for user in range(50):
+        seen = rng.choice(30, 3, replace=False)
+        table[user, seen] = per_prompt[seen]
+    out = win_summary(table, n_boot=1000)
+    mean = float(np.nanmean(table))
+    assert out["win_rate"] == pytest.approx(round(mean, 4))
+    # the spread of a mean of 30 coin flips (0.5 / sqrt(30) = 0.09): the 95% CI spans well over +-0.1
+    assert out["ci95"][1] - out["ci95"][0] > 0.2
+
+
+def test_median_shortening_by_hand():
+    words = np.array([[50.0, 60.0], [100.0, np.nan], [np.nan, 10.0]])
+    plain = np.array([[100.0, 100.0], [100.0, 100.0], [100.0, np.nan]])  # user 3's one prompt has no plain answer
+    point, low, high = median_shortening(words, plain, n_boot=300)
+    assert point == pytest.approx(1 - 60 / 100)  # cells (50, 100), (60, 100), (100, 100): medians 60 and 100
+    assert low <= point <= high
+    longer = median_shortening(plain, words, n_boot=50)[0]
+    assert longer == pytest.approx(1 - 100 / 60, abs=1e-4)  # the other way round (4 places): negative, 67% longer
+    assert np.isnan(median_shortening(np.full((1, 1), np.nan), plain[:1, :1], n_boot=10)[0])
+
+
+def test_done_when_reads_every_bar():
+    good_plain = {"win_rate": 0.74, "ci95": [0.6, 0.85], "wins_per_loss": 2.5}
+    good_direct = {"win_rate": 0.6, "ci95": [0.52, 0.7], "wins_per_loss": 1.3}
+    assert all(done_when(good_plain, good_direct, [0.3, 0.2, 0.4]).values())
+    bars = done_when({"win_rate": 0.69, "ci95": [0.55, 0.8], "wins_per_loss": 1.9},
+                     {"win_rate": 0.6, "ci95": [0.5, 0.7], "wins_per_loss": 2.0}, [0.24, 0.1, 0.3])
+    assert not any(bars.values())  # each just misses: 0.69 < 0.70, 0.55 not above, 1.9 < 2, 0.5 not above, 0.24
+
+
+def test_option_names_parse_and_round_trip():
+    assert Option.parse("product@2") == Option("product", False, 2.0)
+    assert Option.parse("product+length@1.5") == Option("product", True, 1.5)
+    assert Option.parse("best_of_4+length@1") == Option("best_of_n", True, 1.0, 4)
+    for name in learning_decoding.DEFAULT_OPTIONS + learning_decoding.QUICK_OPTIONS:
+        assert Option.parse(name).name == name
+    for bad in ("product", "best_of_1@1", "greedy@2", "product@x"):
+        with pytest.raises(SystemExit):
+            Option.parse(bad)
+
+
+def test_user_splits_are_fresh_disjoint_and_differ_between_users():
     prompts = [{"id": f"q{i:03d}", "prompt": f"question {i}"} for i in range(100)]
-    splits = learning.repetition_splits(prompts, 14, 30, 30, seed=0, repetitions=3)
-    assert len(splits) == 3
-    for one in splits:
-        ids = [p["id"] for key in ("learn", "held_out", "evaluate") for p in one[key]]
-        assert (len(one["learn"]), len(one["held_out"]), len(one["evaluate"])) == (14, 30, 30)
-        assert len(set(ids)) == 74  # disjoint within a repetition
-    evaluate = [{p["id"] for p in one["evaluate"]} for one in splits]
-    assert evaluate[0] != evaluate[1] and evaluate[1] != evaluate[2]  # drawn afresh
-    assert splits[0] == learning.split_prompts(prompts, 14, 30, 30, 0)  # repetition 0 is the old single split
-    with pytest.raises(SystemExit, match="the pool has 100"):
-        learning.split_prompts(prompts, 50, 30, 30, 0)
+    splits = learning.user_splits(prompts, users=54, learn=14, held_out=30, evaluate=4, seed=0)
+    assert len(splits) == 54
+    for s in splits:
+        assert (len(s["learn"]), len(s["held_out"]), len(s["evaluate"])) == (14, 30, 4)
+        assert not set(s["learn"]) & set(s["held_out"]) and not set(s["learn"]) & set(s["evaluate"])
+        assert not set(s["held_out"]) & set(s["evaluate"])
+        assert not (set(s["held_out"]) | set(s["evaluate"])) & learning.USED_BEFORE
+    evaluated = {pid for s in splits for pid in s["evaluate"]}
+    assert len(evaluated) >= 30  # the clusters of the decoding CIs
+    assert len({tuple(s["evaluate"]) for s in splits}) == 54
+    assert splits == learning.user_splits(prompts, users=54, learn=14, held_out=30, evaluate=4, seed=0)
+    with pytest.raises(SystemExit, match="fresh prompts"):
+        learning.user_splits(prompts, users=1, learn=14, held_out=60, evaluate=4, seed=0)
 
 
-def test_decoding_rules_are_compared_with_plain_and_direct_across_repetitions():
+LONG = ("Water the plant when the top of the soil feels dry, give it bright indirect light every day, and feed it "
+        "once a month in spring and summer so that it keeps growing strong and green.")
+SHORT = "Water it when the soil is dry, and give it light."
+
+
+def test_decoding_figures_on_planted_answers():
     pytest.importorskip("emoji")
     pytest.importorskip("textstat_rs")
-    long = ("Water the plant when the top of the soil feels dry, give it bright indirect light every day, and "
-            "feed it once a month in spring and summer so that it keeps growing strong and green.")
-    short = "Water it when the soil is dry, and give it light."
-    splits = [{"evaluate": [{"id": f"r{r}p{i}", "prompt": "How do I keep a plant alive?"} for i in range(2)]}
-              for r in range(2)]
-    ids = [p["id"] for one in splits for p in one["evaluate"]]
-    cache: dict = {"plain_eval": {i: long for i in ids}, "direct": {}, "decoded": {}}
-    for dims in learning.USER_TYPES:
-        name = "+".join(dims)
-        cache["direct"][name] = {i: {"text": long} for i in ids}  # the stated preference changed nothing
-        for r, one in enumerate(splits):
-            for rule in learning.DECODING_RULES:
-                # best-of-N answers short for the concise user; the product rule never does
-                text = short if (name == "concise" and rule == "best_of_n") else long
-                key = learning.decoded_key(name, 1.0, rule, r)
-                cache["decoded"][key] = {p["id"]: {"text": text} for p in one["evaluate"]}
-    figures = learning.decoding_figures(cache, splits)
-    best = figures["best_of_n"]["vs_plain"]["concise"]
-    assert (best["win_rate"], best["win"], best["prompts"]) == (1.0, 1.0, 4)  # both repetitions' prompts
-    assert figures["best_of_n"]["vs_direct"]["concise"]["win_rate"] == 1.0
-    assert figures["product"]["vs_plain"]["concise"]["tie"] == 1.0
-    assert figures["direct"]["vs_plain"]["all_user_types"]["win_rate"] == 0.5
-    pooled = figures["best_of_n"]["vs_plain"]["all_user_types"]
-    assert pooled["comparisons"] == 24 and pooled["win_rate"] == pytest.approx(round((4 * 1.0 + 20 * 0.5) / 24, 4))
-    assert learning.decoded_key("concise", 1.0) == "concise"  # the keys of earlier runs still read
-    assert learning.decoded_key("concise", 1.5, "best_of_n", 1) == "concise|best_of_n|rep=1|guidance=1.5"
+
+    def said(text):
+        return {"text": text, "words": len(text.split()), "complete": True, "seconds": 1.0}
+
+    prompts = {f"p{i}": "How do I keep a plant alive?" for i in range(3)}
+    records = [{"dims": ["concise"], "seed": 1, "splits": {"evaluate": ["p0", "p1"]}},
+               {"dims": ["simple"], "seed": 2, "splits": {"evaluate": ["p1", "p2"]}}]
+    cache = {"plain_eval": {pid: said(LONG) for pid in prompts},
+             "plain_again": {"p0": said(SHORT), "p1": said(LONG)},  # p2's A/A answer is missing
+             "direct": {name: {pid: said(LONG) for pid in prompts} for name in ("concise", "simple")},
+             # the concise user's profile answers short (a strict win on word count, against plain and direct);
+             # the simple user's answers the plain text (a draw)
+             "decoded": {"concise#1": {pid: {"product@2": said(SHORT)} for pid in ("p0", "p1")},
+                         "simple#2": {pid: {"product@2": said(LONG)} for pid in ("p1", "p2")}}}
+    out = learning_decoding.decoding_figures(records, prompts, cache, ["product@2"], n_boot=200)
+    assert (out["evaluation_prompts"], out["users"]) == (3, 2)
+    option = out["options"]["product@2"]
+    vs_plain = option["vs_plain"]
+    assert vs_plain["win_rate"] == pytest.approx((1 + 1 + 0.5 + 0.5) / 4)
+    assert (vs_plain["strict_wins"], vs_plain["strict_losses"], vs_plain["tie"]) == (2, 0, 0.5)
+    assert option["vs_direct"]["win_rate"] == pytest.approx(0.75)
+    assert option["by_user_type_vs_plain"]["concise"]["win_rate"] == 1.0
+    assert option["by_user_type_vs_plain"]["simple"]["win_rate"] == 0.5
+    shorter = 1 - len(SHORT.split()) / len(LONG.split())
+    assert option["concise_median_shortening"][0] == pytest.approx(shorter, abs=1e-4)
+    assert option["done_when"]["short_answers_25_percent_shorter"]
+    assert option["done_when"]["strict_wins_at_least_twice_losses"]  # two strict wins, no strict loss
+    assert out["direct_vs_plain"]["win_rate"] == 0.5 and out["direct_vs_plain"]["tie"] == 1.0
+    assert option["ended_by_itself"] == 1.0
+    # A/A: the concise user on p0 (short against long: a win), p1 for both users (the same text: draws)
+    aa = out["aa_control"]
+    assert (aa["comparisons"], aa["strict_wins"], aa["strict_losses"]) == (3, 1, 0)
+    assert aa["win_rate"] == pytest.approx(round((1 + 0.5 + 0.5) / 3, 4))
