@@ -47,11 +47,13 @@ $(BROWSER_STAMP): scripts/install-browser.sh
 # The layer contract first (a second; see [tool.importlinter] in pyproject.toml), then the suite on TEST_WORKERS
 # processes (pytest-xdist): every test runs torch and llama.cpp on one thread, so two workers use both cores of a
 # 2-core machine. --dist loadfile keeps a module on one worker, so its module fixtures (a chat server, a
-# PostgreSQL server, a GGUF export) start once. TEST_WORKERS=0 runs it in this process.
+# PostgreSQL server, a GGUF export) start once; --no-loadscope-reorder hands the modules out in collection order,
+# longest first (tests/conftest.py, SLOW_MODULES_FIRST), so both workers finish together. TEST_WORKERS=0 runs it in
+# this process.
 TEST_WORKERS ?= 2
 test: $(STAMP) $(BROWSER_STAMP)
 	$(VENV)/bin/lint-imports
-	PERSONA_JUDGE_REQUIRE_LLAMACPP=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	PERSONA_JUDGE_REQUIRE_LLAMACPP=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not embedded"

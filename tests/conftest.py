@@ -23,6 +23,33 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or "ci")
 torch.set_num_threads(int(os.environ.get("PERSONA_JUDGE_TEST_THREADS", "1")))
 
 
+# `make test` runs the suite on two pytest-xdist workers with --dist loadfile --no-loadscope-reorder: each module is
+# one unit of work, handed out in collection order to whichever worker is free. So the longest modules go first
+# (measured with --durations, longest first) and the many short ones fill in at the end, and the two workers finish
+# within a short module of each other. xdist's default order (most tests first) left a 3-minute module with 7 tests
+# near the end while the other worker idled. A module missing here keeps its place after these; a name no longer
+# in the suite is ignored. Order within a module is never changed.
+SLOW_MODULES_FIRST = (
+    "tests/integration_tests/test_standard.py",
+    "tests/unit_tests/test_engine.py",
+    "tests/integration_tests/test_tools.py",
+    "tests/integration_tests/test_examples.py",
+    "tests/integration_tests/test_chat_app_profile.py",
+    "tests/unit_tests/test_combine.py",
+    "tests/integration_tests/test_profiles_embedded.py",
+    "tests/integration_tests/test_chat_app.py",
+    "tests/integration_tests/test_chat_app_store.py",
+    "tests/integration_tests/test_chat_app_load.py",
+    "tests/unit_tests/test_llamacpp.py",
+    "tests/unit_tests/test_robustness.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOW_MODULES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))  # stable: keeps the rest's order
+
+
 @pytest.fixture(scope="session")
 def embedded():
     """The real embedded SmolLM2-135M-Instruct's handle on transformers (``.model``, ``.tokenizer``), loaded once

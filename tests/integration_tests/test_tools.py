@@ -1,8 +1,9 @@
 """Tool calling, structured output and the styled-output tool on the real embedded SmolLM2-135M-Instruct.
 
 The claims: with ``tool_choice="any"`` every call the model writes parses and validates against its tool's
-schema, over many prompts; ``with_structured_output(Model)`` always gives a valid ``Model``, in invoke and in
-stream; the agent examples run. Greedy decoding throughout, so a stream equals its invoke.
+schema, on a prompt per tool shape (every prompt of the sweep runs on a random model in the unit tests);
+``with_structured_output(Model)`` always gives a valid ``Model``, in invoke and in stream; the agent examples
+run. Greedy decoding throughout, so a stream equals its invoke.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from typing import Literal
 
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
-from langchain_core.tools import tool
 from pydantic import BaseModel, Field
 
 from langchain_persona_judge import ChatPersonaJudge
 from langchain_persona_judge.styled_tool import PersonaJudgeTool
+from tests.helpers.tools import PROMPTS, TOOLS, check_forced_call, get_weather
 
 pytestmark = pytest.mark.embedded
 pytest.importorskip("xgrammar", reason="needs the grammar extra: pip install 'langchain-persona-judge[grammar]'")
@@ -28,49 +29,17 @@ PREFERENCES = ["Answer in one short, formal sentence.", "Answer playfully, with 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "agents"
 
 
-@tool
-def calculator(a: float, op: Literal["+", "-", "*", "/"], b: float) -> float:
-    """Compute `a op b` for +, -, * and /."""
-    return {"+": a + b, "-": a - b, "*": a * b, "/": a / b if b else float("nan")}[op]
-
-
-@tool
-def get_weather(city: str, unit: Literal["celsius", "fahrenheit"] = "celsius") -> str:
-    """Get today's weather in a city."""
-    return f"Sunny in {city}."
-
-
-class ConvertInput(BaseModel):
-    value: float = Field(description="The amount to convert")
-    from_unit: Literal["km", "mile", "kg", "pound"]
-    to_unit: Literal["km", "mile", "kg", "pound"]
-
-
-@tool(args_schema=ConvertInput)
-def convert_units(value: float, from_unit: str, to_unit: str) -> str:
-    """Convert an amount between units."""
-    return f"{value} {from_unit} in {to_unit}"
-
-
-TOOLS = {t.name: t for t in (calculator, get_weather, convert_units)}
-
-PROMPTS = [
+# One prompt per tool shape, and one no tool fits: each is a full decode of a ~450-token prompt (the tools'
+# descriptions) on the embedded model, about 7 s on a quiet core. Every prompt of PROMPTS, each invoked and
+# streamed, runs on a tiny random model in tests/unit_tests/test_tools.py (the grammar, not the model, makes a
+# forced call valid).
+EMBEDDED_PROMPTS = [
     "What is 12 times 7?",
-    "Add 3.5 and 4.25.",
-    "Divide 100 by 8.",
-    "What is 365 minus 42?",
-    "What's the weather in Paris?",
     "Is it cold in Oslo today? Answer in fahrenheit.",
-    "Weather for Tokyo, please.",
-    "How many miles is 42 km?",
     "Convert 10 pounds to kg.",
-    "What is 2 to the power of 10?",
-    "I need the forecast for Cairo.",
-    "How much is 7 plus 8 plus 9?",
-    "Convert 5 miles into kilometres.",
-    "Tell me a joke.",
     "Hello!",
 ]
+assert set(EMBEDDED_PROMPTS) <= set(PROMPTS)
 
 
 class Person(BaseModel):
@@ -95,21 +64,12 @@ def llm() -> ChatPersonaJudge:
     return ChatPersonaJudge(preferences=PREFERENCES, temperature=0, max_tokens=64)
 
 
-def _check_call(message: AIMessage) -> None:
-    assert message.invalid_tool_calls == [], message.invalid_tool_calls
-    assert len(message.tool_calls) == 1 and message.content == ""
-    call = message.tool_calls[0]
-    assert call["name"] in TOOLS and call["id"].startswith("call_")
-    TOOLS[call["name"]].args_schema.model_validate(call["args"])  # type: ignore[union-attr]
-
-
 def test_every_forced_tool_call_parses_and_validates(llm: ChatPersonaJudge) -> None:
     bound = llm.bind_tools(list(TOOLS.values()), tool_choice="any")
     names = []
-    for i, prompt in enumerate(PROMPTS):
+    for i, prompt in enumerate(EMBEDDED_PROMPTS):
         message = bound.invoke(prompt)
-        _check_call(message)
-        names.append(message.tool_calls[0]["name"])
+        names.append(check_forced_call(message))
         if i == 0:  # streamed: one tool_call_chunk with the same call (greedy: same tokens)
             chunks = list(bound.stream(prompt))
             assert sum(len(c.tool_call_chunks) for c in chunks) == 1

@@ -57,10 +57,17 @@ def test_combine_functions_equal_the_written_out_laws(weights: tuple[float, ...]
         np.testing.assert_allclose(row.numpy(), guided_law(persona, reference, guidance), atol=1e-5)
 
 
+# runs, sized by power (noncentral chi-square against the exact laws; a failure is a p-value <= 1e-3): with 1800 runs
+# the reference weighted 1 - sum(w) instead of 1 - guidance sum(w) fails (0.5, 0.5, 2.5) and (0.6, 0.4, -0.5) with
+# power 1, the reference left out fails the three cases that read it with power > 0.9999, the weights swapped
+# between the personas fails (1.2, -0.7) with power 1. (0.7, 0.3) keeps 3000: its law is close to persona 0's, and
+# the test's own check that it is far from it (p < 1e-6) has power 0.985 at 3000 runs, 0.58 at 1800.
 @pytest.mark.parametrize(
-    ("weights", "guidance"), [((0.7, 0.3), 1.0), ((0.5, 0.5), 2.5), ((1.2, -0.7), 1.0), ((0.6, 0.4), -0.5)]
+    ("weights", "guidance", "runs"),
+    [((0.7, 0.3), 1.0, 3000), ((0.5, 0.5), 2.5, 1800), ((1.2, -0.7), 1.0, 1800), ((0.6, 0.4), -0.5, 1800)],
 )
-def test_product_first_token_follows_the_combined_law(weights: tuple[float, float], guidance: float) -> None:
+def test_product_first_token_follows_the_combined_law(weights: tuple[float, float], guidance: float, runs: int
+                                                      ) -> None:
     """The expected law is written out in ``product_law`` (numpy, not ``combine.product``): the reference row
     carries the weight ``1 − γ Σ w``, so a mis-weighted reference fails here."""
     model = tiny_llama(seed=1, sharpness=4.0)
@@ -68,7 +75,7 @@ def test_product_first_token_follows_the_combined_law(weights: tuple[float, floa
     reference = full_logits(model, REFERENCE)[-1]
     expected = product_law(logits, weights, reference, guidance, temperature=0.9)
     needs_reference = guidance != 1.0 or abs(sum(weights) - 1) > 1e-9
-    counts = _first_tokens(model, 3000, max_new_tokens=1, combine="product", weights=weights, guidance=guidance,
+    counts = _first_tokens(model, runs, max_new_tokens=1, combine="product", weights=weights, guidance=guidance,
                            temperature=0.9, reference=torch.tensor(REFERENCE) if needs_reference else None)
     # Against the analytic law, and far from each persona's own law (so the test can fail).
     assert _pvalue(counts, expected) > 1e-3
@@ -87,7 +94,10 @@ def test_guided_judge_first_token_follows_the_guided_judge(guidance: float, max_
     p = guided_law(full_logits(model, PROMPTS[1])[-1], reference, guidance)
     q = guided_law(full_logits(model, PROMPTS[0])[-1], reference, guidance)
     assert 0.5 * np.abs(p - q).sum() > 0.2, "the guided personas must disagree for this test to mean anything"
-    counts = _first_tokens(model, 3000, max_new_tokens=max_new_tokens, guidance=guidance,
+    # 1800 runs, sized by power (noncentral chi-square, a failure is a p-value <= 1e-3): in the draft-accept-residual
+    # case a residual drawn from p instead of norm(max(0, p - q)) fails with power 0.99995 at guidance -1.5
+    # (TV(p, q) = 0.21) and 1 at 2.0; in both cases the drafter's row as the reference fails with power 1.
+    counts = _first_tokens(model, 1800, max_new_tokens=max_new_tokens, guidance=guidance,
                            reference=torch.tensor(REFERENCE))
     assert _pvalue(counts, p) > 1e-3
     assert _pvalue(counts, q) < 1e-6

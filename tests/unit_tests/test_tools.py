@@ -33,6 +33,9 @@ from langchain_persona_judge.tool_rendering import render_conversation, template
 from langchain_persona_judge.tools import convert_tool, normalize_tool_choice
 from tests.helpers import tiny_llama
 from tests.helpers.tokenizer import tiny_tokenizer
+from tests.helpers.tools import PROMPTS as SWEEP_PROMPTS
+from tests.helpers.tools import TOOLS as SWEEP_TOOLS
+from tests.helpers.tools import check_forced_call
 
 pytest.importorskip("xgrammar", reason=f"needs the grammar extra: {GRAMMAR_INSTALL}")
 
@@ -368,6 +371,29 @@ def test_forced_calls_from_a_random_model_always_validate(random_model: Any, tok
     for chunk in llm.stream("Compute 2 + 2.", seed=7):
         full = chunk if full is None else full + chunk
     assert isinstance(full, AIMessageChunk) and len(full.tool_calls) == 1 and full.tool_calls[0]["id"]
+
+
+def test_forced_calls_on_every_prompt_of_the_sweep_validate(tokenizer: Any) -> None:
+    """The embedded-model test's three tools (floats and an enum; an enum with a default; an args_schema model) on
+    every prompt of its sweep, sampled with a seed per prompt, each invoked and streamed: one valid call of one of
+    them, and the stream one tool_call_chunk with the same call (same seed, same tokens).
+    ``tests/integration_tests/test_tools.py`` decodes one prompt per tool shape on the embedded model."""
+    # 2048 positions: the three tools' descriptions are ~900 of the tiny tokenizer's tokens per persona.
+    model = tiny_llama(seed=1, vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, context=2048)
+    bound = make(model, tokenizer, temperature=1.0, top_p=None, max_tokens=96).bind_tools(
+        list(SWEEP_TOOLS.values()), tool_choice="any")
+    names = []
+    for seed, prompt in enumerate(SWEEP_PROMPTS):
+        message = bound.invoke(prompt, seed=seed)
+        names.append(check_forced_call(message))
+        chunks = list(bound.stream(prompt, seed=seed))
+        assert sum(len(c.tool_call_chunks) for c in chunks) == 1
+        full = chunks[0]
+        for chunk in chunks[1:]:
+            full += chunk
+        assert [(c["name"], c["args"]) for c in full.tool_calls] == [
+            (c["name"], c["args"]) for c in message.tool_calls]
+    assert len(set(names)) == len(SWEEP_TOOLS), names  # the grammar lets the model pick any of the tools
 
 
 @pytest.mark.parametrize("method", ["json_schema", "function_calling"])
