@@ -112,6 +112,11 @@ class TransformersBackend(ModelBackend):
 
         return self.device.type != "cpu" or is_prepacked(self.model)
 
+    def shared_batch(self) -> Any | None:
+        from .hf_shared import TransformersSharedBatch, supports_shared_batch
+
+        return TransformersSharedBatch(self) if supports_shared_batch(self) else None
+
 
 class TransformersSequences(Sequences):
     def __init__(self, backend: TransformersBackend, count: int, stats: DecodingStats) -> None:
