@@ -36,12 +36,20 @@ if ! "$PY" -c "import pydantic" 2>/dev/null; then
   "$PY" -m pip install --quiet --no-index --find-links "$WHEELS" "${NEEDS[@]}"
 fi
 "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, \
-'cuda', torch.version.cuda, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'NO GPU')"
+'cuda', torch.version.cuda, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 
+# GPU_CHECK_DEVICE=cpu rehearses the whole script on a CPU (the tiny config, a results file under /tmp).
+if [ "${GPU_CHECK_DEVICE:-cuda}" = "cpu" ]; then
+  ARGS=(--device cpu --quick --json --out "${TMPDIR:-/tmp}/gpu_check_rehearsal.json")
+  RESULT="${TMPDIR:-/tmp}/gpu_check_rehearsal.json"
+else
+  ARGS=(--device cuda --json --out benchmarks/results/gpu.json)
+  RESULT=benchmarks/results/gpu.json
+fi
 status=0
-timeout 470 "$PY" -m benchmarks.gpu --device cuda --json --out benchmarks/results/gpu.json || status=$?
-if [ -n "${OUT:-}" ] && [ -f benchmarks/results/gpu.json ]; then
-  cp benchmarks/results/gpu.json "$OUT/gpu.json"
+timeout 470 "$PY" -m benchmarks.gpu "${ARGS[@]}" || status=$?
+if [ -n "${OUT:-}" ] && [ -f "$RESULT" ]; then
+  cp "$RESULT" "$OUT/gpu.json"
 fi
 exit "$status"
