@@ -187,46 +187,68 @@ def run_concurrent(model: Any, tokenizer: Any, requests: int, tokens: int, batch
     return sum(counts)
 
 
-def measure(device: str, repeats: int, run: Any) -> dict[str, Any]:
-    """Median tokens/s of ``repeats`` timed runs (after one warm-up run), and the peak memory of the last."""
-    run()  # warm-up: kernels, allocator, packed weights
-    rates, seconds, tokens = [], [], 0
+def measure(device: str, repeats: int, runs: dict[str, Any]) -> dict[str, Any]:
+    """Median tokens/s of each of ``runs`` over ``repeats`` timed runs (after one warm-up run each), taken in turns
+    (A B, then B A, ...) so that a drift of the machine's speed falls on each alike; the peak GPU memory of each.
+    A condition that fails gets ``error`` instead, and the others go on."""
     cuda = device.startswith("cuda")
-    meter = MemoryMeter(device)
-    for _ in range(repeats):
-        with meter if cuda else contextlib.nullcontext():
-            started = now(device)
-            tokens = run()
-            elapsed = now(device) - started
-        rates.append(tokens / elapsed)
-        seconds.append(elapsed)
-    out: dict[str, Any] = {"tokens_per_s": round(statistics.median(rates), 2), "tokens": tokens,
-                           "seconds": [round(s, 4) for s in seconds]}
-    if cuda:
-        out["peak_gpu_mib"] = round(meter.peak_mib, 1)
+    samples: dict[str, list[tuple[int, float, float]]] = {name: [] for name in runs}
+    failed: dict[str, str] = {}
+
+    def once(name: str, timed: bool) -> None:
+        meter = MemoryMeter(device)
+        try:
+            with meter if cuda else contextlib.nullcontext():
+                started = now(device)
+                tokens = runs[name]()
+                elapsed = now(device) - started
+        except Exception as exc:  # noqa: BLE001  # one failing condition must not cost the whole GPU run
+            failed[name] = f"{type(exc).__name__}: {exc}"[:500]
+            return
+        if timed:
+            samples[name].append((tokens, elapsed, meter.peak_mib if cuda else 0.0))
+
+    for name in runs:
+        once(name, timed=False)  # warm-up: kernels, allocator, packed weights
+    names = list(runs)
+    for repeat in range(repeats):
+        for name in names if repeat % 2 == 0 else names[::-1]:
+            if name not in failed:
+                once(name, timed=True)
+    out: dict[str, Any] = {}
+    for name in names:
+        if name in failed:
+            out[name] = {"error": failed[name]}
+            continue
+        out[name] = {"tokens_per_s": round(statistics.median(t / s for t, s, _ in samples[name]), 2),
+                     "tokens": samples[name][-1][0], "seconds": [round(s, 4) for _, s, _ in samples[name]]}
+        if cuda:
+            out[name]["peak_gpu_mib"] = round(max(p for _, _, p in samples[name]), 1)
     return out
 
 
 def bench_model(shape: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Every condition on one model shape."""
+    """Every condition on one model shape; ``batched_8`` and ``unbatched_8`` in turns, side by side."""
     started = time.perf_counter()
     model, tokenizer, description = build_model(shape, args.device)
     built = time.perf_counter() - started
-    plan: list[tuple[str, Any]] = []
+    groups: list[dict[str, Any]] = []
     if args.only != "batching":
         for condition in SINGLE:
-            plan.append((condition, lambda c=condition: run_single(model, tokenizer, c, args.max_new_tokens,
-                                                                    args.device)))
+            groups.append({condition: lambda c=condition: run_single(model, tokenizer, c, args.max_new_tokens,
+                                                                     args.device)})
     for n in args.concurrency:
-        plan.append((f"batched_{n}", lambda n=n: run_concurrent(model, tokenizer, n, args.max_new_tokens, True)))
-    plan.append(("unbatched_8", lambda: run_concurrent(model, tokenizer, 8, args.max_new_tokens, False)))
+        group = {f"batched_{n}": lambda n=n: run_concurrent(model, tokenizer, n, args.max_new_tokens, True)}
+        if n == 8:
+            group["unbatched_8"] = lambda: run_concurrent(model, tokenizer, 8, args.max_new_tokens, False)
+        groups.append(group)
+    if 8 not in args.concurrency:
+        groups.append({"unbatched_8": lambda: run_concurrent(model, tokenizer, 8, args.max_new_tokens, False)})
     conditions: dict[str, Any] = {}
-    for name, run in plan:
-        try:
-            conditions[name] = measure(args.device, args.repeats, run)
-        except Exception as exc:  # noqa: BLE001  # one failing condition must not cost the whole GPU run
-            conditions[name] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
-        print(f"  {shape:>14} {name:<16} {conditions[name]}", file=sys.stderr, flush=True)
+    for group in groups:
+        for name, figures in measure(args.device, args.repeats, group).items():
+            conditions[name] = figures
+            print(f"  {shape:>14} {name:<16} {figures}", file=sys.stderr, flush=True)
     del model
     if args.device.startswith("cuda"):
         torch.cuda.empty_cache()

@@ -55,3 +55,23 @@ def test_the_configs_have_the_real_models_sizes(shape, billions):
 def test_an_unknown_shape_names_the_known_ones():
     with pytest.raises(SystemExit, match=r"--shapes 'llama-70b'.*'llama-3.1-8b'.*'tiny'"):
         gpu.load_config("llama-70b")
+
+
+def test_measure_takes_conditions_in_turns_and_keeps_going_past_a_failure():
+    order: list[str] = []
+
+    def run(name: str, tokens: int):
+        def once() -> int:
+            order.append(name)
+            return tokens
+        return once
+
+    def broken() -> int:
+        order.append("broken")
+        raise RuntimeError("no kernel for this")
+
+    out = gpu.measure("cpu", 3, {"a": run("a", 10), "b": run("b", 20), "broken": broken})
+    # Warm-ups, then A B, B A, A B: a drift of the machine falls on both alike; the failed one is not retried.
+    assert order == ["a", "b", "broken", "a", "b", "b", "a", "a", "b"]
+    assert out["broken"] == {"error": "RuntimeError: no kernel for this"}
+    assert out["a"]["tokens"] == 10 and out["b"]["tokens"] == 20 and len(out["a"]["seconds"]) == 3
