@@ -277,8 +277,9 @@ def test_marked_tables_render_from_their_results_files():
         assert TABLES[m["name"]](source) == m["body"], f"table {m['name']} ({m['source']}) is stale"
 
 
-PENDING: set[str] = set()
-"""Results files the docs name as the output of a run still in progress (none now)."""
+PENDING: set[str] = {"gpu.json", "batching_cpu.json"}
+"""Results files the docs name as the output of a run still in progress: the GPU run (no GPU machine lent yet)
+and the CPU batching run (waits for a quiet machine); issue 26."""
 
 
 def test_results_files_quoted_in_the_docs_exist():
