@@ -175,6 +175,11 @@ class TransformersBatch(LockstepBatch):
     def length(self) -> int:
         return self.cache.get_seq_length()
 
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """(rows, positions held) of 1 where a row attends, 0 for its left padding."""
+        return self._attention[:, : self._columns]
+
     def release(self) -> None:
         self.cache = self.backend.new_cache()
 

@@ -42,11 +42,12 @@ def _install_per_member_attention() -> bool:
     """Wrap transformers' ``sdpa`` attention (once per process) so that a forward passing :data:`GROUPS` attends
     member by member; every other forward calls the wrapped function unchanged. False where there is none."""
     try:
-        from transformers.modeling_utils import AttentionInterface
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
     except ImportError:  # pragma: no cover - another transformers layout: whole-batch attention
         return False
-    sdpa = AttentionInterface._global_mapping.get("sdpa")
-    if sdpa is None:
+    try:
+        sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    except KeyError:  # pragma: no cover
         return False
     if getattr(sdpa, "per_member", False):
         return True
@@ -66,7 +67,7 @@ def _install_per_member_attention() -> bool:
 
     per_member_sdpa.per_member = True  # type: ignore[attr-defined]
     AttentionInterface.register("sdpa", per_member_sdpa)
-    return True
+    return getattr(ALL_ATTENTION_FUNCTIONS["sdpa"], "per_member", False)  # unless a local override shadows it
 
 
 def exact_per_member(backend: TransformersBackend) -> bool:
@@ -135,7 +136,7 @@ class TransformersSharedBatch:
         batch = self.backend.batch(prompts, 0, stats)
         logits = batch.prefill()  # the same forward a lone request runs
         member = SharedRows(len(prompts))
-        self._merge(member, batch.cache, batch._attention[:, : batch._columns])
+        self._merge(member, batch.cache, batch.attention_mask)
         return member, logits
 
     def _merge(self, member: SharedRows, cache: DynamicCache, attention: torch.Tensor) -> None:
