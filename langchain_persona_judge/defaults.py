@@ -25,6 +25,8 @@ CACHE_ENV = "PERSONA_JUDGE_CACHE"
 """Where converted GGUF models are cached (default ``~/.cache/langchain-persona-judge``)."""
 PREPACK_ENV = "PERSONA_JUDGE_PREPACK"
 """``0``/``1`` overrides whether fp32 CPU models get prepacked linear weights."""
+BATCHING_ENV = "PERSONA_JUDGE_BATCHING"
+"""``auto``/``on``/``off``: continuous batching of concurrent requests on a model, where not set per model."""
 
 
 def draft_confidence_for(schedule: str) -> float:

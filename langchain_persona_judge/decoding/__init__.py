@@ -12,6 +12,7 @@ the package, never LangChain, the persona registry or the runtime.
 ``batch``                 what the batched rules share: every persona (+ reference) as a row of one batch
 ``lockstep``              Persona-judge with every persona in one batched forward per emitted token
 ``product``               the weighted product of the personas' distributions, one batched forward per token
+``batching``              continuous batching: the lockstep rows of concurrent requests in one forward per step
 ``backends``              the model interface the rules talk to: transformers (``hf``), llama.cpp (``llamacpp``)
 ``cpu_kernels``           prepacked linear weights for multi-row forwards on a CPU
 ``reference``             the paper's algorithm with no cache: the oracle for tests and benchmarks
@@ -33,6 +34,7 @@ from .. import defaults
 from ..errors import DecodingError, InvalidArgumentError
 from .backends import BACKENDS, ModelBackend, as_backend, backend_name
 from .base import Decoder, TokenStream, context_budget, context_limit
+from .batching import BatchingBackend, BatchScheduler
 from .cpu_kernels import is_prepacked, prepack_linear_weights, unpack_linear_weights
 from .lockstep import LockstepDecoder
 from .options import (
@@ -152,6 +154,8 @@ __all__ = [
     "DECODERS",
     "BACKENDS",
     "SCHEDULES",
+    "BatchScheduler",
+    "BatchingBackend",
     "Combine",
     "Decoder",
     "DecodingError",

@@ -12,6 +12,7 @@ Layer L2: imports the L1 packages (:mod:`~langchain_persona_judge.decoding`, :mo
 ``request``        preferences + conversation + options → a :class:`Request` (prompts, resolved options)
 ``run``            :func:`start_run` (the request policy: profile, request, limits) and :class:`RequestRun`:
                    admission, decode, detokenise, stop strings, deadline, cancel, OOM
+``batching``       the ``batching`` setting: concurrent requests on a model sharing one forward per step
 ``detokenize``     incremental detokenisation and stop strings
 ``bridge``         a blocking iterator consumed from asyncio through a worker thread
 =================  =========================================================================================
@@ -20,6 +21,7 @@ Layer L2: imports the L1 packages (:mod:`~langchain_persona_judge.decoding`, :mo
 from __future__ import annotations
 
 from .admission import AdmissionQueue, check_prompt_tokens, count_prompt_tokens
+from .batching import BATCHING_MODES, batch_scheduler, batched, batching_mode, set_batching
 from .bridge import iterate_in_thread
 from .chat_template import encode_chat, render_chat
 from .loading import (
@@ -37,6 +39,7 @@ from .run import RequestRun, start_run
 
 __all__ = [
     "BACKEND_CHOICES",
+    "BATCHING_MODES",
     "EMBEDDED_NAME",
     "REGISTRY",
     "AdmissionQueue",
@@ -47,6 +50,9 @@ __all__ = [
     "RequestRun",
     "Truncation",
     "admission_queue",
+    "batch_scheduler",
+    "batched",
+    "batching_mode",
     "build_request",
     "check_prompt_tokens",
     "count_prompt_tokens",
@@ -60,6 +66,7 @@ __all__ = [
     "render_chat",
     "resolve_backend",
     "resolve_model_path",
+    "set_batching",
     "shared_model",
     "start_run",
 ]

@@ -23,6 +23,7 @@ from ..decoding import DecodingOptions, Generation, ModelBackend, TokenStream
 from ..errors import OutOfMemoryError, ProfileError, RequestTimeoutError
 from .best_of import BestOfRun, start_best_of
 from .detokenize import IncrementalDetokenizer, StopStringFilter
+from .batching import batched
 from .models import admission_queue
 from .request import OutputGrammar, PersonaSettings, Request, Truncation, build_request
 
@@ -44,8 +45,10 @@ class RequestRun:
         max_concurrency: int | None = None,
         max_queue: int | None = None,
         user: str | None = None,
+        batching: str | None = None,
     ) -> None:
         self.request = request
+        self.batching = batching  # None: the model's setting (see .batching)
         self.user = user  # the admission queue serves users round-robin (None: the anonymous bucket)
         self.timeout = timeout
         self.cancelled = cancelled
@@ -82,7 +85,7 @@ class RequestRun:
             if not admitted:  # cancelled while waiting for a slot: nothing was decoded
                 return
             # Looked up on the module at call time, so a test can watch or replace the engine.
-            tokens = decoding.stream(request.model, request.prompts, options=request.options,
+            tokens = decoding.stream(batched(request.model, self.batching), request.prompts, options=request.options,
                                      constraint=request.constraint, reference=request.reference)
             self._tokens = tokens
             try:
@@ -189,13 +192,15 @@ def start_run(
     max_concurrency: int | None = None,
     max_queue: int | None = None,
     user: str | None = None,
+    batching: str | None = None,
 ) -> RequestRun | BestOfRun:
     """One request from a chat model's settings to a :class:`RequestRun` (not started: iterate its text).
 
     A ``profile`` turns its learned poles (and the stated preferences) into weighted personas for
     ``combine="product"``, and its learned length weight into a bias on the end-of-turn token; then the request is built once (:func:`~.request.build_request`: prompts within the
     context, options resolved for ``model``, the grammar) and handed to a run with the caller's limits;
-    ``user`` is the key the model's admission queue serves round-robin (``None``: the anonymous bucket).
+    ``user`` is the key the model's admission queue serves round-robin (``None``: the anonymous bucket);
+    ``batching`` overrides the model's continuous batching setting (:mod:`.batching`; None: the model's).
 
     ``profile_decoding="best_of_n"`` decodes ``best_of`` candidates instead and answers with the one the
     profile's reward ranks first (:mod:`.best_of`: a :class:`~.best_of.BestOfRun`, read like a RequestRun).
@@ -208,7 +213,7 @@ def start_run(
     build = {"model_name": model_name, "stop": stop, "truncation": truncation, "template_kwargs": template_kwargs,
              "output": output}
     limits = {"timeout": timeout, "cancelled": cancelled, "max_concurrency": max_concurrency,
-              "max_queue": max_queue, "user": user}
+              "max_queue": max_queue, "user": user, "batching": batching}
     plan = None
     if profile is not None:  # the profile's poles (and stated preferences) as weighted personas
         if options.weights is not None:

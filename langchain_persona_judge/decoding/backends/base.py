@@ -145,5 +145,10 @@ class ModelBackend(ABC):
         """Whether ``schedule="auto"`` should pick lockstep over speculative on this backend."""
         return False
 
+    def shared_batch(self) -> Any | None:
+        """An empty batch several requests' rows can share, one forward per step for all of them (continuous
+        batching, :mod:`..batching`); None where this backend has none."""
+        return None
+
 
 __all__ = ["NON_FINITE", "LockstepBatch", "ModelBackend", "Sequences", "check_finite"]

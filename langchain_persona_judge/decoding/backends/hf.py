@@ -112,6 +112,11 @@ class TransformersBackend(ModelBackend):
 
         return self.device.type != "cpu" or is_prepacked(self.model)
 
+    def shared_batch(self) -> Any | None:
+        from .hf_shared import TransformersSharedBatch, supports_shared_batch
+
+        return TransformersSharedBatch(self) if supports_shared_batch(self) else None
+
 
 class TransformersSequences(Sequences):
     def __init__(self, backend: TransformersBackend, count: int, stats: DecodingStats) -> None:
@@ -169,6 +174,11 @@ class TransformersBatch(LockstepBatch):
     @property
     def length(self) -> int:
         return self.cache.get_seq_length()
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """(rows, positions held) of 1 where a row attends, 0 for its left padding."""
+        return self._attention[:, : self._columns]
 
     def release(self) -> None:
         self.cache = self.backend.new_cache()
