@@ -418,7 +418,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=60, help="seconds of load per phase (default 60)")
     p.add_argument("--max-tokens", type=int, default=64, help="max_tokens of every request (default 64)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads per model copy (default 1)")
-    p.add_argument("--max-concurrency", type=int, default=2, help="decodes at once per model copy (default 2)")
+    p.add_argument("--max-concurrency", type=int, default=1,
+                   help="decodes at once per model copy (default 1: llama.cpp runs each decode on its own --threads, "
+                        "so 2 at once on one thread each already take two cores, and one copy would use the "
+                        "machine that the replicas are meant to share)")
     p.add_argument("--model", help="a GGUF file (default: the embedded SmolLM2)")
     p.add_argument("--kill-replica", action="store_true", help="add the fault phase on the most replicas")
     p.add_argument("--no-side-by-side", action="store_true", help="skip the llama_cpp.server comparison")
