@@ -343,7 +343,6 @@ def test_marked_tables_render_from_their_results_files():
 PENDING: set[str] = {"gpu.json", "learning_fresh.json"}
 """Results files the docs name as the output of a run not made yet: the GPU run of issue 26 (no GPU machine lent
 yet) and the full learning run of issue 25 (about a day on this CPU)."""
-lent yet)."""
 
 
 def test_results_files_quoted_in_the_docs_exist():
