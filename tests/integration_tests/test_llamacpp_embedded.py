@@ -81,11 +81,3 @@ def test_streaming_tools_and_structured_output_on_llamacpp():
 
     structured = llm.with_structured_output(Answer).invoke("Name a colour.")
     assert isinstance(structured, Answer) and structured.answer
-
-
-def test_learning_a_profile_refuses_a_llamacpp_model(embedded_llamacpp):
-    from langchain_persona_judge import learn_profile
-    from langchain_persona_judge.errors import ProfileError
-
-    with pytest.raises(ProfileError, match="transformers backend"):
-        learn_profile([("Hi", "Hello!", "Go away.")], model=embedded_llamacpp)

@@ -579,7 +579,7 @@ def test_best_of_n_takes_the_rewards_pick_against_the_plain_answer() -> None:
     longest = (plain + " Check the leaves each week for pests, wipe off any dust, turn the pot so every side gets "
                "light, and move it to a bigger pot when roots grow out of the holes at the bottom.")
     texts = [plain, "Water it when the soil is dry.", longest]
-    sets = [(np.eye(3), metric_table(texts, question), 0)]  # feature j marks answer j
+    sets = [(np.eye(3), metric_table(texts, question), 0, 0)]  # feature j marks answer j; prompt 0
     assert best_of_n(np.array([0.0, 1.0, 0.0]), ("concise",), sets) == 1.0  # the short answer: a win
     assert best_of_n(np.array([0.0, 0.0, 1.0]), ("concise",), sets) == 0.0  # the longest one: a loss
     assert best_of_n(np.array([1.0, 0.0, 0.0]), ("concise",), sets) == 0.5  # the plain answer itself: a draw
