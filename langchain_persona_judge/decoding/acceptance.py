@@ -34,8 +34,52 @@ def build_warpers(temperature: float, top_k: int | None, top_p: float | None) ->
     if top_k:
         warpers.append(TopKLogitsWarper(top_k))
     if top_p is not None and top_p < 1.0:
-        warpers.append(TopPLogitsWarper(top_p))
+        warpers.append(NucleusWarper(top_p))
     return warpers
+
+
+class NucleusWarper(TopPLogitsWarper):
+    """transformers' top-p warper without its sort of the whole vocabulary on every token.
+
+    Keeps the same tokens: a token survives when the mass of the tokens scored above it is below ``top_p`` (the
+    highest-scored token always does). The tokens that can survive lie among the ``k`` highest whenever those hold
+    at least ``top_p`` of the mass, so a top-k of a few hundred (0.3 ms on a 49k vocabulary, against 2.8 ms per
+    row for the sort) decides it; a flatter row falls back to transformers' full sort. The prefix sums are taken
+    in float64, so only a token whose preceding mass lies within rounding of ``top_p`` can be decided
+    differently from transformers' fp32 sums (which are the less exact of the two).
+    """
+
+    candidates = 256
+    """How many of the highest-scored tokens the fast path looks at."""
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        k = min(self.candidates, scores.shape[-1])
+        # Ranked by score, as transformers ranks them (probabilities can tie where the scores do not).
+        order = scores.topk(k, dim=-1).indices
+        top = torch.softmax(scores.double(), dim=-1).gather(-1, order)
+        before = top.cumsum(dim=-1) - top  # the mass above each candidate
+        # Every row must reach top_p within its candidates (NaN rows never do): then nothing beyond them survives.
+        if k == scores.shape[-1] or bool(((before[..., -1] + top[..., -1]) >= self.top_p).all()):
+            keep = before < self.top_p
+            keep[..., : self.min_tokens_to_keep] = True
+            kept = torch.zeros_like(scores, dtype=torch.bool).scatter(-1, order, keep)
+            return scores.masked_fill(~kept, self.filter_value)
+        return super().__call__(input_ids, scores)
+
+
+def sample(probs: torch.Tensor, generator: torch.Generator | None) -> int:
+    """One token drawn from ``probs`` ((V,), non-negative, any positive total) by inversion of its float64 CDF.
+
+    ``torch.multinomial`` draws as many exponentials as the vocabulary has tokens (0.9 ms on a 49k vocabulary);
+    this draws one uniform ``u`` and returns the first token whose cumulative mass exceeds ``u`` times the
+    total (0.03 ms). A token of zero probability is never returned: the cumulative mass does not rise at it.
+    """
+    cdf = probs.double().cumsum(dim=-1)
+    u = torch.rand((), generator=generator, device=probs.device, dtype=torch.float64)
+    token = int(torch.searchsorted(cdf, (u * cdf[-1]).reshape(1), right=True))
+    if token >= probs.shape[-1]:  # u * total rounded up to the total: the last token with mass
+        token = int((probs > 0).nonzero()[-1])
+    return token
 
 
 class EosBias(LogitsProcessor):
@@ -170,7 +214,7 @@ def sample_verdict(
     else:
         accepted = 0
     dist = residual_distribution(p[accepted], q[accepted]) if accepted < n else p[n]
-    next_token = int(torch.multinomial(dist, 1, generator=generator))
+    next_token = sample(dist, generator)
     return Verdict(accepted=accepted, next_token=next_token)
 
 
@@ -192,7 +236,7 @@ def verify_one(draft: int, q: torch.Tensor, p: torch.Tensor, generator: torch.Ge
     u = float(torch.rand((), generator=generator, device=p.device, dtype=torch.float32))
     if u * float(q[draft]) < float(p[draft]):
         return True, draft
-    return False, int(torch.multinomial(residual_distribution(p, q), 1, generator=generator))
+    return False, sample(residual_distribution(p, q), generator)
 
 
 def greedy_verdict(drafts: torch.Tensor, judge_logits: torch.Tensor) -> Verdict:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from .acceptance import to_probs, verify_one
+from .acceptance import sample, to_probs, verify_one
 from .batch import BatchedDecoder
 from .options import TokenKind
 
@@ -50,7 +50,7 @@ class LockstepDecoder(BatchedDecoder):
             if self.generator is None:
                 return int(logits[1].argmax()), "bonus"
             p = to_probs(logits[1:], self.warpers)[0]
-            return int(torch.multinomial(p, 1, generator=self.generator)), "bonus"
+            return sample(p, self.generator), "bonus"
 
         self.stats.drafted += 1
         self._drafts_left -= 1
@@ -59,8 +59,11 @@ class LockstepDecoder(BatchedDecoder):
             accepted, token = draft == choice, choice
             doubt = self.draft_confidence > 0 and self._doubts(float(torch.softmax(logits[0].float(), dim=-1)[draft]))
         else:
-            probs = to_probs(logits, self.warpers)
-            draft = int(torch.multinomial(probs[0], 1, generator=self.generator))
+            if self._roles_now[0] == self._roles_now[1]:  # one persona drafts and judges: warp its row once
+                probs = to_probs(logits[:1], self.warpers).expand(2, -1)
+            else:
+                probs = to_probs(logits, self.warpers)
+            draft = sample(probs[0], self.generator)
             doubt = self._doubts(float(probs[0, draft]))
             accepted, token = verify_one(draft, probs[0], probs[1], self.generator)
         if not accepted:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from . import combine
-from .acceptance import to_probs
+from .acceptance import sample, to_probs
 from .batch import BatchedDecoder
 
 
@@ -35,7 +35,7 @@ class ProductDecoder(BatchedDecoder):
         if self.generator is None:
             token = int(scores[0].argmax())
         else:
-            token = int(torch.multinomial(to_probs(scores, self.warpers)[0], 1, generator=self.generator))
+            token = sample(to_probs(scores, self.warpers)[0], self.generator)
         iteration = self.stats.iterations
         self.stats.iterations += 1
         self._emit(token, -1, -1, "combined", iteration)

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .acceptance import Verdict, greedy_verdict, sample_verdict, to_probs
+from .acceptance import Verdict, greedy_verdict, sample, sample_verdict, to_probs
 from .base import Decoder
 from .options import DecodingOptions, TokenConstraint, TokenKind
 
@@ -101,7 +101,7 @@ class SpeculativeDecoder(Decoder):
                 )
             else:
                 q = to_probs(logits, self.warpers)[-1]
-                token = int(torch.multinomial(q, 1, generator=self.generator))
+                token = sample(q, self.generator)
                 dists.append(q)
                 doubt = self._doubts(float(q[token]))
             drafts.append(token)

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 import torch
 from scipy import stats as scipy_stats
 
-from langchain_persona_judge.decoding.acceptance import build_warpers, greedy_verdict, sample_verdict, to_probs, verify_one
+from transformers import TopPLogitsWarper
+
 from langchain_persona_judge.decoding import SCHEDULES, generate
-from tests.helpers import tiny_llama
+from langchain_persona_judge.decoding.acceptance import (
+    NucleusWarper,
+    build_warpers,
+    greedy_verdict,
+    sample,
+    sample_verdict,
+    to_probs,
+    verify_one,
+)
+from tests.helpers import chi_square_pvalue, tiny_llama
 
 _NO_INPUT_IDS = torch.empty((0, 0), dtype=torch.long)
 
@@ -170,3 +182,38 @@ def test_a_huge_temperature_samples_without_error(schedule):
                    max_new_tokens=30, eos_token_id=[], schedule=schedule)
     assert len(gen.token_ids) == 30 and all(0 <= t < 32 for t in gen.token_ids)
     assert len(set(gen.token_ids)) >= 10  # about uniform over 32 tokens
+
+
+# -- the fast nucleus and the inversion sampler, against transformers' and the analytic law -----------------
+
+
+@pytest.mark.parametrize("vocab, scale", [(50, 1.0), (5000, 0.3), (5000, 3.0), (49152, 2.0), (49152, 0.05)])
+@pytest.mark.parametrize("top_p", [0.5, 0.9, 0.95, 0.999])
+def test_nucleus_keeps_what_transformers_keeps(vocab, scale, top_p):
+    """Sharp rows take the top-k path, flat ones (scale 0.05 on 49k tokens) the fallback; masked tokens too."""
+    g = torch.Generator().manual_seed(vocab + int(100 * scale))
+    scores = torch.randn(6, vocab, generator=g) * scale
+    scores[1, : vocab // 2] = float("-inf")
+    scores[2, :3] = 50.0  # a three-way tie at the top
+    ours = NucleusWarper(top_p)(_NO_INPUT_IDS, scores.clone())
+    theirs = TopPLogitsWarper(top_p)(_NO_INPUT_IDS, scores.clone())
+    assert torch.equal(torch.isinf(ours), torch.isinf(theirs))
+    assert torch.equal(ours[torch.isfinite(ours)], scores[torch.isfinite(theirs)])
+
+
+def test_inversion_sampler_law_and_support():
+    probs = torch.tensor([0.1, 0.0, 0.25, 0.0, 0.65, 0.0]) * 3  # any positive total
+    g = torch.Generator().manual_seed(0)
+    counts = Counter(sample(probs, g) for _ in range(60_000))
+    assert set(counts) <= {0, 2, 4}
+    assert chi_square_pvalue(counts, (probs / probs.sum()).numpy(), 60_000) > 1e-3
+
+
+def test_inversion_sampler_edges(monkeypatch):
+    """u = 0 takes the first token with mass, u just below 1 (rounding u × total up to the total) the last."""
+    probs = torch.tensor([0.0, 0.3, 0.0, 0.7, 0.0])
+    for u, token in ((0.0, 1), (1 - 2**-53, 3)):
+        monkeypatch.setattr(torch, "rand", lambda *a, u=u, **k: torch.tensor(u, dtype=torch.float64))
+        assert sample(probs, None) == token
+    monkeypatch.setattr(torch, "rand", lambda *a, **k: torch.tensor(1.0, dtype=torch.float64))
+    assert sample(probs, None) == 3  # even a u of 1 (impossible from torch.rand) stays in the support
