@@ -27,6 +27,9 @@ PREPACK_ENV = "PERSONA_JUDGE_PREPACK"
 """``0``/``1`` overrides whether fp32 CPU models get prepacked linear weights."""
 BATCHING_ENV = "PERSONA_JUDGE_BATCHING"
 """``auto``/``on``/``off``: continuous batching of concurrent requests on a model, where not set per model."""
+PROMPT_CACHE_ENV = "PERSONA_JUDGE_PROMPT_CACHE"
+"""How many released llama.cpp contexts a model keeps for their prompts' KV cache (default 2; 0 turns it off)."""
+PROMPT_CACHE_DEFAULT = 2
 
 
 def draft_confidence_for(schedule: str) -> float:

@@ -150,6 +150,8 @@ class DecodingStats:
     """Model forward passes, drafter and judge together."""
     positions: int = 0
     """Token positions fed to the model over all forwards (prompt reads included)."""
+    prompt_cached: int = 0
+    """Prompt tokens not fed because the backend's prompt cache already held them (llama.cpp)."""
     trace: list[TraceEntry] = field(default_factory=list)
     """One entry per token in ``Generation.token_ids``."""
 
@@ -177,6 +179,7 @@ class DecodingStats:
             "accepted": self.accepted,
             "forward_calls": self.forward_calls,
             "positions": self.positions,
+            "prompt_cached": self.prompt_cached,
             "emitted": self.emitted,
             "acceptance_rate": round(self.acceptance_rate, 4),
             "tokens_per_iteration": round(self.tokens_per_iteration, 4),

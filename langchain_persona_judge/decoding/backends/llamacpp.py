@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...errors import DecodingError, ModelLoadError
+from ...defaults import PROMPT_CACHE_DEFAULT, PROMPT_CACHE_ENV
+from ...errors import DecodingError, InvalidOptionError, ModelLoadError
 from ..options import DecodingStats
 from .base import LockstepBatch, ModelBackend, Sequences, check_finite
 
@@ -73,6 +74,8 @@ class LlamaCppModel(ModelBackend):
         tokenizer: its transformers tokenizer (``load_model`` reads it from the GGUF; the decoding rules need none).
         n_threads: CPU threads per decode (default: torch's thread count, so one setting governs both backends).
         n_gpu_layers: layers offloaded to a GPU when llama.cpp was built with one (default 0: CPU).
+        prompt_cache: released contexts kept for their prompts' KV cache (:attr:`prompt_cache`; default
+            ``$PERSONA_JUDGE_PROMPT_CACHE``, else 2; 0 turns it off).
     """
 
     kind = "llamacpp"
@@ -84,6 +87,7 @@ class LlamaCppModel(ModelBackend):
         tokenizer: Any = None,
         n_threads: int | None = None,
         n_gpu_layers: int = 0,
+        prompt_cache: int | None = None,
     ) -> None:
         lib = _lib()
         self.path = Path(path)
@@ -111,6 +115,10 @@ class LlamaCppModel(ModelBackend):
         if self.meta("tokenizer.ggml.eot_token_id") is not None:
             eos.add(int(lib.llama_vocab_eot(self._vocab)))
         self._eos = frozenset(t for t in eos if 0 <= t < self._n_vocab)
+        self._idle: list[_Context] = []
+        """Released lockstep contexts kept with their KV cache, most recent last (:meth:`lockstep_context`)."""
+        self._idle_lock = threading.Lock()
+        self.prompt_cache = _prompt_cache_setting() if prompt_cache is None else int(prompt_cache)
 
     # -- facts -------------------------------------------------------------------------------------------
 
@@ -166,6 +174,55 @@ class LlamaCppModel(ModelBackend):
         alone rather than to the whole shared buffer: far cheaper for many long sequences)."""
         return _Context(self, n_seqs, n_ctx, unified)
 
+    prompt_cache: int
+    """Released lockstep contexts kept for their prompts' KV cache (0: none). A new request whose rows begin with
+    tokens such a context already holds (the same system prompt and persona, the earlier turns of the same
+    conversation) decodes only the rest, as llama.cpp's own server does; its logits are bit-for-bit those of a
+    fresh context (each sequence has its own part of the cache, so what is kept is laid out as a fresh decode
+    would lay it out). Memory: each kept context holds up to ``rows x (prompt + max_tokens)`` positions."""
+
+    def lockstep_context(self, rows: list[list[int]], capacity: int) -> tuple[_Context, list[int]]:
+        """A context for ``rows`` that grow by ``capacity`` tokens, and how many leading tokens of each row it
+        already holds: an idle context whose sequences share the longest prefixes with ``rows`` (cropped to
+        them; at least each row's last token is left to decode, for its logits), else a fresh one."""
+        need = max(len(r) for r in rows) + capacity + 16
+        limit = self.context_length
+        per_sequence = -(-need // 256) * 256  # whole 256s, so that contexts of similar requests are interchangeable
+        if limit is not None:
+            per_sequence = max(min(per_sequence, limit), min(need, limit))
+        best, best_held = None, -1
+        with self._idle_lock:
+            for ctx in self._idle:
+                if ctx.n_seqs < len(rows) or ctx.per_sequence < per_sequence:
+                    continue
+                held = sum(_common_prefix(ctx.tokens[r], row) for r, row in enumerate(rows))
+                if held >= best_held:  # ties: the most recently released
+                    best, best_held = ctx, held
+            if best is not None:
+                self._idle.remove(best)
+        if best is None:
+            return self.context(len(rows), per_sequence * len(rows), unified=False), [0] * len(rows)
+        held = []
+        for r in range(best.n_seqs):
+            keep = min(_common_prefix(best.tokens[r], rows[r]), len(rows[r]) - 1) if r < len(rows) else 0
+            best.crop(r, keep)
+            if r < len(rows):
+                held.append(keep)
+        return best, held
+
+    def release_context(self, ctx: _Context) -> None:
+        """Keep ``ctx`` for :meth:`lockstep_context` (dropping the least recently released beyond
+        :attr:`prompt_cache`), or free it when it is unusable or nothing is kept."""
+        if not ctx.reusable or self.prompt_cache <= 0 or not getattr(self, "_model", None):
+            ctx.close()
+            return
+        with self._idle_lock:
+            self._idle.append(ctx)
+            dropped = self._idle[: -self.prompt_cache]
+            del self._idle[: -self.prompt_cache]
+        for old in dropped:
+            old.close()
+
     def sequences(self, prompt_lengths: list[int], capacity: int, stats: DecodingStats) -> LlamaCppSequences:
         return LlamaCppSequences(self, prompt_lengths, capacity, stats)
 
@@ -180,6 +237,10 @@ class LlamaCppModel(ModelBackend):
         return True
 
     def close(self) -> None:
+        with self._idle_lock:
+            idle, self._idle = self._idle, []
+        for ctx in idle:
+            ctx.close()
         if getattr(self, "_model", None):
             self._lib.llama_model_free(self._model)
             self._model = None
@@ -209,6 +270,12 @@ class _Context:
         if hasattr(params, "no_perf"):
             params.no_perf = True
         self.n_ctx, self.n_batch = n_ctx, params.n_batch
+        self.n_seqs, self.unified = params.n_seq_max, unified
+        self.per_sequence = n_ctx if unified else n_ctx // self.n_seqs
+        self.tokens: list[list[int]] = [[] for _ in range(self.n_seqs)]
+        """Each sequence's tokens in the cache, by position (what a later request may reuse)."""
+        self.reusable = not unified
+        """Whether the cache is known to hold exactly :attr:`tokens` (False after a failed decode)."""
         self.ctx = lib.llama_init_from_model(model._model, params)
         if not self.ctx:
             raise DecodingError(f"llama.cpp could not create a context of {n_ctx} positions for {n_seqs} sequences.")
@@ -234,12 +301,19 @@ class _Context:
                 n_out += bool(logits)
             status = self.lib.llama_decode(self.ctx, b)
             if status != 0:
+                self.reusable = False
                 raise DecodingError(
                     f"llama.cpp could not decode a batch of {len(chunk)} tokens (llama_decode returned {status}); "
                     "the context may be full: shorten the conversation or max_tokens."
                 )
             stats.forward_calls += 1
             stats.positions += len(chunk)
+            for token, pos, seq, _ in chunk:
+                held = self.tokens[seq]
+                if pos != len(held):  # not the next position: the record no longer describes the cache
+                    self.reusable = False
+                    del held[pos:]
+                held.append(token)
             if n_out:
                 ptr = self.lib.llama_get_logits(self.ctx)
                 out.append(np.ctypeslib.as_array(ptr, shape=(n_out, n_vocab)).copy())
@@ -249,7 +323,9 @@ class _Context:
 
     def crop(self, seq: int, length: int) -> None:
         if not self.lib.llama_memory_seq_rm(self.memory, seq, length, -1):
+            self.reusable = False
             raise DecodingError(f"llama.cpp could not crop sequence {seq} to {length} positions.")
+        del self.tokens[seq][length:]
 
     def close(self) -> None:
         if self.ctx:
@@ -262,6 +338,23 @@ class _Context:
             self.close()
         except Exception:
             pass
+
+
+def _prompt_cache_setting() -> int:
+    raw = os.environ.get(PROMPT_CACHE_ENV, "").strip()
+    if not raw:
+        return PROMPT_CACHE_DEFAULT
+    if not raw.isdigit():
+        raise InvalidOptionError(f"{PROMPT_CACHE_ENV}={raw!r}: expected a count of contexts (0 turns it off).")
+    return int(raw)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
 
 
 def _budget(model: LlamaCppModel, lengths: list[int], capacity: int) -> int:
@@ -309,12 +402,16 @@ class LlamaCppBatch(LockstepBatch):
     def __init__(self, model: LlamaCppModel, rows: list[list[int]], capacity: int, stats: DecodingStats) -> None:
         super().__init__(rows, stats)
         self.model = model
-        self.context: _Context | None = model.context(len(rows), _budget(model, [len(r) for r in rows], capacity))
+        self.context: _Context | None
+        self.context, self.held = model.lockstep_context(rows, capacity)
+        """``held[r]``: leading tokens of row ``r`` already in the context's cache (a prompt cache hit)."""
         self.lengths = [0] * len(rows)
 
     def prefill(self) -> torch.Tensor:
         assert self.context is not None
-        items = [(t, i, r, i == len(row) - 1) for r, row in enumerate(self.rows) for i, t in enumerate(row)]
+        items = [(t, i, r, i == len(row) - 1) for r, row in enumerate(self.rows)
+                 for i, t in enumerate(row) if i >= self.held[r]]
+        self.stats.prompt_cached += sum(self.held)
         logits = self.context.decode(items, self.stats)
         self.lengths = [len(row) for row in self.rows]
         return logits
@@ -331,16 +428,18 @@ class LlamaCppBatch(LockstepBatch):
 
     def release(self) -> None:
         if self.context is not None:
-            self.context.close()
+            self.model.release_context(self.context)
             self.context = None
         self.lengths = [0] * len(self.rows)
 
 
 def load_llamacpp(
-    path: str | os.PathLike[str], *, tokenizer: Any = None, n_threads: int | None = None, n_gpu_layers: int = 0
+    path: str | os.PathLike[str], *, tokenizer: Any = None, n_threads: int | None = None, n_gpu_layers: int = 0,
+    prompt_cache: int | None = None,
 ) -> LlamaCppModel:
     """Load ``path`` (a ``.gguf`` file) with llama.cpp."""
-    return LlamaCppModel(path, tokenizer=tokenizer, n_threads=n_threads, n_gpu_layers=n_gpu_layers)
+    return LlamaCppModel(path, tokenizer=tokenizer, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
+                         prompt_cache=prompt_cache)
 
 
 __all__ = ["INSTALL_HINT", "LlamaCppModel", "llama_cpp_available", "load_llamacpp"]
