@@ -10,7 +10,8 @@ replica), in a subprocess on a free loopback port; each phase is ``--clients`` s
 ``--duration`` seconds.
 
 1. Side by side (unless ``--no-side-by-side``): llama-cpp-python's OpenAI server (``python -m llama_cpp.server``,
-   the server a CPU user would otherwise run) answering the direct prompt; then ``persona-judge serve`` (one
+   the server a CPU user would otherwise run) answering the direct prompt (the first preference in words, as the
+   system message: the very prompt ours decodes for one preference); then ``persona-judge serve`` (one
    process, no Ray) answering plain (one preference: one row per token) and Persona-judge (two preferences).
 2. For each ``--replicas`` count: ``persona-judge serve --replicas N`` on a local Ray, answering Persona-judge.
 3. ``--kill-replica``: on the largest replica count, after its load phase, one more phase in which one replica is
@@ -224,9 +225,20 @@ def llama_cpp_server(args: argparse.Namespace) -> Managed:
 # -- clients ---------------------------------------------------------------------------------------------------
 
 
+def direct_system_prompt() -> str:
+    """The direct prompt's system message: the first preference in words, rendered as ``persona-judge serve``
+    renders one preference, so that both servers decode the same prompt token for token."""
+    from langchain_persona_judge.personas.templates import render_preferences
+
+    return render_preferences("system", PREFERENCES[:1], "", None)
+
+
 def request_body(args: argparse.Namespace, client: int, preferences: list[str] | None) -> dict[str, Any]:
+    """Client ``client``'s request: ``preferences`` for ours, or (None) the direct prompt for llama.cpp's."""
+    question = {"role": "user", "content": QUESTIONS[client % len(QUESTIONS)]}
     body: dict[str, Any] = {
-        "messages": [{"role": "user", "content": QUESTIONS[client % len(QUESTIONS)]}],
+        "messages": [question] if preferences is not None else [
+            {"role": "system", "content": direct_system_prompt()}, question],
         "max_tokens": args.max_tokens, "seed": SEED + client, "stream": True,
         "stream_options": {"include_usage": True}, **SAMPLING,
     }
