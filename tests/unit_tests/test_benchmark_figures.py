@@ -271,9 +271,6 @@ FIGURES: list[tuple[str, str, str, Callable[[Any], str]]] = [
     ("serve_persona_judge", "README.md", "serve.json",
      lambda d: "Persona-judge (two preferences) at {:.1f} tokens/s (**{:.2f}×**".format(
          d["side_by_side"]["persona_judge"]["tokens_per_s"], d["side_by_side"]["persona_judge_vs_llama_cpp"])),
-    ("serve_engine_native", "README.md", "backends.json",
-     lambda d: "the same engine decodes at {:.2f}× plain llama.cpp in process".format(
-         tps(d, "llamacpp/direct") / tps(d, "llamacpp/native"))),
     # -- docs/design.md --
     ("design_row_costs", "docs/design.md", "backends.json",
      lambda d: "a one-position forward took {:.1f} ms and a 5-position one {:.1f} ms (two rows: {:.1f} ms)".format(
