@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -193,6 +194,14 @@ def chi_square_pvalue(counts: Counter, probs: np.ndarray, total: int) -> float:
         obs, exp = obs[:-1], exp[:-1]
     return float(scipy_stats.chisquare(obs, exp * obs.sum() / exp.sum()).pvalue)
 
+
+
+def tiny_gguf(directory, **kwargs):
+    """``(tiny_llama(**kwargs), its unquantised GGUF export in directory)``, for the llama.cpp backend's tests."""
+    model = tiny_llama(**kwargs)
+    path = Path(directory) / "tiny.gguf"
+    export_gguf(model, path)
+    return model, path
 
 
 def export_gguf(model, path) -> None:

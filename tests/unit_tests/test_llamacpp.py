@@ -14,7 +14,7 @@ from langchain_persona_judge import generate
 from langchain_persona_judge.decoding.options import DecodingStats
 from langchain_persona_judge.errors import ModelLoadError
 from tests.conftest import llama_cpp_or_skip
-from tests.helpers import chi_square_pvalue, export_gguf, full_logits, product_law, tiny_llama
+from tests.helpers import chi_square_pvalue, full_logits, product_law, tiny_gguf
 
 PROMPTS = [[1, 5, 9, 12, 3], [4, 7, 30, 11], [8, 8, 21]]
 REFERENCE = [6, 13]
@@ -27,9 +27,7 @@ def pair(tmp_path_factory):
     llama_cpp_or_skip()
     from langchain_persona_judge.decoding.backends.llamacpp import LlamaCppModel
 
-    model = tiny_llama(seed=1, vocab_size=64, sharpness=10.0, eos_token_id=2)
-    path = tmp_path_factory.mktemp("gguf") / "tiny.gguf"
-    export_gguf(model, path)
+    model, path = tiny_gguf(tmp_path_factory.mktemp("gguf"), seed=1, vocab_size=64, sharpness=10.0, eos_token_id=2)
     return model, LlamaCppModel(path, n_threads=1)
 
 

@@ -14,7 +14,7 @@ from langchain_persona_judge import generate
 from langchain_persona_judge.decoding.options import DecodingStats
 from langchain_persona_judge.errors import DecodingError, InvalidOptionError
 from tests.conftest import llama_cpp_or_skip
-from tests.helpers import chi_square_pvalue, export_gguf, tiny_llama
+from tests.helpers import chi_square_pvalue, tiny_gguf
 
 SYSTEM = [1, 5, 9, 12, 3, 40, 41]  # a shared "system prompt"
 FIRST = [SYSTEM + [7, 8, 9], SYSTEM + [30, 31]]
@@ -25,10 +25,7 @@ STEPS = [17, 23, 5, 60]
 @pytest.fixture(scope="module")
 def gguf(tmp_path_factory):
     llama_cpp_or_skip()
-    model = tiny_llama(seed=3, vocab_size=64, sharpness=6.0, eos_token_id=2)
-    path = tmp_path_factory.mktemp("gguf") / "tiny.gguf"
-    export_gguf(model, path)
-    return path
+    return tiny_gguf(tmp_path_factory.mktemp("gguf"), seed=3, vocab_size=64, sharpness=6.0, eos_token_id=2)[1]
 
 
 def _model(path, prompt_cache: int = 2):

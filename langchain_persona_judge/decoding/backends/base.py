@@ -38,9 +38,9 @@ NON_FINITE = (
 def check_finite(logits: torch.Tensor) -> torch.Tensor:
     """``logits`` unchanged, or a DecodingError when a row is NaN or has no finite entry."""
     # Fast path: a row's maximum is NaN when the row holds one, and finite when the row is finite-topped.
-    if logits.numel() and bool(torch.isfinite(logits.amax(dim=-1)).all()):
+    if not logits.numel() or bool(torch.isfinite(logits.amax(dim=-1)).all()):
         return logits
-    if logits.numel() and (not torch.isfinite(logits).any(dim=-1).all() or torch.isnan(logits).any()):
+    if not torch.isfinite(logits).any(dim=-1).all() or torch.isnan(logits).any():
         raise DecodingError(NON_FINITE)
     return logits
 

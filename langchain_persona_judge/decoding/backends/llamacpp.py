@@ -190,25 +190,22 @@ class LlamaCppModel(ModelBackend):
         per_sequence = -(-need // 256) * 256  # whole 256s, so that contexts of similar requests are interchangeable
         if limit is not None:
             per_sequence = max(min(per_sequence, limit), min(need, limit))
-        best, best_held = None, -1
+        best, best_held = None, [-1]
         with self._idle_lock:
             for ctx in self._idle:
                 if ctx.n_seqs < len(rows) or ctx.per_sequence < per_sequence:
                     continue
-                held = sum(_common_prefix(ctx.tokens[r], row) for r, row in enumerate(rows))
-                if held >= best_held:  # ties: the most recently released
+                # At least each row's last token is left to decode: its logits are the first step's.
+                held = [min(_common_prefix(ctx.tokens[r], row), len(row) - 1) for r, row in enumerate(rows)]
+                if sum(held) >= sum(best_held):  # ties: the most recently released
                     best, best_held = ctx, held
             if best is not None:
                 self._idle.remove(best)
         if best is None:
             return self.context(len(rows), per_sequence * len(rows), unified=False), [0] * len(rows)
-        held = []
-        for r in range(best.n_seqs):
-            keep = min(_common_prefix(best.tokens[r], rows[r]), len(rows[r]) - 1) if r < len(rows) else 0
-            best.crop(r, keep)
-            if r < len(rows):
-                held.append(keep)
-        return best, held
+        for r in range(best.n_seqs):  # the sequences beyond the rows are emptied
+            best.crop(r, best_held[r] if r < len(rows) else 0)
+        return best, best_held
 
     def release_context(self, ctx: _Context) -> None:
         """Keep ``ctx`` for :meth:`lockstep_context` (dropping the least recently released beyond
@@ -270,7 +267,7 @@ class _Context:
         if hasattr(params, "no_perf"):
             params.no_perf = True
         self.n_ctx, self.n_batch = n_ctx, params.n_batch
-        self.n_seqs, self.unified = params.n_seq_max, unified
+        self.n_seqs = params.n_seq_max
         self.per_sequence = n_ctx if unified else n_ctx // self.n_seqs
         self.tokens: list[list[int]] = [[] for _ in range(self.n_seqs)]
         """Each sequence's tokens in the cache, by position (what a later request may reuse)."""
