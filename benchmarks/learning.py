@@ -49,7 +49,9 @@ import json
 import math
 import os
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -167,20 +169,29 @@ def save_cache(path: Path, cache: dict[str, Any]) -> None:
 
 
 def make_candidates(learner: Any, prompts: list[dict[str, str]], cache: dict[str, Any], path: Path,
-                    seed: int) -> None:
+                    seed: int, workers: int = 1) -> None:
+    """Each prompt's candidates (:func:`candidate_personas`), prompt ``i``'s answer ``j`` sampled with seed
+    ``seed + 16 i + j`` (so the cache does not depend on the order or on ``workers``). The answers of one prompt
+    decode at once, and ``workers`` prompts at a time: on transformers their rows share one forward per step."""
     pairs = learner.basis.pairs()
-    for index, prompt in enumerate(prompts):
-        if prompt["id"] in cache["candidates"]:
-            continue
+    lock = threading.Lock()
+
+    def make(index: int, prompt: dict[str, str]) -> None:
         rng = np.random.default_rng([seed, index])
         personas = candidate_personas(index, pairs, rng)
         started = time.perf_counter()
-        answers = learner.generate(prompt["prompt"], personas)
+        answers = learner.generate(prompt["prompt"], personas, seed=seed + 16 * index)
         seconds = time.perf_counter() - started
-        cache["candidates"][prompt["id"]] = [{"persona": p, "text": t, "complete": c}
-                                             for p, (t, c) in zip(personas, answers)]
-        print(f"[candidates] {prompt['id']} {len(answers)} answers in {seconds:.1f} s", flush=True)
-        save_cache(path, cache)
+        with lock:
+            cache["candidates"][prompt["id"]] = [{"persona": p, "text": t, "complete": c}
+                                                 for p, (t, c) in zip(personas, answers)]
+            print(f"[candidates] {prompt['id']} {len(answers)} answers in {seconds:.1f} s", flush=True)
+            save_cache(path, cache)
+
+    left = [(index, prompt) for index, prompt in enumerate(prompts) if prompt["id"] not in cache["candidates"]]
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="learning-candidates") as pool:
+        for future in [pool.submit(make, index, prompt) for index, prompt in left]:
+            future.result()
 
 
 def score_candidates(scorer: Any, prompts: list[dict[str, str]], cache: dict[str, Any], path: Path,
@@ -672,6 +683,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--options", nargs="+", default=None, metavar="OPTION",
                         help=f"decoding options (default: {' '.join(DEFAULT_OPTIONS)})")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=6,
+                        help="decodes at once (6; a prompt's candidates count as one): on transformers their rows "
+                             "share one forward per step (continuous batching); every answer is what it would be "
+                             "alone, so the results do not depend on it")
     parser.add_argument("--shared", default=None, help="the project's shared/ folder (default ../shared)")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke test of every stage: 3 prompts, 1 user per type, 5 choices, 48 tokens, "
@@ -728,7 +743,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     timings: dict[str, float] = {}
     if not args.reanalyse:
         mark = time.perf_counter()
-        make_candidates(learner, pool, cache, cache_path, args.seed)
+        make_candidates(learner, pool, cache, cache_path, args.seed, max(1, args.workers // 3))
         timings["candidates_s"] = time.perf_counter() - mark
         mark = time.perf_counter()
         score_candidates(scorer, pool, cache, cache_path, args.max_tokens, complete_only=not args.quick)
@@ -753,7 +768,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             texts = load_texts(shared)
             decode_all(records, {p["id"]: p["prompt"] for p in prompts}, args.options, texts, cache,
                        lambda: save_cache(cache_path, cache), scorer.handle, scorer.basis, args.max_tokens,
-                       SAMPLING, args.seed)
+                       SAMPLING, args.seed, args.workers)
             timings["decoding_s"] = time.perf_counter() - mark
         decoding = decoding_figures(records, {p["id"]: p["prompt"] for p in prompts}, cache, options)
     previous = json.loads(out_path.read_text(encoding="utf-8")) if args.reanalyse and out_path.is_file() else {}

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -91,10 +93,11 @@ def answer(llm: Any, messages: Any, seed: int) -> dict[str, Any]:
 
 def decode_all(records: list[dict[str, Any]], prompts: dict[str, str], options: list[Option],
                preference_texts: dict[str, str], cache: dict[str, Any], save: Callable[[], None], handle: Any,
-               basis: Any, max_tokens: int, sampling: dict[str, Any], seed: int) -> None:
+               basis: Any, max_tokens: int, sampling: dict[str, Any], seed: int, workers: int = 1) -> None:
     """Decodes (once: the cache keeps every answer) the plain and direct answers of every user's evaluation
     prompts, then each user's options on them. ``prompts``: id -> question; ``basis``: the learner's (with the
-    length feature)."""
+    length feature). ``workers`` decodes run at once: on transformers their rows share one forward per step
+    (continuous batching), and each answer is what it would be alone, so the cache is the same for any value."""
     from langchain_persona_judge import ChatPersonaJudge
     from langchain_persona_judge.profiles import ModelIdentity, PreferenceProfile
 
@@ -105,23 +108,37 @@ def decode_all(records: list[dict[str, Any]], prompts: dict[str, str], options: 
     order = {pid: i for i, pid in enumerate(sorted(prompts))}
     plain, direct = cache.setdefault("plain_eval", {}), cache.setdefault("direct", {})
     again = cache.setdefault("plain_again", {})
+    jobs: dict[tuple[str, ...], Callable[[], None]] = {}  # what is left to decode, each once
+    lock = threading.Lock()
+
+    def job(table: dict[str, Any], key: str, llm: Any, messages: Any, answer_seed: int, label: str) -> Callable[[], None]:
+        def run() -> None:
+            result = answer(llm, messages, answer_seed)
+            with lock:
+                table[key] = result
+                print(f"[decode] {label}: {result['words']} words in {result['seconds']:.1f} s", flush=True)
+                save()
+        return run
+
     llm = chat()
     for record in records:
         name = "+".join(record["dims"])
         system = " ".join(preference_texts[d] for d in record["dims"])
         for pid in record["splits"]["evaluate"]:
             if pid not in plain:
-                plain[pid] = answer(llm, prompts[pid], seed + order[pid])
-                save()
+                jobs.setdefault(("plain", pid), job(plain, pid, llm, prompts[pid], seed + order[pid], f"{pid} plain"))
             if pid not in again:  # the A/A control: the plain answer again, another seed
-                again[pid] = answer(llm, prompts[pid], seed + AA_SEED + order[pid])
-                save()
+                jobs.setdefault(("again", pid), job(again, pid, llm, prompts[pid], seed + AA_SEED + order[pid],
+                                                    f"{pid} plain again"))
             if pid not in direct.setdefault(name, {}):
-                direct[name][pid] = answer(llm, [("system", system), ("human", prompts[pid])], seed + order[pid])
-                save()
+                jobs.setdefault(("direct", name, pid), job(
+                    direct[name], pid, llm, [("system", system), ("human", prompts[pid])], seed + order[pid],
+                    f"{pid} direct {name}"))
     identity = ModelIdentity.of(handle)
     personas = dataclasses.replace(basis, features=())
-    for record in records:
+    # Users in rounds (the first user of each type, then the second, ...): a run cut short is balanced over types.
+    rounds = sorted(range(len(records)), key=lambda i: (sum(r["dims"] == records[i]["dims"] for r in records[:i]), i))
+    for record in [records[i] for i in rounds]:
         fitted = record["decoding"]
         profiles = {True: PreferenceProfile(basis, fitted["weights"], identity),
                     False: PreferenceProfile(personas, fitted["personas_weights"], identity)}
@@ -130,12 +147,17 @@ def decode_all(records: list[dict[str, Any]], prompts: dict[str, str], options: 
             llm = chat(profile=profiles[option.length], guidance=option.guidance, profile_decoding=option.rule,
                        **({"best_of": option.best_of} if option.rule == "best_of_n" else {}))
             for pid in record["splits"]["evaluate"]:
-                if option.name in done.setdefault(pid, {}):
-                    continue
-                done[pid][option.name] = answer(llm, prompts[pid], seed + order[pid])
-                print(f"[decode] {user_key(record)} {pid} {option.name}: {done[pid][option.name]['words']} words in "
-                      f"{done[pid][option.name]['seconds']:.1f} s", flush=True)
-                save()
+                if option.name not in done.setdefault(pid, {}):
+                    jobs[(user_key(record), pid, option.name)] = job(
+                        done[pid], option.name, llm, prompts[pid], seed + order[pid],
+                        f"{user_key(record)} {pid} {option.name}")
+    if workers <= 1:
+        for run in jobs.values():
+            run()
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="learning-decode") as pool:
+        for future in [pool.submit(run) for run in jobs.values()]:
+            future.result()
 
 
 # -- the figures --------------------------------------------------------------------------------------------------

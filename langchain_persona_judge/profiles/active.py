@@ -25,7 +25,7 @@ import numpy as np
 from ..decoding import DecodingOptions
 from ..errors import ProfileError
 from ..personas import Persona, PersonaRegistry
-from ..runtime import PersonaSettings, RequestRun, build_request
+from ..runtime import PersonaSettings, RequestRun, build_request, read_texts
 from .basis import Basis
 from .fitting import L2, Fit, bradley_terry_hessian, fit_bradley_terry, information
 from .learning import prior_weights, scorer_for
@@ -242,22 +242,27 @@ class PreferenceLearner:
         self._uses[first] = self._uses.get(first, 0) + 1
         return [first, second]
 
-    def generate(self, prompt: Prompt, personas: Sequence[str | None]) -> list[tuple[str, bool]]:
+    def generate(self, prompt: Prompt, personas: Sequence[str | None], seed: int | None = None
+                 ) -> list[tuple[str, bool]]:
         """One answer to ``prompt`` decoded under each persona (None: plain), through the runtime: ``(text,
-        complete)`` pairs, ``complete`` False for an answer cut at ``max_tokens``."""
+        complete)`` pairs, ``complete`` False for an answer cut at ``max_tokens``. Answer ``i`` is sampled with
+        seed ``seed + i`` (default: the learner's seed plus the number of answers it decoded before). Where the
+        model batches concurrent requests (transformers) the answers are decoded at once, sharing its forwards."""
         handle = self.scorer.handle
         conversation = self.scorer.conversation(prompt)
-        answers = []
-        for persona in personas:
+        if seed is None:
+            seed = self.seed + self._decoded
+            self._decoded += len(personas)
+        runs = []
+        for i, persona in enumerate(personas):
             preferences = [] if persona is None else [Persona(name=persona, description=self.basis.text(persona))]
-            options = dataclasses.replace(self.options, seed=self.seed + self._decoded)
-            self._decoded += 1
+            # One row per token on either schedule; lockstep lets it join a shared batch.
+            options = dataclasses.replace(self.options, seed=seed + i, schedule="lockstep")
             request = build_request(handle.backend, conversation, options=options,
                                     personas=PersonaSettings(preferences=preferences), model_name=handle.display)
-            run = RequestRun(request)
-            text = "".join(run.text()).strip()
-            answers.append((text, run.finish_reason == "stop"))
-        return answers
+            runs.append(RequestRun(request))
+        texts = read_texts(runs, what="answer")
+        return [(text.strip(), run.finish_reason == "stop") for text, run in zip(texts, runs)]
 
     def _candidates_for(self, prompt: Prompt) -> list[int]:
         key = self.scorer.conversation(prompt)

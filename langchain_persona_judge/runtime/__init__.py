@@ -21,6 +21,7 @@ Layer L2: imports the L1 packages (:mod:`~langchain_persona_judge.decoding`, :mo
 from __future__ import annotations
 
 from .admission import AdmissionQueue, check_prompt_tokens, count_prompt_tokens
+from .best_of import read_texts
 from .batching import BATCHING_MODES, batch_scheduler, batched, batching_mode, set_batching
 from .bridge import iterate_in_thread
 from .chat_template import encode_chat, render_chat
@@ -62,6 +63,7 @@ __all__ = [
     "encode_chat",
     "iterate_in_thread",
     "load_model",
+    "read_texts",
     "release_model",
     "render_chat",
     "resolve_backend",

@@ -9,20 +9,25 @@ end-of-turn bias, so a user who prefers short answers is offered short ones. The
 ``w · φ`` scored on the model that decoded them (:meth:`~.DecodingProfile.score_answers`), the length feature
 included; ties go to the earlier candidate.
 
-They are decoded one after another: a model's batch advances its rows in lockstep on one shared answer
-(:mod:`langchain_persona_judge.decoding.batch`), so N independent answers cannot share one. The run's timeout
-covers all of them together. The chosen answer is then given whole, as one piece of text.
+Where the model batches concurrent requests (continuous batching, :mod:`.batching`: transformers by default) the
+candidates are decoded at once, each in a thread of its own, their rows sharing one forward per step; each
+candidate's tokens are what it would decode alone. Elsewhere (llama.cpp, where a forward of n rows costs about n
+forwards of one on a CPU) they are decoded one after another (:func:`read_texts`). The run's timeout covers all of
+them together. The chosen answer is then given whole, as one piece of text.
 """
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from ..decoding import DecodingOptions, Generation, ModelBackend
 from ..errors import RequestTimeoutError
+from .batching import batched
 from .request import PersonaSettings, Request, build_request
 
 if TYPE_CHECKING:
@@ -46,8 +51,11 @@ def candidates(plan: Any, personas: PersonaSettings, options: DecodingOptions, b
         dataclasses.replace(options, combine="product", weights=tuple(plan.weights) or None, eos_bias=plan.eos_bias),
     )
     single = dataclasses.replace(options, combine="judge", weights=None, eos_bias=plan.eos_bias)
-    kinds = [product, Candidate("plain", personas, single)]
-    kinds += [Candidate(name, dataclasses.replace(personas, preferences=[persona]), single)
+    # One row per token on either schedule for a single persona; lockstep lets it join a shared batch.
+    one_row = dataclasses.replace(single, schedule="lockstep")
+    plain = one_row if len(personas.preferences) <= 1 else single
+    kinds = [product, Candidate("plain", personas, plain)]
+    kinds += [Candidate(name, dataclasses.replace(personas, preferences=[persona]), one_row)
               for name, persona in plan.poles]
     if not options.do_sample:
         return kinds[:best_of]
@@ -57,6 +65,48 @@ def candidates(plan: Any, personas: PersonaSettings, options: DecodingOptions, b
         seed = None if options.seed is None else options.seed + number
         out.append(dataclasses.replace(kind, options=dataclasses.replace(kind.options, seed=seed)))
     return out
+
+
+def shares_forwards(runs: Sequence[RequestRun]) -> bool:
+    """Whether ``runs`` (on one model) would share their forwards if decoded at once: continuous batching is on
+    for their model."""
+    return len(runs) > 1 and all(batched(run.request.model, run.batching) is not run.request.model for run in runs)
+
+
+def read_texts(runs: Sequence[RequestRun], deadline: float | None = None, what: str = "candidate") -> list[str]:
+    """Every run's whole text, in order: decoded at once (a thread each, so their rows join the model's shared
+    batch) when :func:`shares_forwards`, else one after another. ``deadline`` (``time.monotonic()``) bounds them
+    all: each run's timeout is what is left of it. The first run's error (in order) is raised once every run
+    has ended; a run cancelled through its ``cancelled`` event gives the text decoded so far."""
+
+    def left(done: int) -> float | None:
+        if deadline is None:
+            return None
+        rest = deadline - time.monotonic()
+        if rest <= 0:
+            raise RequestTimeoutError(
+                f"{len(runs)} {what}s ran past their timeout after {done} {what}(s); raise timeout, lower "
+                "best_of or max_tokens.", "")
+        return rest
+
+    if not shares_forwards(runs):
+        texts = []
+        for run in runs:
+            run.timeout = left(len(texts))
+            texts.append("".join(run.text()))
+            if run.cancelled is not None and run.cancelled.is_set():
+                break
+        return texts + [""] * (len(runs) - len(texts))
+    for run in runs:
+        run.timeout = left(0)
+    with ThreadPoolExecutor(max_workers=len(runs), thread_name_prefix=f"persona-judge-{what}") as pool:
+        # Each thread runs in a copy of the caller's context (a server's request tags, say).
+        futures = [pool.submit(contextvars.copy_context().run, lambda r: "".join(r.text()), run) for run in runs]
+        errors = [f.exception() for f in futures]
+    for error in errors:
+        if error is not None:
+            raise error
+    return [f.result() for f in futures]
 
 
 class BestOfRun:
@@ -112,18 +162,9 @@ class BestOfRun:
     def text(self) -> Iterator[str]:
         """Decode every candidate, rank them, then give the chosen answer (one piece)."""
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
-        texts = []
-        for run in self.runs:
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise RequestTimeoutError(
-                        f"best-of-{len(self.runs)} ran past its timeout of {self.timeout} s after {len(texts)} "
-                        "candidate(s); raise timeout, lower best_of or max_tokens.", "")
-                run.timeout = left
-            texts.append("".join(run.text()))
-            if run.cancelled is not None and run.cancelled.is_set():
-                return
+        texts = read_texts(self.runs, deadline)
+        if any(run.cancelled is not None and run.cancelled.is_set() for run in self.runs):
+            return
         scored = [i for i, text in enumerate(texts) if text.strip()]
         rewards = [float("-inf")] * len(texts)
         if scored:
@@ -167,4 +208,4 @@ def start_best_of(
     return BestOfRun(runs, [c.label for c in chosen], profile, model, conversation, dict(plan.metadata), timeout)
 
 
-__all__ = ["BestOfRun", "Candidate", "candidates", "start_best_of"]
+__all__ = ["BestOfRun", "Candidate", "candidates", "read_texts", "shares_forwards", "start_best_of"]

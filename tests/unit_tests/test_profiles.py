@@ -824,3 +824,61 @@ def test_best_of_n_greedy_stops_at_the_list_and_needs_a_profile(model: Any, toke
     with pytest.raises(ProfileError, match="best_of_n.*pass a profile"):
         ChatPersonaJudge(hf_model=model, tokenizer=tokenizer, profile_decoding="best_of_n", max_tokens=3) \
             .invoke(PROMPT)
+
+
+# -- concurrent candidates: under continuous batching they share forwards, and decode what they would alone --------
+
+
+def test_best_of_n_candidates_decode_at_once_under_batching_exactly_as_alone(model: Any, tokenizer: Any,
+                                                                             monkeypatch: Any) -> None:
+    from langchain_persona_judge.decoding.backends import TransformersBackend
+    from langchain_persona_judge.runtime import batch_scheduler
+
+    profile = make_profile(model, tokenizer, [0.6, -0.3, 0.2])
+    scheduler = batch_scheduler(TransformersBackend(model, tokenizer))  # the one scheduler of these weights
+
+    def candidates(mode: str, rule: str = "best_of_n") -> list[dict[str, Any]]:
+        monkeypatch.setenv("PERSONA_JUDGE_BATCHING", mode)
+        llm = ChatPersonaJudge(hf_model=model, tokenizer=tokenizer, profile=profile, profile_decoding=rule,
+                               best_of=4, temperature=1.0, top_p=None, seed=11, max_tokens=12)
+        return llm.invoke(PROMPT).response_metadata["profile"].get("candidates", [])
+
+    steps = scheduler.steps
+    alone = candidates("off")
+    assert scheduler.steps == steps  # one after another, no shared batch
+    scheduler.widest = 0
+    together = candidates("on")
+    assert [c["text"] for c in together] == [c["text"] for c in alone]
+    assert [c["reward"] for c in together] == [c["reward"] for c in alone]
+    assert len({c["text"] for c in alone}) >= 3
+    # The widest candidate is the product (a row per pole); a step wider than it held several candidates.
+    widest = scheduler.widest
+    scheduler.widest = 0
+    candidates("on", rule="product")  # the product candidate alone
+    assert widest > scheduler.widest > 1
+
+
+def test_learner_answers_decode_at_once_under_batching_exactly_as_alone(model: Any, tokenizer: Any,
+                                                                         monkeypatch: Any) -> None:
+    from langchain_persona_judge.decoding.backends import TransformersBackend
+    from langchain_persona_judge.runtime import batch_scheduler
+
+    scheduler = batch_scheduler(TransformersBackend(model, tokenizer))
+    personas = [None, "concise", "informative", "friendly"]
+
+    def answers(mode: str, **kwargs: Any) -> list[tuple[str, bool]]:
+        monkeypatch.setenv("PERSONA_JUDGE_BATCHING", mode)
+        learner = PreferenceLearner((model, tokenizer), basis=BASIS, seed=5, max_tokens=10, top_p=None,
+                                    temperature=1.0)
+        return learner.generate(PROMPT, personas, **kwargs)
+
+    alone = answers("off")
+    scheduler.widest = 0
+    together = answers("on")
+    assert together == alone and len({t for t, _ in alone}) >= 3
+    assert scheduler.widest >= 2  # one row each: a step of two or more held several answers
+    # An explicit seed: answer i with seed + i, whatever the learner decoded before.
+    monkeypatch.setenv("PERSONA_JUDGE_BATCHING", "off")
+    learner = PreferenceLearner((model, tokenizer), basis=BASIS, seed=0, max_tokens=10, top_p=None, temperature=1.0)
+    learner.generate(PROMPT, [None])  # moves the learner's own counter; an explicit seed ignores it
+    assert learner.generate(PROMPT, ["informative", "friendly"], seed=7) == alone[2:]
