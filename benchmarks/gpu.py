@@ -26,6 +26,14 @@ Conditions, per model:
 ``unbatched_8``            the same 8 requests as today: each runs its own forwards (one per request per step)
 =========================  ============================================================================
 
+``join_stall``: a Persona-judge request (lockstep, K = 2) decoding under continuous batching while a newcomer whose
+two prompts are ``--long-prompt`` tokens each (default 1024; --quick 48) joins after its 8th token (of
+``--max-new-tokens``, at least 32); the running
+request's longest and median gap between tokens and the newcomer's time to its first token, with the newcomer's
+prompts read whole (``prefill_chunk=0``) and in chunks (the device's default: 128 columns on a CPU, 512 on an
+accelerator; --quick 16; or each of ``--prefill-chunks``). Median of
+``--repeats`` runs, taken in turns.
+
 Figures: tokens/s (concurrent conditions: every request's tokens over the wall time), peak GPU memory (CUDA),
 ratios to ``generate``; ``lockstep_vs_generate`` per model and ``batching_speedup_8`` (``batched_8`` ÷
 ``unbatched_8``, one run). With ``--json`` the last line printed is one JSON object holding ``device``,
@@ -55,6 +63,7 @@ from langchain_persona_judge.decoding import (
     DecodingOptions,
     generate,
     prepack_linear_weights,
+    stream,
 )
 from langchain_persona_judge.decoding.backends import TransformersBackend
 
@@ -187,6 +196,58 @@ def run_concurrent(model: Any, tokenizer: Any, requests: int, tokens: int, batch
     return sum(counts)
 
 
+def join_stall_once(model: Any, tokenizer: Any, chunk: int, long_tokens: int, tokens: int,
+                    device: str) -> dict[str, float]:
+    """One run of ``join_stall`` (see the module) with the newcomer's prompts read ``chunk`` columns at a time."""
+    target = BatchingBackend(TransformersBackend(model, prefill_chunk=chunk), BatchScheduler())
+    options = DecodingOptions(max_new_tokens=tokens, do_sample=False, eos_token_id=[], schedule="lockstep")
+    prompts, _ = request_prompts(model, tokenizer, 0, 2)
+    generator = torch.Generator().manual_seed(7)
+    vocab = model.config.vocab_size
+    long_prompts = [torch.randint(1, vocab, (long_tokens + i,), generator=generator) for i in range(2)]
+    newcomer: dict[str, float] = {}
+
+    def join() -> None:
+        started = now(device)
+        with torch.inference_mode():
+            first = stream(target, long_prompts, options=DecodingOptions(
+                max_new_tokens=4, do_sample=False, eos_token_id=[], schedule="lockstep"))
+            for _ in first.chunks():
+                newcomer.setdefault("ttft_s", now(device) - started)
+
+    stamps: list[float] = []
+    thread = threading.Thread(target=join)
+    with torch.inference_mode():
+        running = stream(target, prompts, options=options)
+        for chunk_ids in running.chunks():
+            stamps.append(now(device))
+            if len(running.generation.token_ids) >= 8 and not thread.is_alive() and not newcomer:
+                thread.start()
+    thread.join()
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    return {"max_gap_ms": round(1000 * max(gaps), 1), "median_gap_ms": round(1000 * statistics.median(gaps), 1),
+            "newcomer_ttft_s": round(newcomer.get("ttft_s", float("nan")), 3)}
+
+
+def join_stall(model: Any, tokenizer: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """``join_stall`` (see the module): whole and chunked prefill, runs in turns, medians."""
+    chunks = args.prefill_chunks or [16 if args.quick else TransformersBackend(model).prefill_chunk]  # the default
+    settings = {"whole": 0, **{f"chunk_{c}": c for c in chunks if c}}
+    chunked = max(chunks)
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in settings}
+    tokens = max(args.max_new_tokens, 32)  # the newcomer joins after the 8th token: the rest shows the stall
+    join_stall_once(model, tokenizer, chunked, args.long_prompt, tokens, args.device)  # warm-up
+    for repeat in range(args.repeats):
+        for name in settings if repeat % 2 == 0 else list(settings)[::-1]:
+            runs[name].append(join_stall_once(model, tokenizer, settings[name], args.long_prompt, tokens,
+                                              args.device))
+    out: dict[str, Any] = {"long_prompt_tokens": args.long_prompt, "tokens": tokens}
+    for name, samples in runs.items():
+        out[name] = {key: statistics.median(s[key] for s in samples) for key in samples[0]}
+        out[name]["runs"] = samples
+    return out
+
+
 def measure(device: str, repeats: int, runs: dict[str, Any]) -> dict[str, Any]:
     """Median tokens/s of each of ``runs`` over ``repeats`` timed runs (after one warm-up run each), taken in turns
     (A B, then B A, ...) so that a drift of the machine's speed falls on each alike; the peak GPU memory of each.
@@ -245,15 +306,20 @@ def bench_model(shape: str, args: argparse.Namespace) -> dict[str, Any]:
     if 8 not in args.concurrency:
         groups.append({"unbatched_8": lambda: run_concurrent(model, tokenizer, 8, args.max_new_tokens, False)})
     conditions: dict[str, Any] = {}
-    for group in groups:
-        for name, figures in measure(args.device, args.repeats, group).items():
-            conditions[name] = figures
-            print(f"  {shape:>14} {name:<16} {figures}", file=sys.stderr, flush=True)
+    stall = None
+    if args.only != "stall":
+        for group in groups:
+            for name, figures in measure(args.device, args.repeats, group).items():
+                conditions[name] = figures
+                print(f"  {shape:>14} {name:<16} {figures}", file=sys.stderr, flush=True)
+    if args.only in ("all", "stall"):
+        stall = join_stall(model, tokenizer, args)
+        print(f"  {shape:>14} join_stall       {stall}", file=sys.stderr, flush=True)
     del model
     if args.device.startswith("cuda"):
         torch.cuda.empty_cache()
     return {"description": description, "build_seconds": round(built, 2), "conditions": conditions,
-            **ratios(conditions)}
+            **ratios(conditions), **({"join_stall": stall} if stall is not None else {})}
 
 
 def _rate(conditions: dict[str, Any], name: str) -> float | None:
@@ -285,8 +351,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="the tiny config, few tokens: checks that it runs")
     parser.add_argument("--shapes", nargs="+", help="configs in benchmarks/configs (or 'embedded'); default: "
                         f"{' '.join(CUDA_SHAPES)} on cuda, tiny on cpu")
-    parser.add_argument("--only", choices=["all", "batching"], default="all",
-                        help="batching: only the concurrent conditions")
+    parser.add_argument("--only", choices=["all", "batching", "stall"], default="all",
+                        help="batching: only the concurrent conditions; stall: only join_stall")
+    parser.add_argument("--prefill-chunks", type=int, nargs="+", help="join_stall's chunked settings (default: "
+                        "the device's default prefill_chunk; --quick 16)")
+    parser.add_argument("--long-prompt", type=int, help="join_stall's newcomer prompt tokens (default 1024; "
+                        "--quick 48)")
     parser.add_argument("--max-new-tokens", type=int, help="tokens per request (default 64; --quick 6)")
     parser.add_argument("--concurrency", type=int, nargs="+", help="batched request counts (default 1 8 32)")
     parser.add_argument("--repeats", type=int, help="timed runs per condition, after a warm-up (default 2; --quick 1)")
@@ -297,6 +367,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.max_new_tokens = args.max_new_tokens or (6 if args.quick else 64)
     args.concurrency = args.concurrency or ([1, 8] if args.quick else [1, 8, 32])
     args.repeats = args.repeats or (1 if args.quick else 2)
+    args.long_prompt = args.long_prompt or (48 if args.quick else 1024)
     if args.out is None and args.device == "cuda" and not args.quick:
         args.out = RESULTS / "gpu.json"
     return args

@@ -30,6 +30,16 @@ BATCHING_ENV = "PERSONA_JUDGE_BATCHING"
 PROMPT_CACHE_ENV = "PERSONA_JUDGE_PROMPT_CACHE"
 """How many released llama.cpp contexts a model keeps for their prompts' KV cache (default 2; 0 turns it off)."""
 PROMPT_CACHE_DEFAULT = 2
+PREFILL_CHUNK_ENV = "PERSONA_JUDGE_PREFILL_CHUNK"
+"""Prompt columns per prefill forward of a lockstep batch on transformers (0: the whole prompt at once); under
+continuous batching the others' steps run between a newcomer's chunks."""
+PREFILL_CHUNK_CPU = 128
+"""The default on a CPU: a newcomer's two 1,024-token prompts stall a running request for 0.77 s at most instead of
+5.14 s, and it reaches its first token 4% later (embedded model, one thread;
+``benchmarks/results/join_stall_cpu.json``)."""
+PREFILL_CHUNK_ACCELERATOR = 512
+"""The default on an accelerator, where a forward of a few hundred positions costs little more than one of a single
+token (not measured here: no GPU was available)."""
 
 
 def draft_confidence_for(schedule: str) -> float:

@@ -4,8 +4,9 @@ A :class:`BatchScheduler` (one per model) runs the forwards in a worker thread o
 decodes in its caller's thread, with its own decoder; only its lockstep batch (:class:`ScheduledBatch`, what
 :class:`BatchingBackend` hands the batched rules) asks the scheduler instead of running a forward itself:
 
-1. **join**: a newcomer's prompts are read by a forward of their own, between steps, and its rows join the
-   shared batch (:meth:`~.backends.ModelBackend.shared_batch`);
+1. **join**: a newcomer's prompts are read by forwards of their own, one chunk of ``prefill_chunk`` columns
+   between two steps of the others (so a long prompt stalls them for a chunk at a time), and its rows then join
+   the shared batch (:meth:`~.backends.ModelBackend.shared_batch`);
 2. **step**: each request hands in the token it emitted; the worker waits until every punctual request has (at
    most ``patience`` seconds after the first), runs one forward over the rows of all of them and hands each its
    rows' logits. A request that misses a step gets a masked column and is not waited for again until it hands in
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -53,22 +55,29 @@ class _Member:
         self.result: torch.Tensor | None = None
         self.error: BaseException | None = None
         self.done = threading.Event()
+        self.batch: Any = None
+        """While it joins: its lone batch, whose prompts are read chunk by chunk (:attr:`chunks`)."""
+        self.chunks: Iterator[torch.Tensor | None] | None = None
 
 
 class BatchScheduler:
     """The forwards of one model's shared batch: joins, steps and leaves of the requests that use it.
 
-    ``steps`` counts the shared step forwards and ``widest`` the most rows one of them had (diagnostics, tests).
+    ``steps`` counts the shared step forwards, ``widest`` the most rows one of them had and ``chunks`` the
+    newcomers' prefill forwards (diagnostics, tests).
     """
 
     def __init__(self, patience: float = DEFAULT_PATIENCE) -> None:
         self.patience = patience
         self.steps = 0
         self.widest = 0
+        self.chunks = 0
         self._cond = threading.Condition()
         self._joining: list[_Member] = []
         self._active: list[_Member] = []
         self._leaving: list[_Member] = []
+        self._prefilling: list[_Member] = []
+        """Newcomers whose prompts are being read (the worker's own list)."""
         self._shared: Any = None
         self._worker: threading.Thread | None = None
 
@@ -129,7 +138,8 @@ class BatchScheduler:
     # -- the worker ------------------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        """1. gather what to do, 2. drop the leavers' rows, 3. step every row, 4. prefill the newcomers."""
+        """1. gather what to do, 2. drop the leavers' rows, 3. step every row, 4. read one chunk of each newcomer's
+        prompts (those read whole join the shared batch)."""
         while True:
             with self._cond:
                 work = self._gather()
@@ -143,18 +153,22 @@ class BatchScheduler:
                     if stepping:
                         self._step(stepping)
                     for member in joining:
-                        self._join(member)
+                        self._start(member)
+                    self._advance()
             except BaseException as exc:  # a bug here must not leave requests waiting forever
-                self._fail(exc, [m for m, _ in stepping] + joining)
+                prefilling, self._prefilling = self._prefilling, []
+                self._fail(exc, [m for m, _ in stepping] + joining + prefilling)
 
     def _gather(self) -> tuple[list[_Member], list[tuple[_Member, int]], list[_Member]] | None:
         """(Holding the lock.) Wait for work: a step every punctual member has handed in a token for (or
-        ``patience`` ran out), newcomers, leavers. None when nothing is left to do."""
+        ``patience`` ran out), newcomers, leavers, a newcomer's next chunk (after the others' next step, or
+        ``patience``). None when nothing is left to do."""
         deadline: float | None = None
         while True:
             ready = [m for m in self._active if m.token is not None]
             late = [m for m in self._active if m.token is None and not m.lagging]
-            if ready and late:
+            # A step waits for the punctual members; so does a newcomer's next chunk (one step between chunks).
+            if late and (ready or self._prefilling):
                 now = time.monotonic()
                 deadline = now + self.patience if deadline is None else deadline
                 if now < deadline:
@@ -162,7 +176,7 @@ class BatchScheduler:
                     continue
                 for member in late:
                     member.lagging = True
-            if ready or self._joining or self._leaving:
+            if ready or self._joining or self._leaving or self._prefilling:
                 stepping = [(m, m.token) for m in ready]
                 for member in ready:
                     member.token = None
@@ -197,11 +211,39 @@ class BatchScheduler:
                 member.error = exc
             member.done.set()
 
-    def _join(self, member: _Member) -> None:
+    def _start(self, member: _Member) -> None:
+        """A newcomer: its lone batch, whose prompts :meth:`_advance` reads a chunk at a time."""
+        try:
+            member.batch = member.backend.batch(member.prompts, 0, member.stats)
+            chunks = getattr(member.batch, "prefill_chunks", None)
+            member.chunks = chunks() if chunks is not None else iter([member.batch.prefill()])
+        except BaseException as exc:
+            member.error, member.batch = exc, None
+            member.done.set()
+        else:
+            self._prefilling.append(member)
+
+    def _advance(self) -> None:
+        """One chunk of each newcomer's prompts; a newcomer whose prompts are read joins the shared batch."""
+        for member in list(self._prefilling):
+            try:
+                logits = next(member.chunks)  # type: ignore[arg-type]
+                self.chunks += 1
+            except BaseException as exc:
+                logits, member.error = None, exc
+            if logits is None and member.error is None:
+                continue  # more chunks to read, after the others' next step
+            self._prefilling.remove(member)
+            batch, member.batch, member.chunks = member.batch, None, None
+            if member.error is None:
+                self._join(member, batch, logits)
+            member.done.set()
+
+    def _join(self, member: _Member, batch: Any, logits: torch.Tensor) -> None:
         try:
             if self._shared is None:
                 self._shared = member.backend.shared_batch()
-            member.rows, member.result = self._shared.join(member.prompts, member.stats)
+            member.rows, member.result = self._shared.add(batch), logits
         except BaseException as exc:
             member.error = exc
             if self._shared is not None and not self._shared.members:
@@ -209,7 +251,6 @@ class BatchScheduler:
         else:
             with self._cond:
                 (self._leaving if member.left else self._active).append(member)
-        member.done.set()
 
     def _fail(self, exc: BaseException, waiting: list[_Member]) -> None:
         """A forward failed: the shared batch is lost; every member fails (now, or at its next step)."""

@@ -13,6 +13,7 @@ guaranteed, not a matter of luck with near-ties.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from typing import Any
@@ -402,3 +403,89 @@ def test_with_default_kernels_a_members_logits_match_its_lone_batchs_to_rounding
     assert not shared.exact  # MKL's kernels do not give a row the same bits whatever the batch
     for alone, together in pairs:
         torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
+
+
+# -- chunked prefill: a newcomer's long prompt is read a chunk at a time, between the others' steps ---------------
+
+
+def test_a_chunked_prefill_agrees_with_one_forward():
+    from langchain_persona_judge.decoding.backends.hf import TransformersBatch
+    from langchain_persona_judge.decoding.options import DecodingStats
+
+    model = tiny_llama(seed=3, sharpness=2.0)
+    prompts = [PROMPTS[1], PROMPTS[4], PROMPTS[0]]  # widths 20, 11 and 1: the first chunks are all padding for two
+    stats = DecodingStats()
+    with torch.inference_mode():
+        whole = TransformersBatch(TransformersBackend(model, prefill_chunk=0), prompts, 8, DecodingStats())
+        chunked = TransformersBatch(TransformersBackend(model, prefill_chunk=6), prompts, 8, stats)
+        torch.testing.assert_close(chunked.prefill(), whole.prefill(), rtol=1e-5, atol=1e-5)
+        assert stats.forward_calls == 4 and stats.positions == 3 * 20  # ceil(20 / 6) forwards, padding counted
+        for token in [4, 9, 17, 2]:
+            torch.testing.assert_close(chunked.step(token), whole.step(token), rtol=1e-5, atol=1e-5)
+        assert chunked.length == whole.length == 24
+
+
+@pytest.mark.parametrize("do_sample", [False, True], ids=["greedy", "seeded"])
+def test_requests_whose_prompts_are_read_in_chunks_decode_what_they_decode_alone(monkeypatch, do_sample):
+    monkeypatch.setenv("PERSONA_JUDGE_PREFILL_CHUNK", "3")
+    model = exact_llama(seed=3, sharpness=2.0)
+    sampling = {"do_sample": True, "temperature": 0.9} if do_sample else {}
+    requests = [_request(i, 2 + i % 2, **sampling, **({"seed": 5 + i} if do_sample else {}),
+                         **({"combine": "product"} if i == 2 else {})) for i in range(4)]
+    alone = [_alone(model, r) for r in requests]
+    together, scheduler = _together(model, requests)
+    assert together == alone
+    assert scheduler.chunks >= 4 * 4  # every request has a prompt of 11 or 20 columns, read 3 at a time
+    assert scheduler.widest > 3
+
+
+def test_a_long_prompt_is_read_between_the_others_steps(monkeypatch):
+    monkeypatch.setenv("PERSONA_JUDGE_PREFILL_CHUNK", "4")
+    model = exact_llama(seed=3, sharpness=2.0)
+    forwards: list[tuple[int, int]] = []  # (rows, columns) of every forward, in order
+    model.register_forward_pre_hook(lambda module, args, kwargs: forwards.append(tuple(kwargs["input_ids"].shape)),
+                                    with_kwargs=True)
+    scheduler = BatchScheduler(patience=1.0)
+    backend = BatchingBackend(TransformersBackend(model), scheduler)
+    options = DecodingOptions(max_new_tokens=40, do_sample=False, eos_token_id=[], schedule="lockstep")
+    long_prompt = list(range(1, 31)) + [4, 4]  # 32 columns: 8 chunks of 4
+    results: dict[str, list[int]] = {}
+
+    class Slow(ToyConstraint):  # the short request takes 10 ms to choose each token, in its own thread
+        def allowed(self) -> torch.Tensor:
+            time.sleep(0.01)
+            return super().allowed()
+
+    def decode(name: str, prompts: list[list[int]], max_new_tokens: int, constraint: Any = None) -> None:
+        results[name] = generate(backend, [torch.tensor(p) for p in prompts], constraint=constraint,
+                                 options=dataclasses.replace(options, max_new_tokens=max_new_tokens)).token_ids
+
+    short = threading.Thread(target=decode, args=("short", [[9], [5, 6]], 40, Slow(VOCAB)))
+    short.start()
+    while scheduler.steps < 3:  # the short request is decoding
+        time.sleep(0.001)
+    decode("long", [long_prompt, [7, 7]], 4)
+    short.join(timeout=120)
+    chunks = [i for i, shape in enumerate(forwards) if shape == (2, 4)]
+    assert len(chunks) == 8
+    # Between the newcomer's first and last chunk the short request stepped after every chunk (the worker waited
+    # for its token before reading another chunk): its rows were not stalled for the whole prompt.
+    steps_between = [i for i in range(chunks[0], chunks[-1]) if forwards[i][1] == 1]
+    assert len(steps_between) >= 7
+    assert results["short"] == generate(TransformersBackend(model), [torch.tensor([9]), torch.tensor([5, 6])],
+                                        options=options, constraint=ToyConstraint(VOCAB)).token_ids
+    assert results["long"] == generate(TransformersBackend(model), [torch.tensor(long_prompt), torch.tensor([7, 7])],
+                                       options=dataclasses.replace(options, max_new_tokens=4)).token_ids
+
+
+def test_the_prefill_chunk_setting_is_checked(monkeypatch):
+    model = tiny_llama()
+    assert TransformersBackend(model).prefill_chunk == 128  # on a CPU
+    monkeypatch.setenv("PERSONA_JUDGE_PREFILL_CHUNK", "64")
+    assert TransformersBackend(model).prefill_chunk == 64
+    assert TransformersBackend(model, prefill_chunk=0).prefill_chunk == 0
+    with pytest.raises(InvalidOptionError, match="prefill_chunk=-1: pass a count of prompt columns"):
+        TransformersBackend(model, prefill_chunk=-1)
+    monkeypatch.setenv("PERSONA_JUDGE_PREFILL_CHUNK", "lots")
+    with pytest.raises(InvalidOptionError, match="PERSONA_JUDGE_PREFILL_CHUNK='lots': expected a count"):
+        TransformersBackend(model)

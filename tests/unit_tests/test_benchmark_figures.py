@@ -49,6 +49,19 @@ def ci_pct(rate: float, ci: list[float]) -> str:
     return f"{pct(rate)} [{pct(ci[0])}, {pct(ci[1])}]"
 
 
+def stall_table(stall: dict) -> str:
+    """The README's join_stall rows: whole, then each chunk size (the CPU default, 128, in bold)."""
+    labels = {"whole": "whole (before)", "chunk_32": "32 columns at a time", "chunk_64": "64",
+              "chunk_128": "**128 (the CPU default)**", "chunk_256": "256"}
+    rows = []
+    for key, label in labels.items():
+        v = stall[key]
+        gap = f"{v['max_gap_ms'] / 1000:.2f} s"
+        gap = f"**{gap}**" if key == "chunk_128" else gap
+        rows.append(f"| {label} | {gap} | {v['median_gap_ms']:.0f} ms | {v['newcomer_ttft_s']:.2f} s |")
+    return " ".join(rows)
+
+
 def learning(d: dict) -> dict:
     return d["learning"]
 
@@ -307,6 +320,8 @@ FIGURES: list[tuple[str, str, str, Callable[[Any], str]]] = [
                "forward per request per step: **{:.2f}×**".format(
                    d["models"]["embedded"]["conditions"]["batched_8"]["tokens_per_s"],
                    d["models"]["embedded"]["conditions"]["unbatched_8"]["tokens_per_s"], d["batching_speedup_8"])),
+    # -- chunked prefill: how long a newcomer's long prompts stall a running request (README, the table) --
+    ("join_stall_cpu", "README.md", "join_stall_cpu.json", lambda d: stall_table(d["models"]["embedded"]["join_stall"])),
 ]
 
 

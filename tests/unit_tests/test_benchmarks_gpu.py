@@ -30,6 +30,13 @@ def test_a_quick_cpu_run_prints_the_contract_as_its_last_line(capsys):
     assert report["batching_speedup_8"] == pytest.approx(rates["batched_8"] / rates["unbatched_8"], rel=1e-2)
     assert report["lockstep_vs_generate"] == {"tiny": pytest.approx(rates["lockstep_k2"] / rates["generate"],
                                                                     rel=1e-2)}
+    # join_stall: the newcomer's prompts read whole and in the quick run's 16-column chunks, one run each.
+    stall = tiny["join_stall"]
+    assert set(stall) == {"long_prompt_tokens", "tokens", "whole", "chunk_16"} and stall["tokens"] == 32
+    for setting in ("whole", "chunk_16"):
+        figures = stall[setting]
+        assert len(figures["runs"]) == 1 and figures["newcomer_ttft_s"] > 0
+        assert figures["max_gap_ms"] >= figures["median_gap_ms"] > 0
 
 
 def test_ratios_are_against_generate_and_the_unbatched_requests():

@@ -7,11 +7,15 @@ row counts positions from its own first real token.
 from __future__ import annotations
 
 import inspect
+import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from ...defaults import PREFILL_CHUNK_ACCELERATOR, PREFILL_CHUNK_CPU, PREFILL_CHUNK_ENV
+from ...errors import InvalidOptionError
 from ..options import DecodingStats
 from .base import LockstepBatch, ModelBackend, Sequences, check_finite
 
@@ -52,16 +56,28 @@ class TransformersBackend(ModelBackend):
         model: the ``PreTrainedModel``.
         tokenizer: its tokenizer (what the runtime encodes with; the decoding rules need none).
         name: how the model is named to people (default: its config's ``_name_or_path``).
+        prefill_chunk: prompt columns per prefill forward of a lockstep batch (:attr:`prefill_chunk`; default
+            ``$PERSONA_JUDGE_PREFILL_CHUNK``, else 128 on a CPU and 512 on an accelerator; 0: the whole prompt in
+            one forward).
     """
 
     kind = "transformers"
 
-    def __init__(self, model: PreTrainedModel, tokenizer: Any = None, name: str | None = None) -> None:
+    def __init__(self, model: PreTrainedModel, tokenizer: Any = None, name: str | None = None,
+                 prefill_chunk: int | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.name = name or getattr(model.config, "_name_or_path", None) or type(model).__name__
         self.device = model.device
         self.signature = ForwardSignature(model)
+        self.prefill_chunk = (_prefill_chunk_setting(self.device.type) if prefill_chunk is None
+                              else _checked_chunk(prefill_chunk))
+
+    prefill_chunk: int
+    """A lockstep batch reads its prompts this many columns per forward (0: all at once). Under continuous
+    batching the other requests' steps run between a newcomer's chunks, so a long prompt stalls them for one
+    chunk at a time, not for the whole prefill. A lone request reads its prompt in the same chunks, so its tokens
+    are the same alone or batched; chunked and whole prefills agree to float rounding."""
 
     @property
     def weights(self) -> PreTrainedModel:
@@ -90,7 +106,8 @@ class TransformersBackend(ModelBackend):
     def new_cache(self) -> DynamicCache:
         return DynamicCache(config=self.model.config)
 
-    def call(self, ids: torch.Tensor, cache: Any, keep: int, stats: DecodingStats, **extra: Any) -> torch.Tensor:
+    def call(self, ids: torch.Tensor, cache: Any, keep: int, stats: DecodingStats, check: bool = True,
+             **extra: Any) -> torch.Tensor:
         """One forward over ``ids`` (rows x new tokens) with ``cache``; logits of the last ``keep`` positions."""
         kwargs: dict[str, Any] = {"input_ids": ids, self.signature.cache_argument: cache, "use_cache": True}
         if self.signature.keeps_logits:
@@ -98,7 +115,7 @@ class TransformersBackend(ModelBackend):
         logits = self.model(**kwargs, **extra).logits[:, -keep:]
         stats.forward_calls += 1
         stats.positions += ids.numel()
-        return check_finite(logits)
+        return check_finite(logits) if check else logits
 
     def sequences(self, prompt_lengths: list[int], capacity: int, stats: DecodingStats) -> TransformersSequences:
         return TransformersSequences(self, len(prompt_lengths), stats)
@@ -156,17 +173,35 @@ class TransformersBatch(LockstepBatch):
         self._columns = 0
         self.cache = backend.new_cache()
 
-    def _forward(self, ids: torch.Tensor, columns: int) -> torch.Tensor:
+    def _forward(self, ids: torch.Tensor, columns: int, check: bool = True) -> torch.Tensor:
         self._columns += columns
         attention = self._attention[:, : self._columns]
         extra = {"attention_mask": attention}
         if self.backend.signature.takes_positions:
             # Each row counts positions from its own first real token, whatever its padding.
             extra["position_ids"] = (attention.cumsum(-1) - 1).clamp(min=0)[:, -columns:]
-        return self.backend.call(ids.to(self.backend.device), self.cache, 1, self.stats, **extra)[:, -1]
+        return self.backend.call(ids.to(self.backend.device), self.cache, 1, self.stats, check=check,
+                                 **extra)[:, -1]
 
     def prefill(self) -> torch.Tensor:
-        return self._forward(self._ids, self._ids.shape[1])
+        for logits in self.prefill_chunks():
+            pass
+        assert logits is not None
+        return logits
+
+    def prefill_chunks(self) -> Iterator[torch.Tensor | None]:
+        """Read the prompts :attr:`~TransformersBackend.prefill_chunk` columns per forward: None after each chunk
+        but the last, then every row's next-token logits (the scheduler runs other steps in between)."""
+        width = self._ids.shape[1]
+        chunk = self.backend.prefill_chunk or width
+        for start in range(0, width, chunk):
+            ids = self._ids[:, start : start + chunk]
+            if start + chunk < width:
+                # A chunk's last column may be a row's left padding: its logits are neither kept nor checked.
+                self._forward(ids, ids.shape[1], check=False)
+                yield None
+            else:
+                yield self._forward(ids, ids.shape[1])
 
     def step(self, token: int) -> torch.Tensor:
         return self._forward(torch.full((self._ids.shape[0], 1), token, dtype=torch.long), 1)
@@ -182,6 +217,22 @@ class TransformersBatch(LockstepBatch):
 
     def release(self) -> None:
         self.cache = self.backend.new_cache()
+
+
+def _checked_chunk(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidOptionError(f"prefill_chunk={value!r}: pass a count of prompt columns (0: no chunking).")
+    return value
+
+
+def _prefill_chunk_setting(device_type: str) -> int:
+    raw = os.environ.get(PREFILL_CHUNK_ENV, "").strip()
+    if not raw:
+        return PREFILL_CHUNK_CPU if device_type == "cpu" else PREFILL_CHUNK_ACCELERATOR
+    if not raw.isdigit():
+        raise InvalidOptionError(f"{PREFILL_CHUNK_ENV}={raw!r}: expected a count of prompt columns (0: no "
+                                 "chunking).")
+    return int(raw)
 
 
 __all__ = ["ForwardSignature", "TransformersBackend", "config_context_length"]

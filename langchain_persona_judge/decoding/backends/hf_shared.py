@@ -1,8 +1,9 @@
 """One batch cache shared by several requests on a transformers model: the rows of continuous batching.
 
 Each member (one request) owns a block of rows: its personas, plus the reference row under guidance. A member's
-prompts are read by a forward of its own (:meth:`TransformersSharedBatch.join`: the very prefill a lone request's
-:class:`~.hf.TransformersBatch` runs, left-padded to the member's longest prompt) and its cache is then merged into
+prompts are read by forwards of its own (:meth:`TransformersSharedBatch.join`: the very prefill a lone request's
+:class:`~.hf.TransformersBatch` runs, left-padded to the member's longest prompt, in chunks of
+``prefill_chunk`` columns that the scheduler interleaves with the others' steps) and its cache is then merged into
 the shared one, between steps. :meth:`~TransformersSharedBatch.step` feeds one token to every row of every member
 in one forward. A member with no token at a step (its request was not ready in time) gets a masked column: its
 rows are computed and ignored, and no later query attends to that column. Leaving drops the member's rows and the
@@ -132,12 +133,17 @@ class TransformersSharedBatch:
     # -- joining: a forward of the newcomer's own, then a merge ------------------------------------------------
 
     def join(self, prompts: list[list[int]], stats: DecodingStats) -> tuple[SharedRows, torch.Tensor]:
-        """Read ``prompts`` in a forward of their own and add their rows; (their block, their next-token logits)."""
+        """Read ``prompts`` in forwards of their own and add their rows; (their block, their next-token logits)."""
         batch = self.backend.batch(prompts, 0, stats)
-        logits = batch.prefill()  # the same forward a lone request runs
-        member = SharedRows(len(prompts))
+        logits = batch.prefill()  # the same forwards a lone request runs
+        return self.add(batch), logits
+
+    def add(self, batch: Any) -> SharedRows:
+        """Add the rows of a lone :class:`~.hf.TransformersBatch` whose prompts were read (the scheduler reads them
+        chunk by chunk between steps, :meth:`~.hf.TransformersBatch.prefill_chunks`); their block."""
+        member = SharedRows(len(batch.rows))
         self._merge(member, batch.cache, batch.attention_mask)
-        return member, logits
+        return member
 
     def _merge(self, member: SharedRows, cache: DynamicCache, attention: torch.Tensor) -> None:
         if self.cache is None or self.attention is None:
