@@ -311,3 +311,30 @@ def test_decoding_figures_on_planted_answers():
     aa = out["aa_control"]
     assert (aa["comparisons"], aa["strict_wins"], aa["strict_losses"]) == (3, 1, 0)
     assert aa["win_rate"] == pytest.approx(round((1 + 0.5 + 0.5) / 3, 4))
+
+
+def test_the_default_option_is_chosen_on_half_the_prompts_and_confirmed_on_the_others():
+    pytest.importorskip("emoji")
+    pytest.importorskip("textstat_rs")
+
+    def said(text):
+        return {"text": text, "words": len(text.split()), "complete": True, "seconds": 1.0}
+
+    prompts = {f"p{i}": "How do I keep a plant alive?" for i in range(3)}
+    records = [{"dims": ["concise"], "seed": 1, "splits": {"evaluate": ["p0", "p1", "p2"]}}]
+    # product@4 answers short on p0 and p2 (the choosing half: sorted places 0 and 2) and long on p1;
+    # product@2 the other way round: the choice sees only p0 and p2, so it takes product@4, and the
+    # confirmation (p1 alone) shows a draw, although product@2 would have won there.
+    decoded = {"p0": {"product@4": said(SHORT), "product@2": said(LONG)},
+               "p1": {"product@4": said(LONG), "product@2": said(SHORT)},
+               "p2": {"product@4": said(SHORT), "product@2": said(LONG)}}
+    cache = {"plain_eval": {pid: said(LONG) for pid in prompts}, "plain_again": {},
+             "direct": {"concise": {pid: said(LONG) for pid in prompts}}, "decoded": {"concise#1": decoded}}
+    out = learning_decoding.decoding_figures(records, prompts, cache, ["product@2", "product@4"], n_boot=100)
+    selection = out["selection"]
+    assert selection["choice_win_rates"] == {"product@2": 0.5, "product@4": 1.0}
+    assert selection["chosen"] == "product@4"
+    held = selection["confirmation"]["vs_plain"]
+    assert (held["comparisons"], held["win_rate"], held["strict_wins"]) == (1, 0.5, 0)
+    # Over all prompts product@2 wins on p1 and draws elsewhere.
+    assert out["options"]["product@2"]["vs_plain"]["win_rate"] == pytest.approx(2 / 3, abs=1e-4)
