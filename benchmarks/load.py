@@ -363,6 +363,10 @@ class Results:
     tokens_per_s: list[float] = field(default_factory=list)
     free_s: list[float] = field(default_factory=list)
     tokens: int = 0
+    comparisons: int = 0
+    picks: int = 0
+    comparison_s: list[float] = field(default_factory=list)
+    pick_s: list[float] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     def problem(self, kind: str, text: str) -> None:
@@ -596,10 +600,40 @@ async def client_loop(index: int, account: Account, client: httpx.AsyncClient, c
             listed = (await client.get("/api/sessions?limit=500", headers=account.headers)).json()
             check_listing([s["id"] for s in listed], account, registry, results, where)
             await probe_others(client, account, registry, rng, results, where)
+            if args.learn_every and number % args.learn_every == 0:
+                await learn_once(client, account, rng, results, where)
         except (httpx.HTTPError, ValueError, KeyError) as exc:
             results.errors += 1
             results.problem("error", f"{where}: {type(exc).__name__}: {exc}")
         j += 1
+
+
+async def learn_once(client: httpx.AsyncClient, account: Account, rng: random.Random, results: Results,
+                     where: str) -> None:
+    """A comparison (two answers decoded and scored by the served model) and a pick; the account's profile must
+    then count one more choice. A 429 (the model or the account busy) is not an error."""
+    started = time.monotonic()
+    made = await client.post("/api/profile/comparisons", json={}, headers=account.headers)
+    if made.status_code == 429:
+        return
+    if made.status_code != 201:
+        results.errors += 1
+        results.problem("error", f"{where}: a comparison answered {made.status_code}: {made.text[:200]}")
+        return
+    results.comparisons += 1
+    results.comparison_s.append(time.monotonic() - started)
+    before = (await client.get("/api/profile", headers=account.headers)).json().get("choices", 0)
+    started = time.monotonic()
+    picked = await client.post(f"/api/profile/comparisons/{made.json()['id']}/choice",
+                               json={"choice": rng.choice(["a", "b"])}, headers=account.headers)
+    if picked.status_code == 409:  # another client of the same account changed the profile meanwhile
+        return
+    if picked.status_code != 200 or picked.json().get("choices") != before + 1:
+        results.errors += 1
+        results.problem("error", f"{where}: a pick answered {picked.status_code}: {picked.text[:200]}")
+        return
+    results.picks += 1
+    results.pick_s.append(time.monotonic() - started)
 
 
 @dataclass
@@ -734,6 +768,11 @@ def load_report(args: argparse.Namespace, outcome: LoadRun, server: ManagedServe
         "disconnect_freed_p50_s": r(percentile(results.free_s, 0.5)),
         "disconnect_freed_max_s": r(max(results.free_s) if results.free_s else None),
         "server_peak_rss_mb": r((server.peak_rss if server and server.peak_rss else 0) / 2**20, 1) or None,
+        "comparisons": results.comparisons,
+        "picks": results.picks,
+        "comparison_p50_s": r(percentile(results.comparison_s, 0.5)),
+        "comparison_p95_s": r(percentile(results.comparison_s, 0.95)),
+        "pick_p50_s": r(percentile(results.pick_s, 0.5)),
         "server_totals": {k: stats.get(k) for k in ("completed", "cancelled", "errors", "refused", "output_tokens")},
         "settings": {
             "max_tokens": args.max_tokens,
@@ -743,6 +782,7 @@ def load_report(args: argparse.Namespace, outcome: LoadRun, server: ManagedServe
             "scripts": len(outcome.plan),
             "turns": args.turns,
             "disconnect_every": args.disconnect_every,
+            "learn_every": args.learn_every,
             "temperature": args.temperature,
             "seeds": [args.seed, args.seed + args.clients - 1],
             "url": args.url or "started by load.py",
@@ -779,6 +819,10 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"  tokens/s per answer    p50 {f(report['tokens_per_s_p50'])}  p95 {f(report['tokens_per_s_p95'])}")
     print(f"  aggregate tokens/s     {f(report['aggregate_tokens_per_s'])}")
     print(f"  server peak memory     {f(report['server_peak_rss_mb'], ' MB')} RSS sampled")
+    if report["settings"].get("learn_every"):
+        print(f"  learning               {report['comparisons']} comparisons (p50 {f(report['comparison_p50_s'], ' s')}, "
+              f"p95 {f(report['comparison_p95_s'], ' s')}), {report['picks']} picks (p50 "
+              f"{f(report['pick_p50_s'], ' s')})")
     print(f"  load average at end    {report['machine']['load_average']} on {report['machine']['cpus']} CPUs")
     for problem in report["problems"][:10]:
         print(f"  ! {problem}")
@@ -808,6 +852,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--turns", type=int, default=2, choices=(1, 2), help="turns per conversation (default 2)")
     p.add_argument("--disconnect-every", type=int, default=4,
                    help="every Nth conversation disconnects on purpose (default 4; 0: never)")
+    p.add_argument("--learn-every", type=int, default=0,
+                   help="every Nth conversation, its client also asks for a comparison and picks an answer "
+                        "(learning on the served model; default 0: never)")
     p.add_argument("--free-timeout", type=float, default=30.0,
                    help="seconds a disconnected generation has to free its decoding thread (default 30)")
     p.add_argument("--drain-timeout", type=float, default=300.0,

@@ -137,3 +137,31 @@ def test_a_short_real_run_over_two_accounts_passes(capsys: pytest.CaptureFixture
     assert report["users"] == 2 and report["cross_user_leaks"] == 0 and report["leak_probes"] >= 3
     assert report["disconnects"] >= 1 and report["disconnects_not_cancelled"] == 0
     assert report["completed"] >= 1 and report["mixed_up"] == 0 and report["errors"] == 0
+
+
+def _learning_app(choices_after: int, comparison_status: int = 201) -> httpx.MockTransport:
+    """An app answering the learning calls: a comparison, the profile (3 choices), a pick (``choices_after``)."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/profile/comparisons":
+            return httpx.Response(comparison_status, json={"id": "c" * 32, "answer_a": "A.", "answer_b": "B."})
+        if request.url.path == "/api/profile":
+            return httpx.Response(200, json={"choices": 3})
+        assert request.url.path == f"/api/profile/comparisons/{'c' * 32}/choice"
+        assert json.loads(request.content)["choice"] in ("a", "b")
+        return httpx.Response(200, json={"choices": choices_after})
+
+    return httpx.MockTransport(handle)
+
+
+@pytest.mark.parametrize(("choices_after", "status", "picks", "errors"),
+                         [(4, 201, 1, 0), (3, 201, 0, 1), (4, 429, 0, 0), (4, 500, 0, 1)])
+async def test_learning_under_load_counts_a_pick_only_when_the_profile_took_it(
+        choices_after: int, status: int, picks: int, errors: int) -> None:
+    import random
+
+    results = load.Results()
+    async with httpx.AsyncClient(transport=_learning_app(choices_after, status), base_url="http://app") as client:
+        await load.learn_once(client, A, random.Random(0), results, "learn")
+    assert (results.picks, results.errors) == (picks, errors)
+    assert results.comparisons == (1 if status == 201 else 0)
