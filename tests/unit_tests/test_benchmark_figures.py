@@ -322,6 +322,19 @@ FIGURES: list[tuple[str, str, str, Callable[[Any], str]]] = [
                    d["models"]["embedded"]["conditions"]["unbatched_8"]["tokens_per_s"], d["batching_speedup_8"])),
     # -- chunked prefill: how long a newcomer's long prompts stall a running request (README, the table) --
     ("join_stall_cpu", "README.md", "join_stall_cpu.json", lambda d: stall_table(d["models"]["embedded"]["join_stall"])),
+    # -- llama.cpp's attention settings and the prompt cache's exactness (docs/design.md, "Prompt cache") --
+    ("flash_attention", "docs/design.md", "llamacpp_flash_attention.json",
+     lambda d: "decode steps keep flash attention's speed ({:.1f} ms a 2-row step against {:.1f} ms with it off), "
+               "and chat-sized prompts read as fast ({:.2f} s); only long prompts read slower (2 × 500 tokens: "
+               "{:.1f} s against {:.1f} s;".format(
+                   d["cost"]["backend/chat"]["step_ms"], d["cost"]["no_flash_attention/chat"]["step_ms"],
+                   d["cost"]["backend/chat"]["prompt_s"], d["cost"]["backend/long_prompt"]["prompt_s"],
+                   d["cost"]["llama.cpp/long_prompt"]["prompt_s"])),
+    ("flash_attention_exactness", "docs/design.md", "llamacpp_flash_attention.json",
+     lambda d: "a position's logits up to {:.2f} apart on the embedded model".format(
+         max(v["max_abs_difference"] for v in d["exactness"]["llama.cpp"]["batches"].values()))),
+    ("seeded_cache_load", "docs/design.md", "load_seeded_cache.json",
+     lambda d: "0 of {} differ".format(d["completed"]) if d["mixed_up"] == 0 else "never"),
 ]
 
 

@@ -160,3 +160,32 @@ def test_the_environment_sets_it_and_a_bad_value_is_named(gguf, monkeypatch):
     monkeypatch.setenv("PERSONA_JUDGE_PROMPT_CACHE", "lots")
     with pytest.raises(InvalidOptionError, match="PERSONA_JUDGE_PROMPT_CACHE='lots'"):
         LlamaCppModel(gguf, n_threads=1)
+
+
+def test_a_prefix_read_in_a_long_batch_decodes_as_fresh(gguf):
+    """The earlier request's prompts were long (llama.cpp's flash attention switches kernels from 64 tokens a
+    batch, and a position's logits then depended on how long its batch was): the next request, a prefix of it,
+    still gets bit-for-bit a fresh context's logits. With flash attention on, this fails on the first logits."""
+    long_rows = [SYSTEM + [(7 * i) % 60 + 3 for i in range(90)], SYSTEM + [(11 * i) % 60 + 3 for i in range(80)]]
+    short_rows = [row[:30] for row in long_rows]
+    model, fresh = _model(gguf), _model(gguf, prompt_cache=0)
+    _decode(model, long_rows)
+    logits, held, _ = _decode(model, short_rows)
+    assert held == [29, 29]
+    for a, b in zip(logits, _decode(fresh, short_rows)[0], strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_positions_logits_do_not_depend_on_its_batchs_length(gguf):
+    """The property the prompt cache rests on, checked on llama.cpp itself: position 29's logits from a batch
+    of 30 tokens, and from one of 97."""
+    model = _model(gguf, prompt_cache=0)
+    row = SYSTEM + [(7 * i) % 60 + 3 for i in range(90)]
+    seen = []
+    for length in (30, 97):
+        ctx = model.context(1, 256, unified=False)
+        try:
+            seen.append(ctx.decode([(t, i, 0, i == 29) for i, t in enumerate(row[:length])], DecodingStats())[0])
+        finally:
+            ctx.close()
+    assert torch.equal(seen[0], seen[1])
