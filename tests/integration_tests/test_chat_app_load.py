@@ -155,7 +155,7 @@ def _learning_app(choices_after: int, comparison_status: int = 201) -> httpx.Moc
 
 
 @pytest.mark.parametrize(("choices_after", "status", "picks", "errors"),
-                         [(4, 201, 1, 0), (3, 201, 0, 1), (4, 429, 0, 0), (4, 500, 0, 1)])
+                         [(4, 201, 1, 0), (5, 201, 1, 0), (3, 201, 0, 1), (4, 429, 0, 0), (4, 500, 0, 1)])
 async def test_learning_under_load_counts_a_pick_only_when_the_profile_took_it(
         choices_after: int, status: int, picks: int, errors: int) -> None:
     import random

@@ -333,6 +333,14 @@ FIGURES: list[tuple[str, str, str, Callable[[Any], str]]] = [
     ("flash_attention_exactness", "docs/design.md", "llamacpp_flash_attention.json",
      lambda d: "a position's logits up to {:.2f} apart on the embedded model".format(
          max(v["max_abs_difference"] for v in d["exactness"]["llama.cpp"]["batches"].values()))),
+    ("load_learning", "examples/chat_app/README.md", "load_learning.json",
+     lambda d: "**{} comparisons and {} picks**, {} errors, {} mixed-up answers, {} leaks, all {} disconnects "
+               "cancelled; the server's peak memory **{:.0f} MB** RSS on llama.cpp".format(
+                   d["comparisons"], d["picks"], d["errors"], d["mixed_up"], d["cross_user_leaks"],
+                   d["disconnects"], d["server_peak_rss_mb"])),
+    ("load_learning_latency", "examples/chat_app/README.md", "load_learning.json",
+     lambda d: "A comparison took **{:.0f} s** at p50 ({:.0f} s p95)".format(d["comparison_p50_s"],
+                                                                           d["comparison_p95_s"])),
     ("seeded_cache_load", "docs/design.md", "load_seeded_cache.json",
      lambda d: "0 of {} differ".format(d["completed"]) if d["mixed_up"] == 0 else "never"),
 ]
