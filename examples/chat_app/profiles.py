@@ -78,6 +78,8 @@ class _Entry:
     learner: Any
     revision: str | None
     questions: dict[str, Any] = field(default_factory=dict)
+    reset: bool = False
+    """The user reset their profile while this learner was in use: what it was decoding was cancelled."""
 
 
 class Profiles:
@@ -260,6 +262,9 @@ class Profiles:
                 raise HTTPException(429, "The model is busy; retry in a moment.", headers={"Retry-After": "5"}) \
                     from None
             except ProfileError as exc:  # e.g. the same answer under both personas: the message says what to do
+                if entry.reset:  # cancelled by a reset (Profiles.reset): nothing was stored
+                    raise HTTPException(409, "Your profile was reset while these answers were being written; "
+                                             "ask for a new comparison.") from None
                 raise HTTPException(422, str(exc)) from None
             first, second = (entry.learner.candidates[i] for i in question.pair)
             data = {
@@ -338,6 +343,10 @@ class Profiles:
     # -- reset, export, import
 
     async def reset(self, user_id: str) -> dict[str, Any]:
+        entry = self._entries.get(user_id)
+        if entry is not None:  # a comparison being decoded for this user stops now, rather than hold the reset
+            entry.reset = True
+            entry.learner.cancel()
         async with self._user(user_id):
             deleted = await self.store.delete_profile(user_id)
             self._forget(user_id)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,6 +170,8 @@ class PreferenceLearner:
         self._next_prompt = 0
         self._uses: dict[str, int] = {}
         self._decoded = 0
+        self._running: set[threading.Event] = set()
+        self._running_lock = threading.Lock()
         self.fit: Fit | None = None
 
     # -- the current state ----------------------------------------------------------------------------------
@@ -253,6 +256,7 @@ class PreferenceLearner:
         if seed is None:
             seed = self.seed + self._decoded
             self._decoded += len(personas)
+        cancelled = threading.Event()
         runs = []
         for i, persona in enumerate(personas):
             preferences = [] if persona is None else [Persona(name=persona, description=self.basis.text(persona))]
@@ -260,9 +264,27 @@ class PreferenceLearner:
             options = dataclasses.replace(self.options, seed=seed + i, schedule="lockstep")
             request = build_request(handle.backend, conversation, options=options,
                                     personas=PersonaSettings(preferences=preferences), model_name=handle.display)
-            runs.append(RequestRun(request))
-        texts = read_texts(runs, what="answer")
+            runs.append(RequestRun(request, cancelled=cancelled))
+        with self._running_lock:
+            self._running.add(cancelled)
+        try:
+            texts = read_texts(runs, what="answer")
+        finally:
+            with self._running_lock:
+                self._running.discard(cancelled)
+        if cancelled.is_set():
+            raise ProfileError("Decoding the answers was cancelled (PreferenceLearner.cancel); ask again.")
         return [(text.strip(), run.finish_reason == "stop") for text, run in zip(texts, runs)]
+
+    def cancel(self) -> bool:
+        """Stop the answers this learner is decoding now (from another thread): the :meth:`generate` or
+        :meth:`next_question` call that decodes them raises :class:`~langchain_persona_judge.errors.ProfileError`
+        within a token, and nothing is added. False when nothing was being decoded."""
+        with self._running_lock:
+            running = list(self._running)
+        for event in running:
+            event.set()
+        return bool(running)
 
     def _candidates_for(self, prompt: Prompt) -> list[int]:
         key = self.scorer.conversation(prompt)

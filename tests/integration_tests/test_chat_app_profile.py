@@ -259,6 +259,47 @@ async def test_a_pick_counts_when_the_learner_was_rebuilt(world: World) -> None:
 # -- reset, export, import ----------------------------------------------------------------------------------
 
 
+async def test_a_reset_stops_a_comparison_being_written(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reset does not wait for the two answers of a comparison in progress: they stop within a token, the
+    comparison answers 409 and stores nothing."""
+    from langchain_persona_judge import decoding
+
+    real = decoding.stream
+
+    class Slow:  # each piece of an answer takes 0.2 s: a comparison of two 12-token answers takes seconds
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def chunks(self) -> Iterator[list[int]]:
+            for chunk in self.inner.chunks():
+                time.sleep(0.2)
+                yield chunk
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+    monkeypatch.setattr(decoding, "stream", lambda *args, **kwargs: Slow(real(*args, **kwargs)))
+    profiles = world.service.profiles
+    async with world.client() as c:
+        c.headers["Authorization"] = f"Bearer {(await c.post('/api/users')).json()['token']}"
+        proposing = asyncio.create_task(c.post("/api/profile/comparisons", json={"prompt": "Why is the sea salty?"}))
+        for _ in range(3000):  # until this user's learner decodes
+            if any(e.learner._running for e in profiles._entries.values()):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            pytest.fail("the comparison never started decoding")
+        started = time.monotonic()
+        reset = await c.delete("/api/profile")
+        took = time.monotonic() - started
+        made = await proposing
+    assert reset.status_code == 200 and took < 2.0, took  # not the seconds the answers would have taken
+    assert made.status_code == 409 and "reset while these answers were being written" in made.json()["detail"]
+    async with world.client() as c:  # nothing of it was stored
+        c.headers["Authorization"] = reset.request.headers["Authorization"]
+        assert (await c.get("/api/profile")).json()["exists"] is False
+
+
 async def test_export_reset_and_import_round_trip_as_the_clis_file(world: World, handle: Any,
                                                                    tmp_path: Path) -> None:
     from langchain_persona_judge.profiles import PreferenceProfile

@@ -882,3 +882,44 @@ def test_learner_answers_decode_at_once_under_batching_exactly_as_alone(model: A
     learner = PreferenceLearner((model, tokenizer), basis=BASIS, seed=0, max_tokens=10, top_p=None, temperature=1.0)
     learner.generate(PROMPT, [None])  # moves the learner's own counter; an explicit seed ignores it
     assert learner.generate(PROMPT, ["informative", "friendly"], seed=7) == alone[2:]
+
+
+def test_cancel_stops_the_answers_being_decoded(model: Any, tokenizer: Any, monkeypatch: Any) -> None:
+    import threading
+    import time
+
+    monkeypatch.setenv("PERSONA_JUDGE_BATCHING", "off")
+    learner = PreferenceLearner((model, tokenizer), basis=BASIS, seed=5, max_tokens=400, top_p=None,
+                                temperature=1.0)
+    assert learner.cancel() is False  # nothing to stop
+    forwards: list[float] = []
+
+    def slow(*args: Any) -> None:
+        forwards.append(time.monotonic())
+        time.sleep(0.01)
+
+    hook = model.register_forward_pre_hook(slow)
+    outcome: dict[str, Any] = {}
+
+    def ask() -> None:
+        try:
+            outcome["answers"] = learner.generate(PROMPT, [None, "concise"])
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    try:
+        thread = threading.Thread(target=ask)
+        thread.start()
+        while len(forwards) < 5 and thread.is_alive():  # decoding
+            time.sleep(0.005)
+        assert thread.is_alive(), outcome
+        assert learner.cancel() is True
+        stopped = time.monotonic()
+        thread.join(timeout=30)
+    finally:
+        hook.remove()
+    assert "answers" not in outcome and "cancelled" in str(outcome["error"])
+    assert len([t for t in forwards if t > stopped]) <= 2  # at most the forward under way, and its neighbour's
+    assert not learner._running
+    # The learner goes on: a later call decodes as usual.
+    assert len(learner.generate(PROMPT, [None], seed=5)) == 1
