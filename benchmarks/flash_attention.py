@@ -49,11 +49,11 @@ def context(model: Any, mode: str, rows: int, n_ctx: int) -> Any:
     from langchain_persona_judge.decoding.backends.llamacpp import UBATCH
 
     flash, ubatch = MODES[mode]
-    model.flash_attention, model.ubatch = flash, ubatch or UBATCH
+    model.flash_attention = flash
     try:
-        return model.context(rows, n_ctx, unified=False)
+        return model.context(rows, n_ctx, unified=False, ubatch=ubatch or UBATCH)
     finally:
-        model.flash_attention, model.ubatch = True, UBATCH
+        model.flash_attention = True
 
 
 def exactness(model: Any, mode: str) -> dict[str, Any]:

@@ -177,13 +177,15 @@ def test_a_prefix_read_in_a_long_batch_decodes_as_fresh(gguf):
 
 
 def test_a_positions_logits_do_not_depend_on_its_batchs_length(gguf):
-    """The property the prompt cache rests on, checked on llama.cpp itself: position 29's logits from a batch
-    of 30 tokens, and from one of 97."""
+    """The property the prompt cache rests on, checked on llama.cpp itself with the lockstep contexts'
+    micro-batches: position 29's logits from a batch of 30 tokens, and from one of 97."""
+    from langchain_persona_judge.decoding.backends.llamacpp import UBATCH
+
     model = _model(gguf, prompt_cache=0)
     row = SYSTEM + [(7 * i) % 60 + 3 for i in range(90)]
     seen = []
     for length in (30, 97):
-        ctx = model.context(1, 256, unified=False)
+        ctx = model.context(1, 256, unified=False, ubatch=UBATCH)
         try:
             seen.append(ctx.decode([(t, i, 0, i == 29) for i, t in enumerate(row[:length])], DecodingStats())[0])
         finally:

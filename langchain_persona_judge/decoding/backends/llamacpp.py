@@ -94,8 +94,10 @@ class LlamaCppModel(ModelBackend):
     """Whether contexts let llama.cpp use flash attention where it would (its default, ``auto``: on for a CPU);
     its decode steps are 15% faster here than without (:data:`UBATCH`)."""
     ubatch: int = UBATCH
-    """Tokens per llama.cpp micro-batch (see :data:`UBATCH`): what keeps a position's logits independent of its
-    batch, so that the prompt cache decodes what a fresh context decodes."""
+    """Tokens per llama.cpp micro-batch of the lockstep contexts, the ones the prompt cache keeps (see
+    :data:`UBATCH`): what keeps a position's logits independent of its batch, so that a cached prefix decodes what
+    a fresh context decodes. Other contexts (the speculative schedule's, the profile scorer's) read whole
+    batches."""
 
     def __init__(
         self,
@@ -185,11 +187,12 @@ class LlamaCppModel(ModelBackend):
 
     # -- contexts ----------------------------------------------------------------------------------------
 
-    def context(self, n_seqs: int, n_ctx: int, *, unified: bool = True) -> _Context:
+    def context(self, n_seqs: int, n_ctx: int, *, unified: bool = True, ubatch: int | None = None) -> _Context:
         """A fresh llama.cpp context holding ``n_seqs`` sequences of up to ``n_ctx`` positions in all
         (``unified=False``: each sequence its own ``n_ctx / n_seqs`` positions, and its tokens attend to those
-        alone rather than to the whole shared buffer: far cheaper for many long sequences)."""
-        return _Context(self, n_seqs, n_ctx, unified)
+        alone rather than to the whole shared buffer: far cheaper for many long sequences), reading ``ubatch``
+        tokens per micro-batch (None: a whole batch, up to 2048)."""
+        return _Context(self, n_seqs, n_ctx, unified, ubatch)
 
     prompt_cache: int
     """Released lockstep contexts kept for their prompts' KV cache (0: none). A new request whose rows begin with
@@ -220,7 +223,9 @@ class LlamaCppModel(ModelBackend):
             if best is not None:
                 self._idle.remove(best)
         if best is None:
-            return self.context(len(rows), per_sequence * len(rows), unified=False), [0] * len(rows)
+            # Micro-batches of UBATCH tokens: a prefix this context reads is what any later request would read.
+            return self.context(len(rows), per_sequence * len(rows), unified=False, ubatch=self.ubatch), \
+                [0] * len(rows)
         for r in range(best.n_seqs):  # the sequences beyond the rows are emptied
             best.crop(r, best_held[r] if r < len(rows) else 0)
         return best, best_held
@@ -270,7 +275,8 @@ class LlamaCppModel(ModelBackend):
 class _Context:
     """One llama.cpp context (KV cache for ``n_seqs`` sequences) and a reusable batch."""
 
-    def __init__(self, model: LlamaCppModel, n_seqs: int, n_ctx: int, unified: bool = True) -> None:
+    def __init__(self, model: LlamaCppModel, n_seqs: int, n_ctx: int, unified: bool = True,
+                 ubatch: int | None = None) -> None:
         lib = model._lib
         self.lib, self.model = lib, model
         params = lib.llama_context_default_params()
@@ -282,7 +288,8 @@ class _Context:
         params.n_threads = params.n_threads_batch = model.n_threads
         if hasattr(params, "kv_unified"):
             params.kv_unified = unified
-        params.n_ubatch = min(params.n_batch, max(1, int(model.ubatch)))
+        if ubatch is not None:  # else llama.cpp reads a whole batch at once (the scorer's large blocks)
+            params.n_ubatch = min(params.n_batch, max(1, int(ubatch)))
         if hasattr(params, "flash_attn_type"):
             params.flash_attn_type = -1 if model.flash_attention else 0  # LLAMA_FLASH_ATTN_TYPE_AUTO / _DISABLED
         if hasattr(params, "no_perf"):
