@@ -62,6 +62,42 @@ def stall_table(stall: dict) -> str:
     return " ".join(rows)
 
 
+LEARNING_FRESH_ROWS = {"product@1": "product, γ = 1", "product@2": "product, γ = 2", "product@4": "product, γ = 4",
+                       "product+length@2": "product with the length feature, γ = 2",
+                       "best_of_4+length@1": "best of 4 (reward with length)"}
+
+
+def learning_fresh_table(d: dict) -> str:
+    """The README's table of decoding with a learned profile (benchmarks/results/learning_fresh.json)."""
+    dec = d["decoding"]
+
+    def ci(v: dict) -> str:
+        return f"{v['win_rate']:.2f} [{v['ci95'][0]:.2f}, {v['ci95'][1]:.2f}]"
+
+    def short(v: list) -> str:
+        return f"{v[0]:.0%}"
+
+    direct = dec["direct_vs_plain"]
+    rows = [f"| the preference written in the prompt | {ci(direct)} | {direct['strict_wins']} / "
+            f"{direct['strict_losses']} | — | {short(direct['concise_median_shortening'])} |"]
+    for key, label in LEARNING_FRESH_ROWS.items():
+        v = dec["options"][key]
+        rows.append(f"| {label} | {ci(v['vs_plain'])} | {v['vs_plain']['strict_wins']} / "
+                    f"{v['vs_plain']['strict_losses']} | {ci(v['vs_direct'])} | "
+                    f"{short(v['concise_median_shortening'])} |")
+    return " ".join(rows)
+
+
+def learning_fresh_selection(d: dict) -> str:
+    sel = d["decoding"]["selection"]
+    held = sel["confirmation"]
+    p, q = held["vs_plain"], held["vs_direct"]
+    return (f"chose **{sel['chosen']}**; on the other half alone it beats the plain answer "
+            f"**{p['win_rate']:.2f}** [{p['ci95'][0]:.2f}, {p['ci95'][1]:.2f}] ({p['strict_wins']} strict wins, "
+            f"{p['strict_losses']} losses) and the written preference {q['win_rate']:.2f} "
+            f"[{q['ci95'][0]:.2f}, {q['ci95'][1]:.2f}]")
+
+
 def learning(d: dict) -> dict:
     return d["learning"]
 
@@ -341,6 +377,16 @@ FIGURES: list[tuple[str, str, str, Callable[[Any], str]]] = [
     ("load_learning_latency", "examples/chat_app/README.md", "load_learning.json",
      lambda d: "A comparison took **{:.0f} s** at p50 ({:.0f} s p95)".format(d["comparison_p50_s"],
                                                                            d["comparison_p95_s"])),
+    # -- decoding with a learned profile: the full run of the redesigned benchmark (README, issue 25) --
+    ("learning_fresh_table", "README.md", "learning_fresh.json", learning_fresh_table),
+    ("learning_fresh_selection", "README.md", "learning_fresh.json", learning_fresh_selection),
+    ("learning_fresh_auc", "README.md", "learning_fresh.json",
+     lambda d: "after 10 choices the profile predicts the user's held-out choices with ROC AUC **{:.2f}** [{:.2f}, "
+               "{:.2f}] with PReF's questions and {:.2f} with random ones".format(
+                   *d["learning"]["active"]["10"]["held_out_auc"], d["learning"]["random"]["10"]["held_out_auc"][0])),
+    ("learning_fresh_cost", "README.md", "learning_fresh.json",
+     lambda d: "took {:.1f} s on both cores in fp32 and {:.1f} s in bfloat16".format(
+         d["cost_per_choice"]["threads_2"]["warm_seconds"], d["cost_per_choice"]["bfloat16"]["warm_seconds"])),
     ("seeded_cache_load", "docs/design.md", "load_seeded_cache.json",
      lambda d: "0 of {} differ".format(d["completed"]) if d["mixed_up"] == 0 else "never"),
 ]
