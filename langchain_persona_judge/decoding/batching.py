@@ -215,8 +215,7 @@ class BatchScheduler:
         """A newcomer: its lone batch, whose prompts :meth:`_advance` reads a chunk at a time."""
         try:
             member.batch = member.backend.batch(member.prompts, 0, member.stats)
-            chunks = getattr(member.batch, "prefill_chunks", None)
-            member.chunks = chunks() if chunks is not None else iter([member.batch.prefill()])
+            member.chunks = member.batch.prefill_chunks()
         except BaseException as exc:
             member.error, member.batch = exc, None
             member.done.set()

@@ -21,17 +21,10 @@ import numpy as np
 import torch
 
 from ..decoding import DecodingStats
+from ..decoding.backends.base import common_prefix
 
 BLOCK_TOKENS = 256
 """Tokens (rows × response positions) of one decode: its logits take ``BLOCK_TOKENS × vocabulary`` floats."""
-
-
-def _common(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 class LlamaCppReader:
@@ -73,7 +66,7 @@ class LlamaCppReader:
         context = self._context
         items = []
         for seq, row in enumerate(rows):
-            keep = min(_common(self._cached[seq], row), len(row) - 1)
+            keep = min(common_prefix(self._cached[seq], row), len(row) - 1)
             if keep < len(self._cached[seq]):
                 context.crop(seq, keep)
             items += [(row[pos], pos, seq, pos == len(row) - 1) for pos in range(keep, len(row))]

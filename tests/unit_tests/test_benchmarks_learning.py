@@ -275,12 +275,14 @@ LONG = ("Water the plant when the top of the soil feels dry, give it bright indi
 SHORT = "Water it when the soil is dry, and give it light."
 
 
+def said(text):
+    """A decoded answer as the cache keeps it."""
+    return {"text": text, "words": len(text.split()), "complete": True, "seconds": 1.0}
+
+
 def test_decoding_figures_on_planted_answers():
     pytest.importorskip("emoji")
     pytest.importorskip("textstat_rs")
-
-    def said(text):
-        return {"text": text, "words": len(text.split()), "complete": True, "seconds": 1.0}
 
     prompts = {f"p{i}": "How do I keep a plant alive?" for i in range(3)}
     records = [{"dims": ["concise"], "seed": 1, "splits": {"evaluate": ["p0", "p1"]}},
@@ -316,9 +318,6 @@ def test_decoding_figures_on_planted_answers():
 def test_the_default_option_is_chosen_on_half_the_prompts_and_confirmed_on_the_others():
     pytest.importorskip("emoji")
     pytest.importorskip("textstat_rs")
-
-    def said(text):
-        return {"text": text, "words": len(text.split()), "complete": True, "seconds": 1.0}
 
     prompts = {f"p{i}": "How do I keep a plant alive?" for i in range(3)}
     records = [{"dims": ["concise"], "seed": 1, "splits": {"evaluate": ["p0", "p1", "p2"]}}]

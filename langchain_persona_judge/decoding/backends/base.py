@@ -21,12 +21,14 @@ refuses non-finite logits (:func:`check_finite`).
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import torch
 
-from ...errors import DecodingError
+from ...errors import DecodingError, InvalidOptionError
 from ..options import DecodingStats
 
 
@@ -80,6 +82,11 @@ class LockstepBatch(ABC):
     @abstractmethod
     def prefill(self) -> torch.Tensor:
         """Read every row's prompt; every row's next-token logits, ``(rows, vocab)``, float."""
+
+    def prefill_chunks(self) -> Iterator[torch.Tensor | None]:
+        """:meth:`prefill` in pieces that other work may run between: None after each piece but the last, then
+        what :meth:`prefill` returns. One piece, unless the backend reads prompts in chunks."""
+        yield self.prefill()
 
     @abstractmethod
     def step(self, token: int) -> torch.Tensor:
@@ -154,4 +161,25 @@ class ModelBackend(ABC):
         return None
 
 
-__all__ = ["NON_FINITE", "LockstepBatch", "ModelBackend", "Sequences", "check_finite"]
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens ``a`` and ``b`` share."""
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def count_setting(env: str, default: int, expected: str) -> int:
+    """A non-negative count from the environment variable ``env`` (``default`` when unset); an
+    InvalidOptionError saying ``expected a count of <expected>`` otherwise."""
+    raw = os.environ.get(env, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit():
+        raise InvalidOptionError(f"{env}={raw!r}: expected a count of {expected}.")
+    return int(raw)
+
+
+__all__ = ["NON_FINITE", "LockstepBatch", "ModelBackend", "Sequences", "check_finite", "common_prefix",
+           "count_setting"]

@@ -7,7 +7,6 @@ row counts positions from its own first real token.
 from __future__ import annotations
 
 import inspect
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,7 +16,7 @@ from transformers import DynamicCache, PreTrainedModel
 from ...defaults import PREFILL_CHUNK_ACCELERATOR, PREFILL_CHUNK_CPU, PREFILL_CHUNK_ENV
 from ...errors import InvalidOptionError
 from ..options import DecodingStats
-from .base import LockstepBatch, ModelBackend, Sequences, check_finite
+from .base import LockstepBatch, ModelBackend, Sequences, check_finite, count_setting
 
 
 class ForwardSignature:
@@ -226,13 +225,8 @@ def _checked_chunk(value: Any) -> int:
 
 
 def _prefill_chunk_setting(device_type: str) -> int:
-    raw = os.environ.get(PREFILL_CHUNK_ENV, "").strip()
-    if not raw:
-        return PREFILL_CHUNK_CPU if device_type == "cpu" else PREFILL_CHUNK_ACCELERATOR
-    if not raw.isdigit():
-        raise InvalidOptionError(f"{PREFILL_CHUNK_ENV}={raw!r}: expected a count of prompt columns (0: no "
-                                 "chunking).")
-    return int(raw)
+    default = PREFILL_CHUNK_CPU if device_type == "cpu" else PREFILL_CHUNK_ACCELERATOR
+    return count_setting(PREFILL_CHUNK_ENV, default, "prompt columns (0: no chunking)")
 
 
 __all__ = ["ForwardSignature", "TransformersBackend", "config_context_length"]

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from ...defaults import PROMPT_CACHE_DEFAULT, PROMPT_CACHE_ENV
-from ...errors import DecodingError, InvalidOptionError, ModelLoadError
+from ...errors import DecodingError, ModelLoadError
 from ..options import DecodingStats
-from .base import LockstepBatch, ModelBackend, Sequences, check_finite
+from .base import LockstepBatch, ModelBackend, Sequences, check_finite, common_prefix, count_setting
 
 INSTALL_HINT = (
     "the llama.cpp backend needs llama-cpp-python: pip install 'langchain-persona-judge[llamacpp]' "
@@ -217,7 +217,7 @@ class LlamaCppModel(ModelBackend):
                 if ctx.n_seqs < len(rows) or ctx.per_sequence < per_sequence:
                     continue
                 # At least each row's last token is left to decode: its logits are the first step's.
-                held = [min(_common_prefix(ctx.tokens[r], row), len(row) - 1) for r, row in enumerate(rows)]
+                held = [min(common_prefix(ctx.tokens[r], row), len(row) - 1) for r, row in enumerate(rows)]
                 if sum(held) >= sum(best_held):  # ties: the most recently released
                     best, best_held = ctx, held
             if best is not None:
@@ -366,20 +366,7 @@ class _Context:
 
 
 def _prompt_cache_setting() -> int:
-    raw = os.environ.get(PROMPT_CACHE_ENV, "").strip()
-    if not raw:
-        return PROMPT_CACHE_DEFAULT
-    if not raw.isdigit():
-        raise InvalidOptionError(f"{PROMPT_CACHE_ENV}={raw!r}: expected a count of contexts (0 turns it off).")
-    return int(raw)
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
+    return count_setting(PROMPT_CACHE_ENV, PROMPT_CACHE_DEFAULT, "contexts (0 turns it off)")
 
 
 def _budget(model: LlamaCppModel, lengths: list[int], capacity: int) -> int:
