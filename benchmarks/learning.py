@@ -682,7 +682,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="candidate and decoded answer limit (200: answers end by themselves)")
     parser.add_argument("--options", nargs="+", default=None, metavar="OPTION",
                         help=f"decoding options (default: {' '.join(DEFAULT_OPTIONS)})")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the candidates (and, by default, of the rest)")
+    parser.add_argument("--eval-seed", type=int, default=None,
+                        help="seed of the simulated users, their prompts and the evaluation answers (default: "
+                             "--seed). Another value evaluates new users and new answers over the same candidates "
+                             "(a confirmation run); its answers are cached apart, under by_eval_seed")
     parser.add_argument("--workers", type=int, default=6,
                         help="decodes at once (6; a prompt's candidates count as one): on transformers their rows "
                              "share one forward per step (continuous batching); every answer is what it would be "
@@ -727,7 +731,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     prompts = prompt_pool(shared, args.quick)
     by_id = {p["id"]: p for p in prompts}
     users = args.users_per_type * len(USER_TYPES)
-    splits = user_splits(prompts, users, args.learn_prompts, args.held_out_prompts, args.eval_prompts, args.seed)
+    eval_seed = args.seed if args.eval_seed is None else args.eval_seed
+    splits = user_splits(prompts, users, args.learn_prompts, args.held_out_prompts, args.eval_prompts, eval_seed)
     fresh = sorted(p["id"] for p in prompts if p["id"] not in USED_BEFORE)
     index = {pid: i for i, pid in enumerate(fresh)}
     config = {"prompt_ids": sorted(by_id), "users": users, "per_user": {
@@ -753,24 +758,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "scores": metric_table(table[p["id"]]["texts"], p["prompt"])} for p in pool}
     mark = time.perf_counter()
     records = simulate(scorer, cache, splits, metrics, by_id, index, args.users_per_type, args.questions, args.noise,
-                       l2, args.seed, cross_validate=True)
+                       l2, eval_seed, cross_validate=True)
     timings["simulation_s"] = time.perf_counter() - mark
     pairs = {r["seed"]: held_out_pairs_by_prompt(table, metrics, [by_id[pid] for pid in r["splits"]["held_out"]],
                                                  tuple(r["dims"]), index) for r in records}
     summary = summarise(records, pairs, len(fresh))
     summary["ceiling_full_fit"] = ceiling(table, metrics, pool, l2)
-    sensitivity = l2_sensitivity(scorer, cache, splits, metrics, by_id, index, pairs, len(fresh), args, l2)
+    sensitivity = l2_sensitivity(scorer, cache, splits, metrics, by_id, index, pairs, len(fresh), args, l2,
+                                 eval_seed)
+    # The evaluation answers of another --eval-seed are kept apart from the first run's (which --reanalyse reads).
+    answers = cache if eval_seed == args.seed else cache.setdefault("by_eval_seed", {}).setdefault(str(eval_seed), {})
     decoding: dict[str, Any] = {}
     options = [o.name for o in args.options]
     if not args.no_decode:
         if not args.reanalyse:
             mark = time.perf_counter()
             texts = load_texts(shared)
-            decode_all(records, {p["id"]: p["prompt"] for p in prompts}, args.options, texts, cache,
+            decode_all(records, {p["id"]: p["prompt"] for p in prompts}, args.options, texts, answers,
                        lambda: save_cache(cache_path, cache), scorer.handle, scorer.basis, args.max_tokens,
-                       SAMPLING, args.seed, args.workers)
+                       SAMPLING, eval_seed, args.workers)
             timings["decoding_s"] = time.perf_counter() - mark
-        decoding = decoding_figures(records, {p["id"]: p["prompt"] for p in prompts}, cache, options)
+        decoding = decoding_figures(records, {p["id"]: p["prompt"] for p in prompts}, answers, options)
     previous = json.loads(out_path.read_text(encoding="utf-8")) if args.reanalyse and out_path.is_file() else {}
     cost = previous.get("cost_per_choice", {})
     if not args.reanalyse:
@@ -781,7 +789,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    "questions": args.questions, "noise": args.noise, "l2_while_asking": l2,
                    "decode_after": min(DECODE_AFTER, args.questions), "basis": list(scorer.basis.labels),
                    "model": scorer.handle.display, "fresh_prompts": len(fresh),
-                   "used_before": sorted(USED_BEFORE)},
+                   "used_before": sorted(USED_BEFORE), "eval_seed": eval_seed},
         "machine": machine_info("cpu", 1),
         "statistics": STATISTICS_NOTE,
         "l2_choice": L2_NOTE,
@@ -804,13 +812,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def l2_sensitivity(scorer: Any, cache: dict[str, Any], splits: list[dict[str, list[str]]], metrics: dict[str, Any],
                    by_id: dict[str, Any], index: dict[str, int], pairs: PairsByUser, prompts: int,
-                   args: argparse.Namespace, l2: float) -> dict[str, Any]:
+                   args: argparse.Namespace, l2: float, seed: int) -> dict[str, Any]:
     """The figures after 10 choices with the learner's L2 at the other values of :data:`L2_SWEEP` (not in
     --quick): how much the default matters."""
     out: dict[str, Any] = {}
     for other in [] if args.quick else [v for v in L2_SWEEP if v != l2]:
         others = simulate(scorer, cache, splits, metrics, by_id, index, args.users_per_type, args.questions,
-                          args.noise, other, args.seed)
+                          args.noise, other, seed)
         rows = summarise(others, pairs, prompts, n_boot=500, detail=False)
         asked = min(10, args.questions)
         out[str(other)] = {s: {k: rows[s][str(asked)][k] for k in ("top_pole", "held_out_auc")}
