@@ -1,4 +1,4 @@
-"""What ``draft_confidence=None`` resolves to, and the names of the environment variables the package reads.
+"""What ``draft_confidence=None`` and ``guidance=None`` resolve to, and the names of the environment variables the package reads.
 
 The options' defaults (the chat model's, the CLI's and the engine's) are declared with the options themselves, in
 :mod:`langchain_persona_judge.option_specs`.
@@ -14,6 +14,22 @@ SPECULATIVE_DRAFT_CONFIDENCE = 0.5
 """``draft_confidence=None`` resolves to this with the speculative schedule (it saves wasted drafter forwards)."""
 LOCKSTEP_DRAFT_CONFIDENCE = 0.0
 """``draft_confidence=None`` resolves to this with the lockstep schedule (drafts cost nothing extra there)."""
+
+# -- what guidance=None means ------------------------------------------------------------------------------
+
+STATED_GUIDANCE = 1.0
+"""``guidance=None`` with stated preferences (or a profile's best-of-N candidates): the personas themselves."""
+PROFILE_GUIDANCE = 4.0
+"""``guidance=None`` when a learned profile decodes as its weighted product: γ = 4 (the KL-regularised optimum of
+the learned reward at a quarter of the regularisation). After 10 choices it beat the plain answer 0.80 and the
+preference written in the prompt 0.68 (``benchmarks/results/learning_fresh.json``; chosen there after seeing those
+figures) and was confirmed on new users and answers (``benchmarks/results/learning_confirm.json``)."""
+
+
+def guidance_for(profile: bool, profile_decoding: str = "product") -> float:
+    """What ``guidance=None`` means: :data:`PROFILE_GUIDANCE` for a learned profile's product, else 1."""
+    return PROFILE_GUIDANCE if profile and profile_decoding == "product" else STATED_GUIDANCE
+
 
 # -- environment variables -------------------------------------------------------------------------------
 

@@ -262,10 +262,12 @@ OPTIONS: tuple[OptionSpec, ...] = (
         doc="Negative weights steer away from a persona; Persona-judge takes none (its roles rotate evenly).",
     ),
     OptionSpec(
-        "guidance", float, 1.0, "preference strength γ: 1 is off, 1.5-3 amplifies each preference, below 0 "
-        "steers away", _DECODING, bounds=Bounds(finite=True),
-        note="1: the personas themselves, above 1: stronger", metavar="G", group="decoding rule and strength",
-        doc="Each persona's distribution becomes log p_0 + γ (log p_i − log p_0) against the reference prompt.",
+        "guidance", float, None, "preference strength γ: 1 is off, 1.5-3 amplifies each preference, below 0 "
+        "steers away", _DECODING, bounds=Bounds(finite=True), nullable=True, engine_default=1.0,
+        note="1: the personas themselves, above 1: stronger; None: 1, or 4 for a learned profile",
+        metavar="G", group="decoding rule and strength",
+        doc="Each persona's distribution becomes log p_0 + γ (log p_i − log p_0) against the reference prompt "
+        "(None: see defaults.guidance_for).",
     ),
     OptionSpec(
         "repetition_penalty", float, None, "penalise tokens the answer already has (1.1-1.3 stops a small model "

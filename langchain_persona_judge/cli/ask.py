@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
+from ..defaults import guidance_for
 from ..option_specs import BY_NAME, options_for
 from .parser import EXIT_OK, build_parser, flag
 
@@ -279,14 +280,16 @@ def _run_compare(args: argparse.Namespace, question: str, stdout: IO[str], stder
     # "Direct" is the `all` composition: one persona whose preference turn lists every preference.
     runs = {"plain": ([], "split"), "direct": (prefs, "all"), "persona_judge": (prefs, args.composition)}
     llms = {key: _make_llm(args, value, composition, rule=False) for key, (value, composition) in runs.items()}
-    if args.combine != "judge" or args.guidance != 1.0 or args.profile is not None:  # the rule asked for, too
+    if args.combine != "judge" or args.guidance not in (None, 1.0) or args.profile is not None:  # the rule asked for, too
         llms["rule"] = _make_llm(args, prefs, args.composition)
     _load(llms["plain"], args.quiet)  # all of them share one copy of the weights
     messages = _messages(question, args.system)
     results: dict[str, Any] = {"question": question, "preferences": prefs}
     for key, llm in llms.items():
         heading = (RULE_HEADING if key == "rule" else COMPARE_HEADINGS[key]).format(
-            personas=len(prefs), lookahead=args.lookahead, combine=args.combine, guidance=args.guidance,
+            personas=len(prefs), lookahead=args.lookahead, combine=args.combine,
+            guidance=args.guidance if args.guidance is not None else guidance_for(args.profile is not None,
+                                                                                   args.profile_decoding),
             weights=", ".join(f"{w:g}" for w in args.weights) if args.weights else "uniform",
         )
         if args.json:

@@ -76,18 +76,19 @@ def preferred_schedule(model: Any) -> Schedule:
 
 
 def resolve_options(options: DecodingOptions, model: Any) -> DecodingOptions:
-    """``options`` with ``schedule="auto"`` and ``draft_confidence=None`` decided for ``model``."""
-    if options.schedule != "auto" and options.draft_confidence is not None:
+    """``options`` with ``schedule="auto"``, ``draft_confidence=None`` and ``guidance=None`` decided for
+    ``model``."""
+    if options.schedule != "auto" and options.draft_confidence is not None and options.guidance is not None:
         return options
     schedule = options.schedule
     if schedule == "auto":
         # The product and guidance read every row (and the reference) in one batch: lockstep is their schedule.
-        batched = options.combine == "product" or options.guidance != 1.0
+        batched = options.combine == "product" or options.gamma != 1.0
         schedule = "lockstep" if batched else preferred_schedule(model)
     confidence = options.draft_confidence
     if confidence is None:
         confidence = defaults.draft_confidence_for(schedule)
-    return dataclasses.replace(options, schedule=schedule, draft_confidence=confidence)
+    return dataclasses.replace(options, schedule=schedule, draft_confidence=confidence, guidance=options.gamma)
 
 
 def make_decoder(

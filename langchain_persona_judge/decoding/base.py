@@ -112,8 +112,8 @@ class Decoder(ABC):
         self.prompts: list[list[int]] = [as_prompt(p, i).tolist() for i, p in enumerate(prompts)]
         if options.needs_reference and reference is None:
             raise InvalidInputError(
-                f"guidance={options.guidance}"
-                + (f" with weights summing to {sum(options.weights or ())}" if options.guidance == 1.0 else "")
+                f"guidance={options.gamma}"
+                + (f" with weights summing to {sum(options.weights or ())}" if options.gamma == 1.0 else "")
                 + " reads a reference prompt; pass reference= (the token ids of the conversation with no "
                 "preference, or with a negative one)."
             )

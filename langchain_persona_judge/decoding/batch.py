@@ -77,7 +77,7 @@ class BatchedDecoder(Decoder):
         chosen = logits[rows]
         if self.reference is None:
             return chosen
-        return combine.guided(chosen, logits[self.n_personas], self.options.guidance)
+        return combine.guided(chosen, logits[self.n_personas], self.options.gamma)
 
     def _accept(self, token: int) -> None:
         """After ``_emit``: advance the constraint and feed the token to every row at the next step."""

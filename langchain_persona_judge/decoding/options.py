@@ -54,7 +54,12 @@ class _Checks:
     combine: Combine
     schedule: Schedule | Literal["auto"]
     weights: tuple[float, ...] | None
-    guidance: float
+    guidance: float | None
+
+    @property
+    def gamma(self) -> float:
+        """The guidance strength this decode uses (``guidance=None``: 1; a profile's default is set before)."""
+        return 1.0 if self.guidance is None else float(self.guidance)
 
     def __post_init__(self) -> None:
         weights = self.weights
@@ -72,14 +77,14 @@ class _Checks:
         if self.combine == "product" and self.schedule == "speculative":
             _fail("schedule", self.schedule, "combine='product' reads every persona in one batched forward per "
                   "token; pass schedule='lockstep' or 'auto'")
-        if self.guidance != 1.0 and self.schedule == "speculative":
+        if self.gamma != 1.0 and self.schedule == "speculative":
             _fail("schedule", self.schedule, "guidance reads the reference prompt in the same batched forward as "
                   "the personas; pass schedule='lockstep' or 'auto'")
 
     @property
     def needs_reference(self) -> bool:
         """Whether the rule reads a reference prompt (γ ≠ 1, or product weights that do not sum to 1)."""
-        if self.guidance != 1.0:
+        if self.gamma != 1.0:
             return True
         return self.combine == "product" and self.weights is not None and abs(sum(self.weights) - 1.0) > 1e-9
 

@@ -30,7 +30,7 @@ class ProductDecoder(BatchedDecoder):
         """1. read every row, 2. combine, 3. mask and draw, 4. emit."""
         logits = self._processed_batch()
         reference = logits[self.n_personas] if self.reference is not None else None
-        scores = combine.product(logits[: self.n_personas], self.weights, reference, self.options.guidance)
+        scores = combine.product(logits[: self.n_personas], self.weights, reference, self.options.gamma)
         scores = self._apply(scores.unsqueeze(0), [self._mask()])
         if self.generator is None:
             token = int(scores[0].argmax())

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import torch
 
-from .. import decoding
+from .. import decoding, defaults
 from ..decoding import DecodingOptions, Generation, ModelBackend, TokenStream
 from ..errors import OutOfMemoryError, ProfileError, RequestTimeoutError
 from .best_of import BestOfRun, start_best_of
@@ -214,6 +214,8 @@ def start_run(
              "output": output}
     limits = {"timeout": timeout, "cancelled": cancelled, "max_concurrency": max_concurrency,
               "max_queue": max_queue, "user": user, "batching": batching}
+    if options.guidance is None:  # unset: 1, or the learned profile's product default (defaults.guidance_for)
+        options = dataclasses.replace(options, guidance=defaults.guidance_for(profile is not None, profile_decoding))
     plan = None
     if profile is not None:  # the profile's poles (and stated preferences) as weighted personas
         if options.weights is not None:

@@ -83,7 +83,7 @@ def test_per_call_overrides_of_the_rule(model: Any, tokenizer: Any) -> None:
     assert base.response_metadata["persona_judge"]["combine"] == "judge"
     assert strong.response_metadata["persona_judge"]["guidance"] == 3.0
     assert product.response_metadata["persona_judge"]["combine"] == "product"
-    assert llm.guidance == 1.0 and llm.combine == "judge"  # the overrides were for those calls only
+    assert llm.guidance is None and llm.combine == "judge"  # the overrides were for those calls only
 
 
 def test_guidance_one_is_the_plain_chat_model(model: Any, tokenizer: Any) -> None:

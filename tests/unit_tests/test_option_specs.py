@@ -37,7 +37,7 @@ ENGINE_DEFAULTS = {
 }
 CHAT_DEFAULTS = {
     "max_tokens": 256, "lookahead": 4, "temperature": 0.7, "top_k": None, "top_p": 0.95, "seed": None,
-    "draft_confidence": None, "schedule": "auto", "combine": "judge", "weights": None, "guidance": 1.0,
+    "draft_confidence": None, "schedule": "auto", "combine": "judge", "weights": None, "guidance": None,
     "repetition_penalty": None, "no_repeat_ngram_size": None, "composition": "split", "preference_layout": "system",
     "negative_preference": None, "truncation": "error", "timeout": None,
 }
@@ -218,7 +218,7 @@ def test_cli_builds_the_chat_model_with_every_cli_option() -> None:
     assert (llm.lookahead, llm.preference_layout, llm.no_repeat_ngram_size) == (2, "user_turn", 3)
     assert (llm.negative_preference, llm.guidance) == ("Be rude.", 2.0)
     baseline = ask._make_llm(args, ["a", "b"], "all", rule=False)
-    assert (baseline.negative_preference, baseline.guidance, baseline.composition) == (None, 1.0, "all")
+    assert (baseline.negative_preference, baseline.guidance, baseline.composition) == (None, None, "all")
 
 
 # -- a request body (the HTTP server's) ------------------------------------------------------------------------------

@@ -416,12 +416,32 @@ def test_the_chat_model_decodes_with_a_profile(model: Any, tokenizer: Any, tmp_p
     meta = answer.response_metadata["profile"]
     assert [p["name"] for p in meta["personas"]] == ["concise", "informative", "friendly"]
     assert meta["description"] == "Be kind." and answer.response_metadata["persona_judge"]["combine"] == "product"
+    # guidance unset: a learned profile decodes at γ = 4 (the measured default), said in the metadata.
+    assert options.guidance == 4.0 and answer.response_metadata["persona_judge"]["guidance"] == 4.0
     # Per call, and refused beside explicit weights.
     assert ChatPersonaJudge(hf_model=model, tokenizer=tokenizer, max_tokens=3).invoke(
         PROMPT, profile=str(path)).response_metadata["profile"]["description"] == "Be kind."
     with pytest.raises(ValueError, match="weights or a profile"):
         ChatPersonaJudge(hf_model=model, tokenizer=tokenizer, profile=str(path), combine="product",
                          weights=[1.0], max_tokens=3).invoke(PROMPT)
+
+
+def test_guidance_left_unset_is_4_for_a_profiles_product_and_1_otherwise(model: Any, tokenizer: Any) -> None:
+    """γ = 4 is what a learned profile's product decodes at unless the caller sets guidance; stated preferences
+    and best-of-N's candidates keep 1 (the personas themselves), and an explicit value always wins."""
+    profile = make_profile(model, tokenizer, [0.6, -0.3, 0.1])
+
+    def gamma(**settings: Any) -> float:
+        llm = ChatPersonaJudge(hf_model=model, tokenizer=tokenizer, temperature=0, max_tokens=2, **settings)
+        return llm.invoke(PROMPT).response_metadata["persona_judge"]["guidance"]
+
+    assert gamma(profile=profile) == 4.0
+    assert gamma(profile=profile, guidance=1.0) == 1.0 and gamma(profile=profile, guidance=2.5) == 2.5
+    assert gamma(preferences=["Be brief."]) == 1.0 and gamma(preferences=["Be brief."], guidance=2.0) == 2.0
+    best = ChatPersonaJudge(hf_model=model, tokenizer=tokenizer, temperature=0, max_tokens=2, profile=profile,
+                            profile_decoding="best_of_n", best_of=2).invoke(PROMPT)
+    assert best.response_metadata["profile"]["rule"] == "best_of_n"
+    assert best.response_metadata["persona_judge"]["guidance"] == 1.0
 
 
 # -- malformed evidence and profiles: clear errors ------------------------------------------------------------------
