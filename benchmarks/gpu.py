@@ -31,8 +31,10 @@ two prompts are ``--long-prompt`` tokens each (default 1024; --quick 48) joins a
 ``--max-new-tokens``, at least 32); the running
 request's longest and median gap between tokens and the newcomer's time to its first token, with the newcomer's
 prompts read whole (``prefill_chunk=0``) and in chunks (the device's default: 128 columns on a CPU, 512 on an
-accelerator; --quick 16; or each of ``--prefill-chunks``). Median of
-``--repeats`` runs, taken in turns.
+accelerator; --quick 16; or each of ``--prefill-chunks``). With ``--newcomers N`` (default 1), N such newcomers
+join at once, read oldest first (one chunk in all between two steps) and, as ``chunk_<c>_each``, under the
+scheduler's earlier rule (a chunk of every newcomer between two steps). Median of ``--repeats`` runs, taken in
+turns.
 
 Figures: tokens/s (concurrent conditions: every request's tokens over the wall time), peak GPU memory (CUDA),
 ratios to ``generate``; ``lockstep_vs_generate`` per model and ``batching_speedup_8`` (``batched_8`` ÷
@@ -197,51 +199,67 @@ def run_concurrent(model: Any, tokenizer: Any, requests: int, tokens: int, batch
 
 
 def join_stall_once(model: Any, tokenizer: Any, chunk: int, long_tokens: int, tokens: int,
-                    device: str) -> dict[str, float]:
-    """One run of ``join_stall`` (see the module) with the newcomer's prompts read ``chunk`` columns at a time."""
-    target = BatchingBackend(TransformersBackend(model, prefill_chunk=chunk), BatchScheduler())
+                    device: str, newcomers: int = 1, each: bool = False) -> dict[str, float]:
+    """One run of ``join_stall`` (see the module) with the newcomers' prompts read ``chunk`` columns at a time
+    (``each``: a chunk of every newcomer between two steps, the scheduler's old rule; else oldest first)."""
+    scheduler = BatchScheduler(prefill_newcomers=None if each else 1)
+    target = BatchingBackend(TransformersBackend(model, prefill_chunk=chunk), scheduler)
     options = DecodingOptions(max_new_tokens=tokens, do_sample=False, eos_token_id=[], schedule="lockstep")
     prompts, _ = request_prompts(model, tokenizer, 0, 2)
     generator = torch.Generator().manual_seed(7)
     vocab = model.config.vocab_size
-    long_prompts = [torch.randint(1, vocab, (long_tokens + i,), generator=generator) for i in range(2)]
-    newcomer: dict[str, float] = {}
+    long_prompts = [[torch.randint(1, vocab, (long_tokens + i,), generator=generator) for i in range(2)]
+                    for _ in range(newcomers)]
+    ttft: dict[int, float] = {}
 
-    def join() -> None:
+    def join(number: int) -> None:
         started = now(device)
         with torch.inference_mode():
-            first = stream(target, long_prompts, options=DecodingOptions(
+            first = stream(target, long_prompts[number], options=DecodingOptions(
                 max_new_tokens=4, do_sample=False, eos_token_id=[], schedule="lockstep"))
             for _ in first.chunks():
-                newcomer.setdefault("ttft_s", now(device) - started)
+                ttft.setdefault(number, now(device) - started)
 
     stamps: list[float] = []
-    thread = threading.Thread(target=join)
+    threads = [threading.Thread(target=join, args=(number,)) for number in range(newcomers)]
     with torch.inference_mode():
         running = stream(target, prompts, options=options)
         for chunk_ids in running.chunks():
             stamps.append(now(device))
-            if len(running.generation.token_ids) >= 8 and not thread.is_alive() and not newcomer:
-                thread.start()
-    thread.join()
+            if len(running.generation.token_ids) >= 8 and not threads[0].is_alive() and not ttft:
+                for thread in threads:
+                    thread.start()
+    for thread in threads:
+        thread.join()
     gaps = [b - a for a, b in zip(stamps, stamps[1:])]
-    return {"max_gap_ms": round(1000 * max(gaps), 1), "median_gap_ms": round(1000 * statistics.median(gaps), 1),
-            "newcomer_ttft_s": round(newcomer.get("ttft_s", float("nan")), 3)}
+    firsts = [ttft.get(number, float("nan")) for number in range(newcomers)]
+    out = {"max_gap_ms": round(1000 * max(gaps), 1), "median_gap_ms": round(1000 * statistics.median(gaps), 1),
+           "newcomer_ttft_s": round(statistics.mean(firsts), 3)}
+    if newcomers > 1:
+        out.update(first_newcomer_ttft_s=round(min(firsts), 3), last_newcomer_ttft_s=round(max(firsts), 3))
+    return out
 
 
 def join_stall(model: Any, tokenizer: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """``join_stall`` (see the module): whole and chunked prefill, runs in turns, medians."""
+    """``join_stall`` (see the module): whole and chunked prefill, runs in turns, medians. With several
+    ``--newcomers`` each chunked setting also runs under the scheduler's old rule (``_each``: a chunk of every
+    newcomer between two steps)."""
     chunks = args.prefill_chunks or [16 if args.quick else TransformersBackend(model).prefill_chunk]  # the default
-    settings = {"whole": 0, **{f"chunk_{c}": c for c in chunks if c}}
+    settings: dict[str, tuple[int, bool]] = {"whole": (0, False), **{f"chunk_{c}": (c, False) for c in chunks if c}}
+    if args.newcomers > 1:
+        settings.update({f"chunk_{c}_each": (c, True) for c in chunks if c})
     chunked = max(chunks)
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in settings}
     tokens = max(args.max_new_tokens, 32)  # the newcomer joins after the 8th token: the rest shows the stall
     join_stall_once(model, tokenizer, chunked, args.long_prompt, tokens, args.device)  # warm-up
     for repeat in range(args.repeats):
         for name in settings if repeat % 2 == 0 else list(settings)[::-1]:
-            runs[name].append(join_stall_once(model, tokenizer, settings[name], args.long_prompt, tokens,
-                                              args.device))
+            chunk, each = settings[name]
+            runs[name].append(join_stall_once(model, tokenizer, chunk, args.long_prompt, tokens, args.device,
+                                              args.newcomers, each))
     out: dict[str, Any] = {"long_prompt_tokens": args.long_prompt, "tokens": tokens}
+    if args.newcomers > 1:
+        out["newcomers"] = args.newcomers
     for name, samples in runs.items():
         out[name] = {key: statistics.median(s[key] for s in samples) for key in samples[0]}
         out[name]["runs"] = samples
@@ -357,6 +375,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "the device's default prefill_chunk; --quick 16)")
     parser.add_argument("--long-prompt", type=int, help="join_stall's newcomer prompt tokens (default 1024; "
                         "--quick 48)")
+    parser.add_argument("--newcomers", type=int, default=1, help="join_stall's newcomers, joining at once (1)")
     parser.add_argument("--max-new-tokens", type=int, help="tokens per request (default 64; --quick 6)")
     parser.add_argument("--concurrency", type=int, nargs="+", help="batched request counts (default 1 8 32)")
     parser.add_argument("--repeats", type=int, help="timed runs per condition, after a warm-up (default 2; --quick 1)")

@@ -6,7 +6,8 @@ decodes in its caller's thread, with its own decoder; only its lockstep batch (:
 
 1. **join**: a newcomer's prompts are read by forwards of their own, one chunk of ``prefill_chunk`` columns
    between two steps of the others (so a long prompt stalls them for a chunk at a time), and its rows then join
-   the shared batch (:meth:`~.backends.ModelBackend.shared_batch`);
+   the shared batch (:meth:`~.backends.ModelBackend.shared_batch`). Newcomers are read first come, first served:
+   one chunk in all between two steps, however many join at once (``prefill_newcomers``);
 2. **step**: each request hands in the token it emitted; the worker waits until every punctual request has (at
    most ``patience`` seconds after the first), runs one forward over the rows of all of them and hands each its
    rows' logits. A request that misses a step gets a masked column and is not waited for again until it hands in
@@ -65,10 +66,19 @@ class BatchScheduler:
 
     ``steps`` counts the shared step forwards, ``widest`` the most rows one of them had and ``chunks`` the
     newcomers' prefill forwards (diagnostics, tests).
+
+    Args:
+        patience: seconds a step waits, after the first token handed in, for the other punctual requests.
+        prefill_newcomers: how many newcomers read a chunk between two steps, oldest first (None: every one,
+            a chunk each: what this scheduler did before; eight newcomers at once then stalled the running
+            requests for eight chunks at every step).
     """
 
-    def __init__(self, patience: float = DEFAULT_PATIENCE) -> None:
+    def __init__(self, patience: float = DEFAULT_PATIENCE, prefill_newcomers: int | None = 1) -> None:
+        if prefill_newcomers is not None and prefill_newcomers < 1:
+            raise ValueError(f"prefill_newcomers={prefill_newcomers}: pass a count >= 1, or None for every one.")
         self.patience = patience
+        self.prefill_newcomers = prefill_newcomers
         self.steps = 0
         self.widest = 0
         self.chunks = 0
@@ -138,8 +148,8 @@ class BatchScheduler:
     # -- the worker ------------------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        """1. gather what to do, 2. drop the leavers' rows, 3. step every row, 4. read one chunk of each newcomer's
-        prompts (those read whole join the shared batch)."""
+        """1. gather what to do, 2. drop the leavers' rows, 3. step every row, 4. read one chunk of the oldest
+        newcomer's prompts (``prefill_newcomers``; one read whole joins the shared batch)."""
         while True:
             with self._cond:
                 work = self._gather()
@@ -223,8 +233,10 @@ class BatchScheduler:
             self._prefilling.append(member)
 
     def _advance(self) -> None:
-        """One chunk of each newcomer's prompts; a newcomer whose prompts are read joins the shared batch."""
-        for member in list(self._prefilling):
+        """One chunk of the oldest newcomers' prompts (``prefill_newcomers`` of them, first come first served: one
+        chunk in all between two steps by default, however many join at once); a newcomer whose prompts are read
+        joins the shared batch."""
+        for member in self._prefilling[: self.prefill_newcomers]:
             try:
                 logits = next(member.chunks)  # type: ignore[arg-type]
                 self.chunks += 1

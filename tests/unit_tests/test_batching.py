@@ -478,6 +478,65 @@ def test_a_long_prompt_is_read_between_the_others_steps(monkeypatch):
                                        options=dataclasses.replace(options, max_new_tokens=4)).token_ids
 
 
+@pytest.mark.parametrize("newcomers", [1, None], ids=["oldest-first", "each"])
+def test_newcomers_joining_at_once_read_one_chunk_in_all_between_two_steps(monkeypatch, newcomers):
+    """Three newcomers with long prompts join while a request decodes: by default (first come, first served) the
+    running request waits for one chunk at most between two of its steps, not one chunk per newcomer; every
+    request still decodes what it decodes alone. (``None``: every newcomer reads a chunk each gap, the old rule.)"""
+    monkeypatch.setenv("PERSONA_JUDGE_PREFILL_CHUNK", "4")
+    model = exact_llama(seed=3, sharpness=2.0)
+    forwards: list[tuple[int, int]] = []  # (rows, columns) of every forward, in order
+    model.register_forward_pre_hook(lambda module, args, kwargs: forwards.append(tuple(kwargs["input_ids"].shape)),
+                                    with_kwargs=True)
+    scheduler = BatchScheduler(patience=1.0, prefill_newcomers=newcomers)
+    backend = BatchingBackend(TransformersBackend(model), scheduler)
+    options = DecodingOptions(max_new_tokens=60, do_sample=False, eos_token_id=[], schedule="lockstep")
+    long_prompts = {f"new{i}": [list(range(1 + i, 25 + i)), [7, 7 + i]] for i in range(3)}  # 24 columns: 6 chunks
+    results: dict[str, list[int]] = {}
+
+    class Slow(ToyConstraint):  # the running request takes 10 ms to choose each token, in its own thread
+        def allowed(self) -> torch.Tensor:
+            time.sleep(0.01)
+            return super().allowed()
+
+    def decode(name: str, prompts: list[list[int]], max_new_tokens: int, constraint: Any = None) -> None:
+        results[name] = generate(backend, [torch.tensor(p) for p in prompts], constraint=constraint,
+                                 options=dataclasses.replace(options, max_new_tokens=max_new_tokens)).token_ids
+
+    running = threading.Thread(target=decode, args=("running", [[9], [5, 6]], 60, Slow(VOCAB)))
+    running.start()
+    while scheduler.steps < 3:  # the running request is decoding
+        time.sleep(0.001)
+    threads = [threading.Thread(target=decode, args=(name, prompts, 3)) for name, prompts in long_prompts.items()]
+    for thread in threads:
+        thread.start()
+    for thread in [*threads, running]:
+        thread.join(timeout=120)
+    assert sum(shape == (2, 4) for shape in forwards) == 3 * 6
+    # Chunks read between two consecutive step forwards (one column each) of the shared batch.
+    gaps, current = [], 0
+    for rows, columns in forwards[forwards.index((2, 4)):]:
+        if columns == 1:
+            gaps.append(current)
+            current = 0
+        elif (rows, columns) == (2, 4):
+            current += 1
+    if newcomers == 1:
+        assert max(gaps) == 1
+    else:
+        assert max(gaps) >= 2  # the old rule: a chunk of every newcomer in one gap
+    assert results["running"] == generate(TransformersBackend(model), [torch.tensor([9]), torch.tensor([5, 6])],
+                                          options=options, constraint=ToyConstraint(VOCAB)).token_ids
+    for name, prompts in long_prompts.items():
+        assert results[name] == generate(TransformersBackend(model), [torch.tensor(p) for p in prompts],
+                                         options=dataclasses.replace(options, max_new_tokens=3)).token_ids
+
+
+def test_the_prefill_newcomers_setting_is_checked():
+    with pytest.raises(ValueError, match="prefill_newcomers=0: pass a count >= 1"):
+        BatchScheduler(prefill_newcomers=0)
+
+
 def test_the_prefill_chunk_setting_is_checked(monkeypatch):
     model = tiny_llama()
     assert TransformersBackend(model).prefill_chunk == 128  # on a CPU
