@@ -62,6 +62,19 @@ def stall_table(stall: dict) -> str:
     return " ".join(rows)
 
 
+def newcomers_sentence(stall: dict) -> str:
+    """The README's figures of four newcomers joining at once: oldest first against a chunk of each per gap."""
+    new, old = stall["chunk_128"], stall["chunk_128_each"]
+    return (f"longest gap is **{new['max_gap_ms'] / 1000:.2f} s** against {old['max_gap_ms'] / 1000:.2f} s when each "
+            f"newcomer read a chunk between two steps (the earlier rule), and the newcomers' first tokens come after "
+            f"{new['newcomer_ttft_s']:.1f} s on average instead of {old['newcomer_ttft_s']:.1f} s (the first after "
+            f"{new['first_newcomer_ttft_s']:.1f} s instead of {old['first_newcomer_ttft_s']:.1f} s; the last "
+            f"{round(100 * (new['last_newcomer_ttft_s'] / old['last_newcomer_ttft_s'] - 1))}% later, "
+            f"{new['last_newcomer_ttft_s']:.1f} s against {old['last_newcomer_ttft_s']:.1f} s); the price is a "
+            f"running request that waits for a chunk at most of its steps while they join (median gap "
+            f"{new['median_gap_ms']:.0f} ms against {old['median_gap_ms']:.0f} ms)")
+
+
 LEARNING_FRESH_ROWS = {"product@1": "product, γ = 1", "product@2": "product, γ = 2", "product@4": "product, γ = 4",
                        "product+length@2": "product with the length feature, γ = 2",
                        "best_of_4+length@1": "best of 4 (reward with length)"}
@@ -358,6 +371,8 @@ FIGURES: list[tuple[str, str, str, Callable[[Any], str]]] = [
                    d["models"]["embedded"]["conditions"]["unbatched_8"]["tokens_per_s"], d["batching_speedup_8"])),
     # -- chunked prefill: how long a newcomer's long prompts stall a running request (README, the table) --
     ("join_stall_cpu", "README.md", "join_stall_cpu.json", lambda d: stall_table(d["models"]["embedded"]["join_stall"])),
+    ("join_stall_newcomers", "README.md", "join_stall_newcomers_cpu.json",
+     lambda d: newcomers_sentence(d["models"]["embedded"]["join_stall"])),
     # -- llama.cpp's attention settings and the prompt cache's exactness (docs/design.md, "Prompt cache") --
     ("flash_attention", "docs/design.md", "llamacpp_flash_attention.json",
      lambda d: "decode steps keep flash attention's speed ({:.1f} ms a 2-row step against {:.1f} ms with it off), "
