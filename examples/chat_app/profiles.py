@@ -344,7 +344,7 @@ class Profiles:
 
     async def reset(self, user_id: str) -> dict[str, Any]:
         entry = self._entries.get(user_id)
-        if entry is not None:  # a comparison being decoded for this user stops now, rather than hold the reset
+        if entry is not None:  # a comparison being decoded or scored for this user stops now, not hold the reset
             entry.reset = True
             entry.learner.cancel()
         async with self._user(user_id):

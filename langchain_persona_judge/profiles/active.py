@@ -13,10 +13,11 @@ rotate through the dimensions), through the runtime's admission queue.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -216,7 +217,8 @@ class PreferenceLearner:
         for answer in answers:
             self.scorer.response_ids(answer)  # an empty answer is refused here, scored or not
         if features is None:
-            features = self.scorer.features(prompt, answers, complete)
+            with self._cancellable() as cancelled:  # PreferenceLearner.cancel stops the scoring too
+                features = self.scorer.features(prompt, answers, complete, cancelled=cancelled)
         features = np.asarray(features, dtype=float)
         if features.shape != (len(answers), len(self.basis)) or not np.all(np.isfinite(features)):
             raise ProfileError(f"features must be finite, one row of {len(self.basis)} per answer; got shape "
@@ -256,30 +258,38 @@ class PreferenceLearner:
         if seed is None:
             seed = self.seed + self._decoded
             self._decoded += len(personas)
-        cancelled = threading.Event()
         runs = []
-        for i, persona in enumerate(personas):
-            preferences = [] if persona is None else [Persona(name=persona, description=self.basis.text(persona))]
-            # One row per token on either schedule; lockstep lets it join a shared batch.
-            options = dataclasses.replace(self.options, seed=seed + i, schedule="lockstep")
-            request = build_request(handle.backend, conversation, options=options,
-                                    personas=PersonaSettings(preferences=preferences), model_name=handle.display)
-            runs.append(RequestRun(request, cancelled=cancelled))
-        with self._running_lock:
-            self._running.add(cancelled)
-        try:
+        with self._cancellable() as cancelled:
+            for i, persona in enumerate(personas):
+                preferences = [] if persona is None else [
+                    Persona(name=persona, description=self.basis.text(persona))]
+                # One row per token on either schedule; lockstep lets it join a shared batch.
+                options = dataclasses.replace(self.options, seed=seed + i, schedule="lockstep")
+                request = build_request(handle.backend, conversation, options=options,
+                                        personas=PersonaSettings(preferences=preferences), model_name=handle.display)
+                runs.append(RequestRun(request, cancelled=cancelled))
             texts = read_texts(runs, what="answer")
-        finally:
-            with self._running_lock:
-                self._running.discard(cancelled)
         if cancelled.is_set():
             raise ProfileError("Decoding the answers was cancelled (PreferenceLearner.cancel); ask again.")
         return [(text.strip(), run.finish_reason == "stop") for text, run in zip(texts, runs)]
 
+    @contextlib.contextmanager
+    def _cancellable(self) -> Iterator[threading.Event]:
+        """An event :meth:`cancel` sets while the body runs (decoding or scoring answers)."""
+        cancelled = threading.Event()
+        with self._running_lock:
+            self._running.add(cancelled)
+        try:
+            yield cancelled
+        finally:
+            with self._running_lock:
+                self._running.discard(cancelled)
+
     def cancel(self) -> bool:
-        """Stop the answers this learner is decoding now (from another thread): the :meth:`generate` or
-        :meth:`next_question` call that decodes them raises :class:`~langchain_persona_judge.errors.ProfileError`
-        within a token, and nothing is added. False when nothing was being decoded."""
+        """Stop the answers this learner is decoding or scoring now (from another thread): the :meth:`generate`,
+        :meth:`add_candidates` or :meth:`next_question` call raises
+        :class:`~langchain_persona_judge.errors.ProfileError` within a token or a forward, and nothing is added.
+        False when nothing was being decoded or scored."""
         with self._running_lock:
             running = list(self._running)
         for event in running:

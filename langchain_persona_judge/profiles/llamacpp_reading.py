@@ -79,9 +79,11 @@ class LlamaCppReader:
         responses: list[list[int]],
         add: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
         stats_for: Callable[[], Any] | None = None,
+        check: Callable[[], None] | None = None,
     ) -> list[tuple[np.ndarray, Any]]:
         """For each response: (rows, T) log-probabilities of its tokens under each row, and what ``stats_for()``
-        collected (its ``add(logp, token_logp)`` is called on every block; None: nothing)."""
+        collected (its ``add(logp, token_logp)`` is called on every block; None: nothing). ``check()`` is called
+        before every decode after the first (it raises to stop: the context is then read afresh next time)."""
         self._ensure(rows, max(len(r) for r in responses))
         try:
             first = self._read_rows(rows)
@@ -90,7 +92,7 @@ class LlamaCppReader:
                 if number:  # the previous response's positions leave every sequence
                     for seq, row in enumerate(rows):
                         self._context.crop(seq, len(row))
-                out.append(self._continue(rows, first, response, stats_for))
+                out.append(self._continue(rows, first, response, stats_for, check))
             for seq, row in enumerate(rows):
                 self._context.crop(seq, len(row))
             return out
@@ -99,7 +101,8 @@ class LlamaCppReader:
             raise
 
     def _continue(self, rows: list[list[int]], first: torch.Tensor, response: list[int],
-                  stats_for: Callable[[], Any] | None) -> tuple[np.ndarray, Any]:
+                  stats_for: Callable[[], Any] | None,
+                  check: Callable[[], None] | None = None) -> tuple[np.ndarray, Any]:
         n_rows = len(rows)
         target = torch.tensor(response)
         stats = stats_for() if stats_for is not None else None
@@ -117,6 +120,8 @@ class LlamaCppReader:
             if fed >= len(response):
                 break
             stop = min(fed + block, len(response))
+            if check is not None:
+                check()
             # Feeding response[t - 1] at position len(row) + t - 1 gives the logits that score response[t].
             items = [(response[t - 1], len(row) + t - 1, seq, True)
                      for t in range(fed, stop) for seq, row in enumerate(rows)]

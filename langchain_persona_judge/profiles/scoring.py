@@ -311,13 +311,16 @@ class PersonaScorer:
     # -- what callers ask for -----------------------------------------------------------------------------
 
     def features(
-        self, prompt: Prompt, responses: Sequence[str], complete: bool | Sequence[bool] = True
+        self, prompt: Prompt, responses: Sequence[str], complete: bool | Sequence[bool] = True,
+        cancelled: threading.Event | None = None,
     ) -> np.ndarray:
         """φ of each response to ``prompt``: shape (len(responses), K + F), the basis's whole-answer features
         after the personas' implicit rewards. Cached per (prompt, response, complete).
 
         ``complete``: whether each response ended by itself (its end-of-turn token is then scored: how much a
-        persona wants the answer to stop there) or was cut short at a token limit (not scored)."""
+        persona wants the answer to stop there) or was cut short at a token limit (not scored). ``cancelled``:
+        set from another thread, it stops the reading within one forward (or while it waits for the model) and
+        the call raises :class:`~langchain_persona_judge.errors.ProfileError`; nothing is cached."""
         if isinstance(responses, str):
             raise ProfileError("responses is one string; pass a list of responses.")
         flags = [complete] * len(responses) if isinstance(complete, bool) else [bool(c) for c in complete]
@@ -331,7 +334,7 @@ class PersonaScorer:
         missing = list(dict.fromkeys(item for item in items if item not in known))
         if missing:
             ids = [self.response_ids(response, done) for response, done in missing]
-            for item, (token_logps, _) in zip(missing, self._run(rows, ids, moments=False)):
+            for item, (token_logps, _) in zip(missing, self._run(rows, ids, moments=False, cancelled=cancelled)):
                 ratios = token_logps[:-1] - token_logps[-1:]
                 known[item] = np.concatenate([ratios.mean(axis=1), self.basis.feature_values(item[0])])
             with self._lock:
@@ -375,10 +378,13 @@ class PersonaScorer:
 
     @torch.inference_mode()
     def _run(
-        self, rows: list[list[int]], responses: list[list[int]], *, moments: bool
+        self, rows: list[list[int]], responses: list[list[int]], *, moments: bool,
+        cancelled: threading.Event | None = None,
     ) -> list[tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]]:
         """For each response: (rows, T) log-probabilities of its tokens under each row, and (with ``moments``)
-        the writing statistics' sums. The rows' prompt is read once; each response continues it."""
+        the writing statistics' sums. The rows' prompt is read once; each response continues it. ``cancelled``
+        is checked while waiting for the model and before every forward."""
+        check = _checker(cancelled)
         model = self.handle.model
         limit = self.handle.backend.context_length
         width = max(len(r) for r in rows)
@@ -390,16 +396,19 @@ class PersonaScorer:
             )
         if self._llama is not None:
             k = len(rows) - 1
-            with admission_queue(self.handle.backend).admit(), self._reading:
+            with admission_queue(self.handle.backend).admit(cancelled=cancelled) as admitted, self._reading:
+                check(admitted)
                 before = (self._llama.stats.forward_calls, self._llama.stats.positions)
                 try:
-                    return self._llama.run(rows, responses, stats_for=(lambda: _Moments(k)) if moments else None)
+                    return self._llama.run(rows, responses, stats_for=(lambda: _Moments(k)) if moments else None,
+                                           check=check)
                 finally:
                     self.forwards += self._llama.stats.forward_calls - before[0]
                     self.positions += self._llama.stats.positions - before[1]
         signature = self.handle.backend.signature
         out = []
-        with admission_queue(model).admit(), self._reading:
+        with admission_queue(model).admit(cancelled=cancelled) as admitted, self._reading:
+            check(admitted)
             first, cache, lengths, attention = self._read_prompt(rows, signature)
             for number, response in enumerate(responses):
                 if number:
@@ -407,7 +416,7 @@ class PersonaScorer:
                         cache.crop(attention.shape[1] - cache.get_seq_length())  # negative: tokens to remove
                     else:  # a cache that cannot be cut back (sliding windows): read the prompt again
                         first, cache, lengths, attention = self._read_prompt(rows, signature)
-                out.append(self._continue(first, response, lengths, attention, cache, signature, moments))
+                out.append(self._continue(first, response, lengths, attention, cache, signature, moments, check))
         return out
 
     def _read_prompt(self, rows: list[list[int]], signature: ForwardSignature
@@ -449,7 +458,7 @@ class PersonaScorer:
 
     def _continue(self, first: torch.Tensor, response: list[int], lengths: torch.Tensor,
                   prefix_attention: torch.Tensor, cache: Any, signature: ForwardSignature,
-                  moments: bool) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+                  moments: bool, check: Any = None) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
         n_rows = prefix_attention.shape[0]
         target = torch.tensor(response)
         logps: list[torch.Tensor] = []
@@ -468,6 +477,8 @@ class PersonaScorer:
             if fed >= len(response):
                 break
             stop = min(fed + self.chunk, len(response))
+            if check is not None:
+                check()
             # Feeding response[fed-1 : stop-1] gives the logits that score response[fed : stop].
             chunk = target[fed - 1 : stop - 1]
             attention = torch.cat([prefix_attention, torch.ones(n_rows, stop - 1, dtype=torch.long)], dim=1)
@@ -477,6 +488,17 @@ class PersonaScorer:
             start = fed
         token_logps = torch.cat(logps, dim=1).cpu().double().numpy()
         return token_logps, None if stats is None else stats.result()
+
+
+def _checker(cancelled: threading.Event | None) -> Any:
+    """``check(admitted=True)``: raises ProfileError when ``cancelled`` is set (or the admission queue gave up
+    waiting for it)."""
+
+    def check(admitted: bool = True) -> None:
+        if not admitted or (cancelled is not None and cancelled.is_set()):
+            raise ProfileError("Scoring the answers was cancelled (PreferenceLearner.cancel); nothing was kept.")
+
+    return check
 
 
 class _Moments:

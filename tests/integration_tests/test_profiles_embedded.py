@@ -155,6 +155,45 @@ def test_llamacpp_features_match_transformers_on_the_embedded_gguf(embedded: Any
     assert np.corrcoef(llama_stats.fisher.ravel(), torch_stats.fisher.ravel())[0, 1] > 0.95
 
 
+def test_scoring_on_llamacpp_stops_when_cancelled_and_reads_afresh_after(embedded_llamacpp: Any) -> None:
+    """A cancel event set while llama.cpp reads the rows stops it within a decode; the scorer's context is read
+    afresh next time, so the same answer then scores exactly as on a new scorer."""
+    import threading
+    import time
+
+    import numpy as np
+    import pytest
+
+    from langchain_persona_judge.errors import ProfileError
+    from langchain_persona_judge.profiles import PersonaScorer
+
+    basis = ["humor", "expert", "concise", "friendly", "formal", "structured"]
+    scorer = PersonaScorer(embedded_llamacpp, basis=basis)
+    long_answer = " ".join(RAIN_ANSWERS) * 3
+    cancelled, outcome = threading.Event(), {}
+
+    def score() -> None:
+        try:
+            outcome["features"] = scorer.features("What is rain?", [long_answer], cancelled=cancelled)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=score)
+    thread.start()
+    while scorer._llama.stats.forward_calls < 2 and thread.is_alive():  # the prompt, then the answer's blocks
+        time.sleep(0.005)
+    cancelled.set()
+    stopped = time.monotonic()
+    thread.join(timeout=60)
+    assert time.monotonic() - stopped < 5.0  # one block of ~256 positions at most, not the whole answer
+    assert isinstance(outcome.get("error"), ProfileError) and "cancelled" in str(outcome["error"]), outcome
+    with pytest.raises(ProfileError, match="cancelled"):  # set before it starts: it does not read at all
+        scorer.features("Why do we need rain?", RAIN_ANSWERS[:1], cancelled=cancelled)
+    again = scorer.features("What is rain?", RAIN_ANSWERS[:1])
+    np.testing.assert_array_equal(again, PersonaScorer(embedded_llamacpp, basis=basis).features(
+        "What is rain?", RAIN_ANSWERS[:1]))
+
+
 def test_a_profile_learns_and_decodes_on_llamacpp_alone(embedded_llamacpp: Any) -> None:
     """A chat model served by llama.cpp: the learner scores on its weights (no transformers copy), and the
     learned profile decodes there too, best-of-N included."""

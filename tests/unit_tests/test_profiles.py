@@ -904,6 +904,48 @@ def test_learner_answers_decode_at_once_under_batching_exactly_as_alone(model: A
     assert learner.generate(PROMPT, ["informative", "friendly"], seed=7) == alone[2:]
 
 
+def test_cancel_stops_the_answers_being_scored(model: Any, tokenizer: Any) -> None:
+    """PreferenceLearner.cancel() stops scoring too: add_candidates raises within a forward, adds nothing, and a
+    later call scores as a fresh scorer does (nothing half-read was kept)."""
+    import threading
+    import time
+
+    learner = PreferenceLearner(PersonaScorer((model, tokenizer), BASIS, chunk=2), seed=5)
+    long_answers = [" ".join(["rain falls from clouds"] * 30), " ".join(["water comes down"] * 30)]
+    forwards: list[float] = []
+
+    def slow(*args: Any) -> None:
+        forwards.append(time.monotonic())
+        time.sleep(0.01)
+
+    hook = model.register_forward_pre_hook(slow)
+    outcome: dict[str, Any] = {}
+
+    def add() -> None:
+        try:
+            outcome["indices"] = learner.add_candidates(PROMPT, long_answers)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    try:
+        thread = threading.Thread(target=add)
+        thread.start()
+        while len(forwards) < 5 and thread.is_alive():  # scoring, 2 response positions per forward
+            time.sleep(0.005)
+        assert thread.is_alive(), outcome
+        assert learner.cancel() is True
+        stopped = time.monotonic()
+        thread.join(timeout=30)
+    finally:
+        hook.remove()
+    assert "indices" not in outcome and "cancelled" in str(outcome["error"]), outcome
+    assert len([t for t in forwards if t > stopped]) <= 1  # at most the forward under way
+    assert not learner.candidates and not learner._running
+    fresh = PersonaScorer((model, tokenizer), BASIS, chunk=2).features(PROMPT, long_answers)
+    learner.add_candidates(PROMPT, long_answers)
+    np.testing.assert_allclose(np.stack([c.features for c in learner.candidates]), fresh, atol=1e-5)
+
+
 def test_cancel_stops_the_answers_being_decoded(model: Any, tokenizer: Any, monkeypatch: Any) -> None:
     import threading
     import time
