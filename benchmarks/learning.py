@@ -597,15 +597,39 @@ def cv_figures(records: list[dict[str, Any]], pairs: PairsByUser, prompts: int, 
 # -- stage 6: cost per choice ----------------------------------------------------------------------------------------
 
 
+def llamacpp_read_rates(backend: Any, tokens: int = 256, repeats: int = 3) -> dict[str, Any]:
+    """What bounds scoring on llama.cpp: tokens/s of one sequence reading ``tokens`` positions in one decode,
+    without logits (the weights' kernels alone) and with every position's logits (what scoring asks for); best of
+    ``repeats``."""
+    from langchain_persona_judge.decoding import DecodingStats
+
+    context, stats = backend.context(1, 2 * tokens, unified=False), DecodingStats()
+    out: dict[str, Any] = {"tokens": tokens, "threads": backend.n_threads}
+    try:
+        for name, logits in (("without_logits", False), ("with_logits", True)):
+            best = float("inf")
+            for _ in range(repeats):
+                context.crop(0, 0)
+                started = time.perf_counter()
+                context.decode([(100 + t % 50, t, 0, logits) for t in range(tokens)], stats)
+                best = min(best, time.perf_counter() - started)
+            out[f"tokens_per_second_{name}"] = round(tokens / best)
+    finally:
+        context.close()
+    return out
+
+
 def cost_per_choice(cache: dict[str, Any], scorer_model: Any, tokens: int = 100, questions: int = 3,
-                    threads: tuple[int, ...] | None = None, bfloat16: bool = True) -> dict[str, Any]:
+                    threads: tuple[int, ...] | None = None, bfloat16: bool = True,
+                    llamacpp: bool = False) -> dict[str, Any]:
     """Seconds to score two ``tokens``-token answers to a new question over the built-in basis, per torch thread
     count (default: one, and every core): on a fresh scorer (``cold``: it reads the personas' system turns too)
     and on one that has scored another question before (``warm``: what each question of a learning session
     costs after the first; the median over ``questions - 1`` questions). With ``bfloat16``, the same with the
     last thread count on the model loaded in bfloat16, and how far its features are from the fp32 ones (the
     largest absolute difference, against their mean size, and how often the two answers' feature differences
-    keep their sign)."""
+    keep their sign). With ``llamacpp``, the same on the embedded GGUF through llama.cpp (the last thread count;
+    features against the fp32 ones) and what bounds it there (:func:`llamacpp_read_rates`)."""
     from langchain_persona_judge.profiles import PersonaScorer
 
     texts = [c["text"] for entries in cache["candidates"].values() for c in entries if c["text"].strip()]
@@ -656,6 +680,20 @@ def cost_per_choice(cache: dict[str, Any], scorer_model: Any, tokens: int = 100,
                 "difference_sign_agreement": round(float(np.mean(
                     np.sign(rough[0::2] - rough[1::2]) == np.sign(exact[0::2] - exact[1::2]))), 3),
             }
+        if llamacpp:  # the chat app's case: learning on the GGUF it serves, one model in memory
+            from langchain_persona_judge.profiles.scoring import resolve_model
+
+            handle = resolve_model(None, backend="llamacpp")
+            seconds, positions, rough = score_questions(PersonaScorer(handle))
+            out["llamacpp"] = {
+                "threads": handle.backend.n_threads, "cold_seconds": round(seconds[0], 2),
+                "warm_seconds": warm(seconds), "warm_positions": positions[-1] if questions > 1 else None,
+                "positions_per_second": round(sum(positions) / sum(seconds)),
+                "max_abs_feature_error": round(float(np.abs(rough - exact).max()), 4),
+                "difference_sign_agreement": round(float(np.mean(
+                    np.sign(rough[0::2] - rough[1::2]) == np.sign(exact[0::2] - exact[1::2]))), 3),
+                "read_rates": llamacpp_read_rates(handle.backend),
+            }
     finally:
         torch.set_num_threads(before)
     return out
@@ -700,6 +738,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-decode", action="store_true", help="skip decoding with the profiles (stage 5)")
     parser.add_argument("--cost-only", action="store_true",
                         help="measure only the cost per choice (stage 6) and update it in the results file")
+    parser.add_argument("--llamacpp", action="store_true",
+                        help="the cost per choice on llama.cpp too (the embedded GGUF; needs llama-cpp-python)")
     parser.add_argument("--cache", type=Path, default=None, help=f"default {CACHE}")
     parser.add_argument("--out", type=Path, default=None, help=f"default {OUT}")
     args = parser.parse_args(argv)
@@ -740,7 +780,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "max_tokens": args.max_tokens, "sampling": SAMPLING, "seed": args.seed, "features": ["length"]}
     cache = {"config": config, "candidates": {}, "features": {}} if args.fresh else load_cache(cache_path, config)
     if args.cost_only:
-        return update_cost(out_path, argv, cost_per_choice(cache, PersonaScorer(None).handle,
+        return update_cost(out_path, argv, cost_per_choice(cache, PersonaScorer(None).handle, llamacpp=args.llamacpp,
                                                            tokens=24 if args.quick else 100))
     scorer = PersonaScorer(None, features=["length"])
     learner = PreferenceLearner(scorer, prompts=[], max_tokens=args.max_tokens, seed=args.seed, **SAMPLING)
@@ -782,7 +822,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     previous = json.loads(out_path.read_text(encoding="utf-8")) if args.reanalyse and out_path.is_file() else {}
     cost = previous.get("cost_per_choice", {})
     if not args.reanalyse:
-        cost = cost_per_choice(cache, scorer.handle, tokens=24 if args.quick else 100)
+        cost = cost_per_choice(cache, scorer.handle, tokens=24 if args.quick else 100, llamacpp=args.llamacpp)
     timings = {**previous.get("timings", {}), **timings}
     report = {
         "config": {**config, "user_types": ["+".join(t) for t in USER_TYPES], "options": options,
