@@ -414,6 +414,16 @@ FIGURES: list[tuple[str, str, str, Callable[[Any], str]]] = [
      lambda d: "took {:.1f} s on both cores in fp32 and {:.1f} s in bfloat16".format(
          d["cost_per_choice"]["threads_2"]["warm_seconds"], d["cost_per_choice"]["bfloat16"]["warm_seconds"])),
     ("learning_confirm", "README.md", "learning_confirm.json", learning_confirm),
+    ("learning_cost_llamacpp", "README.md", "learning_cost.json",
+     lambda d: "takes **{:.1f} s** on llama.cpp against {:.1f} s on transformers in fp32 and {:.1f} s in bfloat16".format(
+         d["cost_per_choice"]["llamacpp"]["warm_seconds"], d["cost_per_choice"]["threads_2"]["warm_seconds"],
+         d["cost_per_choice"]["bfloat16"]["warm_seconds"])),
+    ("learning_cost_read_rate", "README.md", "learning_cost.json",
+     lambda d: "llama.cpp reads {} positions/s with the Q4_1 kernels of the portable AVX2 build `make install` makes "
+               "({} with every position's logits, which scoring needs), and a choice reads {:,} positions".format(
+                   d["cost_per_choice"]["llamacpp"]["read_rates"]["tokens_per_second_without_logits"],
+                   d["cost_per_choice"]["llamacpp"]["read_rates"]["tokens_per_second_with_logits"],
+                   d["cost_per_choice"]["llamacpp"]["warm_positions"])),
     ("seeded_cache_load", "docs/design.md", "load_seeded_cache.json",
      lambda d: "0 of {} differ".format(d["completed"]) if d["mixed_up"] == 0 else "never"),
 ]
