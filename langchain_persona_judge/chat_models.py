@@ -166,9 +166,10 @@ class ChatPersonaJudge(_OptionFields):  # type: ignore[misc,valid-type]
             lockstep where a few rows cost about one row (a GPU, or fp32 CPU weights prepacked).
         combine: str
             ``judge`` (default: Persona-judge) or ``product`` (the weighted product of the personas, ``weights``).
-        guidance: float
-            Preference strength γ (default 1: off); above 1 amplifies what each preference changes against the
-            conversation without it (or with ``negative_preference``); below 0 steers away.
+        guidance: Optional[float]
+            Preference strength γ (None, the default: 1, off, for stated preferences; 4 for a learned ``profile``);
+            above 1 amplifies what each preference changes against the conversation without it (or with
+            ``negative_preference``); below 0 steers away.
         repetition_penalty, no_repeat_ngram_size:
             transformers' repetition controls, applied to every persona alike (the answer stays exact).
         temperature: float
