@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from ..errors import DecodingError
+from ..errors import DecodingError, InvalidOptionError
 from .backends import LockstepBatch, ModelBackend, Sequences, check_finite
 from .options import DecodingStats
 
@@ -76,7 +76,8 @@ class BatchScheduler:
 
     def __init__(self, patience: float = DEFAULT_PATIENCE, prefill_newcomers: int | None = 1) -> None:
         if prefill_newcomers is not None and prefill_newcomers < 1:
-            raise ValueError(f"prefill_newcomers={prefill_newcomers}: pass a count >= 1, or None for every one.")
+            raise InvalidOptionError(f"prefill_newcomers={prefill_newcomers}: pass a count >= 1, or None for every "
+                                     "one.")
         self.patience = patience
         self.prefill_newcomers = prefill_newcomers
         self.steps = 0

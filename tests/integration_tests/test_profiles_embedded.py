@@ -78,7 +78,8 @@ def test_a_profile_that_prefers_short_answers_gets_shorter_answers(embedded_llam
     """The learned length weight honoured in decoding: the same profile with ``length = −4`` (an answer half as
     long is preferred with odds e⁴ : 1) against ``length = 0``, greedy on the same prompts (on llama.cpp, for
     speed): the median answer is at least 25% shorter in words (the issue's bar; measured: about a third shorter),
-    and the metadata names the end-of-turn bias that did it."""
+    and the metadata names the end-of-turn bias that did it. At γ = 1, where the bias is the learned weight itself
+    (a profile's default, γ = 4, would quadruple it)."""
     from langchain_persona_judge import profile_from_description
 
     base = profile_from_description("x", model=embedded_llamacpp, basis=["informative", "concise"],
@@ -88,7 +89,7 @@ def test_a_profile_that_prefers_short_answers_gets_shorter_answers(embedded_llam
 
     def words(profile: Any) -> tuple[list[int], list[Any]]:
         llm = ChatPersonaJudge(hf_model=embedded_llamacpp, profile=profile, temperature=0, max_tokens=128,
-                               repetition_penalty=1.2)
+                               repetition_penalty=1.2, guidance=1.0)
         messages = [llm.invoke(prompt) for prompt in prompts]
         return [len(m.content.split()) for m in messages], messages
 
