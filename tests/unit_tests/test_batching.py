@@ -439,43 +439,64 @@ def test_requests_whose_prompts_are_read_in_chunks_decode_what_they_decode_alone
     assert scheduler.widest > 3
 
 
+class _SlowConstraint(ToyConstraint):
+    """A running request that takes 10 ms to choose each token, in its own thread."""
+
+    def allowed(self) -> torch.Tensor:
+        time.sleep(0.01)
+        return super().allowed()
+
+
+class _Recorded:
+    """A chunked-prefill scene: the exact toy model reading prompts 4 columns at a time, every forward's (rows,
+    columns) in order, a scheduler, and requests decoded greedily through it (``results`` by name)."""
+
+    def __init__(self, monkeypatch: Any, **scheduler: Any) -> None:
+        monkeypatch.setenv("PERSONA_JUDGE_PREFILL_CHUNK", "4")
+        self.model = exact_llama(seed=3, sharpness=2.0)
+        self.forwards: list[tuple[int, int]] = []
+        self.model.register_forward_pre_hook(
+            lambda module, args, kwargs: self.forwards.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+        self.scheduler = BatchScheduler(patience=1.0, **scheduler)
+        self.backend = BatchingBackend(TransformersBackend(self.model), self.scheduler)
+        self.results: dict[str, list[int]] = {}
+
+    def options(self, max_new_tokens: int) -> Any:
+        return DecodingOptions(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=[], schedule="lockstep")
+
+    def decode(self, name: str, prompts: list[list[int]], max_new_tokens: int, constraint: Any = None) -> None:
+        self.results[name] = generate(self.backend, [torch.tensor(p) for p in prompts], constraint=constraint,
+                                      options=self.options(max_new_tokens)).token_ids
+
+    def start_running(self, max_new_tokens: int) -> threading.Thread:
+        """The slow request ``running`` ([[9], [5, 6]]), decoding in its own thread once this returns."""
+        thread = threading.Thread(target=self.decode,
+                                  args=("running", [[9], [5, 6]], max_new_tokens, _SlowConstraint(VOCAB)))
+        thread.start()
+        while self.scheduler.steps < 3:
+            time.sleep(0.001)
+        return thread
+
+    def alone(self, prompts: list[list[int]], max_new_tokens: int, constraint: Any = None) -> list[int]:
+        return generate(TransformersBackend(self.model), [torch.tensor(p) for p in prompts], constraint=constraint,
+                        options=self.options(max_new_tokens)).token_ids
+
+
 def test_a_long_prompt_is_read_between_the_others_steps(monkeypatch):
-    monkeypatch.setenv("PERSONA_JUDGE_PREFILL_CHUNK", "4")
-    model = exact_llama(seed=3, sharpness=2.0)
-    forwards: list[tuple[int, int]] = []  # (rows, columns) of every forward, in order
-    model.register_forward_pre_hook(lambda module, args, kwargs: forwards.append(tuple(kwargs["input_ids"].shape)),
-                                    with_kwargs=True)
-    scheduler = BatchScheduler(patience=1.0)
-    backend = BatchingBackend(TransformersBackend(model), scheduler)
-    options = DecodingOptions(max_new_tokens=40, do_sample=False, eos_token_id=[], schedule="lockstep")
+    scene = _Recorded(monkeypatch)
     long_prompt = list(range(1, 31)) + [4, 4]  # 32 columns: 8 chunks of 4
-    results: dict[str, list[int]] = {}
-
-    class Slow(ToyConstraint):  # the short request takes 10 ms to choose each token, in its own thread
-        def allowed(self) -> torch.Tensor:
-            time.sleep(0.01)
-            return super().allowed()
-
-    def decode(name: str, prompts: list[list[int]], max_new_tokens: int, constraint: Any = None) -> None:
-        results[name] = generate(backend, [torch.tensor(p) for p in prompts], constraint=constraint,
-                                 options=dataclasses.replace(options, max_new_tokens=max_new_tokens)).token_ids
-
-    short = threading.Thread(target=decode, args=("short", [[9], [5, 6]], 40, Slow(VOCAB)))
-    short.start()
-    while scheduler.steps < 3:  # the short request is decoding
-        time.sleep(0.001)
-    decode("long", [long_prompt, [7, 7]], 4)
-    short.join(timeout=120)
+    running = scene.start_running(40)
+    scene.decode("long", [long_prompt, [7, 7]], 4)
+    running.join(timeout=120)
+    forwards = scene.forwards
     chunks = [i for i, shape in enumerate(forwards) if shape == (2, 4)]
     assert len(chunks) == 8
-    # Between the newcomer's first and last chunk the short request stepped after every chunk (the worker waited
+    # Between the newcomer's first and last chunk the running request stepped after every chunk (the worker waited
     # for its token before reading another chunk): its rows were not stalled for the whole prompt.
     steps_between = [i for i in range(chunks[0], chunks[-1]) if forwards[i][1] == 1]
     assert len(steps_between) >= 7
-    assert results["short"] == generate(TransformersBackend(model), [torch.tensor([9]), torch.tensor([5, 6])],
-                                        options=options, constraint=ToyConstraint(VOCAB)).token_ids
-    assert results["long"] == generate(TransformersBackend(model), [torch.tensor(long_prompt), torch.tensor([7, 7])],
-                                       options=dataclasses.replace(options, max_new_tokens=4)).token_ids
+    assert scene.results["running"] == scene.alone([[9], [5, 6]], 40, ToyConstraint(VOCAB))
+    assert scene.results["long"] == scene.alone([long_prompt, [7, 7]], 4)
 
 
 @pytest.mark.parametrize("newcomers", [1, None], ids=["oldest-first", "each"])
@@ -483,39 +504,18 @@ def test_newcomers_joining_at_once_read_one_chunk_in_all_between_two_steps(monke
     """Three newcomers with long prompts join while a request decodes: by default (first come, first served) the
     running request waits for one chunk at most between two of its steps, not one chunk per newcomer; every
     request still decodes what it decodes alone. (``None``: every newcomer reads a chunk each gap, the old rule.)"""
-    monkeypatch.setenv("PERSONA_JUDGE_PREFILL_CHUNK", "4")
-    model = exact_llama(seed=3, sharpness=2.0)
-    forwards: list[tuple[int, int]] = []  # (rows, columns) of every forward, in order
-    model.register_forward_pre_hook(lambda module, args, kwargs: forwards.append(tuple(kwargs["input_ids"].shape)),
-                                    with_kwargs=True)
-    scheduler = BatchScheduler(patience=1.0, prefill_newcomers=newcomers)
-    backend = BatchingBackend(TransformersBackend(model), scheduler)
-    options = DecodingOptions(max_new_tokens=60, do_sample=False, eos_token_id=[], schedule="lockstep")
+    scene = _Recorded(monkeypatch, prefill_newcomers=newcomers)
     long_prompts = {f"new{i}": [list(range(1 + i, 25 + i)), [7, 7 + i]] for i in range(3)}  # 24 columns: 6 chunks
-    results: dict[str, list[int]] = {}
-
-    class Slow(ToyConstraint):  # the running request takes 10 ms to choose each token, in its own thread
-        def allowed(self) -> torch.Tensor:
-            time.sleep(0.01)
-            return super().allowed()
-
-    def decode(name: str, prompts: list[list[int]], max_new_tokens: int, constraint: Any = None) -> None:
-        results[name] = generate(backend, [torch.tensor(p) for p in prompts], constraint=constraint,
-                                 options=dataclasses.replace(options, max_new_tokens=max_new_tokens)).token_ids
-
-    running = threading.Thread(target=decode, args=("running", [[9], [5, 6]], 60, Slow(VOCAB)))
-    running.start()
-    while scheduler.steps < 3:  # the running request is decoding
-        time.sleep(0.001)
-    threads = [threading.Thread(target=decode, args=(name, prompts, 3)) for name, prompts in long_prompts.items()]
+    running = scene.start_running(60)
+    threads = [threading.Thread(target=scene.decode, args=(name, prompts, 3)) for name, prompts in long_prompts.items()]
     for thread in threads:
         thread.start()
     for thread in [*threads, running]:
         thread.join(timeout=120)
-    assert sum(shape == (2, 4) for shape in forwards) == 3 * 6
+    assert sum(shape == (2, 4) for shape in scene.forwards) == 3 * 6
     # Chunks read between two consecutive step forwards (one column each) of the shared batch.
     gaps, current = [], 0
-    for rows, columns in forwards[forwards.index((2, 4)):]:
+    for rows, columns in scene.forwards[scene.forwards.index((2, 4)):]:
         if columns == 1:
             gaps.append(current)
             current = 0
@@ -525,11 +525,9 @@ def test_newcomers_joining_at_once_read_one_chunk_in_all_between_two_steps(monke
         assert max(gaps) == 1
     else:
         assert max(gaps) >= 2  # the old rule: a chunk of every newcomer in one gap
-    assert results["running"] == generate(TransformersBackend(model), [torch.tensor([9]), torch.tensor([5, 6])],
-                                          options=options, constraint=ToyConstraint(VOCAB)).token_ids
+    assert scene.results["running"] == scene.alone([[9], [5, 6]], 60, ToyConstraint(VOCAB))
     for name, prompts in long_prompts.items():
-        assert results[name] == generate(TransformersBackend(model), [torch.tensor(p) for p in prompts],
-                                         options=dataclasses.replace(options, max_new_tokens=3)).token_ids
+        assert scene.results[name] == scene.alone(prompts, 3)
 
 
 def test_the_prefill_newcomers_setting_is_checked():

@@ -904,14 +904,12 @@ def test_learner_answers_decode_at_once_under_batching_exactly_as_alone(model: A
     assert learner.generate(PROMPT, ["informative", "friendly"], seed=7) == alone[2:]
 
 
-def test_cancel_stops_the_answers_being_scored(model: Any, tokenizer: Any) -> None:
-    """PreferenceLearner.cancel() stops scoring too: add_candidates raises within a forward, adds nothing, and a
-    later call scores as a fresh scorer does (nothing half-read was kept)."""
+def _cancel_midway(model: Any, learner: PreferenceLearner, call: Any) -> tuple[dict[str, Any], int]:
+    """Run ``call()`` in a thread with every forward of ``model`` slowed to 10 ms, cancel ``learner`` after its
+    fifth forward; (``{"result": ...}`` or ``{"error": ...}``, forwards begun after the cancel)."""
     import threading
     import time
 
-    learner = PreferenceLearner(PersonaScorer((model, tokenizer), BASIS, chunk=2), seed=5)
-    long_answers = [" ".join(["rain falls from clouds"] * 30), " ".join(["water comes down"] * 30)]
     forwards: list[float] = []
 
     def slow(*args: Any) -> None:
@@ -921,16 +919,16 @@ def test_cancel_stops_the_answers_being_scored(model: Any, tokenizer: Any) -> No
     hook = model.register_forward_pre_hook(slow)
     outcome: dict[str, Any] = {}
 
-    def add() -> None:
+    def run() -> None:
         try:
-            outcome["indices"] = learner.add_candidates(PROMPT, long_answers)
+            outcome["result"] = call()
         except BaseException as exc:
             outcome["error"] = exc
 
     try:
-        thread = threading.Thread(target=add)
+        thread = threading.Thread(target=run)
         thread.start()
-        while len(forwards) < 5 and thread.is_alive():  # scoring, 2 response positions per forward
+        while len(forwards) < 5 and thread.is_alive():
             time.sleep(0.005)
         assert thread.is_alive(), outcome
         assert learner.cancel() is True
@@ -938,8 +936,17 @@ def test_cancel_stops_the_answers_being_scored(model: Any, tokenizer: Any) -> No
         thread.join(timeout=30)
     finally:
         hook.remove()
-    assert "indices" not in outcome and "cancelled" in str(outcome["error"]), outcome
-    assert len([t for t in forwards if t > stopped]) <= 1  # at most the forward under way
+    return outcome, len([t for t in forwards if t > stopped])
+
+
+def test_cancel_stops_the_answers_being_scored(model: Any, tokenizer: Any) -> None:
+    """PreferenceLearner.cancel() stops scoring too: add_candidates raises within a forward, adds nothing, and a
+    later call scores as a fresh scorer does (nothing half-read was kept)."""
+    learner = PreferenceLearner(PersonaScorer((model, tokenizer), BASIS, chunk=2), seed=5)  # 2 positions a forward
+    long_answers = [" ".join(["rain falls from clouds"] * 30), " ".join(["water comes down"] * 30)]
+    outcome, after = _cancel_midway(model, learner, lambda: learner.add_candidates(PROMPT, long_answers))
+    assert "result" not in outcome and "cancelled" in str(outcome["error"]), outcome
+    assert after <= 1  # at most the forward under way
     assert not learner.candidates and not learner._running
     fresh = PersonaScorer((model, tokenizer), BASIS, chunk=2).features(PROMPT, long_answers)
     learner.add_candidates(PROMPT, long_answers)
@@ -947,41 +954,13 @@ def test_cancel_stops_the_answers_being_scored(model: Any, tokenizer: Any) -> No
 
 
 def test_cancel_stops_the_answers_being_decoded(model: Any, tokenizer: Any, monkeypatch: Any) -> None:
-    import threading
-    import time
-
     monkeypatch.setenv("PERSONA_JUDGE_BATCHING", "off")
     learner = PreferenceLearner((model, tokenizer), basis=BASIS, seed=5, max_tokens=400, top_p=None,
                                 temperature=1.0)
     assert learner.cancel() is False  # nothing to stop
-    forwards: list[float] = []
-
-    def slow(*args: Any) -> None:
-        forwards.append(time.monotonic())
-        time.sleep(0.01)
-
-    hook = model.register_forward_pre_hook(slow)
-    outcome: dict[str, Any] = {}
-
-    def ask() -> None:
-        try:
-            outcome["answers"] = learner.generate(PROMPT, [None, "concise"])
-        except BaseException as exc:
-            outcome["error"] = exc
-
-    try:
-        thread = threading.Thread(target=ask)
-        thread.start()
-        while len(forwards) < 5 and thread.is_alive():  # decoding
-            time.sleep(0.005)
-        assert thread.is_alive(), outcome
-        assert learner.cancel() is True
-        stopped = time.monotonic()
-        thread.join(timeout=30)
-    finally:
-        hook.remove()
-    assert "answers" not in outcome and "cancelled" in str(outcome["error"])
-    assert len([t for t in forwards if t > stopped]) <= 2  # at most the forward under way, and its neighbour's
+    outcome, after = _cancel_midway(model, learner, lambda: learner.generate(PROMPT, [None, "concise"]))
+    assert "result" not in outcome and "cancelled" in str(outcome["error"])
+    assert after <= 2  # at most the forward under way, and its neighbour's
     assert not learner._running
     # The learner goes on: a later call decodes as usual.
     assert len(learner.generate(PROMPT, [None], seed=5)) == 1
