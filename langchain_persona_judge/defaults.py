@@ -1,4 +1,5 @@
-"""What ``draft_confidence=None`` and ``guidance=None`` resolve to, and the names of the environment variables the package reads.
+"""What ``draft_confidence=None`` and ``guidance=None`` resolve to, and the names of the environment variables the
+package reads.
 
 The options' defaults (the chat model's, the CLI's and the engine's) are declared with the options themselves, in
 :mod:`langchain_persona_judge.option_specs`.

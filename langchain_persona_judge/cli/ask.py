@@ -280,7 +280,8 @@ def _run_compare(args: argparse.Namespace, question: str, stdout: IO[str], stder
     # "Direct" is the `all` composition: one persona whose preference turn lists every preference.
     runs = {"plain": ([], "split"), "direct": (prefs, "all"), "persona_judge": (prefs, args.composition)}
     llms = {key: _make_llm(args, value, composition, rule=False) for key, (value, composition) in runs.items()}
-    if args.combine != "judge" or args.guidance not in (None, 1.0) or args.profile is not None:  # the rule asked for, too
+    # The rule asked for, too.
+    if args.combine != "judge" or args.guidance not in (None, 1.0) or args.profile is not None:
         llms["rule"] = _make_llm(args, prefs, args.composition)
     _load(llms["plain"], args.quiet)  # all of them share one copy of the weights
     messages = _messages(question, args.system)

@@ -415,14 +415,16 @@ FIGURES: list[tuple[str, str, str, Callable[[Any], str]]] = [
          d["cost_per_choice"]["threads_2"]["warm_seconds"], d["cost_per_choice"]["bfloat16"]["warm_seconds"])),
     ("learning_confirm", "README.md", "learning_confirm.json", learning_confirm),
     ("learning_cost_llamacpp", "README.md", "learning_cost.json",
-     lambda d: "takes **{:.1f} s** on llama.cpp against {:.1f} s on transformers in fp32 and {:.1f} s in bfloat16".format(
+     lambda d: ("takes **{:.1f} s** on llama.cpp against {:.1f} s on transformers in fp32 and {:.1f} s in "
+                "bfloat16").format(
          d["cost_per_choice"]["llamacpp"]["warm_seconds"], d["cost_per_choice"]["threads_2"]["warm_seconds"],
          d["cost_per_choice"]["bfloat16"]["warm_seconds"])),
     ("llamacpp_builds", "README.md", "llamacpp_builds.json",
      lambda d: "one with AVX-512 and VNNI reads {:.0f} positions/s with logits against {:.0f} ({:.2f}×); one with "
                "llama.cpp's AMX kernels".format(
                    d["builds"]["avx512_vnni"]["tokens_per_second_with_logits"],
-                   d["builds"]["installed"]["tokens_per_second_with_logits"], d["builds"]["avx512_vnni"]["vs_installed"])
+                   d["builds"]["installed"]["tokens_per_second_with_logits"],
+                   d["builds"]["avx512_vnni"]["vs_installed"])
      + (" (this Xeon has AMX, which PyTorch's bfloat16 matmuls use) dies with an illegal instruction"
         if all(r.get("error") == "exit status -4" for r in d["builds"]["amx"]["runs"]) else " runs")),
     ("learning_cost_read_rate", "README.md", "learning_cost.json",
