@@ -631,6 +631,7 @@ def cost_per_choice(cache: dict[str, Any], scorer_model: Any, tokens: int = 100,
     keep their sign). With ``llamacpp``, the same on the embedded GGUF through llama.cpp (the last thread count;
     features against the fp32 ones) and what bounds it there (:func:`llamacpp_read_rates`)."""
     from langchain_persona_judge.profiles import PersonaScorer
+    from langchain_persona_judge.profiles.scoring import resolve_model
 
     texts = [c["text"] for entries in cache["candidates"].values() for c in entries if c["text"].strip()]
     tokenizer = scorer_model.tokenizer
@@ -668,30 +669,26 @@ def cost_per_choice(cache: dict[str, Any], scorer_model: Any, tokens: int = 100,
                 "positions_per_second": round(sum(positions) / sum(seconds)),
             }
         out.update(basis=len(scorer.basis), rows=len(scorer.basis) + 1)
-        if bfloat16:  # the model loaded in bfloat16 (ChatPersonaJudge(dtype="bfloat16")), the last thread count
-            from langchain_persona_judge.profiles.scoring import resolve_model
+        def against_fp32(rough: np.ndarray) -> dict[str, float]:
+            """How far features scored another way are from the fp32 ones (``exact``)."""
+            return {"max_abs_feature_error": round(float(np.abs(rough - exact).max()), 4),
+                    "difference_sign_agreement": round(float(np.mean(
+                        np.sign(rough[0::2] - rough[1::2]) == np.sign(exact[0::2] - exact[1::2]))), 3)}
 
+        if bfloat16:  # the model loaded in bfloat16 (ChatPersonaJudge(dtype="bfloat16")), the last thread count
             seconds, _, rough = score_questions(PersonaScorer(resolve_model(None, dtype="bfloat16")))
             out["bfloat16"] = {
                 "threads": torch.get_num_threads(), "cold_seconds": round(seconds[0], 2),
-                "warm_seconds": warm(seconds),
-                "max_abs_feature_error": round(float(np.abs(rough - exact).max()), 4),
+                "warm_seconds": warm(seconds), **against_fp32(rough),
                 "feature_scale": round(float(np.abs(exact).mean()), 4),
-                "difference_sign_agreement": round(float(np.mean(
-                    np.sign(rough[0::2] - rough[1::2]) == np.sign(exact[0::2] - exact[1::2]))), 3),
             }
         if llamacpp:  # the chat app's case: learning on the GGUF it serves, one model in memory
-            from langchain_persona_judge.profiles.scoring import resolve_model
-
             handle = resolve_model(None, backend="llamacpp")
             seconds, positions, rough = score_questions(PersonaScorer(handle))
             out["llamacpp"] = {
                 "threads": handle.backend.n_threads, "cold_seconds": round(seconds[0], 2),
                 "warm_seconds": warm(seconds), "warm_positions": positions[-1] if questions > 1 else None,
-                "positions_per_second": round(sum(positions) / sum(seconds)),
-                "max_abs_feature_error": round(float(np.abs(rough - exact).max()), 4),
-                "difference_sign_agreement": round(float(np.mean(
-                    np.sign(rough[0::2] - rough[1::2]) == np.sign(exact[0::2] - exact[1::2]))), 3),
+                "positions_per_second": round(sum(positions) / sum(seconds)), **against_fp32(rough),
                 "read_rates": llamacpp_read_rates(handle.backend),
             }
     finally:

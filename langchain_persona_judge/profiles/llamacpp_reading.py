@@ -77,9 +77,8 @@ class LlamaCppReader:
         self,
         rows: list[list[int]],
         responses: list[list[int]],
-        add: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
         stats_for: Callable[[], Any] | None = None,
-        check: Callable[[], None] | None = None,
+        check: Callable[[], None] = lambda: None,
     ) -> list[tuple[np.ndarray, Any]]:
         """For each response: (rows, T) log-probabilities of its tokens under each row, and what ``stats_for()``
         collected (its ``add(logp, token_logp)`` is called on every block; None: nothing). ``check()`` is called
@@ -101,8 +100,7 @@ class LlamaCppReader:
             raise
 
     def _continue(self, rows: list[list[int]], first: torch.Tensor, response: list[int],
-                  stats_for: Callable[[], Any] | None,
-                  check: Callable[[], None] | None = None) -> tuple[np.ndarray, Any]:
+                  stats_for: Callable[[], Any] | None, check: Callable[[], None]) -> tuple[np.ndarray, Any]:
         n_rows = len(rows)
         target = torch.tensor(response)
         stats = stats_for() if stats_for is not None else None
@@ -120,8 +118,7 @@ class LlamaCppReader:
             if fed >= len(response):
                 break
             stop = min(fed + block, len(response))
-            if check is not None:
-                check()
+            check()
             # Feeding response[t - 1] at position len(row) + t - 1 gives the logits that score response[t].
             items = [(response[t - 1], len(row) + t - 1, seq, True)
                      for t in range(fed, stop) for seq, row in enumerate(rows)]

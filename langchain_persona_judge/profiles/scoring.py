@@ -458,7 +458,7 @@ class PersonaScorer:
 
     def _continue(self, first: torch.Tensor, response: list[int], lengths: torch.Tensor,
                   prefix_attention: torch.Tensor, cache: Any, signature: ForwardSignature,
-                  moments: bool, check: Any = None) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+                  moments: bool, check: Any) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
         n_rows = prefix_attention.shape[0]
         target = torch.tensor(response)
         logps: list[torch.Tensor] = []
@@ -477,8 +477,7 @@ class PersonaScorer:
             if fed >= len(response):
                 break
             stop = min(fed + self.chunk, len(response))
-            if check is not None:
-                check()
+            check()
             # Feeding response[fed-1 : stop-1] gives the logits that score response[fed : stop].
             chunk = target[fed - 1 : stop - 1]
             attention = torch.cat([prefix_attention, torch.ones(n_rows, stop - 1, dtype=torch.long)], dim=1)
